@@ -1,0 +1,82 @@
+"""filter_arrangement: choose the channel widths (and kernels) of the top-down net.
+
+Runs first, on the bottom-up graph, so that every later pass sees the final widths:
+
+* ``td``: nothing to do; every group keeps its own bottom-up widths.
+* ``uni``: every conv of the body outputs one width (the median of the body's conv widths, or
+  the int given as ``arrangement=``); squeeze-excite gates follow the width they multiply.
+* ``rev``: the groups will keep their bottom-up order, so the spatial conv that opens each group
+  takes the kernel size of the conv that opens the bottom-up group at the level it will run at.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from reverso import graph as g
+from reverso.pipeline import Pass, PassResult
+from reverso.repair import repair_widths
+from reverso.widths import conv_with_kernel
+
+
+class FilterArrangement(Pass):
+    name = "filter_arrangement"
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        arrangement = ctx.plan.arrangement
+        if arrangement == "uni":
+            self.uniform(gm, ctx, ctx.plan.uni_width)
+        elif arrangement == "rev":
+            self.group_kernels(gm, ctx)
+        else:
+            return PassResult(gm, False)
+        repair_widths(gm, ctx)
+        return PassResult(gm, True)
+
+    def uniform(self, gm: fx.GraphModule, ctx, width: int) -> None:
+        body = set(ctx.report.body)
+        for n in list(gm.graph.nodes):
+            if g.tag(n).get("unit") not in body or not g.is_conv(gm, n) or not g.width_defining(gm, n):
+                continue
+            if g.tag(n).get("global") and not _gates_feature_map(gm, n):
+                continue  # e.g. the reduction conv of a squeeze-excite block keeps its width
+            module = gm.get_submodule(n.target)
+            rule = ctx.registry.lookup(module)
+            g.set_module(gm, n.target, ctx.registry.rebuild(module, rule.in_width(module), width, where=n.target))
+
+    def group_kernels(self, gm: fx.GraphModule, ctx) -> None:
+        for group in ctx.report.groups:
+            kernel = ctx.plan.group_kernels.get(group.index)
+            units = set(group.units)
+            opening = next(
+                (n for n in gm.graph.nodes if g.tag(n).get("unit") in units and g.is_spatial_conv(gm, n)), None
+            )
+            if kernel is None or opening is None or g.conv_kernel(gm, opening) == kernel:
+                continue
+            g.set_module(gm, opening.target, conv_with_kernel(gm.get_submodule(opening.target), kernel))
+
+    def ensures(self, gm, ctx) -> None:
+        if ctx.plan.arrangement != "uni":
+            return
+        width = ctx.plan.uni_width
+        body = set(ctx.report.body)
+        for n in gm.graph.nodes:
+            if g.tag(n).get("unit") in body and g.is_conv(gm, n) and not g.tag(n).get("global"):
+                out = gm.get_submodule(n.target).out_channels
+                if out != width:
+                    raise AssertionError(f"uni arrangement left conv '{n.target}' at width {out} instead of {width}")
+
+
+def _gates_feature_map(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a global conv's output (through activations) multiplies or adds to a feature map."""
+    stack, seen = list(node.users), set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if g.is_join(n):
+            return any(not g.tag(a).get("global") for a in n.all_input_nodes if a is not node)
+        if g.is_activation(gm, n) or g.is_pointwise(gm, n):
+            stack.extend(n.users)
+    return False

@@ -1,0 +1,97 @@
+"""multiscale_inputs: after every upsampling, merge in the image at that finer level (spec section 4).
+
+For each up-transition at level l a *lateral* reads pyramid level l: a fresh copy of the conv
+that opens level l in the bottom-up net (its kernel size; in_channels = image channels; out
+width C_r), followed by that conv's norm and activation in post-activation nets (bare in
+pre-activation nets). C_r is the width of what the merge feeds: the next group's width after a
+standalone transition, the up-unit's own width at the end of an up-unit.
+
+The merge (``merge=``: "add", "concat" or "add_concat") replaces a standalone upsampling (it
+projects the coarse path with a 1x1 conv block at the low resolution when widths differ, then
+upsamples to the lateral's exact size) or follows the last node of an up-unit. A Dropout that
+followed a bottom-up pooling follows the merge.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+from torch import nn
+
+from reverso import graph as g
+from reverso.blocks import LayerFactory
+from reverso.errors import UnsupportedTopologyError
+from reverso.nn import Merge
+from reverso.pipeline import Pass, PassResult
+from reverso.repair import repair_widths
+from reverso.shapes import channels
+from reverso.units import module_prefix, unit_view
+
+
+class MultiscaleInputs(Pass):
+    name = "multiscale_inputs"
+
+    def requires(self, gm, ctx) -> None:
+        if not any(g.tag(n).get("role") == "pyramid" for n in gm.graph.nodes):
+            raise UnsupportedTopologyError(
+                "multiscale_inputs needs the image pyramid that downsample_to_upsample inserts; run it first"
+            )
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        plan = ctx.plan
+        factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
+        levels = {g.tag(n)["level"]: n for n in gm.graph.nodes if g.tag(n).get("role") == "pyramid" and "level" in g.tag(n)}
+        image_channels = ctx.input_size[0]
+        for index, slot in plan.up_slots:
+            image = levels[slot.level]
+            if slot.kind == "transition":
+                up = next(n for n in gm.graph.nodes if g.tag(n).get("role") == "upsample" and g.tag(n).get("transition") == index)
+                low = up.args[0]
+                c_low, c_r = channels(low), self.next_width(gm, plan, index, channels(low))
+                merge = self.merge(ctx, factory, slot.level, image_channels, c_low, c_r, gm.get_submodule(up.target))
+                node = g.add_module_node(gm, f"merge{index}", merge, (low, image), before=up, meta_from=up)
+                up.replace_all_uses_with(node)
+                gm.graph.erase_node(up)
+            else:
+                view = unit_view(gm, slot.units[0])
+                width = channels(view.exit)
+                merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
+                users = [u for u in view.exit.users if u not in view.node_set]
+                node = g.add_module_node(
+                    gm, f"{module_prefix(gm, view.nodes)}.merge", merge, (view.exit, image), after=view.exit, meta_from=view.exit
+                )
+                for u in users:
+                    u.replace_input_with(view.exit, node)
+            g.tag(node).update(role="merge", transition=index)
+            # what follows the merge now receives C_r channels; later merges read updated widths
+            repair_widths(gm, ctx)
+        gm.delete_all_unused_submodules()
+        return PassResult(gm, True)
+
+    def next_width(self, gm: fx.GraphModule, plan, index: int, default: int) -> int:
+        """Width of the group a standalone merge feeds (its first unit's output width)."""
+        if index + 1 < len(plan.slots) and plan.slots[index + 1].kind == "group":
+            return channels(unit_view(gm, plan.slots[index + 1].units[0]).exit)
+        return default
+
+    def merge(self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample) -> Merge:
+        spec = ctx.plan.laterals[level]
+        conv = factory.conv(cin, c_r, max(spec.conv.kernel_size), like=spec.conv)
+        followers = [
+            ctx.registry.rebuild(m, c_r) if ctx.registry.lookup(m) is not None else _copy(m) for m in spec.followers
+        ]
+        lateral = nn.Sequential(conv, *followers)
+        project = factory.conv_block(c_low, c_r, 1) if c_low != c_r else None
+        variant = ctx.options.merge
+        fuse = factory.conv_block(2 * c_r, c_r, 3) if variant != "add" else None
+        return Merge(variant, lateral, project=project, upsample=upsample, fuse=fuse)
+
+    def ensures(self, gm, ctx) -> None:
+        merges = [n for n in gm.graph.nodes if g.tag(n).get("role") == "merge"]
+        if len(merges) != len(ctx.plan.up_slots):
+            raise AssertionError(f"{len(merges)} merges for {len(ctx.plan.up_slots)} up-transitions")
+
+
+def _copy(m: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(m)

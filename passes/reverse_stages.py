@@ -1,0 +1,62 @@
+"""reverse_stages: run the bottom-up groups in reverse order (spec section 3, steps 1-2).
+
+The stem stays first, the groups follow from the last to the first, and every transition of the
+bottom-up net keeps its ordinal position (the transitions themselves still downsample here;
+``downsample_to_upsample`` turns them around). In residual nets the stem's output width becomes
+the width of the first top-down group. Layers that now receive another width are re-instantiated
+and identity shortcuts whose two sides disagree get a projection (width repair).
+
+With ``arrangement="rev"`` the groups keep their order and this pass changes nothing.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from reverso import graph as g
+from reverso.pipeline import Pass, PassResult
+from reverso.repair import repair_widths
+from reverso.shapes import channels
+from reverso.units import reorder_units, unit_view
+
+
+class ReverseStages(Pass):
+    name = "reverse_stages"
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        plan = ctx.plan
+        if plan.arrangement == "rev":
+            return PassResult(gm, False)
+        gm = reorder_units(gm, plan.body_order(), plan.head)
+        self.widen_stem(gm, ctx)
+        repair_widths(gm, ctx)
+        return PassResult(gm, True)
+
+    def widen_stem(self, gm: fx.GraphModule, ctx) -> None:
+        """The stem's last conv outputs the width of the first top-down group."""
+        plan = ctx.plan
+        first_group = next((s for s in plan.slots if s.kind == "group"), None)
+        if not plan.stem or first_group is None:
+            return
+        width = channels(unit_view(gm, first_group.units[0]).exit)
+        stem = set(plan.stem)
+        last = None
+        for n in gm.graph.nodes:
+            if g.tag(n).get("unit") in stem and g.width_defining(gm, n):
+                last = n
+        if last is None:
+            return
+        module = gm.get_submodule(last.target)
+        rule = ctx.registry.lookup(module)
+        if rule.out_width(module) != width:
+            g.set_module(gm, last.target, ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target))
+
+    def ensures(self, gm, ctx) -> None:
+        order = [g.tag(n).get("unit") for n in gm.graph.nodes if "unit" in g.tag(n)]
+        seen = []
+        for u in order:
+            if not seen or seen[-1] != u:
+                seen.append(u)
+        expected = [*ctx.plan.body_order(), *ctx.plan.head]
+        if seen != expected:
+            raise AssertionError(f"units run in order {seen}, expected {expected}")

@@ -1,0 +1,51 @@
+"""reverso: a pluggable torch.fx compiler from bottom-up CNNs to top-down networks.
+
+>>> import reverso
+>>> td = reverso.topdown("resnet18", input_size=(3, 64, 64))
+>>> print(reverso.analyze("resnet18", (3, 64, 64)))
+"""
+
+from . import passes
+from .analysis import StageReport, analyze
+from .context import CompileContext, TopDownOptions
+from .errors import (
+    InputSizeError,
+    NoDownsamplingError,
+    OptionError,
+    PassError,
+    ReversoError,
+    TraceError,
+    UnsupportedTopologyError,
+    WidthError,
+)
+from .network import TopDownNet
+from .pipeline import Pass, PassResult, Pipeline, default_pipeline
+from .topdown import topdown
+from .tracing import trace
+from .widths import register_width_rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompileContext",
+    "InputSizeError",
+    "NoDownsamplingError",
+    "OptionError",
+    "Pass",
+    "PassError",
+    "PassResult",
+    "Pipeline",
+    "ReversoError",
+    "StageReport",
+    "TopDownNet",
+    "TopDownOptions",
+    "TraceError",
+    "UnsupportedTopologyError",
+    "WidthError",
+    "analyze",
+    "default_pipeline",
+    "passes",
+    "register_width_rule",
+    "topdown",
+    "trace",
+]

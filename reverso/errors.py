@@ -1,0 +1,44 @@
+"""Every error reverso raises on purpose derives from :class:`ReversoError`.
+
+Messages follow one rule: say *where* (the module or graph node), *what* went wrong and
+*what to do about it*.
+"""
+
+from __future__ import annotations
+
+
+class ReversoError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class OptionError(ReversoError, ValueError):
+    """An argument has a wrong value (unknown option string, bad size, ...)."""
+
+
+class TraceError(ReversoError):
+    """The model could not be traced with torch.fx."""
+
+
+class InputSizeError(ReversoError, ValueError):
+    """The input size does not fit the model (too small for its depth, wrong rank, ...)."""
+
+
+class UnsupportedTopologyError(ReversoError):
+    """The model's graph cannot be turned into a top-down network."""
+
+
+class NoDownsamplingError(UnsupportedTopologyError):
+    """The model has no spatial downsampling to mirror."""
+
+
+class WidthError(ReversoError):
+    """A layer must change width and reverso does not know how to rebuild it."""
+
+
+class PassError(ReversoError):
+    """A pass failed or left the graph in a broken state."""
+
+    def __init__(self, message: str, *, pass_name: str | None = None, node: str | None = None):
+        super().__init__(message)
+        self.pass_name = pass_name
+        self.node = node

@@ -1,0 +1,60 @@
+"""Merging an upsampled coarse path with a lateral branch read from the image pyramid."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .upsample import Upsample
+
+MERGES = ("add", "concat", "add_concat")
+
+
+class Merge(nn.Module):
+    """Re-inject the image's detail at a finer level (top-down paper, section 3.1).
+
+    ``s = lateral(image)``; the coarse path ``x`` is optionally projected by a 1x1 conv block *at
+    the low resolution* and upsampled to the lateral's exact size, then
+
+    * ``"add"``: ``x + s``
+    * ``"concat"``: ``fuse(cat(x, s))``
+    * ``"add_concat"`` (the paper's choice): ``fuse(cat(x + s, s))``
+
+    where ``fuse`` is a 3x3 conv block (2C -> C) that enlarges the receptive field. Inside an
+    up-unit, ``x`` already has the lateral's size and width, so there is no projection or upsampling.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        lateral: nn.Module,
+        *,
+        project: nn.Module | None = None,
+        upsample: Upsample | None = None,
+        fuse: nn.Module | None = None,
+    ):
+        super().__init__()
+        if variant not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {variant!r}")
+        if (fuse is None) != (variant == "add"):
+            raise ValueError(f"merge {variant!r} {'needs' if variant != 'add' else 'takes no'} a fuse block")
+        self.variant = variant
+        self.lateral = lateral
+        self.project = project
+        self.upsample = upsample
+        self.fuse = fuse
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        s = self.lateral(image)
+        if self.project is not None:
+            x = self.project(x)
+        if self.upsample is not None:
+            x = self.upsample(x, s)
+        if self.variant == "add":
+            return x + s
+        if self.variant == "concat":
+            return self.fuse(torch.cat([x, s], dim=1))
+        return self.fuse(torch.cat([x + s, s], dim=1))
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}"

@@ -1,0 +1,77 @@
+"""The image pyramid that feeds a top-down network: one blurred, subsampled copy per level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .filters import binomial_taps, gaussian_taps
+
+PYRAMIDS = ("gaussian", "binomial", "cascade")
+
+
+def pyramid_taps(kind: str, factor: int) -> torch.Tensor:
+    """1D low-pass taps used before subsampling by ``factor`` (direct pyramids)."""
+    if kind == "gaussian":
+        return gaussian_taps(factor / 2)  # sigma = f/2 input pixels, half-width ceil(3 sigma)
+    if kind == "binomial":
+        return binomial_taps(factor * factor + 1)  # same variance f^2/4 as the Gaussian
+    raise ValueError(f"unknown pyramid kind {kind!r}")
+
+
+def blur_subsample(x: torch.Tensor, taps: torch.Tensor, factor: int) -> torch.Tensor:
+    """Separable blur with reflect padding (replicate on maps too small to reflect), then x[::f, ::f].
+
+    Blur and subsampling are fused into strided depthwise convs, so only kept pixels are computed.
+    """
+    c = x.shape[1]
+    r = (taps.numel() - 1) // 2
+    mode = "reflect" if r < x.shape[-1] and r < x.shape[-2] else "replicate"
+    x = F.pad(x, (r, r, r, r), mode=mode)
+    taps = taps.to(dtype=x.dtype)
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), stride=(1, factor), groups=c)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), stride=(factor, 1), groups=c)
+
+
+class ImagePyramid(nn.Module):
+    """Blurred and subsampled copies of the input, one per level (level l = factor 2**l).
+
+    ``kind="gaussian"`` (the top-down paper's code): every level made directly from the input with
+    sigma = f/2. ``"binomial"``: the same with binomial taps of equal variance. ``"cascade"``:
+    each level from the previous one with sigma = 2/3 per x2 step. Filters are fixed buffers.
+    Level 0 is the input itself.
+    """
+
+    def __init__(self, levels: Sequence[int], kind: str = "gaussian"):
+        super().__init__()
+        if kind not in PYRAMIDS:
+            raise ValueError(f"pyramid must be one of {PYRAMIDS}, got {kind!r}")
+        levels = tuple(int(v) for v in levels)
+        if not levels or min(levels) < 0 or len(set(levels)) != len(levels):
+            raise ValueError(f"levels must be distinct non-negative integers, got {levels}")
+        self.levels = levels
+        self.kind = kind
+        if kind == "cascade":
+            self.register_buffer("taps_step", gaussian_taps(2 / 3).float(), persistent=False)
+        else:
+            for level in levels:
+                if level > 0:
+                    self.register_buffer(f"taps_{level}", pyramid_taps(kind, 2**level).float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.kind == "cascade":
+            steps, current = [x], x
+            for _ in range(max(self.levels)):
+                current = blur_subsample(current, self.taps_step, 2)
+                steps.append(current)
+            return tuple(steps[level] for level in self.levels)
+        return tuple(
+            x if level == 0 else blur_subsample(x, getattr(self, f"taps_{level}"), 2**level)
+            for level in self.levels
+        )
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, kind={self.kind!r}"

@@ -1,0 +1,52 @@
+"""Upsampling to the exact size of a reference feature map."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .filters import triangle_taps
+
+UPSAMPLE_MODES = ("nearest", "bilinear", "blur")
+
+
+class Upsample(nn.Module):
+    """Upsample ``x`` to the spatial size of ``like`` (``size=``, so odd and non-square inputs work).
+
+    ``"nearest"`` is the top-down paper's default (more robust than bilinear); ``"blur"`` inserts
+    zeros and filters with the [1, 2, 1] binomial (a triangle of size 2f-1 for factor f), the
+    alias-free choice.
+    """
+
+    def __init__(self, mode: str = "nearest", factor: int = 2):
+        super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.factor = int(factor)
+        if mode == "blur":
+            self.register_buffer("taps", triangle_taps(self.factor).float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        size = like.shape[-2:]
+        if self.mode == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        if self.mode == "bilinear":
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self._blur_upsample(x, size)
+
+    def _blur_upsample(self, x: torch.Tensor, size) -> torch.Tensor:
+        f, c = self.factor, x.shape[1]
+        taps = self.taps.to(dtype=x.dtype)
+        kernel = (taps[:, None] * taps[None, :]).expand(c, 1, -1, -1)
+        # one replicated row/column past the end so the last pixel interpolates to itself
+        x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        y = F.conv_transpose2d(x, kernel, stride=f, padding=f - 1, groups=c)
+        h, w = int(size[0]), int(size[1])
+        if y.shape[-2] < h or y.shape[-1] < w:
+            y = F.pad(y, (0, max(0, w - y.shape[-1]), 0, max(0, h - y.shape[-2])), mode="replicate")
+        return y[..., :h, :w]
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, factor={self.factor}"

@@ -1,0 +1,233 @@
+"""Shape propagation on meta tensors.
+
+Every pass leaves the graph with ``node.meta["val"]`` holding a meta tensor (or a nested
+structure of them) for each node, so later passes read shapes instead of recomputing them.
+No real computation happens: the common layers have closed-form shape rules and everything
+else runs on meta tensors through a cached meta copy of its module.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InputSizeError
+
+META = torch.device("meta")
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (math.ceil(span / s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _conv_rule(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4 or x.shape[1] != m.in_channels:
+        raise RuntimeError(
+            f"{type(m).__name__} expects {m.in_channels} input channels, got input of shape {tuple(x.shape)}"
+        )
+    k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+    if isinstance(m.padding, str):
+        if m.padding == "same":
+            h, w = x.shape[-2:]
+        else:
+            h, w = (_conv_out(x.shape[2 + i], k[i], s[i], 0, d[i]) for i in range(2))
+    else:
+        p = _pair(m.padding)
+        h, w = (_conv_out(x.shape[2 + i], k[i], s[i], p[i], d[i]) for i in range(2))
+    if h < 1 or w < 1:
+        raise RuntimeError(f"output size {h}x{w} is too small for input {tuple(x.shape)}")
+    return x.new_empty((x.shape[0], m.out_channels, h, w))
+
+
+def _pool_rule(m: nn.MaxPool2d | nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    k, p = _pair(m.kernel_size), _pair(m.padding)
+    s = _pair(m.stride if m.stride else m.kernel_size)
+    d = _pair(getattr(m, "dilation", 1))
+    h, w = (_conv_out(x.shape[-2 + i], k[i], s[i], p[i], d[i], m.ceil_mode) for i in range(2))
+    if h < 1 or w < 1:
+        raise RuntimeError(f"output size {h}x{w} is too small for input {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-2], h, w))
+
+
+def _norm_rule(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() < 2 or x.shape[1] != m.num_features:
+        raise RuntimeError(
+            f"{type(m).__name__} expects {m.num_features} channels, got input of shape {tuple(x.shape)}"
+        )
+    return x.new_empty(x.shape)
+
+
+def _linear_rule(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != m.in_features:
+        raise RuntimeError(f"Linear expects {m.in_features} input features, got {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-1], m.out_features))
+
+
+def _same_shape(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _adaptive_rule(m: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    h, w = _pair(m.output_size)
+    h = x.shape[-2] if h is None else h
+    w = x.shape[-1] if w is None else w
+    return x.new_empty((*x.shape[:-2], h, w))
+
+
+def _flatten_rule(m: nn.Flatten, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, m.start_dim, m.end_dim)
+
+
+SHAPE_RULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    nn.Conv2d: _conv_rule,
+    nn.BatchNorm2d: _norm_rule,
+    nn.Linear: _linear_rule,
+    nn.MaxPool2d: _pool_rule,
+    nn.AvgPool2d: _pool_rule,
+    nn.AdaptiveAvgPool2d: _adaptive_rule,
+    nn.AdaptiveMaxPool2d: _adaptive_rule,
+    nn.Flatten: _flatten_rule,
+    nn.Identity: _same_shape,
+    nn.Dropout: _same_shape,
+    nn.Dropout2d: _same_shape,
+    **{
+        act: _same_shape
+        for act in (
+            nn.ReLU,
+            nn.ReLU6,
+            nn.SiLU,
+            nn.GELU,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.LeakyReLU,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.ELU,
+            nn.Mish,
+            nn.PReLU,
+        )
+    },
+}
+
+
+def meta_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty meta tensor with the shape, dtype and parameter-ness of ``t``."""
+    mt = torch.empty_like(t, device=META)
+    return nn.Parameter(mt, t.requires_grad) if isinstance(t, nn.Parameter) else mt
+
+
+def meta_clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers live on the meta device (no data copied)."""
+    memo = {id(t): meta_like(t) for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+class ShapeProp(fx.Interpreter):
+    """Runs a GraphModule on meta tensors and stores each result in ``node.meta["val"]``.
+
+    Meta copies of modules are cached on the interpreter class by module identity, so that
+    re-propagating after every pass costs little.
+    """
+
+    _clones: dict[int, tuple[nn.Module, nn.Module]] = {}
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+
+    def run_node(self, n: fx.Node):
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            if not hasattr(err, "_reverso_node"):
+                err._reverso_node = n.name
+            raise
+        n.meta["val"] = result
+        return result
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        rule = SHAPE_RULES.get(type(module))
+        if rule is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            return rule(module, args[0])
+        return self.meta_module(module)(*args, **kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return meta_like(value).detach() if isinstance(value, torch.Tensor) else value
+
+    @classmethod
+    def meta_module(cls, module: nn.Module) -> nn.Module:
+        cached = cls._clones.get(id(module))
+        if cached is None or cached[0] is not module:
+            if len(cls._clones) > 20000:
+                cls._clones.clear()
+            cached = cls._clones[id(module)] = (module, meta_clone(module))
+        return cached[1]
+
+
+def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
+    """Fill ``node.meta["val"]`` for every node of ``gm`` given example inputs (any device)."""
+    meta_inputs = [x.to(META) if isinstance(x, torch.Tensor) else x for x in inputs]
+    training = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).run(*meta_inputs)
+    finally:
+        for m, t in training:
+            m.training = t
+
+
+def tensor_shape(node: fx.Node) -> torch.Size | None:
+    """The shape of a node's value if it is a tensor, else None."""
+    val = node.meta.get("val")
+    return val.shape if isinstance(val, torch.Tensor) else None
+
+
+def is_feature_map(node: fx.Node) -> bool:
+    shape = tensor_shape(node)
+    return shape is not None and len(shape) == 4
+
+
+def channels(node: fx.Node) -> int | None:
+    shape = tensor_shape(node)
+    return int(shape[1]) if shape is not None and len(shape) == 4 else None
+
+
+def spatial(node: fx.Node) -> tuple[int, int] | None:
+    shape = tensor_shape(node)
+    return (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
+
+
+def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
+    """Level l = round(log2(H / h)) of a feature map, read on the input's longer axis."""
+    axis = 0 if input_hw[0] >= input_hw[1] else 1
+    return round(math.log2(input_hw[axis] / max(size[axis], 1)))
+
+
+def check_input_size(input_size) -> tuple[int, int, int]:
+    """Validate and normalise a (C, H, W) input size."""
+    try:
+        size = tuple(int(v) for v in input_size)
+    except TypeError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise InputSizeError(
+            f"input_size must be (channels, height, width) with positive entries, got {input_size!r}; "
+            "for example input_size=(3, 224, 224)"
+        )
+    return size

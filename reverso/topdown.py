@@ -1,0 +1,108 @@
+"""``reverso.topdown``: trace -> analyse -> passes -> a trainable top-down network.
+
+This is the file to read first. Each step is one call:
+
+1. :func:`~reverso.tracing.trace` the bottom-up model with torch.fx and propagate shapes;
+2. :func:`~reverso.analysis.analyze_graph` it into units, groups, transitions, stem and head;
+3. :func:`~reverso.context.make_plan` lays those out in top-down order (levels, laterals);
+4. the :class:`~reverso.pipeline.Pipeline` of passes rewrites a copy of the graph
+   (``filter_arrangement`` -> ``reverse_stages`` -> ``downsample_to_upsample`` ->
+   ``multiscale_inputs``), checking shapes after each pass;
+5. :func:`~reverso.network.emit` wraps the result as a :class:`~reverso.network.TopDownNet`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch.fx as fx
+from torch import nn
+
+from . import graph as g
+from .analysis import analyze_graph
+from .context import CompileContext, TopDownOptions, make_plan, prototypes_of
+from .errors import OptionError
+from .network import TopDownNet, emit
+from .pipeline import Pass, Pipeline, default_pipeline
+from .tracing import resolve_input_size, resolve_model, trace
+
+
+def topdown(
+    model: nn.Module | str,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    arrangement: str | int = "td",
+    merge: str = "add_concat",
+    upsample: str = "nearest",
+    pyramid: str = "gaussian",
+    passes: Pipeline | Iterable[Pass | str] | None = None,
+    leaf_modules: Iterable[type | str] = (),
+) -> TopDownNet:
+    """Compile a bottom-up CNN into its top-down counterpart.
+
+    Args:
+        model: an ``nn.Module`` or a timm model name (created with ``pretrained=False``).
+        input_size: ``(C, H, W)`` used to trace and propagate shapes; defaults to timm's
+            ``pretrained_cfg["input_size"]``. The result accepts other sizes too.
+        arrangement: ``"td"`` (widths shrink with depth), ``"uni"`` (one width, or pass the int),
+            ``"rev"`` (groups keep their order; only the resolution schedule is reversed).
+        merge: ``"add"``, ``"concat"`` or ``"add_concat"`` (the paper's choice).
+        upsample: ``"nearest"`` (the paper's choice), ``"bilinear"`` or ``"blur"``.
+        pyramid: ``"gaussian"`` (the paper's code), ``"binomial"`` or ``"cascade"``.
+        passes: a :class:`Pipeline` (or list of passes / built-in pass names) to run instead of
+            :func:`default_pipeline`.
+        leaf_modules: module classes or qualified names torch.fx must not trace into.
+    """
+    options = TopDownOptions.create(arrangement, merge, upsample, pyramid)
+    pipeline = _pipeline(passes)
+    source = model if isinstance(model, str) else _source_of(model)
+    model = resolve_model(model)
+    ctx = compile_context(model, input_size, options, leaf_modules)
+    gm = pipeline.run(working_copy(ctx.bu), ctx)
+    return emit(gm, ctx, source=source)
+
+
+def compile_context(model: nn.Module, input_size, options: TopDownOptions, leaf_modules=()) -> CompileContext:
+    """Trace and analyse ``model`` and plan its top-down layout."""
+    input_size = resolve_input_size(model, input_size)
+    bu = trace(model, input_size, leaf_modules=leaf_modules)
+    report = analyze_graph(bu, input_size)
+    return CompileContext(
+        model=model,
+        input_size=input_size,
+        options=options,
+        bu=bu,
+        report=report,
+        plan=make_plan(report, options, bu),
+        prototypes=prototypes_of(bu, report),
+    )
+
+
+def working_copy(bu: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule with its own graph (and tags) whose modules are the bottom-up ones.
+
+    Passes never change a module in place (they install new ones), so sharing is safe; the
+    emitted network copies whatever it still shares with the user's model.
+    """
+    graph = copy.deepcopy(bu.graph)
+    for n in graph.nodes:
+        if g.TAG in n.meta:
+            n.meta[g.TAG] = dict(n.meta[g.TAG])
+    return fx.GraphModule(bu, graph, class_name=type(bu).__name__)
+
+
+def _pipeline(passes) -> Pipeline:
+    if passes is None:
+        return default_pipeline()
+    if isinstance(passes, Pipeline):
+        return passes
+    if isinstance(passes, (str, Pass)) or not isinstance(passes, Iterable):
+        raise OptionError("passes must be a reverso.Pipeline or a list of passes / built-in pass names")
+    return Pipeline(passes)
+
+
+def _source_of(model: nn.Module) -> str | None:
+    """'package.module:factory' for reference models, the timm name for timm models, else None."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture")

@@ -1,0 +1,162 @@
+"""The tracing front end: model resolution, torch.fx tracing and shape propagation.
+
+timm's "notrace" modules and functions are honoured, every layer type that the width
+registry can rebuild is kept as a leaf (so passes can re-instantiate it), and users can add
+their own leaves with ``leaf_modules=`` (classes or qualified module names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InputSizeError, OptionError, TraceError
+from .shapes import check_input_size, propagate
+from .widths import REGISTRY
+
+
+def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
+    try:
+        import timm.layers as tl
+    except ImportError:  # pragma: no cover - timm is a dependency, but keep the core usable
+        return (), ()
+    modules = list(tl.get_notrace_modules())
+    # modules whose forward branches on self.training must stay leaves, or the branch taken
+    # at trace time would be baked into the graph
+    for name in ("DropPath", "DropBlock2d"):
+        if hasattr(tl, name):
+            modules.append(getattr(tl, name))
+    return tuple(modules), tuple(tl.get_notrace_functions())
+
+
+class ReversoTracer(fx.Tracer):
+    """A torch.fx tracer that keeps timm's notrace modules, registered layers and user leaves whole."""
+
+    def __init__(self, leaf_modules: Iterable[type | str] = ()):
+        timm_modules, timm_functions = _timm_leaves()
+        super().__init__(autowrap_functions=timm_functions)
+        leaf_modules = list(leaf_modules)
+        for leaf in leaf_modules:
+            if not isinstance(leaf, (str, type)):
+                raise OptionError(
+                    f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
+                )
+        self.leaf_types = timm_modules + REGISTRY.leaf_types() + tuple(
+            t for t in leaf_modules if isinstance(t, type)
+        )
+        self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:
+            if not hasattr(err, "_reverso_module"):
+                name = self.path_of_module(m) if m is not self.root else ""
+                err._reverso_module = (name, type(m).__name__)
+            raise
+
+
+def resolve_model(model) -> nn.Module:
+    """An nn.Module, or a timm model name created with ``pretrained=False``."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        import timm
+
+        if not timm.is_model(model):
+            close = timm.list_models(f"*{model[:6]}*")[:5]
+            hint = f" Similar timm names: {', '.join(close)}." if close else ""
+            raise OptionError(f"'{model}' is not a timm model name.{hint}")
+        return timm.create_model(model, pretrained=False)
+    raise OptionError(f"model must be an nn.Module or a timm model name, got {type(model).__name__}")
+
+
+def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
+    """``input_size`` if given, else timm's ``pretrained_cfg["input_size"]``."""
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = cfg.get("input_size")
+        if input_size is None:
+            raise OptionError(
+                f"input_size is required for {type(model).__name__}: it has no timm pretrained_cfg "
+                "to read it from. Pass input_size=(channels, height, width), e.g. (3, 224, 224)."
+            )
+    return check_input_size(input_size)
+
+
+def example_input(input_size: tuple[int, int, int], batch: int = 2) -> torch.Tensor:
+    """A meta tensor of the given (C, H, W) size; batch 2 keeps batch-statistics layers happy."""
+    return torch.empty((batch, *input_size), device="meta")
+
+
+def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx and propagate shapes into ``node.meta["val"]``.
+
+    The returned GraphModule shares its submodules with ``model``.
+    """
+    model = resolve_model(model)
+    input_size = resolve_input_size(model, input_size)
+    tracer = ReversoTracer(leaf_modules)
+    was_training = model.training
+    model.eval()
+    try:
+        graph = tracer.trace(model, concrete_args=_defaulted_args(model))
+    except Exception as err:
+        raise _trace_error(model, err) from err
+    finally:
+        model.train(was_training)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
+    propagate_checked(gm, input_size)
+    return gm
+
+
+def _defaulted_args(model: nn.Module) -> dict:
+    """Optional forward arguments beyond the image (masks, flags) are fixed to their defaults."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def _trace_error(model: nn.Module, err: Exception) -> TraceError:
+    name, kind = getattr(err, "_reverso_module", ("", type(model).__name__))
+    where = f"module '{name}' ({kind})" if name else f"the top-level forward of {kind}"
+    remedy = (
+        f"mark it as a leaf so it is kept whole: leaf_modules=['{name}'] or leaf_modules=[{kind}]"
+        if name
+        else "make its forward free of data-dependent Python control flow, or wrap the offending "
+        "part in a submodule and pass it in leaf_modules="
+    )
+    return TraceError(f"torch.fx could not trace {where}: {type(err).__name__}: {err}. To fix: {remedy}.")
+
+
+def propagate_checked(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> None:
+    """Propagate shapes for an input of ``input_size``; failures name the node and the remedy."""
+    try:
+        propagate(gm, example_input(input_size))
+    except Exception as err:
+        node = getattr(err, "_reverso_node", None)
+        raise InputSizeError(
+            f"the model failed on an input of size {input_size}"
+            + (f" at node '{node}'" if node else "")
+            + f": {type(err).__name__}: {_first_line(err)}. If the input is smaller than the model's "
+            "depth allows, or the model expects a fixed size, pass a suitable input_size=(C, H, W)."
+        ) from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""

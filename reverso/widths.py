@@ -1,0 +1,388 @@
+"""One registry of "how to rebuild this layer type at another width".
+
+Passes never construct layers of the user's model by hand: when a layer must take a new
+input or output width they ask the registry, which knows how to read a layer's widths and
+how to build a fresh one (new weights) of the same type and configuration at other widths.
+Users extend it for their own layer types with :func:`register_width_rule`.
+
+Every registered type is traced as a leaf module, so it appears as a single graph node that
+a pass can re-instantiate.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import WidthError
+
+
+@dataclass(frozen=True)
+class WidthRule:
+    """How to read and change the channel widths of one layer type.
+
+    ``rebuild(module, in_width, out_width)`` returns a fresh module (new weights) of the same
+    type and configuration. For width-preserving layers (norms, depthwise convs) the two
+    widths are equal. ``channel_dim`` is the input dimension holding channels.
+    """
+
+    in_width: Callable[[nn.Module], int]
+    out_width: Callable[[nn.Module], int]
+    rebuild: Callable[[nn.Module, int, int], nn.Module]
+    preserves_width: Callable[[nn.Module], bool] = lambda m: False
+    channel_dim: int = 1
+
+
+class WidthRegistry:
+    def __init__(self):
+        self._rules: dict[type, WidthRule] = {}
+
+    def register(self, layer_type: type, rule: WidthRule) -> None:
+        if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
+            raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
+        self._rules[layer_type] = rule
+
+    def lookup(self, module: nn.Module) -> WidthRule | None:
+        """The rule of the most specific registered base class of ``module``."""
+        for cls in type(module).__mro__:
+            rule = self._rules.get(cls)
+            if rule is not None:
+                return rule
+        return None
+
+    def leaf_types(self) -> tuple[type, ...]:
+        return tuple(self._rules)
+
+    def rebuild(self, module: nn.Module, in_width: int, out_width: int | None = None, *, where: str = "") -> nn.Module:
+        """A fresh copy of ``module`` taking ``in_width`` channels (and giving ``out_width``)."""
+        rule = self.lookup(module)
+        if rule is None:
+            raise unknown_layer_error(module, where)
+        if rule.preserves_width(module):
+            out_width = in_width
+        elif out_width is None:
+            out_width = rule.out_width(module)
+        new = rule.rebuild(module, int(in_width), int(out_width))
+        return _like(new, module)
+
+
+REGISTRY = WidthRegistry()
+
+
+def register_width_rule(
+    layer_type: type,
+    *,
+    in_width: Callable[[nn.Module], int],
+    out_width: Callable[[nn.Module], int],
+    rebuild: Callable[[nn.Module, int, int], nn.Module],
+    preserves_width: Callable[[nn.Module], bool] | None = None,
+    channel_dim: int = 1,
+) -> None:
+    """Teach reverso how to rebuild ``layer_type`` at other widths (and keep it a leaf when tracing).
+
+    Example for a custom conv::
+
+        reverso.register_width_rule(
+            MyConv,
+            in_width=lambda m: m.cin,
+            out_width=lambda m: m.cout,
+            rebuild=lambda m, cin, cout: MyConv(cin, cout, m.k),
+        )
+    """
+    REGISTRY.register(
+        layer_type,
+        WidthRule(in_width, out_width, rebuild, preserves_width or (lambda m: False), channel_dim),
+    )
+
+
+def unknown_layer_error(module: nn.Module, where: str = "") -> WidthError:
+    kind = type(module).__name__
+    at = f" at '{where}'" if where else ""
+    return WidthError(
+        f"layer {kind}{at} must change its number of channels, but reverso does not know how to "
+        f"rebuild a {kind}. Register it once before converting:\n"
+        f"    reverso.register_width_rule({kind}, in_width=lambda m: ..., out_width=lambda m: ..., "
+        "rebuild=lambda m, in_width, out_width: ...)"
+    )
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Put ``new`` on the device/dtype of ``old`` and in its train/eval mode."""
+    ref = next(old.parameters(), None)
+    if ref is None:
+        ref = next(old.buffers(), None)
+    if ref is not None and ref.device.type != "meta":
+        new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+    new.train(old.training)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# convolutions
+
+
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def _conv_kwargs(conv: nn.Conv2d, **overrides) -> dict:
+    """Constructor arguments of ``type(conv)`` read back from the instance, filtered by signature."""
+    values = {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+        "eps": getattr(conv, "eps", None),
+    }
+    values.update(overrides)
+    params = inspect.signature(type(conv).__init__).parameters
+    return {k: v for k, v in values.items() if k in params and v is not None}
+
+
+def conv_groups_for(conv: nn.Conv2d, in_width: int, out_width: int, where: str = "") -> int:
+    if conv.groups == 1:
+        return 1
+    if is_depthwise(conv):
+        return in_width
+    g = conv.groups
+    if in_width % g or out_width % g:
+        raise WidthError(
+            f"grouped conv{f' at {where!r}' if where else ''} has groups={g} and cannot take "
+            f"{in_width} -> {out_width} channels; choose widths divisible by {g} "
+            "(for the 'uni' arrangement pass arrangement=<int> with a multiple of it)"
+        )
+    return g
+
+
+def rebuild_conv(conv: nn.Conv2d, in_width: int, out_width: int, **overrides) -> nn.Conv2d:
+    """A fresh conv of the same type and configuration with new widths (or kernel/stride/padding)."""
+    groups = conv_groups_for(conv, in_width, out_width)
+    kwargs = _conv_kwargs(conv, groups=groups, **overrides)
+    kernel_size = kwargs.pop("kernel_size")
+    try:
+        new = type(conv)(in_width, out_width, kernel_size, **kwargs)
+    except TypeError as err:
+        raise WidthError(
+            f"could not rebuild {type(conv).__name__} from its attributes ({err}); register a width "
+            f"rule for it with reverso.register_width_rule({type(conv).__name__}, ...)"
+        ) from err
+    return new
+
+
+def same_padding(kernel_size, dilation) -> tuple[int, int] | str:
+    """Symmetric padding that keeps the size at stride 1, or 'same' for even kernels."""
+    k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+    d = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    if all(ki % 2 == 1 for ki in k):
+        return tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
+    return "same"
+
+
+def conv_at_stride_one(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of ``conv`` (same weights) at stride 1 with size-preserving padding."""
+    new = copy.deepcopy(conv)
+    new.stride = (1, 1)
+    if type(conv).__name__ != "Conv2dSame":  # timm's Conv2dSame pads dynamically
+        new.padding = same_padding(conv.kernel_size, conv.dilation)
+        if isinstance(new.padding, tuple):
+            new._reversed_padding_repeated_twice = [p for p in reversed(new.padding) for _ in range(2)]
+    return new
+
+
+def at_stride_one(module: nn.Module) -> nn.Module | None:
+    """A copy of a conv, or of a conv-like module (timm's MixedConv2d), whose strided convs run at
+    stride 1; None if it holds no strided conv."""
+    if isinstance(module, nn.Conv2d):
+        return conv_at_stride_one(module)
+    strided = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1]
+    if not strided:
+        return None
+    new = copy.deepcopy(module)
+    for name in strided:
+        parent, _, leaf = name.rpartition(".")
+        owner = new.get_submodule(parent) if parent else new
+        setattr(owner, leaf, conv_at_stride_one(getattr(owner, leaf)))
+    return new
+
+
+def conv_with_kernel(conv: nn.Conv2d, kernel_size: int) -> nn.Conv2d:
+    """A fresh conv like ``conv`` with another (odd) kernel size and 'same' padding."""
+    k = (kernel_size, kernel_size)
+    return _like(
+        rebuild_conv(
+            conv,
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=k,
+            padding=same_padding(k, conv.dilation),
+        ),
+        conv,
+    )
+
+
+_conv_rule = WidthRule(
+    in_width=lambda m: m.in_channels,
+    out_width=lambda m: m.out_channels,
+    rebuild=rebuild_conv,
+    preserves_width=is_depthwise,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# norms: copy the (small) module and give it fresh per-channel tensors of the new width
+
+
+def _fresh_like(t: torch.Tensor | None, width: int, fill: float) -> torch.Tensor | None:
+    if t is None:
+        return None
+    new = torch.full((width, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
+    return nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
+
+
+def rebuild_batchnorm(bn: nn.modules.batchnorm._BatchNorm, width: int, _: int = 0) -> nn.Module:
+    new = copy.copy(bn)
+    new._parameters = dict(bn._parameters)
+    new._buffers = dict(bn._buffers)
+    new._modules = {k: copy.deepcopy(v) for k, v in bn._modules.items()}
+    new.num_features = width
+    new.weight = _fresh_like(bn.weight, width, 1.0)
+    new.bias = _fresh_like(bn.bias, width, 0.0)
+    if bn.running_mean is not None:
+        new.running_mean = _fresh_like(bn.running_mean, width, 0.0)
+        new.running_var = _fresh_like(bn.running_var, width, 1.0)
+        new.num_batches_tracked = torch.zeros_like(bn.num_batches_tracked)
+    return new
+
+
+def rebuild_groupnorm(gn: nn.GroupNorm, width: int, _: int = 0) -> nn.Module:
+    new = copy.copy(gn)
+    new._parameters = dict(gn._parameters)
+    new._modules = {k: copy.deepcopy(v) for k, v in gn._modules.items()}
+    new.num_channels = width
+    new.num_groups = math.gcd(gn.num_groups, width)
+    new.weight = _fresh_like(gn.weight, width, 1.0)
+    new.bias = _fresh_like(gn.bias, width, 0.0)
+    return new
+
+
+def rebuild_layernorm(ln: nn.LayerNorm, width: int, _: int = 0) -> nn.Module:
+    if len(ln.normalized_shape) != 1:
+        raise WidthError(
+            f"LayerNorm over {tuple(ln.normalized_shape)} normalises more than the channel dimension "
+            "and cannot be re-widthed"
+        )
+    new = copy.copy(ln)
+    new._parameters = dict(ln._parameters)
+    new._modules = {k: copy.deepcopy(v) for k, v in ln._modules.items()}
+    new.normalized_shape = (width,)
+    new.weight = _fresh_like(ln.weight, width, 1.0)
+    new.bias = _fresh_like(ln.bias, width, 0.0)
+    return new
+
+
+def _norm_rule(width_of, rebuild, channel_dim=1) -> WidthRule:
+    return WidthRule(width_of, width_of, rebuild, preserves_width=lambda m: True, channel_dim=channel_dim)
+
+
+def rebuild_linear(lin: nn.Linear, in_width: int, out_width: int) -> nn.Linear:
+    return nn.Linear(in_width, out_width, bias=lin.bias is not None)
+
+
+REGISTRY.register(nn.Conv2d, _conv_rule)
+REGISTRY.register(nn.modules.batchnorm._BatchNorm, _norm_rule(lambda m: m.num_features, rebuild_batchnorm))
+REGISTRY.register(nn.GroupNorm, _norm_rule(lambda m: m.num_channels, rebuild_groupnorm))
+REGISTRY.register(
+    nn.LayerNorm, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm, channel_dim=-1)
+)
+REGISTRY.register(
+    nn.Linear,
+    WidthRule(lambda m: m.in_features, lambda m: m.out_features, rebuild_linear, channel_dim=-1),
+)
+
+
+def _register_timm() -> None:
+    try:
+        import timm.layers as tl
+    except ImportError:  # pragma: no cover
+        return
+    # timm's channels-first LayerNorm2d subclasses nn.LayerNorm but normalises dim 1
+    for name in ("LayerNorm2d", "LayerNormAct2d", "RmsNorm2d"):
+        cls = getattr(tl, name, None)
+        if cls is not None and issubclass(cls, nn.LayerNorm):
+            REGISTRY.register(cls, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm))
+    try:
+        from timm.models.vgg import ConvMlp
+
+        REGISTRY.register(ConvMlp, composite_rule("fc1", "fc2"))
+    except ImportError:  # pragma: no cover
+        pass
+    mixed = getattr(tl, "MixedConv2d", None)
+    if mixed is not None:
+        REGISTRY.register(
+            mixed,
+            WidthRule(
+                in_width=lambda m: m.in_channels,
+                out_width=lambda m: m.out_channels,
+                rebuild=_rebuild_mixed_conv,
+                preserves_width=_mixed_is_depthwise,
+            ),
+        )
+
+
+def composite_rule(first: str, last: str) -> WidthRule:
+    """A rule for a small module whose ``first`` conv/linear reads its input and whose ``last``
+    one writes its output (e.g. timm's ConvMlp: ``composite_rule("fc1", "fc2")``)."""
+
+    def width(attr: str, which: str):
+        def read(m):
+            layer = getattr(m, attr)
+            return getattr(layer, which + "_channels", None) or getattr(layer, which + "_features")
+
+        return read
+
+    def rebuild(m, in_width: int, out_width: int):
+        new = copy.deepcopy(m)
+        for attr, (cin, cout) in (
+            (first, (in_width, None)),
+            (last, (None, out_width)),
+        ):
+            layer = getattr(new, attr)
+            rule = REGISTRY.lookup(layer)
+            setattr(new, attr, REGISTRY.rebuild(
+                layer, cin if cin is not None else rule.in_width(layer), cout if cout is not None else rule.out_width(layer)
+            ))
+        for sub in new.modules():  # fresh weights throughout
+            if sub is not new and hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+        return new
+
+    return WidthRule(width(first, "in"), width(last, "out"), rebuild)
+
+
+def _mixed_is_depthwise(m) -> bool:
+    return all(is_depthwise(c) for c in m.values())
+
+
+def _rebuild_mixed_conv(m, in_width: int, out_width: int):
+    convs = list(m.values())
+    return type(m)(
+        in_width,
+        out_width,
+        kernel_size=[c.kernel_size[0] for c in convs],
+        stride=convs[0].stride[0],
+        padding="same" if type(convs[0]).__name__ == "Conv2dSame" else "",
+        dilation=convs[0].dilation[0],
+        depthwise=_mixed_is_depthwise(m),
+    )
+
+
+_register_timm()

@@ -1,0 +1,9 @@
+import torch
+
+import reverso
+from reverso import models
+
+
+def test_lenet_fc_converts_and_runs():
+    td = reverso.topdown(models.create("lenet_fc"))
+    assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)
