@@ -35,7 +35,9 @@ class DownsampleToUpsample(Pass):
 
     def requires(self, gm, ctx) -> None:
         if any(g.tag(n).get("role") == "pyramid" for n in gm.graph.nodes):
-            raise UnsupportedTopologyError("the graph already has an image pyramid; run this pass once")
+            raise UnsupportedTopologyError(
+                "the graph already has an image pyramid; run this pass once"
+            )
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = ctx.plan
@@ -57,7 +59,9 @@ class DownsampleToUpsample(Pass):
     # -- entry: the image pyramid ------------------------------------------------------------
     def insert_pyramid(self, gm: fx.GraphModule, ctx) -> dict[int, fx.Node]:
         plan = ctx.plan
-        image = next(n for n in gm.graph.nodes if n.op == "placeholder" and tensor_shape(n) is not None)
+        image = next(
+            n for n in gm.graph.nodes if n.op == "placeholder" and tensor_shape(n) is not None
+        )
         target = g.unique_name(gm, "pyramid")
         gm.add_submodule(target, ImagePyramid(plan.pyramid_levels, ctx.options.pyramid))
         users = list(image.users)
@@ -67,7 +71,9 @@ class DownsampleToUpsample(Pass):
         levels, anchor = {}, pyramid
         for i, level in enumerate(plan.pyramid_levels):
             with gm.graph.inserting_after(anchor):
-                node = gm.graph.create_node("call_function", operator.getitem, (pyramid, i), name=f"level_{level}")
+                node = gm.graph.create_node(
+                    "call_function", operator.getitem, (pyramid, i), name=f"level_{level}"
+                )
             g.tag(node).update(role="pyramid", level=level)
             levels[level] = anchor = node
         for user in users:
@@ -81,7 +87,9 @@ class DownsampleToUpsample(Pass):
             if not g.tag(n).get("stride"):
                 continue
             module = g.module_of(gm, n)
-            unstrided = at_stride_one(module) if module is not None and not g.is_pool(gm, n) else None
+            unstrided = (
+                at_stride_one(module) if module is not None and not g.is_pool(gm, n) else None
+            )
             if unstrided is not None:
                 g.set_module(gm, n.target, unstrided)
             elif g.is_pool(gm, n):
@@ -94,7 +102,9 @@ class DownsampleToUpsample(Pass):
                     "module you can rewrite, or replace it before converting."
                 )
 
-    def standalone(self, gm: fx.GraphModule, ctx, slot, index: int, levels: dict[int, fx.Node]) -> None:
+    def standalone(
+        self, gm: fx.GraphModule, ctx, slot, index: int, levels: dict[int, fx.Node]
+    ) -> None:
         view = unit_view(gm, slot.units[0])
         pools = [n for n in view.nodes if g.tag(n).get("stride")]
         if not pools:
@@ -104,27 +114,40 @@ class DownsampleToUpsample(Pass):
             pool.replace_all_uses_with(pool.args[0])
             gm.graph.erase_node(pool)
             return
-        up = self.add_upsample(gm, ctx, f"upsample{index}", pool.args[0], levels[slot.level], slot.up, pool, index)
+        up = self.add_upsample(
+            gm, ctx, f"upsample{index}", pool.args[0], levels[slot.level], slot.up, pool, index
+        )
         pool.replace_all_uses_with(up)
         gm.graph.erase_node(pool)
 
     def add_upsample(self, gm, ctx, name, source, like, factor, before, index) -> fx.Node:
         node = g.add_module_node(
-            gm, name, Upsample(ctx.options.upsample, factor), (source, like), before=before, meta_from=before
+            gm,
+            name,
+            Upsample(ctx.options.upsample, factor),
+            (source, like),
+            before=before,
+            meta_from=before,
         )
         g.tag(node).update(role="upsample", transition=index)
         return node
 
     # -- up-units ----------------------------------------------------------------------------
-    def up_unit(self, gm: fx.GraphModule, ctx, view: UnitView, slot, index: int, like: fx.Node) -> None:
+    def up_unit(
+        self, gm: fx.GraphModule, ctx, view: UnitView, slot, index: int, like: fx.Node
+    ) -> None:
         """Insert upsamplings so that everything from the unit's first spatial conv on runs fine."""
         fine = self.fine_region(gm, view)
         prefix = module_prefix(gm, view.nodes)
         if view.exit not in fine:  # no spatial conv at all: upsample the unit's output
             users = [u for u in view.exit.users if u not in view.node_set]
             up = g.add_module_node(
-                gm, f"{prefix}.upsample", Upsample(ctx.options.upsample, slot.up), (view.exit, like),
-                after=view.exit, meta_from=view.exit,
+                gm,
+                f"{prefix}.upsample",
+                Upsample(ctx.options.upsample, slot.up),
+                (view.exit, like),
+                after=view.exit,
+                meta_from=view.exit,
             )
             g.tag(up).update(role="upsample", transition=index, unit=view.index)
             for u in users:
@@ -136,7 +159,9 @@ class DownsampleToUpsample(Pass):
                 if a in fine or not _is_feature_path(a):
                     continue
                 if a not in ups:
-                    ups[a] = self.add_upsample(gm, ctx, f"{prefix}.upsample", a, like, slot.up, n, index)
+                    ups[a] = self.add_upsample(
+                        gm, ctx, f"{prefix}.upsample", a, like, slot.up, n, index
+                    )
                     g.tag(ups[a])["unit"] = view.index
                 n.replace_input_with(a, ups[a])
 
@@ -166,7 +191,9 @@ class DownsampleToUpsample(Pass):
                 chain = _projection_chain(gm, branch, inside)
                 convs = [c for c in chain if g.is_conv(gm, c)]
                 others = [a for a in join.all_input_nodes if a is not branch]
-                if len(convs) != 1 or not any(_has_spatial_conv_before(gm, o, inside) for o in others):
+                if len(convs) != 1 or not any(
+                    _has_spatial_conv_before(gm, o, inside) for o in others
+                ):
                     continue
                 conv = gm.get_submodule(convs[0].target)
                 if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
@@ -178,7 +205,7 @@ class DownsampleToUpsample(Pass):
                     c.replace_all_uses_with(c.args[0])
                     gm.graph.erase_node(c)
                 # the identity shortcut reads the block's input, not its pre-activation
-                first = next(u for u in start.users if u in inside and u in chain + [join])
+                first = next(u for u in start.users if u in inside and u in [*chain, join])
                 first.replace_input_with(start, view.entry)
                 return
 
@@ -186,7 +213,12 @@ class DownsampleToUpsample(Pass):
 def _is_feature_path(node: fx.Node) -> bool:
     """Feature maps that must be upsampled (not global gates, not pyramid references)."""
     shape = tensor_shape(node)
-    return shape is not None and len(shape) == 4 and not g.tag(node).get("global") and node.op != "get_attr"
+    return (
+        shape is not None
+        and len(shape) == 4
+        and not g.tag(node).get("global")
+        and node.op != "get_attr"
+    )
 
 
 def _has_ancestor_in(node: fx.Node, candidates: set[fx.Node], inside: set[fx.Node]) -> bool:

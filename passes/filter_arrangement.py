@@ -36,24 +36,39 @@ class FilterArrangement(Pass):
     def uniform(self, gm: fx.GraphModule, ctx, width: int) -> None:
         body = set(ctx.report.body)
         for n in list(gm.graph.nodes):
-            if g.tag(n).get("unit") not in body or not g.is_conv(gm, n) or not g.width_defining(gm, n):
+            if (
+                g.tag(n).get("unit") not in body
+                or not g.is_conv(gm, n)
+                or not g.width_defining(gm, n)
+            ):
                 continue
             if g.tag(n).get("global") and not _gates_feature_map(gm, n):
                 continue  # e.g. the reduction conv of a squeeze-excite block keeps its width
             module = gm.get_submodule(n.target)
             rule = ctx.registry.lookup(module)
-            g.set_module(gm, n.target, ctx.registry.rebuild(module, rule.in_width(module), width, where=n.target))
+            g.set_module(
+                gm,
+                n.target,
+                ctx.registry.rebuild(module, rule.in_width(module), width, where=n.target),
+            )
 
     def group_kernels(self, gm: fx.GraphModule, ctx) -> None:
         for group in ctx.report.groups:
             kernel = ctx.plan.group_kernels.get(group.index)
             units = set(group.units)
             opening = next(
-                (n for n in gm.graph.nodes if g.tag(n).get("unit") in units and g.is_spatial_conv(gm, n)), None
+                (
+                    n
+                    for n in gm.graph.nodes
+                    if g.tag(n).get("unit") in units and g.is_spatial_conv(gm, n)
+                ),
+                None,
             )
             if kernel is None or opening is None or g.conv_kernel(gm, opening) == kernel:
                 continue
-            g.set_module(gm, opening.target, conv_with_kernel(gm.get_submodule(opening.target), kernel))
+            g.set_module(
+                gm, opening.target, conv_with_kernel(gm.get_submodule(opening.target), kernel)
+            )
 
     def ensures(self, gm, ctx) -> None:
         if ctx.plan.arrangement != "uni":
@@ -64,7 +79,9 @@ class FilterArrangement(Pass):
             if g.tag(n).get("unit") in body and g.is_conv(gm, n) and not g.tag(n).get("global"):
                 out = gm.get_submodule(n.target).out_channels
                 if out != width:
-                    raise AssertionError(f"uni arrangement left conv '{n.target}' at width {out} instead of {width}")
+                    raise AssertionError(
+                        f"uni arrangement left conv '{n.target}' at width {out} instead of {width}"
+                    )
 
 
 def _gates_feature_map(gm: fx.GraphModule, node: fx.Node) -> bool:

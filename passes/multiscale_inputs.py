@@ -39,16 +39,34 @@ class MultiscaleInputs(Pass):
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = ctx.plan
         factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
-        levels = {g.tag(n)["level"]: n for n in gm.graph.nodes if g.tag(n).get("role") == "pyramid" and "level" in g.tag(n)}
+        levels = {
+            g.tag(n)["level"]: n
+            for n in gm.graph.nodes
+            if g.tag(n).get("role") == "pyramid" and "level" in g.tag(n)
+        }
         image_channels = ctx.input_size[0]
         for index, slot in plan.up_slots:
             image = levels[slot.level]
             if slot.kind == "transition":
-                up = next(n for n in gm.graph.nodes if g.tag(n).get("role") == "upsample" and g.tag(n).get("transition") == index)
+                up = next(
+                    n
+                    for n in gm.graph.nodes
+                    if g.tag(n).get("role") == "upsample" and g.tag(n).get("transition") == index
+                )
                 low = up.args[0]
                 c_low, c_r = channels(low), self.next_width(gm, plan, index, channels(low))
-                merge = self.merge(ctx, factory, slot.level, image_channels, c_low, c_r, gm.get_submodule(up.target))
-                node = g.add_module_node(gm, f"merge{index}", merge, (low, image), before=up, meta_from=up)
+                merge = self.merge(
+                    ctx,
+                    factory,
+                    slot.level,
+                    image_channels,
+                    c_low,
+                    c_r,
+                    gm.get_submodule(up.target),
+                )
+                node = g.add_module_node(
+                    gm, f"merge{index}", merge, (low, image), before=up, meta_from=up
+                )
                 up.replace_all_uses_with(node)
                 gm.graph.erase_node(up)
             else:
@@ -57,7 +75,12 @@ class MultiscaleInputs(Pass):
                 merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
                 users = [u for u in view.exit.users if u not in view.node_set]
                 node = g.add_module_node(
-                    gm, f"{module_prefix(gm, view.nodes)}.merge", merge, (view.exit, image), after=view.exit, meta_from=view.exit
+                    gm,
+                    f"{module_prefix(gm, view.nodes)}.merge",
+                    merge,
+                    (view.exit, image),
+                    after=view.exit,
+                    meta_from=view.exit,
                 )
                 for u in users:
                     u.replace_input_with(view.exit, node)
@@ -73,11 +96,14 @@ class MultiscaleInputs(Pass):
             return channels(unit_view(gm, plan.slots[index + 1].units[0]).exit)
         return default
 
-    def merge(self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample) -> Merge:
+    def merge(
+        self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample
+    ) -> Merge:
         spec = ctx.plan.laterals[level]
         conv = factory.conv(cin, c_r, max(spec.conv.kernel_size), like=spec.conv)
         followers = [
-            ctx.registry.rebuild(m, c_r) if ctx.registry.lookup(m) is not None else _copy(m) for m in spec.followers
+            ctx.registry.rebuild(m, c_r) if ctx.registry.lookup(m) is not None else _copy(m)
+            for m in spec.followers
         ]
         lateral = nn.Sequential(conv, *followers)
         project = factory.conv_block(c_low, c_r, 1) if c_low != c_r else None
@@ -88,7 +114,9 @@ class MultiscaleInputs(Pass):
     def ensures(self, gm, ctx) -> None:
         merges = [n for n in gm.graph.nodes if g.tag(n).get("role") == "merge"]
         if len(merges) != len(ctx.plan.up_slots):
-            raise AssertionError(f"{len(merges)} merges for {len(ctx.plan.up_slots)} up-transitions")
+            raise AssertionError(
+                f"{len(merges)} merges for {len(ctx.plan.up_slots)} up-transitions"
+            )
 
 
 def _copy(m: nn.Module) -> nn.Module:

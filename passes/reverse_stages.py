@@ -49,7 +49,11 @@ class ReverseStages(Pass):
         module = gm.get_submodule(last.target)
         rule = ctx.registry.lookup(module)
         if rule.out_width(module) != width:
-            g.set_module(gm, last.target, ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target))
+            g.set_module(
+                gm,
+                last.target,
+                ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target),
+            )
 
     def ensures(self, gm, ctx) -> None:
         order = [g.tag(n).get("unit") for n in gm.graph.nodes if "unit" in g.tag(n)]

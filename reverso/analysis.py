@@ -100,7 +100,9 @@ class StageReport:
         found = [i for i in self.items if isinstance(i, Transition)]
         found += [gr.transition for gr in self.groups if gr.transition is not None]
         found += [
-            Transition(-1, u, "inside", self.units[u].factor, list(self.units[u].strided), first=True)
+            Transition(
+                -1, u, "inside", self.units[u].factor, list(self.units[u].strided), first=True
+            )
             for u in self.stem
             if self.units[u].is_transition
         ]
@@ -120,7 +122,9 @@ class StageReport:
         return None
 
     def __str__(self) -> str:
-        rows = [("unit", "role", "kind", "level", "size", "channels", "params", "transition", "nodes")]
+        rows = [
+            ("unit", "role", "kind", "level", "size", "channels", "params", "transition", "nodes")
+        ]
         trans = {t.unit: t for t in self.transitions}
         for u in self.units:
             t = trans.get(u.index)
@@ -128,19 +132,23 @@ class StageReport:
             if t is not None:
                 tr = f"x{t.factor} {t.kind}" + (" (first layer)" if t.first else "")
             first, last = u.nodes[0], u.nodes[-1]
-            rows.append((
-                str(u.index),
-                u.role,
-                u.kind + (" (residual)" if u.residual else ""),
-                str(u.out_level) if u.kind != "head" else "-",
-                f"{u.out_size[0]}x{u.out_size[1]}" if u.kind != "head" else "-",
-                f"{u.in_width}->{u.out_width}",
-                f"{u.params:,}",
-                tr,
-                first if first == last else f"{first} .. {last}",
-            ))
+            rows.append(
+                (
+                    str(u.index),
+                    u.role,
+                    u.kind + (" (residual)" if u.residual else ""),
+                    str(u.out_level) if u.kind != "head" else "-",
+                    f"{u.out_size[0]}x{u.out_size[1]}" if u.kind != "head" else "-",
+                    f"{u.in_width}->{u.out_width}",
+                    f"{u.params:,}",
+                    tr,
+                    first if first == last else f"{first} .. {last}",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         c, h, w = self.input_size
         summary = (
@@ -174,7 +182,9 @@ class _Analysis:
         gm = self.gm
         # optional forward arguments were fixed at trace time and hold no tensor
         placeholders = [
-            n for n in gm.graph.nodes if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+            n
+            for n in gm.graph.nodes
+            if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
         ]
         if len(placeholders) != 1:
             raise UnsupportedTopologyError(
@@ -197,7 +207,8 @@ class _Analysis:
         G = g.dataflow_graph(gm)
         # cut points must be single tensors; a split's tuple stays inside its segment
         self.chain = [
-            n for n in g.main_chain(G, self.input, self.output)
+            n
+            for n in g.main_chain(G, self.input, self.output)
             if n in (self.input, self.output) or isinstance(n.meta.get("val"), torch.Tensor)
         ]
         self.segment = self._segments(G)
@@ -227,7 +238,11 @@ class _Analysis:
 
         def scales(a, b) -> bool:
             if isinstance(a, (tuple, list)):
-                tensors = [(x, y) for x, y in zip(a, b or [None] * len(a), strict=True) if isinstance(x, torch.Tensor)]
+                tensors = [
+                    (x, y)
+                    for x, y in zip(a, b or [None] * len(a), strict=True)
+                    if isinstance(x, torch.Tensor)
+                ]
                 return bool(tensors) and all(scales(x, y) for x, y in tensors)
             if not isinstance(a, torch.Tensor) or a.dim() != 4:
                 return False
@@ -278,7 +293,9 @@ class _Analysis:
         for i, n in enumerate(self.chain[1:], start=1):
             if n not in self.scaling:
                 return i
-        raise UnsupportedTopologyError("the model's output is a feature map; reverso expects class scores")
+        raise UnsupportedTopologyError(
+            "the model's output is a feature map; reverso expects class scores"
+        )
 
     # -- levels and strided nodes -----------------------------------------------------------
     def _levels(self, G) -> dict[fx.Node, int]:
@@ -349,7 +366,9 @@ class _Analysis:
 
         def new_unit(kind: str, nodes: list[fx.Node], exit_: fx.Node, owner: str | None) -> None:
             nonlocal entry, pending
-            units.append(Unit(len(units), kind, [n.name for n in pending + nodes], entry.name, exit_.name))
+            units.append(
+                Unit(len(units), kind, [n.name for n in pending + nodes], entry.name, exit_.name)
+            )
             owners.append(owner)
             pending = []
             entry = exit_
@@ -370,12 +389,19 @@ class _Analysis:
             is_block = len([n for n in nodes if n in self.dataflow]) > 1
             standalone_pool = g.is_pool(gm, exit_) and strided_here and not is_block
             same_block = (
-                units and not standalone_pool and owner is not None and owners[-1] is not None
+                units
+                and not standalone_pool
+                and owner is not None
+                and owners[-1] is not None
                 and (owner == owners[-1] or owner.startswith(owners[-1] + "."))
                 and units[-1].kind != "pool"
             )
             if same_block:  # a later part of the same block module (its 1x1 conv, its SE, its act)
-                extend_last(nodes, exit_, "block" if is_block else ("block" if g.width_defining(gm, exit_) else None))
+                extend_last(
+                    nodes,
+                    exit_,
+                    "block" if is_block else ("block" if g.width_defining(gm, exit_) else None),
+                )
                 pending = []
                 if is_block:
                     units[-1].residual = units[-1].residual or self._is_residual(nodes)
@@ -384,9 +410,11 @@ class _Analysis:
                 units[-1].residual = self._is_residual(nodes)
             elif standalone_pool:
                 new_unit("pool", nodes, exit_, None)
-            elif strided_here or (exit_.op == "call_module" and not g.is_pointwise(gm, exit_) and any(
-                True for _ in g.module_of(gm, exit_).parameters()
-            )):
+            elif strided_here or (
+                exit_.op == "call_module"
+                and not g.is_pointwise(gm, exit_)
+                and any(True for _ in g.module_of(gm, exit_).parameters())
+            ):
                 new_unit("layer", nodes, exit_, owner)
             elif units and not pending and self._attaches_backward(units[-1]):
                 extend_last(nodes, exit_)
@@ -431,7 +459,9 @@ class _Analysis:
     def _is_container(self, parts: list[str]) -> bool:
         root = self.gm.meta.get("root", self.gm)  # the original model keeps the module types
         module = root.get_submodule(".".join(parts)) if _has_module(root, parts) else None
-        return module is None or isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict))
+        return module is None or isinstance(
+            module, (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+        )
 
     def _owner(self, nodes: list[fx.Node]) -> str | None:
         """The block module a segment belongs to: the deepest enclosing module that is not a
@@ -473,12 +503,16 @@ class _Analysis:
             if len([n for n in nodes if n in self.dataflow]) < 2 or not self._is_residual(nodes):
                 continue
             entry, inside = self.chain[s - 1], set(nodes)
-            votes.append(any(
-                g.is_norm(self.gm, u)
-                and any(g.is_spatial_conv(self.gm, d) for d in g.descendants_within([u], inside))
-                for u in entry.users
-                if u in inside
-            ))
+            votes.append(
+                any(
+                    g.is_norm(self.gm, u)
+                    and any(
+                        g.is_spatial_conv(self.gm, d) for d in g.descendants_within([u], inside)
+                    )
+                    for u in entry.users
+                    if u in inside
+                )
+            )
         return bool(votes) and sum(votes) * 2 > len(votes)
 
     def _move_fc_classifier(self, units: list[Unit], head: Unit) -> list[Unit]:
@@ -517,7 +551,9 @@ class _Analysis:
                 if n in self.strided:
                     g.tag(n)["stride"] = self.strided[n]
             if u.kind != "head" and u.out_level - u.in_level < 0:
-                raise UnsupportedTopologyError(f"unit ending at '{u.exit}' upsamples; cannot reverse it")
+                raise UnsupportedTopologyError(
+                    f"unit ending at '{u.exit}' upsamples; cannot reverse it"
+                )
 
     def _check_single_transition(self, u: Unit, nodes: list[fx.Node]) -> None:
         strided = [n for n in nodes if n in self.strided]
@@ -571,7 +607,9 @@ class _Analysis:
         for u in rest:
             first = u is body[0]
             if u.kind == "pool" and u.is_transition:
-                items.append(Transition(n_trans, u.index, "standalone", u.factor, list(u.strided), first))
+                items.append(
+                    Transition(n_trans, u.index, "standalone", u.factor, list(u.strided), first)
+                )
                 n_trans += 1
                 current = None
                 continue
@@ -593,7 +631,9 @@ class _Analysis:
                 units[item.unit].role = f"T{item.index + 1}"
         head.role = "head"
 
-        body_nodes = [n for n in gm.graph.nodes if g.tag(n).get("unit", -1) in {u.index for u in body}]
+        body_nodes = [
+            n for n in gm.graph.nodes if g.tag(n).get("unit", -1) in {u.index for u in body}
+        ]
         return StageReport(
             input_size=self.input_size,
             units=units,
@@ -684,4 +724,3 @@ def getattr_path(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-

@@ -15,12 +15,16 @@ from .widths import REGISTRY, WidthRegistry, rebuild_conv, same_padding
 
 
 class LayerFactory:
-    def __init__(self, prototypes: dict[str, nn.Module], preact: bool, registry: WidthRegistry = REGISTRY):
+    def __init__(
+        self, prototypes: dict[str, nn.Module], preact: bool, registry: WidthRegistry = REGISTRY
+    ):
         self.prototypes = prototypes
         self.preact = preact
         self.registry = registry
 
-    def conv(self, cin: int, cout: int, kernel_size: int, like: nn.Conv2d | None = None) -> nn.Conv2d:
+    def conv(
+        self, cin: int, cout: int, kernel_size: int, like: nn.Conv2d | None = None
+    ) -> nn.Conv2d:
         """A fresh stride-1 'same' conv of the model's conv type (or of ``like``), groups 1."""
         proto = like if like is not None else self.prototypes.get("conv")
         if proto is None:
@@ -28,7 +32,14 @@ class LayerFactory:
         k = (kernel_size, kernel_size)
         template = copy.copy(proto)
         template.groups = 1
-        return rebuild_conv(template, cin, cout, kernel_size=k, stride=(1, 1), padding=same_padding(k, proto.dilation))
+        return rebuild_conv(
+            template,
+            cin,
+            cout,
+            kernel_size=k,
+            stride=(1, 1),
+            padding=same_padding(k, proto.dilation),
+        )
 
     def act(self) -> nn.Module | None:
         proto = self.prototypes.get("act")

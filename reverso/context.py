@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from . import graph as g
-from .analysis import Group, StageReport, Transition
+from .analysis import StageReport, Transition
 from .errors import OptionError
 from .nn import MERGES, PYRAMIDS, UPSAMPLE_MODES
 from .shapes import channels
@@ -35,10 +35,14 @@ class TopDownOptions:
     pyramid: str = "gaussian"
 
     @classmethod
-    def create(cls, arrangement="td", merge="add_concat", upsample="nearest", pyramid="gaussian") -> TopDownOptions:
+    def create(
+        cls, arrangement="td", merge="add_concat", upsample="nearest", pyramid="gaussian"
+    ) -> TopDownOptions:
         width = None
         if isinstance(arrangement, bool) or not isinstance(arrangement, (str, int)):
-            raise OptionError(f"arrangement must be 'td', 'uni', 'rev' or an int width, got {arrangement!r}")
+            raise OptionError(
+                f"arrangement must be 'td', 'uni', 'rev' or an int width, got {arrangement!r}"
+            )
         if isinstance(arrangement, int):
             if arrangement < 1:
                 raise OptionError(f"a uniform width must be a positive int, got {arrangement}")
@@ -50,7 +54,9 @@ class TopDownOptions:
             ("pyramid", pyramid, PYRAMIDS),
         ):
             if value not in allowed:
-                raise OptionError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}")
+                raise OptionError(
+                    f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}"
+                )
         return cls(arrangement, width, merge, upsample, pyramid)
 
 
@@ -145,7 +151,9 @@ def make_plan(report: StageReport, options: TopDownOptions, bu: fx.GraphModule) 
             up = t.factor if t is not None and not t.first else 1
             level -= int(math.log2(up))
             slots.append(Slot("group", list(group.units), up, level, group.index))
-    end_level = report.units[report.body[0]].out_level if report.units[report.body[0]].is_transition else 0
+    end_level = (
+        report.units[report.body[0]].out_level if report.units[report.body[0]].is_transition else 0
+    )
     if level != end_level:  # pragma: no cover - guarded by the analysis
         raise AssertionError(f"top-down schedule ends at level {level}, expected {end_level}")
     plan = TopDownPlan(
@@ -161,13 +169,17 @@ def make_plan(report: StageReport, options: TopDownOptions, bu: fx.GraphModule) 
     )
     named = {n.name: n for n in bu.graph.nodes}
     plan.laterals = {
-        lv: _lateral_spec(bu, named, report, lv) for lv in plan.pyramid_levels if lv != plan.entry_level
+        lv: _lateral_spec(bu, named, report, lv)
+        for lv in plan.pyramid_levels
+        if lv != plan.entry_level
     }
     if options.arrangement == "uni":
         plan.uni_width = options.width or _median_width(bu, named, report)
     if options.arrangement == "rev":
         plan.group_kernels = {
-            s.bu_group: _opening_kernel(bu, named, report, s.level) for s in slots if s.kind == "group"
+            s.bu_group: _opening_kernel(bu, named, report, s.level)
+            for s in slots
+            if s.kind == "group"
         }
     return plan
 

@@ -39,8 +39,22 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 # node kinds
 
 _ACT_FUNCS = {
-    F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish,
-    F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, F.relu_, torch.relu_,
+    F.relu,
+    F.relu6,
+    F.silu,
+    F.gelu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.leaky_relu,
+    F.elu,
+    F.mish,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.relu_,
+    torch.relu_,
 }
 _ACT_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_"}
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
@@ -54,20 +68,40 @@ _NORM_FUNCS = {F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm}
 
 def _activation_types() -> tuple[type, ...]:
     types = [
-        nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardswish,
-        nn.Hardsigmoid, nn.ELU, nn.Mish, nn.PReLU, nn.SELU, nn.Softplus, nn.Hardtanh,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.SiLU,
+        nn.GELU,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.LeakyReLU,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.ELU,
+        nn.Mish,
+        nn.PReLU,
+        nn.SELU,
+        nn.Softplus,
+        nn.Hardtanh,
     ]
     try:
         import timm.layers.activations as ta
 
-        types += [obj for obj in vars(ta).values() if isinstance(obj, type) and issubclass(obj, nn.Module)]
+        types += [
+            obj for obj in vars(ta).values() if isinstance(obj, type) and issubclass(obj, nn.Module)
+        ]
     except ImportError:  # pragma: no cover
         pass
     return tuple(types)
 
 
 ACTIVATIONS = _activation_types()
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def _dropout_types() -> tuple[type, ...]:
@@ -133,7 +167,12 @@ def is_identity(gm, node) -> bool:
 
 def is_pointwise(gm, node) -> bool:
     """Shape- and width-preserving single-input layers: norms, activations, dropouts, identities."""
-    return is_norm(gm, node) or is_activation(gm, node) or is_dropout(gm, node) or is_identity(gm, node)
+    return (
+        is_norm(gm, node)
+        or is_activation(gm, node)
+        or is_dropout(gm, node)
+        or is_identity(gm, node)
+    )
 
 
 def is_pool(gm, node) -> bool:
@@ -169,8 +208,15 @@ def is_global_pool(gm, node) -> bool:
     """Ops that collapse the spatial dimensions (global pooling, spatial means, flatten)."""
     if node.op == "call_function" and node.target in _ADAPTIVE_FUNCS:
         return True
-    if node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) in {
-        "mean", "amax", "sum", "flatten", "view", "reshape",
+    if node.op in ("call_function", "call_method") and getattr(
+        node.target, "__name__", node.target
+    ) in {
+        "mean",
+        "amax",
+        "sum",
+        "flatten",
+        "view",
+        "reshape",
     }:
         return True
     m = module_of(gm, node)
@@ -219,8 +265,11 @@ def is_mutation(node: fx.Node) -> bool:
     """Nodes that change their first argument in place and whose result may be unused."""
     if node.op == "call_function" and node.target is operator.setitem:
         return True
-    return node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_") and (
-        not node.target.startswith("__")
+    return (
+        node.op == "call_method"
+        and isinstance(node.target, str)
+        and node.target.endswith("_")
+        and (not node.target.startswith("__"))
     )
 
 
@@ -306,7 +355,9 @@ def add_module_node(
     """
     target = unique_name(gm, name)
     gm.add_submodule(target, module)
-    ctx = gm.graph.inserting_after(after) if after is not None else gm.graph.inserting_before(before)
+    ctx = (
+        gm.graph.inserting_after(after) if after is not None else gm.graph.inserting_before(before)
+    )
     with ctx:
         node = gm.graph.call_module(target, args)
     if meta_from is not None and "unit" in tag(meta_from):

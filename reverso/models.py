@@ -18,7 +18,9 @@ from .errors import OptionError
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class FullyConvClassifier(nn.Sequential):
@@ -91,7 +93,9 @@ class PreActBlock(nn.Module):
 class ResNet32PreAct(nn.Module):
     """Pre-activation ResNet-32 for CIFAR: 3 groups of 5 basic blocks at 16, 32, 64 (~468k)."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64), blocks: int = 5):
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 3, widths=(16, 32, 64), blocks: int = 5
+    ):
         super().__init__()
         self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1)
         layers, cin = [], widths[0]
@@ -127,7 +131,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x):
@@ -141,7 +147,9 @@ class ResNet18Imagenette(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths=(32, 64, 128, 256)):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         self.pool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], widths[0]
@@ -149,7 +157,9 @@ class ResNet18Imagenette(nn.Module):
             stages.append(nn.Sequential(BasicBlock(cin, w, 2 if i else 1), BasicBlock(w, w)))
             cin = w
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(cin, num_classes)
+        )
         self.num_classes = num_classes
 
     def forward(self, x):

@@ -7,6 +7,7 @@ readable: ``print(net.code)``), ``head`` holds the bottom-up head (pooling and c
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.fx as fx
@@ -15,7 +16,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from . import graph as g
 from .errors import InputSizeError
-from .shapes import channels
+from .shapes import channels, propagate
 from .units import unit_view
 
 
@@ -46,6 +47,8 @@ class TopDownNet(nn.Module):
         feature_info: list[dict],
         pretrained_cfg: dict,
         recipe: dict,
+        report=None,
+        plan=None,
     ):
         super().__init__()
         self.features = features
@@ -58,6 +61,8 @@ class TopDownNet(nn.Module):
         self.pretrained_cfg = pretrained_cfg
         self.default_cfg = pretrained_cfg
         self.recipe = recipe
+        self.report = report  # the bottom-up StageReport this network was compiled from
+        self.plan = plan  # where each bottom-up unit went (TopDownPlan)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not (is_fx_symbolic_tracing() or torch.jit.is_scripting()):
@@ -77,7 +82,9 @@ class TopDownNet(nn.Module):
                 "add a batch dimension with x.unsqueeze(0) for a single image"
             )
         if x.shape[1] != self.in_chans:
-            raise InputSizeError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+            raise InputSizeError(
+                f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
         if x.shape[-2] < self.min_size or x.shape[-1] < self.min_size:
             raise InputSizeError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than this network's total downsampling "
@@ -104,7 +111,11 @@ class TopDownNet(nn.Module):
         from .widths import REGISTRY
 
         fc = self.head.fc
-        layers = [n for n in fc.graph.nodes if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))]
+        layers = [
+            n
+            for n in fc.graph.nodes
+            if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
+        ]
         if not layers:
             raise InputSizeError("this network's head has no classifier layer to resize")
         target = layers[-1].target
@@ -119,12 +130,28 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
     plan = ctx.plan
     head_units = set(plan.head)
     head_view = unit_view(gm, plan.head[0])
-    image = next(n for n in gm.graph.nodes if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor))
+    image = next(
+        n
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+    )
     head_nodes = [n for n in gm.graph.nodes if g.tag(n).get("unit") in head_units]
-    body_nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output") and n not in set(head_nodes)]
+    body_nodes = [
+        n
+        for n in gm.graph.nodes
+        if n.op not in ("placeholder", "output") and n not in set(head_nodes)
+    ]
     name = type(ctx.model).__name__
     features = _extract(gm, body_nodes, {image: "x"}, head_view.entry, f"TopDown{name}Features")
     head = _split_head(gm, head_nodes, head_view.entry, image, ctx.report.num_classes, name)
+    # the emitted graphs carry shapes for the traced input size, like every graph reverso makes
+    propagate(features, ctx.example_input())
+    out = next(n for n in features.graph.nodes if n.op == "output").args[0].meta["val"]
+    propagate(head.pre_logits, out)
+    propagate(
+        head.fc,
+        next(n for n in head.pre_logits.graph.nodes if n.op == "output").args[0].meta["val"],
+    )
     features_info = _feature_info(gm, plan)
     cfg = dict(getattr(ctx.model, "pretrained_cfg", None) or {})
     cfg["input_size"] = tuple(ctx.input_size)
@@ -136,7 +163,13 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
         min_size=2**plan.entry_level,
         feature_info=features_info,
         pretrained_cfg=cfg,
-        recipe={"source": source, "input_size": list(ctx.input_size), "options": dict(vars(ctx.options))},
+        recipe={
+            "source": source,
+            "input_size": list(ctx.input_size),
+            "options": dict(vars(ctx.options)),
+        },
+        report=ctx.report,
+        plan=dataclasses.replace(plan, laterals={}),
     )
     net = _own_copy(net, ctx.model)
     ref = next(ctx.model.parameters(), None)
@@ -145,7 +178,13 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
     return net.train(ctx.model.training)
 
 
-def _extract(gm: fx.GraphModule, nodes: list[fx.Node], inputs: dict[fx.Node, str], output: fx.Node, class_name: str):
+def _extract(
+    gm: fx.GraphModule,
+    nodes: list[fx.Node],
+    inputs: dict[fx.Node, str],
+    output: fx.Node,
+    class_name: str,
+):
     graph = fx.Graph()
     env = {old: graph.placeholder(name) for old, name in inputs.items()}
     for n in nodes:
@@ -161,20 +200,31 @@ def _split_head(gm, head_nodes, entry, image, num_classes: int, name: str) -> Cl
     classifier = None
     for n in head_nodes:
         m = g.module_of(gm, n)
-        if m is not None and REGISTRY.lookup(m) is not None and not REGISTRY.lookup(m).preserves_width(m):
-            if REGISTRY.lookup(m).out_width(m) == num_classes:
-                classifier = n
+        rule = REGISTRY.lookup(m) if m is not None else None
+        if rule is not None and not rule.preserves_width(m) and rule.out_width(m) == num_classes:
+            classifier = n
     result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if classifier is not None:
         before = head_nodes[: head_nodes.index(classifier)]
         after = head_nodes[head_nodes.index(classifier) :]
         pre_input = classifier.args[0]
         if all(a in set(after) or a is pre_input for n in after for a in n.all_input_nodes):
-            pre = _extract(gm, before, {entry: "x", image: "image"}, pre_input if before else entry, f"{name}PreLogits")
+            pre = _extract(
+                gm,
+                before,
+                {entry: "x", image: "image"},
+                pre_input if before else entry,
+                f"{name}PreLogits",
+            )
             fc = _extract(gm, after, {pre_input: "x"}, result, f"{name}Classifier")
             return ClassifierHead(_drop_unused_input(pre), fc)
     identity = fx.symbolic_trace(nn.Identity())
-    return ClassifierHead(identity, _drop_unused_input(_extract(gm, head_nodes, {entry: "x", image: "image"}, result, f"{name}Head")))
+    return ClassifierHead(
+        identity,
+        _drop_unused_input(
+            _extract(gm, head_nodes, {entry: "x", image: "image"}, result, f"{name}Head")
+        ),
+    )
 
 
 def _drop_unused_input(gm: fx.GraphModule) -> fx.GraphModule:
@@ -205,9 +255,5 @@ def _feature_info(gm: fx.GraphModule, plan) -> list[dict]:
 def _own_copy(net: TopDownNet, model: nn.Module) -> TopDownNet:
     """Copy the tensors the network still shares with the user's model, and nothing else."""
     shared = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
-    memo = {
-        id(t): t
-        for t in list(net.parameters()) + list(net.buffers())
-        if id(t) not in shared
-    }
+    memo = {id(t): t for t in list(net.parameters()) + list(net.buffers()) if id(t) not in shared}
     return copy.deepcopy(net, memo)

@@ -60,7 +60,9 @@ class Pass:
         return f"{type(self).__name__}(name={self.name!r})"
 
     @staticmethod
-    def from_function(fn: Callable[[fx.GraphModule, CompileContext], object], name: str | None = None) -> Pass:
+    def from_function(
+        fn: Callable[[fx.GraphModule, CompileContext], object], name: str | None = None
+    ) -> Pass:
         """Wrap ``fn(gm, ctx) -> gm | PassResult`` as a pass."""
         return _FunctionPass(fn, name or fn.__name__)
 
@@ -125,7 +127,9 @@ class Pipeline:
         seen = set()
         for n in self.names:
             if n in seen:
-                raise OptionError(f"pass name {n!r} appears twice in the pipeline; names must be unique")
+                raise OptionError(
+                    f"pass name {n!r} appears twice in the pipeline; names must be unique"
+                )
             seen.add(n)
 
     def __iter__(self):
@@ -148,7 +152,9 @@ class Pipeline:
                 err.pass_name = p.name
                 raise
             except Exception as err:
-                raise PassError(f"pass '{p.name}' failed: {type(err).__name__}: {err}", pass_name=p.name) from err
+                raise PassError(
+                    f"pass '{p.name}' failed: {type(err).__name__}: {err}", pass_name=p.name
+                ) from err
             gm = result.graph_module
             check_graph(gm, ctx, after=p.name)
             ctx.history.append((p.name, result.modified))
@@ -160,7 +166,9 @@ class Pipeline:
             return
         self.dump_dir.mkdir(parents=True, exist_ok=True)
         path = self.dump_dir / f"{i:02d}_{name}.py"
-        path.write_text(graph_listing(gm, f"graph after pass '{name}'" if i else "traced input graph"))
+        path.write_text(
+            graph_listing(gm, f"graph after pass '{name}'" if i else "traced input graph")
+        )
 
 
 def check_graph(gm: fx.GraphModule, ctx: CompileContext, *, after: str) -> None:

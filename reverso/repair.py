@@ -73,7 +73,9 @@ class _Repair(ShapeProp):
             return
         actual = int(x.shape[rule.channel_dim])
         if actual != rule.in_width(module):
-            g.set_module(self.module, n.target, self.registry.rebuild(module, actual, where=n.target))
+            g.set_module(
+                self.module, n.target, self.registry.rebuild(module, actual, where=n.target)
+            )
             self.changed = True
 
     def _first_tensor(self, n: fx.Node):
@@ -88,25 +90,34 @@ class _Repair(ShapeProp):
     def _fit_join(self, n: fx.Node) -> None:
         a, b = n.args[0], n.args[1]
         va, vb = self.env[a], self.env[b]
-        if va.dim() != 4 or vb.dim() != 4 or va.shape[1] == vb.shape[1] or 1 in (va.shape[1], vb.shape[1]):
+        if (
+            va.dim() != 4
+            or vb.dim() != 4
+            or va.shape[1] == vb.shape[1]
+            or 1 in (va.shape[1], vb.shape[1])
+        ):
             return
         shortcut, main = self._pick_shortcut(n, a, b)
         width = int(self.env[main].shape[1])
         source = self._projection_source(shortcut, n)
         cin = int(self.env[source].shape[1])
         nodes = unit_nodes(self.module, g.tag(n).get("unit", -1)) or [n]
-        proj = g.add_module_node(
-            self.module,
-            f"{module_prefix(self.module, nodes)}.shortcut",
-            self.factory.projection(cin, width),
-            (source,),
-            before=n,
-            meta_from=n,
-        )
-        g.tag(proj)["role"] = "projection"
-        n.replace_input_with(shortcut, proj)
-        self.env[proj] = self.meta_module(self.module.get_submodule(proj.target))(self.env[source])
-        proj.meta["val"] = self.env[proj]
+        prefix = module_prefix(self.module, nodes)
+        current = source
+        # one graph node per layer, so that later repairs can re-width each of them
+        for i, layer in enumerate(self.factory.projection(cin, width)):
+            current = g.add_module_node(
+                self.module,
+                f"{prefix}.shortcut" + (f"_{i}" if i else ""),
+                layer,
+                (current,),
+                before=n,
+                meta_from=n,
+            )
+            g.tag(current)["role"] = "projection"
+            self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
+            current.meta["val"] = self.env[current]
+        n.replace_input_with(shortcut, current)
         self.changed = True
 
     def _pick_shortcut(self, n: fx.Node, a: fx.Node, b: fx.Node) -> tuple[fx.Node, fx.Node]:
@@ -148,7 +159,11 @@ class _Repair(ShapeProp):
                 current = user
                 break
         while current is not None:
-            nxt = [u for u in current.users if g.tag(u).get("unit") == unit and g.is_activation(self.module, u)]
+            nxt = [
+                u
+                for u in current.users
+                if g.tag(u).get("unit") == unit and g.is_activation(self.module, u)
+            ]
             if not nxt:
                 break
             current = nxt[0]

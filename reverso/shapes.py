@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import operator
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.fx as fx
@@ -124,6 +126,42 @@ SHAPE_RULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _broadcast(a, b) -> torch.Tensor:
+    ta, tb = isinstance(a, torch.Tensor), isinstance(b, torch.Tensor)
+    if ta and tb:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        return torch.empty(shape, device=META, dtype=torch.promote_types(a.dtype, b.dtype))
+    return (a if ta else b).new_empty((a if ta else b).shape)
+
+
+def _elementwise(x, *args, **kwargs) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _cat(tensors, dim=0, **kwargs) -> torch.Tensor:
+    shape = list(tensors[0].shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    return tensors[0].new_empty(shape)
+
+
+#: shape rules for the functions most graphs are made of (everything else runs on meta tensors)
+FUNCTION_RULES = {
+    operator.add: _broadcast,
+    operator.iadd: _broadcast,
+    operator.mul: _broadcast,
+    operator.imul: _broadcast,
+    operator.sub: _broadcast,
+    torch.add: _broadcast,
+    torch.mul: _broadcast,
+    torch.cat: _cat,
+    torch.relu: _elementwise,
+    torch.sigmoid: _elementwise,
+    torch.nn.functional.relu: _elementwise,
+    torch.nn.functional.silu: _elementwise,
+}
+METHOD_RULES = {"sigmoid": _elementwise, "relu": _elementwise, "add": _broadcast, "mul": _broadcast}
+
+
 def meta_like(t: torch.Tensor) -> torch.Tensor:
     """An empty meta tensor with the shape, dtype and parameter-ness of ``t``."""
     mt = torch.empty_like(t, device=META)
@@ -143,7 +181,7 @@ class ShapeProp(fx.Interpreter):
     re-propagating after every pass costs little.
     """
 
-    _clones: dict[int, tuple[nn.Module, nn.Module]] = {}
+    _clones: ClassVar[dict[int, tuple[nn.Module, nn.Module]]] = {}
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=False)
@@ -165,6 +203,18 @@ class ShapeProp(fx.Interpreter):
             return rule(module, args[0])
         return self.meta_module(module)(*args, **kwargs)
 
+    def call_function(self, target, args, kwargs):
+        rule = FUNCTION_RULES.get(target)
+        if rule is not None and _plain(args, kwargs):
+            return rule(*args, **kwargs)
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        rule = METHOD_RULES.get(target)
+        if rule is not None and _plain(args, kwargs):
+            return rule(*args, **kwargs)
+        return super().call_method(target, args, kwargs)
+
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)
         return meta_like(value).detach() if isinstance(value, torch.Tensor) else value
@@ -177,6 +227,13 @@ class ShapeProp(fx.Interpreter):
                 cls._clones.clear()
             cached = cls._clones[id(module)] = (module, meta_clone(module))
         return cached[1]
+
+
+def _plain(args, kwargs) -> bool:
+    """Rules handle positional tensors/numbers only (no out=, no alpha=, ...)."""
+    if kwargs and set(kwargs) - {"dim"}:
+        return False
+    return all(isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args)
 
 
 def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
@@ -214,9 +271,10 @@ def spatial(node: fx.Node) -> tuple[int, int] | None:
 
 
 def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
-    """Level l = round(log2(H / h)) of a feature map, read on the input's longer axis."""
-    axis = 0 if input_hw[0] >= input_hw[1] else 1
-    return round(math.log2(input_hw[axis] / max(size[axis], 1)))
+    """Level l = log2(H / h) of a feature map, averaged over both axes and rounded (so floor and
+    ceil size conventions of odd inputs agree)."""
+    ratios = [math.log2(full / max(part, 1)) for full, part in zip(input_hw, size, strict=True)]
+    return round(sum(ratios) / len(ratios))
 
 
 def check_input_size(input_size) -> tuple[int, int, int]:

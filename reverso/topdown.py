@@ -63,7 +63,9 @@ def topdown(
     return emit(gm, ctx, source=source)
 
 
-def compile_context(model: nn.Module, input_size, options: TopDownOptions, leaf_modules=()) -> CompileContext:
+def compile_context(
+    model: nn.Module, input_size, options: TopDownOptions, leaf_modules=()
+) -> CompileContext:
     """Trace and analyse ``model`` and plan its top-down layout."""
     input_size = resolve_input_size(model, input_size)
     bu = trace(model, input_size, leaf_modules=leaf_modules)
@@ -98,7 +100,9 @@ def _pipeline(passes) -> Pipeline:
     if isinstance(passes, Pipeline):
         return passes
     if isinstance(passes, (str, Pass)) or not isinstance(passes, Iterable):
-        raise OptionError("passes must be a reverso.Pipeline or a list of passes / built-in pass names")
+        raise OptionError(
+            "passes must be a reverso.Pipeline or a list of passes / built-in pass names"
+        )
     return Pipeline(passes)
 
 

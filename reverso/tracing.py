@@ -44,8 +44,10 @@ class ReversoTracer(fx.Tracer):
                 raise OptionError(
                     f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
                 )
-        self.leaf_types = timm_modules + REGISTRY.leaf_types() + tuple(
-            t for t in leaf_modules if isinstance(t, type)
+        self.leaf_types = (
+            timm_modules
+            + REGISTRY.leaf_types()
+            + tuple(t for t in leaf_modules if isinstance(t, type))
         )
         self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
 
@@ -76,7 +78,9 @@ def resolve_model(model) -> nn.Module:
             hint = f" Similar timm names: {', '.join(close)}." if close else ""
             raise OptionError(f"'{model}' is not a timm model name.{hint}")
         return timm.create_model(model, pretrained=False)
-    raise OptionError(f"model must be an nn.Module or a timm model name, got {type(model).__name__}")
+    raise OptionError(
+        f"model must be an nn.Module or a timm model name, got {type(model).__name__}"
+    )
 
 
 def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
@@ -140,7 +144,9 @@ def _trace_error(model: nn.Module, err: Exception) -> TraceError:
         else "make its forward free of data-dependent Python control flow, or wrap the offending "
         "part in a submodule and pass it in leaf_modules="
     )
-    return TraceError(f"torch.fx could not trace {where}: {type(err).__name__}: {err}. To fix: {remedy}.")
+    return TraceError(
+        f"torch.fx could not trace {where}: {type(err).__name__}: {err}. To fix: {remedy}."
+    )
 
 
 def propagate_checked(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> None:

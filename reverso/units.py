@@ -42,9 +42,9 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
         for a in n.all_input_nodes:
             # nodes a pass just inserted have no shape yet; they carry data all the same
             carries_data = "val" not in a.meta or g.carries_tensor(a)
-            if a not in inside and a.op != "get_attr" and carries_data and a not in entries:
-                if not g.tag(a).get("global"):
-                    entries.append(a)
+            external = a not in inside and a.op != "get_attr" and a not in entries
+            if external and carries_data and not g.tag(a).get("global"):
+                entries.append(a)
     exits = [n for n in nodes if any(u not in inside for u in n.users)]
     # pyramid levels only feed upsampling sizes and laterals, unless the unit reads the image itself
     data = [a for a in entries if g.tag(a).get("role") != "pyramid"]

@@ -59,7 +59,9 @@ class WidthRegistry:
     def leaf_types(self) -> tuple[type, ...]:
         return tuple(self._rules)
 
-    def rebuild(self, module: nn.Module, in_width: int, out_width: int | None = None, *, where: str = "") -> nn.Module:
+    def rebuild(
+        self, module: nn.Module, in_width: int, out_width: int | None = None, *, where: str = ""
+    ) -> nn.Module:
         """A fresh copy of ``module`` taking ``in_width`` channels (and giving ``out_width``)."""
         rule = self.lookup(module)
         if rule is None:
@@ -194,7 +196,9 @@ def conv_at_stride_one(conv: nn.Conv2d) -> nn.Conv2d:
     if type(conv).__name__ != "Conv2dSame":  # timm's Conv2dSame pads dynamically
         new.padding = same_padding(conv.kernel_size, conv.dilation)
         if isinstance(new.padding, tuple):
-            new._reversed_padding_repeated_twice = [p for p in reversed(new.padding) for _ in range(2)]
+            new._reversed_padding_repeated_twice = [
+                p for p in reversed(new.padding) for _ in range(2)
+            ]
     return new
 
 
@@ -203,7 +207,9 @@ def at_stride_one(module: nn.Module) -> nn.Module | None:
     stride 1; None if it holds no strided conv."""
     if isinstance(module, nn.Conv2d):
         return conv_at_stride_one(module)
-    strided = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1]
+    strided = [
+        name for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1
+    ]
     if not strided:
         return None
     new = copy.deepcopy(module)
@@ -290,7 +296,9 @@ def rebuild_layernorm(ln: nn.LayerNorm, width: int, _: int = 0) -> nn.Module:
 
 
 def _norm_rule(width_of, rebuild, channel_dim=1) -> WidthRule:
-    return WidthRule(width_of, width_of, rebuild, preserves_width=lambda m: True, channel_dim=channel_dim)
+    return WidthRule(
+        width_of, width_of, rebuild, preserves_width=lambda m: True, channel_dim=channel_dim
+    )
 
 
 def rebuild_linear(lin: nn.Linear, in_width: int, out_width: int) -> nn.Linear:
@@ -298,7 +306,9 @@ def rebuild_linear(lin: nn.Linear, in_width: int, out_width: int) -> nn.Linear:
 
 
 REGISTRY.register(nn.Conv2d, _conv_rule)
-REGISTRY.register(nn.modules.batchnorm._BatchNorm, _norm_rule(lambda m: m.num_features, rebuild_batchnorm))
+REGISTRY.register(
+    nn.modules.batchnorm._BatchNorm, _norm_rule(lambda m: m.num_features, rebuild_batchnorm)
+)
 REGISTRY.register(nn.GroupNorm, _norm_rule(lambda m: m.num_channels, rebuild_groupnorm))
 REGISTRY.register(
     nn.LayerNorm, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm, channel_dim=-1)
@@ -357,9 +367,15 @@ def composite_rule(first: str, last: str) -> WidthRule:
         ):
             layer = getattr(new, attr)
             rule = REGISTRY.lookup(layer)
-            setattr(new, attr, REGISTRY.rebuild(
-                layer, cin if cin is not None else rule.in_width(layer), cout if cout is not None else rule.out_width(layer)
-            ))
+            setattr(
+                new,
+                attr,
+                REGISTRY.rebuild(
+                    layer,
+                    cin if cin is not None else rule.in_width(layer),
+                    cout if cout is not None else rule.out_width(layer),
+                ),
+            )
         for sub in new.modules():  # fresh weights throughout
             if sub is not new and hasattr(sub, "reset_parameters"):
                 sub.reset_parameters()

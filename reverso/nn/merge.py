@@ -37,7 +37,9 @@ class Merge(nn.Module):
         if variant not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {variant!r}")
         if (fuse is None) != (variant == "add"):
-            raise ValueError(f"merge {variant!r} {'needs' if variant != 'add' else 'takes no'} a fuse block")
+            raise ValueError(
+                f"merge {variant!r} {'needs' if variant != 'add' else 'takes no'} a fuse block"
+            )
         self.variant = variant
         self.lateral = lateral
         self.project = project

@@ -59,7 +59,9 @@ class ImagePyramid(nn.Module):
         else:
             for level in levels:
                 if level > 0:
-                    self.register_buffer(f"taps_{level}", pyramid_taps(kind, 2**level).float(), persistent=False)
+                    self.register_buffer(
+                        f"taps_{level}", pyramid_taps(kind, 2**level).float(), persistent=False
+                    )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.kind == "cascade":

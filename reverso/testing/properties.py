@@ -1,0 +1,149 @@
+"""Property checks on top-down networks that users can call in their own tests.
+
+Each ``check_*`` function raises ``AssertionError`` with a readable message when a property
+does not hold. :func:`check_topdown` converts a model and runs them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .. import graph as g
+from ..errors import ReversoError
+from ..network import TopDownNet
+from ..nn import Merge
+from ..shapes import spatial
+from ..topdown import topdown
+
+
+def check_topdown(
+    model: nn.Module, input_size, *, other_sizes=None, **options
+) -> TopDownNet | None:
+    """Convert ``model`` and check every top-down property.
+
+    Conversion must succeed or raise a :class:`ReversoError` (then None is returned); any other
+    exception is a bug and propagates.
+    """
+    try:
+        td = topdown(model, input_size=input_size, **options)
+    except ReversoError:
+        return None
+    check_output_shape(model, td, input_size)
+    check_coarse_entry(td)
+    check_resolution_never_decreases(td)
+    check_one_merge_per_transition(td)
+    check_units_once(td)
+    check_runs(td, input_size, other_sizes)
+    return td
+
+
+def check_output_shape(model: nn.Module, td: TopDownNet, input_size) -> None:
+    """The top-down net's output has the bottom-up net's shape."""
+    x = torch.rand(2, *input_size)
+    model_mode, td_mode = model.training, td.training
+    model.eval()
+    td.eval()
+    try:
+        with torch.no_grad():
+            bu_shape, td_shape = model(x).shape, td(x).shape
+    finally:
+        model.train(model_mode)
+        td.train(td_mode)
+    assert bu_shape == td_shape, (
+        f"top-down output {tuple(td_shape)} != bottom-up output {tuple(bu_shape)}"
+    )
+
+
+def check_coarse_entry(td: TopDownNet) -> None:
+    """The first top-down layer reads the coarsest level of the bottom-up net."""
+    gm = td.features
+    first = next(
+        (n for n in gm.graph.nodes if n.op == "call_module" and g.tag(n).get("unit") is not None),
+        None,
+    )
+    assert first is not None, "the top-down features have no layers"
+    coarsest = next(
+        (
+            n
+            for n in gm.graph.nodes
+            if g.tag(n).get("role") == "pyramid" and g.tag(n).get("level") == td.report.levels
+        ),
+        None,
+    )
+    assert coarsest is not None, f"the pyramid has no level {td.report.levels}"
+    source = g.feature_input(first)
+    assert spatial(source) == spatial(coarsest), (
+        f"first layer '{first.target}' reads a {spatial(source)} map, not the coarsest level "
+        f"{td.report.levels} ({spatial(coarsest)})"
+    )
+
+
+def check_resolution_never_decreases(td: TopDownNet) -> None:
+    """Along the top-down main path the feature maps never get coarser."""
+    chain = _main_path(td.features)
+    sizes = [
+        (n.name, spatial(n))
+        for n in chain
+        if n.op != "placeholder" and spatial(n) is not None and g.tag(n).get("role") != "pyramid"
+    ]
+    for (a, sa), (b, sb) in itertools.pairwise(sizes):
+        assert sb[0] >= sa[0] and sb[1] >= sa[1], (
+            f"resolution decreases from '{a}' {sa} to '{b}' {sb}"
+        )
+
+
+def check_one_merge_per_transition(td: TopDownNet) -> None:
+    """Every mirrored transition has exactly one merge."""
+    merges = [m for m in td.features.modules() if isinstance(m, Merge)]
+    mirrored = [t for t in td.report.transitions if not t.first]
+    assert len(merges) == len(mirrored), (
+        f"{len(merges)} merges for {len(mirrored)} mirrored transitions"
+    )
+
+
+def check_units_once(td: TopDownNet) -> None:
+    """Every bottom-up unit appears in the top-down net exactly once (as one contiguous piece)."""
+    order = []
+    for gm in (td.features, td.head.pre_logits, td.head.fc):
+        for n in gm.graph.nodes:
+            unit = g.tag(n).get("unit")
+            if unit is not None and (not order or order[-1] != unit):
+                order.append(unit)
+    seen = set()
+    for unit in order:
+        assert unit not in seen, f"bottom-up unit {unit} appears more than once in the top-down net"
+        seen.add(unit)
+    vanished = {t.unit for t in td.report.transitions if t.first and t.kind == "standalone"}
+    missing = {u.index for u in td.report.units} - seen - vanished
+    assert not missing, f"bottom-up units {sorted(missing)} are missing from the top-down net"
+
+
+def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
+    """The net runs in train and eval mode, at the traced size and at other (odd, non-square) sizes."""
+    c, h, w = input_size
+    sizes = other_sizes if other_sizes is not None else [(h, w), (h + 1, w + 3), (2 * h, w)]
+    mode = td.training
+    try:
+        for training in (True, False):
+            td.train(training)
+            for sh, sw in sizes:
+                y = td(torch.rand(2, c, sh, sw))
+                assert y.shape == (2, td.num_classes), (
+                    f"output {tuple(y.shape)} for input {sh}x{sw}"
+                )
+                assert torch.isfinite(y).all(), (
+                    f"non-finite output for input {sh}x{sw} (train={training})"
+                )
+    finally:
+        td.train(mode)
+
+
+def _main_path(gm: fx.GraphModule) -> list[fx.Node]:
+    G = g.dataflow_graph(gm)
+    source = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    sink = next(n for n in gm.graph.nodes if n.op == "output")
+    return g.main_chain(G, source, sink)

@@ -1,0 +1,174 @@
+"""Hypothesis strategies that build random bottom-up CNNs.
+
+A strategy for a whole net is composed from strategies for units, groups and transitions, so
+that a failing example shrinks to a minimal model and prints as a readable spec::
+
+    from hypothesis import given
+    from reverso.testing import bottom_up_cnns, check_topdown
+
+    @given(bottom_up_cnns())
+    def test_my_pass_keeps_shapes(case):
+        check_topdown(case.build(), case.input_size)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    kind: str  # "plain" | "residual"
+    width: int
+    kernel: int
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    kind: str  # "max" | "avg" | "conv" (a strided conv / strided first block)
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """A random bottom-up CNN: groups of units separated by transitions, then a head."""
+
+    in_chans: int
+    groups: tuple[tuple[UnitSpec, ...], ...]
+    transitions: tuple[TransitionSpec, ...]  # one before every group but the first
+    stem_stride: (
+        bool  # the very first conv is strided (a downsampling the top-down net reads directly)
+    )
+    norm: bool
+    act: str  # "relu" | "silu"
+    head: str  # "gap_linear" | "conv1x1"
+    num_classes: int
+    input_size: tuple[int, int, int] = field(default=(3, 32, 32))
+
+    def build(self, seed: int = 0) -> nn.Module:
+        """The model as an ordinary nn.Module (weights from ``seed``)."""
+        torch.manual_seed(seed)
+        return RandomCNN(self)
+
+
+class Act(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.act = nn.ReLU() if kind == "relu" else nn.SiLU()
+
+    def forward(self, x):
+        return self.act(x)
+
+
+def conv_unit(cin: int, cout: int, k: int, stride: int, norm: bool, act: str) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU() if act == "relu" else nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class ResidualUnit(nn.Module):
+    """conv-(bn)-act-conv-(bn) + shortcut, act; a strided/widening unit projects its shortcut."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)
+        self.bn1 = nn.BatchNorm2d(cout) if norm else nn.Identity()
+        self.act1 = nn.ReLU() if act == "relu" else nn.SiLU()
+        self.conv2 = nn.Conv2d(cout, cout, k, 1, k // 2, bias=not norm)
+        self.bn2 = nn.BatchNorm2d(cout) if norm else nn.Identity()
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=not norm))
+            if norm:
+                self.shortcut.append(nn.BatchNorm2d(cout))
+        self.act2 = nn.ReLU() if act == "relu" else nn.SiLU()
+
+    def forward(self, x):
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + skip)
+
+
+class RandomCNN(nn.Module):
+    def __init__(self, spec: CNNSpec):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = spec.in_chans
+        for gi, group in enumerate(spec.groups):
+            trans = spec.transitions[gi - 1] if gi > 0 else None
+            if trans is not None and trans.kind in ("max", "avg"):
+                layers.append(nn.MaxPool2d(2) if trans.kind == "max" else nn.AvgPool2d(2))
+            for ui, unit in enumerate(group):
+                stride = 2 if trans is not None and trans.kind == "conv" and ui == 0 else 1
+                if gi == 0 and ui == 0 and spec.stem_stride:
+                    stride = 2
+                if unit.kind == "residual":
+                    layers.append(
+                        ResidualUnit(cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
+                    )
+                else:
+                    layers.append(
+                        conv_unit(cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
+                    )
+                cin = unit.width
+        self.body = nn.Sequential(*layers)
+        if spec.head == "conv1x1":
+            self.head = nn.Sequential(
+                nn.Conv2d(cin, spec.num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+            )
+        else:
+            self.head = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(cin, spec.num_classes)
+            )
+        self.spec = spec
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def units(*, widths=None, kernels=None, residual: bool = True):
+    """Plain (conv-norm-act) or residual units with random widths (2-24) and kernels (1, 3, 5)."""
+    kinds = st.sampled_from(["plain", "residual"]) if residual else st.just("plain")
+    widths = widths if widths is not None else st.integers(2, 24)
+    kernels = kernels if kernels is not None else st.sampled_from([1, 3, 5])
+    return st.builds(UnitSpec, kind=kinds, width=widths, kernel=kernels)
+
+
+def groups(*, max_units: int = 3, residual: bool = True):
+    return st.lists(units(residual=residual), min_size=1, max_size=max_units).map(tuple)
+
+
+def transitions():
+    return st.builds(TransitionSpec, kind=st.sampled_from(["max", "avg", "conv"]))
+
+
+@st.composite
+def bottom_up_cnns(
+    draw, *, max_transitions: int = 4, max_units: int = 3, residual: bool = True
+) -> CNNSpec:
+    """Random bottom-up CNNs: 1-4 transitions (max/avg pooling or strided convs), plain and
+    residual units with kernels 1/3/5 and random widths, with/without BN, ReLU/SiLU, and a
+    GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
+    n_trans = draw(st.integers(1, max_transitions))
+    gs = tuple(draw(groups(max_units=max_units, residual=residual)) for _ in range(n_trans + 1))
+    ts = tuple(draw(transitions()) for _ in range(n_trans))
+    in_chans = draw(st.sampled_from([1, 3]))
+    stem_stride = draw(st.booleans())
+    factor = 2 ** (n_trans + stem_stride)
+    h = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
+    w = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
+    return CNNSpec(
+        in_chans=in_chans,
+        groups=gs,
+        transitions=ts,
+        stem_stride=stem_stride,
+        norm=draw(st.booleans()),
+        act=draw(st.sampled_from(["relu", "silu"])),
+        head=draw(st.sampled_from(["gap_linear", "conv1x1"])),
+        num_classes=draw(st.integers(2, 10)),
+        input_size=(in_chans, h, w),
+    )
