@@ -205,9 +205,12 @@ def _lateral_spec(bu, named, report: StageReport, level: int) -> LateralSpec:
         current = node
         while len(current.users) == 1:
             nxt = next(iter(current.users))
-            if not (nxt.op == "call_module" and (g.is_norm(bu, nxt) or g.is_activation(bu, nxt))):
+            if nxt.op == "call_module" and (g.is_norm(bu, nxt) or g.is_activation(bu, nxt)):
+                followers.append(copy.deepcopy(bu.get_submodule(nxt.target)))
+            elif g.is_activation(bu, nxt) and _act_module(nxt) is not None:  # F.relu(x), x.relu()
+                followers.append(_act_module(nxt))
+            else:
                 break
-            followers.append(copy.deepcopy(bu.get_submodule(nxt.target)))
             current = nxt
     return LateralSpec(copy.deepcopy(conv), followers)
 
@@ -232,17 +235,21 @@ def prototypes_of(bu: fx.GraphModule, report: StageReport) -> dict[str, nn.Modul
         if node.op == "call_module":
             protos[key] = copy.deepcopy(bu.get_submodule(node.target))
     act_node = named.get(report.prototypes.get("act", ""))
-    if "act" not in protos and act_node is not None:  # functional activations (F.relu, x.sigmoid())
-        name = getattr(act_node.target, "__name__", act_node.target).rstrip("_")
-        module = _ACT_MODULES.get(name)
-        if module is not None:
-            protos["act"] = module()
+    if "act" not in protos and act_node is not None and _act_module(act_node) is not None:
+        protos["act"] = _act_module(act_node)  # functional activations (F.relu, x.sigmoid())
     if "act" not in protos:  # activations living inside norm-act layers (timm's BatchNormAct2d)
         for m in bu.modules():
             if isinstance(m, g.ACTIVATIONS):
                 protos["act"] = copy.deepcopy(m)
                 break
     return protos
+
+
+def _act_module(node: fx.Node) -> nn.Module | None:
+    """An activation module for a functional activation call (F.relu -> nn.ReLU())."""
+    name = getattr(node.target, "__name__", node.target)
+    module = _ACT_MODULES.get(str(name).rstrip("_"))
+    return module() if module is not None else None
 
 
 _ACT_MODULES = {

@@ -1,0 +1,204 @@
+"""Golden tests: the spec's reference models, converted and checked layer by layer and by
+parameter count against the top-down paper (spec section 6)."""
+
+import pytest
+import torch
+from golden_models import NIN, LeNetFC, NINLight, ResNet18Imagenette, ResNet32
+from topdown_layout import layout, params
+
+import reverso
+from reverso.nn import Merge
+
+
+def convs(rows):
+    return [(desc, size) for kind, desc, size in rows if kind == "conv"]
+
+
+def merges(rows):
+    return [(desc, size) for kind, desc, size in rows if kind == "merge"]
+
+
+def within(value, paper, rel=0.01):
+    return abs(value - paper) <= rel * paper
+
+
+# -- LeNetFC -----------------------------------------------------------------------------------
+
+
+def test_lenet_fc_td_layer_by_layer():
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    rows = layout(td.features)
+    assert [r[0] for r in rows] == ["conv", "merge", "conv", "merge", "conv"]
+    # coarse: C3/32 on x/4 (7x7)
+    assert rows[0] == ("conv", "C3/1->32", (7, 7))
+    # merge to 14x14: C1/16, up, + c2, cat c2, C3/16 with lateral c2 = C5/16 on x/2
+    assert rows[1] == (
+        "merge",
+        {
+            "project": ["C1/32->16", "BN16", "ReLU"],
+            "upsample": True,
+            "lateral": ["C5/1->16", "BN16", "ReLU"],
+            "fuse": ["C3/32->16", "BN16", "ReLU"],
+        },
+        (14, 14),
+    )
+    assert rows[2] == ("conv", "C5/16->16", (14, 14))
+    # merge to 28x28: C1/6, up, + c1, cat c1, C3/6 with lateral c1 = C5/6 on x
+    assert rows[3][1]["project"] == ["C1/16->6", "BN6", "ReLU"]
+    assert rows[3][1]["lateral"] == ["C5/1->6", "BN6", "ReLU"]
+    assert rows[3][1]["fuse"] == ["C3/12->6", "BN6", "ReLU"]
+    assert rows[3][2] == (28, 28)
+    assert rows[4] == ("conv", "C5/6->6", (28, 28))
+    # head C1/10, GAP
+    assert convs(layout(td.head.fc)) == [("C1/6->10", (28, 28))]
+
+
+def test_lenet_fc_parameter_counts():
+    """The paper gives LeNetFC's counts to two significant digits (~8k, ~14k, ~23k, ~58k)."""
+    bu = LeNetFC()
+    counts = {arr: params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arr)) for arr in ("td", "uni", "rev")}
+    assert (params(bu), counts["td"], counts["uni"], counts["rev"]) == (7650, 14432, 23466, 57826)
+    for value, paper in ((params(bu), 8_000), (counts["td"], 14_000), (counts["uni"], 23_000), (counts["rev"], 58_000)):
+        assert round(value, -3) == paper
+
+
+def test_lenet_fc_uni_and_rev_layouts():
+    bu = LeNetFC()
+    uni = convs(layout(reverso.topdown(bu, input_size=(1, 28, 28), arrangement="uni").features))
+    assert [c for c, _ in uni] == ["C3/1->16", "C5/16->16", "C5/16->16"]  # median width 16 everywhere
+    rev = reverso.topdown(bu, input_size=(1, 28, 28), arrangement="rev")
+    rows = layout(rev.features)
+    # widths 6 at 7x7, 16 at 14x14, 32 at 28x28; each level keeps the bottom-up kernel size there
+    assert convs(rows) == [("C3/1->6", (7, 7)), ("C5/16->16", (14, 14)), ("C5/32->32", (28, 28))]
+    assert [m["project"][0] for m, _ in merges(rows)] == ["C1/6->16", "C1/16->32"]
+    assert [m["lateral"][0] for m, _ in merges(rows)] == ["C5/1->16", "C5/1->32"]
+
+
+# -- NIN-light and NIN --------------------------------------------------------------------------
+
+
+def test_nin_light_td_layer_by_layer():
+    td = reverso.topdown(NINLight(), input_size=(1, 28, 28))
+    rows = layout(td.features)
+    assert convs(rows) == [
+        ("C3/1->48", (7, 7)),
+        ("C1/48->48", (7, 7)),
+        ("C5/48->48", (14, 14)),
+        ("C1/48->48", (14, 14)),
+        ("C1/48->48", (14, 14)),
+        ("C5/48->48", (28, 28)),
+        ("C1/48->40", (28, 28)),
+        ("C1/40->24", (28, 28)),
+    ]
+    for m, size in merges(rows):
+        assert m["project"] is None  # widths match: no 1x1 in the merges
+        assert m["lateral"][0] == "C5/1->48"
+        assert m["fuse"][0] == "C3/96->48"
+    assert convs(layout(td.head.fc)) == [("C1/24->10", (28, 28))]
+    # the Dropout that followed each bottom-up pooling follows the merge
+    code = td.features.code
+    for merge_name in [n.target for n in td.features.graph.nodes if n.op == "call_module" and "merge" in n.target]:
+        user = next(u for u in td.features.graph.nodes if u.op == "call_module" and u.target == merge_name).next
+        assert isinstance(td.features.get_submodule(user.target), torch.nn.Dropout), code
+
+
+@pytest.mark.parametrize(
+    ("arrangement", "paper"), [("td", 213_000), ("uni", 215_000), ("rev", 214_000)]
+)
+def test_nin_light_parameter_counts(arrangement, paper):
+    bu = NINLight()
+    assert within(params(bu), 62_000)
+    assert within(params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arrangement)), paper)
+
+
+def test_nin_light_rev_layout():
+    rows = layout(reverso.topdown(NINLight(), input_size=(1, 28, 28), arrangement="rev").features)
+    assert [c for c, _ in convs(rows)] == [
+        "C3/1->48", "C1/48->40", "C1/40->24",  # G1 at x/4 with the kernel of the level's bottom-up conv
+        "C5/48->48", "C1/48->48", "C1/48->48",
+        "C5/48->48", "C1/48->48",  # G3 at full resolution, with the 5x5 kernel of level 0
+    ]
+    assert merges(rows)[0][0]["project"][0] == "C1/24->48"  # the merge adds the 1x1 where widths differ
+    assert merges(rows)[1][0]["project"] is None
+
+
+def test_nin_parameter_counts():
+    bu = NIN()
+    assert within(params(bu), 970_000)
+    assert within(params(reverso.topdown(bu, input_size=(3, 32, 32))), 3_370_000)
+
+
+# -- ResNet-32 ----------------------------------------------------------------------------------
+
+
+def test_resnet32_td_layer_by_layer():
+    td = reverso.topdown(ResNet32(), input_size=(3, 32, 32))
+    gm = td.features
+    rows = layout(gm)
+    c = convs(rows)
+    # stem C3/64 on x/4 (8x8), then 5 blocks at 64 with identity shortcuts (no projection left)
+    assert c[0] == ("C3/3->64", (8, 8))
+    assert c[1:11] == [("C3/64->64", (8, 8))] * 10
+    # group 32: up-unit with shortcut C1/32(o) then up, main = up(o), C3/32, BN-ReLU, C3/32
+    assert rows[11:17] == [
+        ("conv", "C1/64->32", (8, 8)),
+        ("up", "nearest", (16, 16)),
+        ("conv", "C3/64->32", (16, 16)),
+        ("conv", "C3/32->32", (16, 16)),
+        ("up", "nearest", (16, 16)),
+        ("merge", {"project": None, "upsample": False, "lateral": ["C3/3->32"], "fuse": ["BN64", "ReLU", "C3/64->32"]}, (16, 16)),
+    ]
+    assert convs(rows[17:25]) == [("C3/32->32", (16, 16))] * 8  # then 4 blocks at 32
+    # group 16 the same way on x, its shortcut projection created from the pre-activation
+    ms = merges(rows)
+    assert ms[1] == ({"project": None, "upsample": False, "lateral": ["C3/3->16"], "fuse": ["BN32", "ReLU", "C3/32->16"]}, (32, 32))
+    proj = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith("shortcut"))
+    assert isinstance(gm.get_submodule(proj.args[0].target), torch.nn.ReLU) if proj.args[0].op == "call_module" else (
+        proj.args[0].target is torch.nn.functional.relu
+    )
+    # head BN-ReLU, GAP, Linear(16 -> 10)
+    fc = [m for m in td.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in fc] == [(16, 10)]
+    assert [m.num_features for m in td.head.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [16]
+
+
+@pytest.mark.parametrize(("arrangement", "paper"), [("td", 528_000), ("uni", 320_000), ("rev", 563_000)])
+def test_resnet32_parameter_counts(arrangement, paper):
+    bu = ResNet32()
+    assert within(params(bu), 468_000)
+    assert within(params(reverso.topdown(bu, input_size=(3, 32, 32), arrangement=arrangement)), paper)
+
+
+def test_resnet32_uni_has_plain_upsampled_identity_shortcuts():
+    td = reverso.topdown(ResNet32(), input_size=(3, 32, 32), arrangement="uni")
+    rows = layout(td.features)
+    assert {c for c, _ in convs(rows)} == {"C3/3->32", "C3/32->32"}  # 32 everywhere, no 1x1 anywhere
+    assert all(m["project"] is None for m, _ in merges(rows))
+
+
+def test_resnet32_rev_widths_grow_coarse_to_fine():
+    rows = layout(reverso.topdown(ResNet32(), input_size=(3, 32, 32), arrangement="rev").features)
+    widths = {}
+    for desc, size in convs(rows):
+        if desc.startswith("C3"):  # 1x1 shortcut projections run before their upsampling
+            widths.setdefault(size, set()).add(int(desc.split("->")[1]))
+    assert widths[(8, 8)] == {16} and widths[(16, 16)] == {32} and widths[(32, 32)] == {64}
+
+
+# -- the Imagenette ResNet-18 -------------------------------------------------------------------
+
+
+def test_resnet18_imagenette_ends_at_full_resolution():
+    td = reverso.topdown(ResNet18Imagenette(), input_size=(3, 64, 64))
+    rows = layout(td.features)
+    c = convs(rows)
+    assert c[0] == ("C3/3->256", (4, 4))  # the stem at the coarsest level, widened to G4's width
+    # the stem pooling's mirror: a standalone upsampling + merge, then G4 one level finer
+    assert rows[1][0] == "merge" and rows[1][1]["upsample"] and rows[1][2] == (8, 8)
+    widths_by_size = {}
+    for desc, size in c[1:]:
+        if desc.startswith("C3"):  # 1x1 shortcut projections run before their upsampling
+            widths_by_size.setdefault(size, set()).add(int(desc.split("->")[1]))
+    assert widths_by_size == {(8, 8): {256}, (16, 16): {128}, (32, 32): {64}, (64, 64): {32}}
+    assert td.forward_features(torch.rand(2, 3, 64, 64)).shape == (2, 32, 64, 64)
+    assert sum(isinstance(m, Merge) for m in td.modules()) == 4
