@@ -90,7 +90,7 @@ def test_nin_light_td_layer_by_layer():
         ("C1/48->40", (28, 28)),
         ("C1/40->24", (28, 28)),
     ]
-    for m, size in merges(rows):
+    for m, _ in merges(rows):
         assert m["project"] is None  # widths match: no 1x1 in the merges
         assert m["lateral"][0] == "C5/1->48"
         assert m["fuse"][0] == "C3/96->48"
