@@ -5,7 +5,7 @@
 >>> print(reverso.analyze("resnet18", (3, 64, 64)))
 """
 
-from . import passes
+from . import graph, models, nn, passes
 from .analysis import StageReport, analyze
 from .context import CompileContext, TopDownOptions
 from .errors import (
@@ -44,6 +44,9 @@ __all__ = [
     "WidthError",
     "analyze",
     "default_pipeline",
+    "graph",
+    "models",
+    "nn",
     "passes",
     "register_width_rule",
     "topdown",

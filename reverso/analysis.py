@@ -325,22 +325,23 @@ class _Analysis:
                     "cross-resolution branches as in HRNet, DLA or U-Net cannot be reversed "
                     "into a single coarse-to-fine path"
                 )
-        self._check_strides_survive(body)
+        self._check_strides_survive()
 
-    def _check_strides_survive(self, body) -> None:
-        """A stride that no longer shrinks the map means the input is too small for the depth."""
-        total = 2 ** max((self.levels.get(n, 0) for n in body), default=0)
+    def _check_strides_survive(self) -> None:
+        """A strided op that no longer shrinks its input means the input is too small for the
+        model's depth (checked everywhere: on tiny inputs such layers even look like head)."""
+        total = 2 ** max(self.levels.values(), default=0)
         for n in self.gm.graph.nodes:
-            if n not in body or n in self.strided or n not in self.levels:
+            source = g.feature_input(n)
+            if not is_feature_map(n) or source is None or n in self.strided:
                 continue
-            m = g.module_of(self.gm, n)
-            stride = getattr(m, "stride", 1)
-            stride = max(stride) if isinstance(stride, tuple) else (stride or 1)
-            if g.is_pool(self.gm, n) and n.op == "call_function":
-                stride = n.kwargs.get("stride") or (n.args[2] if len(n.args) > 2 else n.args[1])
-                stride = max(stride) if isinstance(stride, (tuple, list)) else stride
-            if stride > 1:
-                h, w = spatial(n)
+            stride = _stride_of(self.gm, n)
+            if (
+                stride > 1
+                and spatial(n)[0] >= spatial(source)[0]
+                and spatial(n)[1] >= spatial(source)[1]
+            ):
+                h, w = spatial(source)
                 raise InputSizeError(
                     f"input_size {self.input_size} is too small for this model: at node "
                     f"{g.describe(self.gm, n)} (stride {stride}) the feature map is already {h}x{w} "
@@ -678,6 +679,16 @@ class _Analysis:
             if g.is_activation(self.gm, n) and is_feature_map(n):
                 protos.setdefault("act", n.name)
         return protos
+
+
+def _stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
+    """The stride of a conv/pool node (module or functional), 1 for anything else."""
+    if n.op == "call_function" and g.is_pool(gm, n):
+        stride = n.kwargs.get("stride") or (n.args[2] if len(n.args) > 2 else None) or n.args[1]
+    else:
+        stride = getattr(g.module_of(gm, n), "stride", 1)
+    stride = max(stride) if isinstance(stride, (tuple, list)) else stride
+    return int(stride or 1)
 
 
 def _common_module_prefix(nodes: list[fx.Node]) -> list[str]:

@@ -167,6 +167,7 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
             "source": source,
             "input_size": list(ctx.input_size),
             "options": dict(vars(ctx.options)),
+            "passes": [name for name, _ in ctx.history],
         },
         report=ctx.report,
         plan=dataclasses.replace(plan, laterals={}),

@@ -162,6 +162,18 @@ FUNCTION_RULES = {
 METHOD_RULES = {"sigmoid": _elementwise, "relu": _elementwise, "add": _broadcast, "mul": _broadcast}
 
 
+def _zeros_like_meta(v, device):
+    return (
+        torch.zeros(v.shape, dtype=v.dtype, device=device)
+        if isinstance(v, torch.Tensor) and v.is_meta
+        else v
+    )
+
+
+def _to_meta(v):
+    return v.to(META) if isinstance(v, torch.Tensor) else v
+
+
 def meta_like(t: torch.Tensor) -> torch.Tensor:
     """An empty meta tensor with the shape, dtype and parameter-ness of ``t``."""
     mt = torch.empty_like(t, device=META)
@@ -201,7 +213,19 @@ class ShapeProp(fx.Interpreter):
         rule = SHAPE_RULES.get(type(module))
         if rule is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             return rule(module, args[0])
-        return self.meta_module(module)(*args, **kwargs)
+        try:
+            return self.meta_module(module)(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if "meta" not in str(err):
+                raise
+            # data-dependent code (x.item(), `if x.sum() > 0`) cannot run on meta tensors:
+            # run this one module on zeros of the right shapes instead
+            ref = next(itertools.chain(module.parameters(), module.buffers()), None)
+            device = ref.device if ref is not None else torch.device("cpu")
+            real = torch.utils._pytree.tree_map(
+                lambda v: _zeros_like_meta(v, device), (args, kwargs)
+            )
+            return torch.utils._pytree.tree_map(_to_meta, module(*real[0], **real[1]))
 
     def call_function(self, target, args, kwargs):
         rule = FUNCTION_RULES.get(target)
@@ -280,8 +304,8 @@ def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
 def check_input_size(input_size) -> tuple[int, int, int]:
     """Validate and normalise a (C, H, W) input size."""
     try:
-        size = tuple(int(v) for v in input_size)
-    except TypeError:
+        size = tuple(int(v) for v in input_size) if not isinstance(input_size, str) else ()
+    except (TypeError, ValueError):
         size = ()
     if len(size) != 3 or min(size) < 1:
         raise InputSizeError(

@@ -57,14 +57,20 @@ def check_timm_model(
     except ReversoError as err:
         result.message = f"{type(err).__name__}: {err}"
         return result
-    result.status, result.convert_s, result.td_params = "ok", time.perf_counter() - start, _params(td)
+    result.status, result.convert_s, result.td_params = (
+        "ok",
+        time.perf_counter() - start,
+        _params(td),
+    )
     x = torch.rand(4, *input_size, generator=torch.Generator().manual_seed(seed))
     y = torch.arange(4) % num_classes
     td.train()
     loss = _loss(td, x, y, seed)
     loss.backward()
     grads = [p.grad for p in td.parameters() if p.grad is not None]
-    result.finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(gr).all()) for gr in grads)
+    result.finite = bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(gr).all()) for gr in grads
+    )
     result.loss_before = float(loss.detach())
     # a standard training step: gradient norm clipped to 1, then SGD
     torch.nn.utils.clip_grad_norm_(td.parameters(), 1.0)
@@ -119,7 +125,7 @@ def main(argv=None) -> None:
         "SGD step (gradient norm clipped to 1, lr 0.003) on that batch. Conversion time is on this machine's CPU and includes the "
         "initialisation of the new layers' weights, which dominates for wide models.\n\n"
         "Parameter growth comes from the spec's merges: the 3x3 fuse conv of an up-unit merge works at "
-        "the unit's own width (2C -> C), which is large for bottleneck and dense blocks; `merge=\"add\"` "
+        'the unit\'s own width (2C -> C), which is large for bottleneck and dense blocks; `merge="add"` '
         "avoids it.\n\n"
     )
     with open(args.out, "w") as f:

@@ -39,7 +39,9 @@ class NINLight(nn.Module):
     def __init__(self, widths=(48, 40, 24, 48), in_chans=1, num_classes=10):
         super().__init__()
         a, b, c, d = widths
-        self.block1 = nn.Sequential(ConvBNReLU(in_chans, a, 5), ConvBNReLU(a, b, 1), ConvBNReLU(b, c, 1))
+        self.block1 = nn.Sequential(
+            ConvBNReLU(in_chans, a, 5), ConvBNReLU(a, b, 1), ConvBNReLU(b, c, 1)
+        )
         self.pool1 = nn.MaxPool2d(3, 2, 1)
         self.drop1 = nn.Dropout(0.5)
         self.block2 = nn.Sequential(ConvBNReLU(c, d, 5), ConvBNReLU(d, d, 1), ConvBNReLU(d, d, 1))
@@ -104,7 +106,9 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

@@ -56,16 +56,28 @@ def test_lenet_fc_td_layer_by_layer():
 def test_lenet_fc_parameter_counts():
     """The paper gives LeNetFC's counts to two significant digits (~8k, ~14k, ~23k, ~58k)."""
     bu = LeNetFC()
-    counts = {arr: params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arr)) for arr in ("td", "uni", "rev")}
+    counts = {
+        arr: params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arr))
+        for arr in ("td", "uni", "rev")
+    }
     assert (params(bu), counts["td"], counts["uni"], counts["rev"]) == (7650, 14432, 23466, 57826)
-    for value, paper in ((params(bu), 8_000), (counts["td"], 14_000), (counts["uni"], 23_000), (counts["rev"], 58_000)):
+    for value, paper in (
+        (params(bu), 8_000),
+        (counts["td"], 14_000),
+        (counts["uni"], 23_000),
+        (counts["rev"], 58_000),
+    ):
         assert round(value, -3) == paper
 
 
 def test_lenet_fc_uni_and_rev_layouts():
     bu = LeNetFC()
     uni = convs(layout(reverso.topdown(bu, input_size=(1, 28, 28), arrangement="uni").features))
-    assert [c for c, _ in uni] == ["C3/1->16", "C5/16->16", "C5/16->16"]  # median width 16 everywhere
+    assert [c for c, _ in uni] == [
+        "C3/1->16",
+        "C5/16->16",
+        "C5/16->16",
+    ]  # median width 16 everywhere
     rev = reverso.topdown(bu, input_size=(1, 28, 28), arrangement="rev")
     rows = layout(rev.features)
     # widths 6 at 7x7, 16 at 14x14, 32 at 28x28; each level keeps the bottom-up kernel size there
@@ -97,8 +109,12 @@ def test_nin_light_td_layer_by_layer():
     assert convs(layout(td.head.fc)) == [("C1/24->10", (28, 28))]
     # the Dropout that followed each bottom-up pooling follows the merge
     code = td.features.code
-    for merge_name in [n.target for n in td.features.graph.nodes if n.op == "call_module" and "merge" in n.target]:
-        user = next(u for u in td.features.graph.nodes if u.op == "call_module" and u.target == merge_name).next
+    for merge_name in [
+        n.target for n in td.features.graph.nodes if n.op == "call_module" and "merge" in n.target
+    ]:
+        user = next(
+            u for u in td.features.graph.nodes if u.op == "call_module" and u.target == merge_name
+        ).next
         assert isinstance(td.features.get_submodule(user.target), torch.nn.Dropout), code
 
 
@@ -108,17 +124,26 @@ def test_nin_light_td_layer_by_layer():
 def test_nin_light_parameter_counts(arrangement, paper):
     bu = NINLight()
     assert within(params(bu), 62_000)
-    assert within(params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arrangement)), paper)
+    assert within(
+        params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arrangement)), paper
+    )
 
 
 def test_nin_light_rev_layout():
     rows = layout(reverso.topdown(NINLight(), input_size=(1, 28, 28), arrangement="rev").features)
     assert [c for c, _ in convs(rows)] == [
-        "C3/1->48", "C1/48->40", "C1/40->24",  # G1 at x/4 with the kernel of the level's bottom-up conv
-        "C5/48->48", "C1/48->48", "C1/48->48",
-        "C5/48->48", "C1/48->48",  # G3 at full resolution, with the 5x5 kernel of level 0
+        "C3/1->48",
+        "C1/48->40",
+        "C1/40->24",  # G1 at x/4 with the kernel of the level's bottom-up conv
+        "C5/48->48",
+        "C1/48->48",
+        "C1/48->48",
+        "C5/48->48",
+        "C1/48->48",  # G3 at full resolution, with the 5x5 kernel of level 0
     ]
-    assert merges(rows)[0][0]["project"][0] == "C1/24->48"  # the merge adds the 1x1 where widths differ
+    assert (
+        merges(rows)[0][0]["project"][0] == "C1/24->48"
+    )  # the merge adds the 1x1 where widths differ
     assert merges(rows)[1][0]["project"] is None
 
 
@@ -146,33 +171,63 @@ def test_resnet32_td_layer_by_layer():
         ("conv", "C3/64->32", (16, 16)),
         ("conv", "C3/32->32", (16, 16)),
         ("up", "nearest", (16, 16)),
-        ("merge", {"project": None, "upsample": False, "lateral": ["C3/3->32"], "fuse": ["BN64", "ReLU", "C3/64->32"]}, (16, 16)),
+        (
+            "merge",
+            {
+                "project": None,
+                "upsample": False,
+                "lateral": ["C3/3->32"],
+                "fuse": ["BN64", "ReLU", "C3/64->32"],
+            },
+            (16, 16),
+        ),
     ]
     assert convs(rows[17:25]) == [("C3/32->32", (16, 16))] * 8  # then 4 blocks at 32
     # group 16 the same way on x, its shortcut projection created from the pre-activation
     ms = merges(rows)
-    assert ms[1] == ({"project": None, "upsample": False, "lateral": ["C3/3->16"], "fuse": ["BN32", "ReLU", "C3/32->16"]}, (32, 32))
-    proj = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith("shortcut"))
-    assert isinstance(gm.get_submodule(proj.args[0].target), torch.nn.ReLU) if proj.args[0].op == "call_module" else (
-        proj.args[0].target is torch.nn.functional.relu
+    assert ms[1] == (
+        {
+            "project": None,
+            "upsample": False,
+            "lateral": ["C3/3->16"],
+            "fuse": ["BN32", "ReLU", "C3/32->16"],
+        },
+        (32, 32),
+    )
+    proj = next(
+        n for n in gm.graph.nodes if n.op == "call_module" and n.target.endswith("shortcut")
+    )
+    assert (
+        isinstance(gm.get_submodule(proj.args[0].target), torch.nn.ReLU)
+        if proj.args[0].op == "call_module"
+        else (proj.args[0].target is torch.nn.functional.relu)
     )
     # head BN-ReLU, GAP, Linear(16 -> 10)
     fc = [m for m in td.head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in fc] == [(16, 10)]
-    assert [m.num_features for m in td.head.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [16]
+    assert [m.num_features for m in td.head.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [
+        16
+    ]
 
 
-@pytest.mark.parametrize(("arrangement", "paper"), [("td", 528_000), ("uni", 320_000), ("rev", 563_000)])
+@pytest.mark.parametrize(
+    ("arrangement", "paper"), [("td", 528_000), ("uni", 320_000), ("rev", 563_000)]
+)
 def test_resnet32_parameter_counts(arrangement, paper):
     bu = ResNet32()
     assert within(params(bu), 468_000)
-    assert within(params(reverso.topdown(bu, input_size=(3, 32, 32), arrangement=arrangement)), paper)
+    assert within(
+        params(reverso.topdown(bu, input_size=(3, 32, 32), arrangement=arrangement)), paper
+    )
 
 
 def test_resnet32_uni_has_plain_upsampled_identity_shortcuts():
     td = reverso.topdown(ResNet32(), input_size=(3, 32, 32), arrangement="uni")
     rows = layout(td.features)
-    assert {c for c, _ in convs(rows)} == {"C3/3->32", "C3/32->32"}  # 32 everywhere, no 1x1 anywhere
+    assert {c for c, _ in convs(rows)} == {
+        "C3/3->32",
+        "C3/32->32",
+    }  # 32 everywhere, no 1x1 anywhere
     assert all(m["project"] is None for m, _ in merges(rows))
 
 

@@ -36,16 +36,18 @@ def layout(gm: fx.GraphModule) -> list[tuple]:
         elif isinstance(m, Upsample):
             rows.append(("up", m.mode, size))
         elif isinstance(m, Merge):
-            rows.append((
-                "merge",
-                {
-                    "project": seq_tokens(m.project) if m.project is not None else None,
-                    "upsample": m.upsample is not None,
-                    "lateral": seq_tokens(m.lateral),
-                    "fuse": seq_tokens(m.fuse) if m.fuse is not None else None,
-                },
-                size,
-            ))
+            rows.append(
+                (
+                    "merge",
+                    {
+                        "project": seq_tokens(m.project) if m.project is not None else None,
+                        "upsample": m.upsample is not None,
+                        "lateral": seq_tokens(m.lateral),
+                        "fuse": seq_tokens(m.fuse) if m.fuse is not None else None,
+                    },
+                    size,
+                )
+            )
     return rows
 
 

@@ -1,0 +1,102 @@
+"""Bad input gets a ReversoError that says what is wrong and what to do."""
+
+import pytest
+import torch
+from golden_models import LeNetFC
+from torch import nn
+
+import reverso
+
+
+class AllSameResolution(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+        )
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def test_model_without_downsampling():
+    with pytest.raises(reverso.NoDownsamplingError, match="no spatial downsampling") as info:
+        reverso.topdown(AllSameResolution(), input_size=(3, 32, 32))
+    assert "strides or pooling" in str(info.value) and "body" in str(info.value)
+
+
+def test_input_size_too_small_for_the_depth():
+    with pytest.raises(reverso.InputSizeError) as info:
+        reverso.topdown("resnet18", input_size=(3, 16, 16))
+    message = str(info.value)
+    assert "too small" in message and "layer4" in message and "32x32" in message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"arrangement": "down"}, "arrangement"),
+        ({"arrangement": 0}, "width"),
+        ({"merge": "sum"}, "merge"),
+        ({"upsample": "cubic"}, "upsample"),
+        ({"pyramid": "laplacian"}, "pyramid"),
+    ],
+)
+def test_unknown_option_strings(kwargs, name):
+    with pytest.raises(reverso.OptionError, match=name) as info:
+        reverso.topdown(LeNetFC(), input_size=(1, 28, 28), **kwargs)
+    assert "choose one of" in str(info.value) or "positive int" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 0, 28), "28x28"])
+def test_malformed_input_size(size):
+    with pytest.raises(reverso.InputSizeError, match=r"\(channels, height, width\)"):
+        reverso.topdown(LeNetFC(), input_size=size)
+
+
+def test_missing_input_size_for_a_plain_module():
+    with pytest.raises(reverso.OptionError, match="input_size is required"):
+        reverso.topdown(LeNetFC())
+
+
+def test_wrong_model_arguments():
+    with pytest.raises(reverso.OptionError, match="not a timm model name"):
+        reverso.topdown("resnet_eighteen")
+    with pytest.raises(reverso.OptionError, match="nn.Module or a timm model name"):
+        reverso.topdown(42, input_size=(3, 32, 32))
+    with pytest.raises(reverso.OptionError, match="leaf_modules"):
+        reverso.topdown(LeNetFC(), input_size=(1, 28, 28), leaf_modules=[3])
+
+
+def test_timm_name_uses_its_pretrained_input_size():
+    td = reverso.topdown("resnet18")
+    assert td.pretrained_cfg["input_size"] == (3, 224, 224)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (28, 28), (2, 1, 1, 28, 28)])
+def test_non_4d_input(shape):
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    with pytest.raises(reverso.InputSizeError, match=r"batch of images \(N, 1, H, W\)"):
+        td(torch.rand(shape))
+
+
+def test_wrong_channels_and_too_small_input():
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    with pytest.raises(reverso.InputSizeError, match="1 input channels"):
+        td(torch.rand(2, 3, 28, 28))
+    with pytest.raises(reverso.InputSizeError, match="at least 4x4"):
+        td(torch.rand(2, 1, 3, 28))
+
+
+def test_every_error_is_a_reverso_error():
+    for cls in (
+        reverso.OptionError,
+        reverso.TraceError,
+        reverso.InputSizeError,
+        reverso.UnsupportedTopologyError,
+        reverso.NoDownsamplingError,
+        reverso.WidthError,
+        reverso.PassError,
+    ):
+        assert issubclass(cls, reverso.ReversoError)

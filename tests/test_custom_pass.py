@@ -1,0 +1,71 @@
+"""A user-written pass inserted by name (examples/custom_pass.py, docs/custom_passes.md)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from golden_models import ResNet32
+from torch import nn
+
+import reverso
+from reverso import graph
+from reverso.nn import Merge
+
+EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "custom_pass.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("custom_pass_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_swap_activations_and_dropout_after_merges(example):
+    td = example.build(ResNet32(), (3, 32, 32), p=0.2)
+    assert td.recipe["passes"] == [
+        "filter_arrangement",
+        "reverse_stages",
+        "downsample_to_upsample",
+        "multiscale_inputs",
+        "dropout_after_merges",
+        "swap_activations",
+    ]
+    activations = [m for m in td.modules() if isinstance(m, graph.ACTIVATIONS)]
+    assert activations and all(isinstance(m, nn.SiLU) for m in activations)  # inside merges too
+    gm = td.features
+    merges = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Merge)
+    ]
+    assert len(merges) == 2
+    for node in merges:
+        (user,) = node.users
+        assert (
+            isinstance(gm.get_submodule(user.target), nn.Dropout)
+            and gm.get_submodule(user.target).p == 0.2
+        )
+    relu_calls = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target is torch.nn.functional.relu
+    ]
+    assert not relu_calls  # the functional F.relu of the golden model became F.silu
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_example_runs_as_a_script(example, capsys):
+    example.main(["--model", "lenet_fc"])
+    out = capsys.readouterr().out
+    assert "merge1_dropout" in out and "passes run:" in out
+
+
+def test_dropout_pass_placed_before_merges_exist_is_refused(example):
+    pipe = reverso.default_pipeline().insert_before(
+        "multiscale_inputs", example.DropoutAfterMerges()
+    )
+    with pytest.raises(reverso.PassError, match="pass 'dropout_after_merges': no merges yet"):
+        reverso.topdown(ResNet32(), input_size=(3, 32, 32), passes=pipe)

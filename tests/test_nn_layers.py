@@ -1,0 +1,153 @@
+"""The layers the passes emit: image pyramid, upsampling and merge, each on its own."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from reverso.nn import ImagePyramid, Merge, Upsample, binomial_taps, gaussian_taps, triangle_taps
+
+
+def test_taps_are_normalised_and_exact():
+    assert torch.allclose(binomial_taps(5), torch.tensor([1, 4, 6, 4, 1], dtype=torch.float64) / 16)
+    assert binomial_taps(1).tolist() == [1.0]
+    g = gaussian_taps(2.0)
+    assert g.numel() == 2 * 6 + 1 and abs(g.sum().item() - 1) < 1e-12
+    assert triangle_taps(2).tolist() == [0.5, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_gaussian_pyramid_level_matches_scipy(level):
+    """Level l = Gaussian blur with sigma f/2 (half-width ceil(3 sigma), reflect), then x[::f, ::f]."""
+    f = 2**level
+    x = torch.rand(1, 2, 37, 30, dtype=torch.float64)
+    out = ImagePyramid([level]).double()(x)[0]
+    sigma = f / 2
+    ref = np.stack(
+        [
+            ndimage.gaussian_filter(
+                x[0, c].numpy(), sigma, mode="mirror", truncate=np.ceil(3 * sigma) / sigma
+            )
+            for c in range(2)
+        ]
+    )[:, ::f, ::f]
+    assert out.shape == (1, 2, *ref.shape[1:])
+    assert np.allclose(out[0].numpy(), ref, atol=1e-10)
+
+
+def test_pyramid_sizes_follow_subsampling_for_odd_inputs():
+    x = torch.rand(2, 3, 67, 45)
+    for level, out in zip([0, 1, 2, 5], ImagePyramid([0, 1, 2, 5])(x), strict=True):
+        assert out.shape == x[..., :: 2**level, :: 2**level].shape
+    assert torch.equal(ImagePyramid([0])(x)[0], x)  # level 0 is the input itself
+
+
+def test_pyramid_preserves_constants_and_falls_back_on_tiny_maps():
+    x = torch.full((1, 1, 5, 5), 3.0)
+    for kind in ("gaussian", "binomial", "cascade"):
+        out = ImagePyramid([1, 2, 3], kind)(x)  # level 3 needs a kernel larger than the map
+        assert all(torch.allclose(o, torch.full_like(o, 3.0)) for o in out)
+
+
+def test_binomial_and_cascade_pyramids():
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    (b1,) = ImagePyramid([1], "binomial").double()(x)
+    ref = ndimage.correlate1d(
+        ndimage.correlate1d(x[0, 0].numpy(), binomial_taps(5).numpy(), 0, mode="mirror"),
+        binomial_taps(5).numpy(),
+        1,
+        mode="mirror",
+    )[::2, ::2]
+    assert np.allclose(b1[0, 0].numpy(), ref)
+    c1, c2 = ImagePyramid([1, 2], "cascade").double()(x)
+    (again,) = ImagePyramid([1], "cascade").double()(c1)
+    assert torch.allclose(c2, again)  # each level is made from the previous one
+
+
+def test_pyramid_filters_are_fixed_buffers():
+    p = ImagePyramid([1, 2])
+    assert list(p.parameters()) == [] and p.state_dict() == {}
+    assert {n for n, _ in p.named_buffers()} == {"taps_1", "taps_2"}
+
+
+def test_nearest_upsample_to_exact_size():
+    x = torch.rand(2, 3, 4, 5)
+    up = Upsample("nearest", 2)
+    assert torch.equal(
+        up(x, torch.empty(0, 0, 8, 10)), x.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    )
+    assert up(x, torch.empty(0, 0, 7, 9)).shape == (
+        2,
+        3,
+        7,
+        9,
+    )  # odd targets: size=, not scale_factor=
+
+
+def test_bilinear_upsample_keeps_constants():
+    x = torch.full((1, 2, 3, 3), 2.5)
+    assert torch.allclose(
+        Upsample("bilinear")(x, torch.empty(1, 1, 6, 5)), torch.full((1, 2, 6, 5), 2.5)
+    )
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_blur_upsample_interpolates(factor):
+    x = torch.rand(1, 2, 5, 6, dtype=torch.float64)
+    up = Upsample("blur", factor).double()
+    y = up(x, torch.empty(1, 1, 5 * factor, 6 * factor))
+    assert y.shape == (1, 2, 5 * factor, 6 * factor)
+    assert torch.allclose(y[..., ::factor, ::factor], x)  # kept samples are the input itself
+    mid = y[..., : 4 * factor, : 5 * factor]
+    assert (
+        mid.min() >= x.min() - 1e-12 and mid.max() <= x.max() + 1e-12
+    )  # interpolation, no overshoot
+    if factor == 2:  # [1, 2, 1]: in-between samples are averages of their neighbours
+        assert torch.allclose(y[..., 0, 1], (x[..., 0, 0] + x[..., 0, 1]) / 2)
+
+
+@pytest.mark.parametrize("variant", ["add", "concat", "add_concat"])
+def test_merge_variants(variant):
+    torch.manual_seed(0)
+    lateral = nn.Conv2d(3, 8, 3, padding=1)
+    project = nn.Conv2d(16, 8, 1)
+    fuse = nn.Conv2d(16, 8, 3, padding=1) if variant != "add" else None
+    merge = Merge(variant, lateral, project=project, upsample=Upsample("nearest"), fuse=fuse)
+    x, image = torch.rand(2, 16, 4, 5), torch.rand(2, 3, 8, 9)
+    out = merge(x, image)
+    assert out.shape == (2, 8, 8, 9)
+    s = lateral(image)
+    low = Upsample("nearest")(project(x), s)
+    expected = {
+        "add": low + s,
+        "concat": fuse(torch.cat([low, s], 1)) if fuse else None,
+        "add_concat": fuse(torch.cat([low + s, s], 1)) if fuse else None,
+    }[variant]
+    assert torch.allclose(out, expected)
+
+
+def test_merge_rejects_inconsistent_parts():
+    with pytest.raises(ValueError, match="fuse"):
+        Merge("add_concat", nn.Identity())
+    with pytest.raises(ValueError, match="merge must be one of"):
+        Merge("sum", nn.Identity())
+
+
+def test_layers_gradcheck_in_float64():
+    x = torch.rand(1, 2, 9, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ImagePyramid([1, 2]).double()(t)[1], (x,))
+    small = torch.rand(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    like = torch.empty(1, 1, 6, 7)
+    for mode in ("nearest", "bilinear", "blur"):
+        up = Upsample(mode).double()
+        assert torch.autograd.gradcheck(lambda t, up=up: up(t, like), (small,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layers_run_in_half_precision(dtype):
+    x = torch.rand(1, 3, 16, 16).to(dtype)
+    levels = ImagePyramid([1, 2])(x)
+    assert all(t.dtype == dtype for t in levels)
+    for mode in ("nearest", "bilinear", "blur"):
+        assert Upsample(mode)(levels[1], levels[0]).dtype == dtype

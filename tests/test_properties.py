@@ -1,0 +1,46 @@
+"""Properties over random bottom-up CNNs (reverso.testing), for every arrangement and option."""
+
+import pytest
+import torch
+from golden_models import LeNetFC, ResNet32
+from hypothesis import HealthCheck, given, settings
+
+from reverso.testing import bottom_up_cnns, check_topdown
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@SETTINGS
+@given(bottom_up_cnns())
+def test_random_bottom_up_cnns_convert_with_all_properties(spec):
+    # conversion succeeds or raises ReversoError (check_topdown returns None then); anything else fails
+    check_topdown(spec.build(), spec.input_size)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bottom_up_cnns(max_transitions=3))
+@pytest.mark.parametrize("arrangement", ["uni", "rev"])
+def test_random_cnns_in_other_arrangements(arrangement, spec):
+    check_topdown(spec.build(), spec.input_size, arrangement=arrangement)
+
+
+@pytest.mark.parametrize("merge", ["add", "concat", "add_concat"])
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear", "blur"])
+def test_every_merge_and_upsampling_keeps_the_properties(merge, upsample):
+    assert check_topdown(ResNet32(), (3, 32, 32), merge=merge, upsample=upsample) is not None
+
+
+@pytest.mark.parametrize("pyramid", ["gaussian", "binomial", "cascade"])
+def test_every_pyramid_keeps_the_properties(pyramid):
+    assert check_topdown(LeNetFC(), (1, 28, 28), pyramid=pyramid) is not None
+
+
+def test_spec_builds_readable_reproducible_models():
+    from hypothesis import find
+
+    spec = find(bottom_up_cnns(), lambda s: len(s.transitions) == 2 and s.head == "conv1x1")
+    a, b = spec.build(seed=1), spec.build(seed=1)
+    x = torch.rand(2, *spec.input_size)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x)) and a(x).shape == (2, spec.num_classes)
+    assert "CNNSpec(" in repr(spec)

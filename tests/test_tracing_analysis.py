@@ -1,0 +1,159 @@
+"""Tracing front end and stage analysis."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from golden_models import LeNetFC, ResNet32
+from torch import nn
+
+import reverso
+from reverso import graph as g
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: untraceable
+            return x
+        return -x
+
+
+class NetWithBadBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = DataDependent()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.pool(self.gate(F.relu(self.conv1(x))))
+        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_trace_propagates_shapes_into_node_meta():
+    gm = reverso.trace(LeNetFC(), (1, 28, 28))
+    shapes = {n.name: tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op != "output"}
+    assert shapes["c1_conv"] == (2, 6, 28, 28)
+    assert shapes["max_pool2d_1"] == (2, 16, 7, 7)
+    assert all(
+        n.meta["val"].device.type == "meta" for n in gm.graph.nodes if n.op not in ("output",)
+    )
+
+
+def test_trace_keeps_timm_notrace_modules_and_registered_layers_whole():
+    gm = reverso.trace(timm.create_model("efficientnet_b0", num_classes=10), (3, 64, 64))
+    kinds = {
+        type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"
+    }
+    assert "BatchNormAct2d" in kinds  # a timm notrace module is one node
+    gm = reverso.trace(timm.create_model("convnext_atto", num_classes=10), (3, 64, 64))
+    assert "LayerNorm2d" in {
+        type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"
+    }
+
+
+def test_untraceable_module_is_named_with_the_remedy():
+    with pytest.raises(reverso.TraceError) as info:
+        reverso.trace(NetWithBadBlock(), (3, 16, 16))
+    message = str(info.value)
+    assert "'gate'" in message and "DataDependent" in message and "leaf_modules=" in message
+
+
+def test_leaf_modules_by_name_or_type_fix_tracing():
+    for leaf in ("gate", DataDependent):
+        td = reverso.topdown(NetWithBadBlock(), input_size=(3, 16, 16), leaf_modules=[leaf])
+        assert td(torch.rand(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_analysis_of_lenet_fc():
+    report = reverso.analyze(LeNetFC(), (1, 28, 28))
+    assert [type(i).__name__ for i in report.items] == [
+        "Group",
+        "Transition",
+        "Group",
+        "Transition",
+        "Group",
+    ]
+    assert report.levels == 2 and not report.preact and report.num_classes == 10
+    assert report.stem == []  # plain net: no stem
+    assert [t.kind for t in report.transitions] == ["standalone", "standalone"]
+    head = report.units[report.head[0]]
+    assert head.nodes[0] == "classifier"  # the 1x1 conv classifier before GAP belongs to the head
+    table = str(report)
+    assert "standalone" in table and "head" in table and "G3" in table
+
+
+def test_analysis_of_pre_activation_resnet32():
+    report = reverso.analyze(ResNet32(), (3, 32, 32))
+    assert report.preact
+    assert len(report.stem) == 1 and len(report.groups) == 3
+    assert [len(gr.units) for gr in report.groups] == [5, 5, 5]
+    assert [gr.transition.kind if gr.transition else None for gr in report.groups] == [
+        None,
+        "inside",
+        "inside",
+    ]
+    assert all(report.units[u].residual for gr in report.groups for u in gr.units)
+    head = report.units[report.head[0]]
+    assert head.nodes[0] == "bn" and head.nodes[1].startswith(
+        "relu"
+    )  # the final BN-ReLU opens the head
+
+
+def test_analysis_of_timm_resnet18_marks_the_first_layer_transition():
+    report = reverso.analyze("resnet18", (3, 64, 64))
+    first = report.transitions[0]
+    assert first.first and first.kind == "inside" and report.units[first.unit].nodes[0] == "conv1"
+    assert [t.kind for t in report.transitions[1:]] == ["standalone", "inside", "inside", "inside"]
+    assert report.levels == 5
+
+
+def test_block_modules_stay_one_unit():
+    report = reverso.analyze(timm.create_model("mobilenetv2_100", num_classes=10), (3, 64, 64))
+    # every inverted-residual block (with or without skip) is one unit, never split at its depthwise conv
+    for unit in report.units:
+        prefixes = {".".join(n.split("_")[:3]) for n in unit.nodes if n.startswith("blocks_")}
+        assert len(prefixes) <= 1, unit.nodes
+
+
+def test_nodes_are_tagged_with_their_unit():
+    gm = reverso.trace(LeNetFC(), (1, 28, 28))
+    report = reverso.analysis.analyze_graph(gm, (1, 28, 28))
+    for unit in report.units:
+        for name in unit.nodes:
+            assert g.tag(next(n for n in gm.graph.nodes if n.name == name))["unit"] == unit.index
+
+
+class UNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, 2, 1)
+        self.mid = nn.Conv2d(8, 8, 3, 1, 1)
+        self.up = nn.Upsample(scale_factor=2)
+        self.out = nn.Conv2d(11, 4, 1)
+
+    def forward(self, x):
+        y = self.up(self.mid(self.down(x)))
+        return self.out(torch.cat([x, y], 1)).mean((2, 3))
+
+
+def test_unet_skip_across_resolutions_is_refused_with_the_node():
+    with pytest.raises(reverso.UnsupportedTopologyError, match="U-Net") as info:
+        reverso.topdown(UNet(), input_size=(3, 16, 16))
+    assert "'up'" in str(info.value) or "up" in str(info.value)
+
+
+def test_tuple_output_is_refused():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return y, y
+
+    with pytest.raises(reverso.UnsupportedTopologyError, match="tuple"):
+        reverso.analyze(TwoHeads(), (3, 16, 16))

@@ -1,0 +1,131 @@
+"""The width registry: how each layer type is rebuilt at other widths, and how users extend it."""
+
+import pytest
+import timm.layers as tl
+import torch
+from torch import nn
+
+import reverso
+from reverso.widths import REGISTRY
+
+
+@pytest.mark.parametrize(
+    ("layer", "cin", "cout", "x_shape"),
+    [
+        (nn.Conv2d(8, 16, 3, padding=1, bias=False), 5, 7, (2, 5, 6, 6)),
+        (nn.Linear(8, 3), 5, 4, (2, 5)),
+        (tl.Conv2dSame(8, 16, 3, stride=2), 5, 7, (2, 5, 9, 9)),
+        (tl.StdConv2d(8, 16, 3, padding=1), 5, 7, (2, 5, 6, 6)),
+        (tl.MixedConv2d(8, 16, [3, 5]), 6, 10, (2, 6, 6, 6)),
+    ],
+)
+def test_width_defining_layers_rebuild_with_fresh_weights(layer, cin, cout, x_shape):
+    new = REGISTRY.rebuild(layer, cin, cout)
+    assert type(new) is type(layer)
+    assert new(torch.rand(x_shape)).shape[1] == cout
+    rule = REGISTRY.lookup(new)
+    assert (rule.in_width(new), rule.out_width(new)) == (cin, cout)
+
+
+def test_conv_keeps_its_configuration():
+    conv = nn.Conv2d(8, 16, 5, stride=2, padding=4, dilation=2, bias=False, padding_mode="reflect")
+    new = REGISTRY.rebuild(conv, 4, 6)
+    assert (new.kernel_size, new.stride, new.padding, new.dilation, new.padding_mode) == (
+        (5, 5),
+        (2, 2),
+        (4, 4),
+        (2, 2),
+        "reflect",
+    )
+    assert new.bias is None
+
+
+def test_depthwise_conv_stays_depthwise_and_grouped_convs_check_divisibility():
+    dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    new = REGISTRY.rebuild(dw, 12)
+    assert (new.in_channels, new.out_channels, new.groups) == (12, 12, 12)
+    grouped = nn.Conv2d(8, 16, 3, groups=4)
+    assert REGISTRY.rebuild(grouped, 12, 16).groups == 4
+    with pytest.raises(reverso.WidthError, match="groups=4"):
+        REGISTRY.rebuild(grouped, 10, 16)
+
+
+@pytest.mark.parametrize(
+    ("norm", "x_shape"),
+    [
+        (nn.BatchNorm2d(8), (2, 5, 4, 4)),
+        (nn.GroupNorm(4, 8), (2, 6, 4, 4)),
+        (tl.LayerNorm2d(8), (2, 5, 4, 4)),
+        (tl.BatchNormAct2d(8, act_layer=nn.SiLU), (2, 5, 4, 4)),
+        (nn.LayerNorm(8), (2, 4, 4, 5)),
+    ],
+)
+def test_norms_follow_their_input_width(norm, x_shape):
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.fill_(3.0)
+    width = (
+        x_shape[1]
+        if not isinstance(norm, nn.LayerNorm) or isinstance(norm, tl.LayerNorm2d)
+        else x_shape[-1]
+    )
+    new = REGISTRY.rebuild(norm, width)
+    assert new(torch.rand(x_shape)).shape == x_shape
+    assert all(torch.all((p == 1) | (p == 0)) for p in new.parameters())  # fresh affine parameters
+    assert all(torch.all(p == 3) for p in norm.parameters())  # the original is untouched
+    if isinstance(norm, tl.BatchNormAct2d):
+        assert isinstance(new.act, nn.SiLU)
+
+
+def test_timm_convmlp_head_is_rebuilt():
+    from timm.models.vgg import ConvMlp
+
+    mlp = ConvMlp(512, 64, kernel_size=7)
+    new = REGISTRY.rebuild(mlp, 32, 64)
+    assert new.fc1.in_channels == 32 and new.fc2.out_channels == 64
+
+
+class Mystery(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c, 1, 1))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class WithMystery(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.scale = Mystery(4)
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(self.scale(self.pool(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_unknown_layer_that_must_change_width_says_how_to_register():
+    # in the top-down net `scale` opens the first group and reads the 3-channel image instead of 4 channels
+    with pytest.raises(reverso.WidthError) as info:
+        reverso.topdown(WithMystery(), input_size=(3, 16, 16), leaf_modules=[Mystery])
+    message = str(info.value)
+    assert "Mystery" in message and "reverso.register_width_rule(Mystery" in message
+
+
+def test_registered_user_layer_is_rebuilt(monkeypatch):
+    monkeypatch.setattr(reverso.widths.REGISTRY, "_rules", dict(REGISTRY._rules))
+    reverso.register_width_rule(
+        Mystery,
+        in_width=lambda m: m.weight.shape[0],
+        out_width=lambda m: m.weight.shape[0],
+        rebuild=lambda m, cin, cout: Mystery(cin),
+        preserves_width=lambda m: True,
+    )
+    td = reverso.topdown(WithMystery(), input_size=(3, 16, 16))
+    assert td(torch.rand(2, 3, 16, 16)).shape == (2, 2)
+    scales = [m for m in td.modules() if isinstance(m, Mystery)]
+    assert [m.weight.shape[0] for m in scales] == [3]  # rebuilt for the image's 3 channels
