@@ -63,7 +63,7 @@ def test_missing_input_size_for_a_plain_module():
 def test_wrong_model_arguments():
     with pytest.raises(reverso.OptionError, match="not a timm model name"):
         reverso.topdown("resnet_eighteen")
-    with pytest.raises(reverso.OptionError, match="nn.Module or a timm model name"):
+    with pytest.raises(reverso.OptionError, match=r"nn\.Module or a timm model name"):
         reverso.topdown(42, input_size=(3, 32, 32))
     with pytest.raises(reverso.OptionError, match="leaf_modules"):
         reverso.topdown(LeNetFC(), input_size=(1, 28, 28), leaf_modules=[3])

@@ -71,7 +71,7 @@ def test_a_malformed_graph_is_caught_by_lint():
     def forward_ref(gm, ctx):
         nodes = [n for n in gm.graph.nodes if n.op == "call_module"]
         first, second = nodes[0], nodes[1]
-        first.args = (second,) + tuple(first.args[1:])
+        first.args = (second, *first.args[1:])
         return gm
 
     pipe = reverso.default_pipeline().append(reverso.Pass.from_function(forward_ref, "forward_ref"))
