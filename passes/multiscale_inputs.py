@@ -23,7 +23,7 @@ from reverso.errors import UnsupportedTopologyError
 from reverso.nn import Merge
 from reverso.pipeline import Pass, PassResult
 from reverso.repair import repair_widths
-from reverso.shapes import channels
+from reverso.shapes import ShapeProp, channels
 from reverso.units import module_prefix, unit_view
 
 
@@ -85,8 +85,12 @@ class MultiscaleInputs(Pass):
                 for u in users:
                     u.replace_input_with(view.exit, node)
             g.tag(node).update(role="merge", transition=index)
-            # what follows the merge now receives C_r channels; later merges read updated widths
-            repair_widths(gm, ctx)
+            node.meta["val"] = ShapeProp.meta_module(merge)(
+                node.args[0].meta["val"], image.meta["val"]
+            )
+            if slot.kind == "transition" and c_r != c_low:
+                # what follows the merge now receives C_r channels; later merges read updated widths
+                repair_widths(gm, ctx)
         gm.delete_all_unused_submodules()
         return PassResult(gm, True)
 

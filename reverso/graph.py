@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import networkx as nx
 import torch
@@ -16,8 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnsupportedTopologyError
-from .shapes import is_feature_map, tensor_shape
+from .shapes import TORCH_ACTIVATIONS, is_feature_map, tensor_shape
 
 TAG = "reverso"  # key of reverso's own metadata in node.meta
 
@@ -67,23 +66,7 @@ _NORM_FUNCS = {F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm}
 
 
 def _activation_types() -> tuple[type, ...]:
-    types = [
-        nn.ReLU,
-        nn.ReLU6,
-        nn.SiLU,
-        nn.GELU,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.LeakyReLU,
-        nn.Hardswish,
-        nn.Hardsigmoid,
-        nn.ELU,
-        nn.Mish,
-        nn.PReLU,
-        nn.SELU,
-        nn.Softplus,
-        nn.Hardtanh,
-    ]
+    types = list(TORCH_ACTIVATIONS)
     try:
         import timm.layers.activations as ta
 
@@ -204,25 +187,6 @@ def is_cat(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _CAT
 
 
-def is_global_pool(gm, node) -> bool:
-    """Ops that collapse the spatial dimensions (global pooling, spatial means, flatten)."""
-    if node.op == "call_function" and node.target in _ADAPTIVE_FUNCS:
-        return True
-    if node.op in ("call_function", "call_method") and getattr(
-        node.target, "__name__", node.target
-    ) in {
-        "mean",
-        "amax",
-        "sum",
-        "flatten",
-        "view",
-        "reshape",
-    }:
-        return True
-    m = module_of(gm, node)
-    return isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten))
-
-
 def width_defining(gm, node) -> bool:
     """Layers that set their output width (convs that are not depthwise, linears, registered ones)."""
     from .widths import REGISTRY
@@ -232,10 +196,6 @@ def width_defining(gm, node) -> bool:
         return False
     rule = REGISTRY.lookup(m)
     return rule is not None and not rule.preserves_width(m)
-
-
-def tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    return [a for a in node.all_input_nodes if tensor_shape(a) is not None]
 
 
 def feature_input(node: fx.Node) -> fx.Node | None:
@@ -365,43 +325,6 @@ def add_module_node(
     return node
 
 
-def replace_input(user: fx.Node, old: fx.Node, new: fx.Node) -> None:
-    user.replace_input_with(old, new)
-
-
-def remove_node(gm: fx.GraphModule, node: fx.Node, replacement: fx.Node) -> None:
-    """Route the users of ``node`` to ``replacement`` and delete ``node``."""
-    node.replace_all_uses_with(replacement)
-    gm.graph.erase_node(node)
-
-
-def drop_unused_modules(gm: fx.GraphModule) -> None:
-    """Delete submodules no node refers to any more (so parameter counts stay honest)."""
-    used = {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
-    gm.delete_all_unused_submodules()
-    del used
-
-
-def nodes_between(entry: fx.Node, exit_: fx.Node, within: Iterable[fx.Node]) -> list[fx.Node]:
-    """Nodes of ``within`` on some path from ``entry`` to ``exit_`` (excluding ``entry``)."""
-    within = set(within)
-    forward, stack = set(), [entry]
-    while stack:
-        n = stack.pop()
-        for u in n.users:
-            if u in within and u not in forward:
-                forward.add(u)
-                stack.append(u)
-    backward, stack = set(), [exit_]
-    while stack:
-        n = stack.pop()
-        backward.add(n)
-        for a in n.all_input_nodes:
-            if a in within and a not in backward and a is not entry:
-                stack.append(a)
-    return [n for n in within if n in forward and n in backward]
-
-
 def descendants_within(start: Iterable[fx.Node], within: set[fx.Node]) -> set[fx.Node]:
     out, stack = set(), list(start)
     while stack:
@@ -420,14 +343,3 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> str:
         return f"'{node.target}' ({type(m).__name__})"
     target = getattr(node.target, "__name__", node.target)
     return f"'{node.name}' ({target})"
-
-
-def topology_error(message: str) -> UnsupportedTopologyError:
-    return UnsupportedTopologyError(message)
-
-
-def first(nodes: Iterable[fx.Node], pred: Callable[[fx.Node], bool]) -> fx.Node | None:
-    for n in nodes:
-        if pred(n):
-            return n
-    return None

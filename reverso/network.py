@@ -16,7 +16,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from . import graph as g
 from .errors import InputSizeError
-from .shapes import channels, propagate
+from .shapes import channels
 from .units import unit_view
 
 
@@ -91,6 +91,9 @@ class TopDownNet(nn.Module):
                 f"(x{self.min_size}); use inputs of at least {self.min_size}x{self.min_size}"
             )
 
+    def __str__(self) -> str:
+        return f"{super().__repr__()}\n\n{self.code}"
+
     @property
     def code(self) -> str:
         """The generated Python code of the features and the head."""
@@ -144,14 +147,6 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
     name = type(ctx.model).__name__
     features = _extract(gm, body_nodes, {image: "x"}, head_view.entry, f"TopDown{name}Features")
     head = _split_head(gm, head_nodes, head_view.entry, image, ctx.report.num_classes, name)
-    # the emitted graphs carry shapes for the traced input size, like every graph reverso makes
-    propagate(features, ctx.example_input())
-    out = next(n for n in features.graph.nodes if n.op == "output").args[0].meta["val"]
-    propagate(head.pre_logits, out)
-    propagate(
-        head.fc,
-        next(n for n in head.pre_logits.graph.nodes if n.op == "output").args[0].meta["val"],
-    )
     features_info = _feature_info(gm, plan)
     cfg = dict(getattr(ctx.model, "pretrained_cfg", None) or {})
     cfg["input_size"] = tuple(ctx.input_size)
@@ -188,6 +183,8 @@ def _extract(
 ):
     graph = fx.Graph()
     env = {old: graph.placeholder(name) for old, name in inputs.items()}
+    for old, new in env.items():  # copied nodes keep their shapes; so do the new inputs
+        new.meta["val"] = old.meta.get("val")
     for n in nodes:
         env[n] = graph.node_copy(n, lambda a: env[a])
     graph.output(env[output])
@@ -254,7 +251,11 @@ def _feature_info(gm: fx.GraphModule, plan) -> list[dict]:
 
 
 def _own_copy(net: TopDownNet, model: nn.Module) -> TopDownNet:
-    """Copy the tensors the network still shares with the user's model, and nothing else."""
-    shared = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
-    memo = {id(t): t for t in list(net.parameters()) + list(net.buffers()) if id(t) not in shared}
-    return copy.deepcopy(net, memo)
+    """Copy every layer the network still shares with the user's model (weights, and stateless
+    layers whose train/eval mode would otherwise follow the network's), and nothing else."""
+    shared = {id(m) for m in model.modules()}
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in shared:
+                setattr(parent, name, copy.deepcopy(child))
+    return net

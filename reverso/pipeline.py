@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch.fx as fx
 
 from .errors import OptionError, PassError, ReversoError
-from .shapes import propagate, tensor_shape
+from .shapes import fingerprint, propagate, tensor_shape
 
 if TYPE_CHECKING:
     from .context import CompileContext
@@ -178,6 +178,8 @@ def check_graph(gm: fx.GraphModule, ctx: CompileContext, *, after: str) -> None:
     except Exception as err:
         raise PassError(f"pass '{after}' left a malformed graph: {err}", pass_name=after) from err
     gm.recompile()
+    if gm.meta.get("shapes_of") == fingerprint(gm):
+        return  # the pass ended with a full propagation (width repair) of this very graph
     try:
         propagate(gm, ctx.example_input())
     except Exception as err:

@@ -16,7 +16,7 @@ import torch.fx as fx
 from . import graph as g
 from .blocks import LayerFactory
 from .errors import ReversoError, UnsupportedTopologyError
-from .shapes import ShapeProp, channels
+from .shapes import ShapeProp, channels, fingerprint
 from .units import module_prefix, unit_nodes
 from .widths import unknown_layer_error
 
@@ -35,6 +35,7 @@ def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     if fixer.changed:
         gm.graph.lint()
         gm.recompile()
+    gm.meta["shapes_of"] = fingerprint(gm)  # every node's shape is now up to date
     return fixer.changed
 
 

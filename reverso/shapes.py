@@ -94,6 +94,12 @@ def _flatten_rule(m: nn.Flatten, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(x, m.start_dim, m.end_dim)
 
 
+#: torch's activation layers (shape-preserving, parameter-free but for PReLU)
+TORCH_ACTIVATIONS: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardswish,
+    nn.Hardsigmoid, nn.ELU, nn.Mish, nn.PReLU, nn.SELU, nn.Softplus, nn.Hardtanh,
+)  # fmt: skip
+
 SHAPE_RULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
     nn.Conv2d: _conv_rule,
     nn.BatchNorm2d: _norm_rule,
@@ -106,23 +112,7 @@ SHAPE_RULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
     nn.Identity: _same_shape,
     nn.Dropout: _same_shape,
     nn.Dropout2d: _same_shape,
-    **{
-        act: _same_shape
-        for act in (
-            nn.ReLU,
-            nn.ReLU6,
-            nn.SiLU,
-            nn.GELU,
-            nn.Sigmoid,
-            nn.Tanh,
-            nn.LeakyReLU,
-            nn.Hardswish,
-            nn.Hardsigmoid,
-            nn.ELU,
-            nn.Mish,
-            nn.PReLU,
-        )
-    },
+    **{act: _same_shape for act in TORCH_ACTIVATIONS},
 }
 
 
@@ -260,6 +250,15 @@ def _plain(args, kwargs) -> bool:
     return all(isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args)
 
 
+def fingerprint(gm: fx.GraphModule) -> tuple:
+    """Identity of the graph's nodes and of the modules they call: equal fingerprints mean the
+    shapes stored in the nodes are still those of the graph."""
+    return tuple(
+        (id(n), id(gm.get_submodule(n.target)) if n.op == "call_module" else None, id(n.args))
+        for n in gm.graph.nodes
+    )
+
+
 def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
     """Fill ``node.meta["val"]`` for every node of ``gm`` given example inputs (any device)."""
     meta_inputs = [x.to(META) if isinstance(x, torch.Tensor) else x for x in inputs]
@@ -271,6 +270,7 @@ def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
     finally:
         for m, t in training:
             m.training = t
+    gm.meta["shapes_of"] = fingerprint(gm)
 
 
 def tensor_shape(node: fx.Node) -> torch.Size | None:

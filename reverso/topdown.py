@@ -25,6 +25,7 @@ from .context import CompileContext, TopDownOptions, make_plan, prototypes_of
 from .errors import OptionError
 from .network import TopDownNet, emit
 from .pipeline import Pass, Pipeline, default_pipeline
+from .shapes import fingerprint
 from .tracing import resolve_input_size, resolve_model, trace
 
 
@@ -91,7 +92,9 @@ def working_copy(bu: fx.GraphModule) -> fx.GraphModule:
     for n in graph.nodes:
         if g.TAG in n.meta:
             n.meta[g.TAG] = dict(n.meta[g.TAG])
-    return fx.GraphModule(bu, graph, class_name=type(bu).__name__)
+    gm = fx.GraphModule(bu, graph, class_name=type(bu).__name__)
+    gm.meta["shapes_of"] = fingerprint(gm)  # the copied nodes carry the traced shapes
+    return gm
 
 
 def _pipeline(passes) -> Pipeline:

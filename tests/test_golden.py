@@ -18,8 +18,40 @@ def merges(rows):
     return [(desc, size) for kind, desc, size in rows if kind == "merge"]
 
 
+def spatial_conv_widths(rows) -> dict:
+    """Output widths of the 3x3 convs at each resolution (1x1 shortcut projections run before
+    their upsampling, at the coarser size, so they are left out)."""
+    widths = {}
+    for desc, size in convs(rows):
+        if desc.startswith("C3"):
+            widths.setdefault(size, set()).add(int(desc.split("->")[1]))
+    return widths
+
+
 def within(value, paper, rel=0.01):
     return abs(value - paper) <= rel * paper
+
+
+# -- parameter counts the paper gives to three significant digits --------------------------------
+
+PAPER_COUNTS = [  # model, input size, bottom-up count, arrangement, top-down count
+    (NINLight, (1, 28, 28), 62_000, "td", 213_000),
+    (NINLight, (1, 28, 28), 62_000, "uni", 215_000),
+    (NINLight, (1, 28, 28), 62_000, "rev", 214_000),
+    (NIN, (3, 32, 32), 970_000, "td", 3_370_000),
+    (ResNet32, (3, 32, 32), 468_000, "td", 528_000),
+    (ResNet32, (3, 32, 32), 468_000, "uni", 320_000),
+    (ResNet32, (3, 32, 32), 468_000, "rev", 563_000),
+]
+
+
+@pytest.mark.parametrize(("model", "size", "bu_paper", "arrangement", "td_paper"), PAPER_COUNTS)
+def test_parameter_counts_within_one_percent_of_the_paper(
+    model, size, bu_paper, arrangement, td_paper
+):
+    bu = model()
+    assert within(params(bu), bu_paper)
+    assert within(params(reverso.topdown(bu, input_size=size, arrangement=arrangement)), td_paper)
 
 
 # -- LeNetFC -----------------------------------------------------------------------------------
@@ -118,17 +150,6 @@ def test_nin_light_td_layer_by_layer():
         assert isinstance(td.features.get_submodule(user.target), torch.nn.Dropout), code
 
 
-@pytest.mark.parametrize(
-    ("arrangement", "paper"), [("td", 213_000), ("uni", 215_000), ("rev", 214_000)]
-)
-def test_nin_light_parameter_counts(arrangement, paper):
-    bu = NINLight()
-    assert within(params(bu), 62_000)
-    assert within(
-        params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arrangement)), paper
-    )
-
-
 def test_nin_light_rev_layout():
     rows = layout(reverso.topdown(NINLight(), input_size=(1, 28, 28), arrangement="rev").features)
     assert [c for c, _ in convs(rows)] == [
@@ -145,12 +166,6 @@ def test_nin_light_rev_layout():
         merges(rows)[0][0]["project"][0] == "C1/24->48"
     )  # the merge adds the 1x1 where widths differ
     assert merges(rows)[1][0]["project"] is None
-
-
-def test_nin_parameter_counts():
-    bu = NIN()
-    assert within(params(bu), 970_000)
-    assert within(params(reverso.topdown(bu, input_size=(3, 32, 32))), 3_370_000)
 
 
 # -- ResNet-32 ----------------------------------------------------------------------------------
@@ -210,17 +225,6 @@ def test_resnet32_td_layer_by_layer():
     ]
 
 
-@pytest.mark.parametrize(
-    ("arrangement", "paper"), [("td", 528_000), ("uni", 320_000), ("rev", 563_000)]
-)
-def test_resnet32_parameter_counts(arrangement, paper):
-    bu = ResNet32()
-    assert within(params(bu), 468_000)
-    assert within(
-        params(reverso.topdown(bu, input_size=(3, 32, 32), arrangement=arrangement)), paper
-    )
-
-
 def test_resnet32_uni_has_plain_upsampled_identity_shortcuts():
     td = reverso.topdown(ResNet32(), input_size=(3, 32, 32), arrangement="uni")
     rows = layout(td.features)
@@ -233,10 +237,7 @@ def test_resnet32_uni_has_plain_upsampled_identity_shortcuts():
 
 def test_resnet32_rev_widths_grow_coarse_to_fine():
     rows = layout(reverso.topdown(ResNet32(), input_size=(3, 32, 32), arrangement="rev").features)
-    widths = {}
-    for desc, size in convs(rows):
-        if desc.startswith("C3"):  # 1x1 shortcut projections run before their upsampling
-            widths.setdefault(size, set()).add(int(desc.split("->")[1]))
+    widths = spatial_conv_widths(rows)
     assert widths[(8, 8)] == {16} and widths[(16, 16)] == {32} and widths[(32, 32)] == {64}
 
 
@@ -250,10 +251,7 @@ def test_resnet18_imagenette_ends_at_full_resolution():
     assert c[0] == ("C3/3->256", (4, 4))  # the stem at the coarsest level, widened to G4's width
     # the stem pooling's mirror: a standalone upsampling + merge, then G4 one level finer
     assert rows[1][0] == "merge" and rows[1][1]["upsample"] and rows[1][2] == (8, 8)
-    widths_by_size = {}
-    for desc, size in c[1:]:
-        if desc.startswith("C3"):  # 1x1 shortcut projections run before their upsampling
-            widths_by_size.setdefault(size, set()).add(int(desc.split("->")[1]))
-    assert widths_by_size == {(8, 8): {256}, (16, 16): {128}, (32, 32): {64}, (64, 64): {32}}
+    widths = spatial_conv_widths(rows[1:])
+    assert widths == {(8, 8): {256}, (16, 16): {128}, (32, 32): {64}, (64, 64): {32}}
     assert td.forward_features(torch.rand(2, 3, 64, 64)).shape == (2, 32, 64, 64)
     assert sum(isinstance(m, Merge) for m in td.modules()) == 4

@@ -47,7 +47,8 @@ def test_prints_readable_code(resnet32_td):
     code = resnet32_td.code
     assert "def forward(self, x)" in code and "pyramid" in code and "merge" in code
     assert "level_2" in code  # the coarsest pyramid level feeds the stem
-    assert "GraphModule" in str(resnet32_td) or "TopDownNet" in str(resnet32_td)
+    printed = str(resnet32_td)
+    assert printed.startswith("TopDownNet(") and "def forward(self, x)" in printed
 
 
 @pytest.mark.parametrize("size", [(32, 32), (37, 29), (65, 40), (8, 8)])
@@ -160,3 +161,13 @@ def test_distributed_data_parallel(tmp_path):
     mp.spawn(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     g0, g1 = (torch.load(tmp_path / f"grads_{r}.pt") for r in range(2))
     assert g0.numel() > 0 and torch.allclose(g0, g1)  # gradients all-reduced across the two ranks
+
+
+def test_shares_no_module_with_the_bottom_up_model():
+    bu = LeNetFC().eval()
+    td = reverso.topdown(bu, input_size=(1, 28, 28))
+    assert not ({id(m) for m in td.modules()} & {id(m) for m in bu.modules()})
+    td.train()
+    assert not any(
+        m.training for m in bu.modules()
+    )  # switching the network's mode leaves the model alone

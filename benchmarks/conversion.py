@@ -1,0 +1,105 @@
+"""Conversion time of timm resnet50 at 224 px, side by side with one fx trace plus one batch-1
+forward of the bottom-up model (goal: at most 2x).
+
+Creating fresh weights for the layers the top-down net adds is part of conversion; with the
+spec's merges (a 3x3 fuse conv 2C -> C at every transition) a bottleneck net gets ~100M new
+parameters, and filling them dominates. The script therefore also times conversion with
+``torch.nn.init`` disabled (tensors allocated, not filled): that is the compiler's own cost.
+
+    python benchmarks/conversion.py [--model resnet50] [--size 224] [--repeats 7] [--merge add]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import time
+
+import timm
+import torch
+
+import reverso
+from reverso.tracing import ReversoTracer
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def weights_not_filled():
+    """Make torch.nn.init's fillers no-ops (layers still allocate their tensors)."""
+    names = (
+        "kaiming_uniform_",
+        "uniform_",
+        "normal_",
+        "ones_",
+        "zeros_",
+        "trunc_normal_",
+        "xavier_uniform_",
+    )
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--merge", default="add_concat")
+    args = parser.parse_args(argv)
+    model = timm.create_model(args.model, pretrained=False).eval()
+    size = (3, args.size, args.size)
+    x = torch.rand(1, *size)
+
+    def baseline():
+        ReversoTracer().trace(model)  # one torch.fx trace (honouring timm's notrace leaves)
+        with torch.no_grad():
+            model(x)
+
+    def convert():
+        return reverso.topdown(model, input_size=size, merge=args.merge)
+
+    baseline(), convert()  # warm up
+    base = median_time(baseline, args.repeats)
+    conv = median_time(convert, args.repeats)
+    with weights_not_filled():
+        conv_no_init = median_time(convert, args.repeats)
+    td = convert()
+    bu_params = sum(p.numel() for p in model.parameters())
+    td_params = sum(p.numel() for p in td.parameters())
+    result = {
+        "model": args.model,
+        "size": args.size,
+        "merge": args.merge,
+        "baseline_s": base,
+        "convert_s": conv,
+        "convert_without_init_s": conv_no_init,
+        "ratio": conv / base,
+        "ratio_without_init": conv_no_init / base,
+    }
+    print(
+        f"| {args.model} {args.size}px, merge={args.merge} | {bu_params / 1e6:.1f}M -> {td_params / 1e6:.1f}M | "
+        f"{base * 1e3:.0f} ms | {conv * 1e3:.0f} ms ({result['ratio']:.1f}x) | "
+        f"{conv_no_init * 1e3:.0f} ms ({result['ratio_without_init']:.1f}x) |"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
