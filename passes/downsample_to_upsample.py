@@ -22,7 +22,7 @@ import operator
 import torch.fx as fx
 
 from reverso import graph as g
-from reverso.errors import UnsupportedTopologyError
+from reverso.errors import PassError, UnsupportedTopologyError
 from reverso.nn import ImagePyramid, Upsample
 from reverso.pipeline import Pass, PassResult
 from reverso.shapes import tensor_shape
@@ -35,9 +35,7 @@ class DownsampleToUpsample(Pass):
 
     def requires(self, gm, ctx) -> None:
         if any(g.tag(n).get("role") == "pyramid" for n in gm.graph.nodes):
-            raise UnsupportedTopologyError(
-                "the graph already has an image pyramid; run this pass once"
-            )
+            raise PassError("the graph already has an image pyramid; run this pass once")
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = ctx.plan
@@ -211,7 +209,7 @@ class DownsampleToUpsample(Pass):
 
 
 def _is_feature_path(node: fx.Node) -> bool:
-    """Feature maps that must be upsampled (not global gates, not pyramid references)."""
+    """Spatial feature maps, which must be upsampled (global gates broadcast as they are)."""
     shape = tensor_shape(node)
     return (
         shape is not None

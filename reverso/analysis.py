@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -213,7 +214,7 @@ class _Analysis:
         ]
         self.segment = self._segments(G)
         head_start = self._head_start()
-        self.levels = self._levels(G)
+        self.levels = self._levels()
         self._check_levels(head_start)
         units = self._units(head_start)
         return self._report(units)
@@ -253,8 +254,6 @@ class _Analysis:
     # -- segments between consecutive main-path nodes ----------------------------------------
     def _segments(self, G) -> dict[fx.Node, int]:
         """Segment index of every node: i for nodes after chain[i-1] up to chain[i]."""
-        import networkx as nx
-
         index = {n: i for i, n in enumerate(self.chain)}
         reach = nx.descendants(G, self.input) | {self.input}
         sub = G.subgraph(reach)
@@ -298,7 +297,7 @@ class _Analysis:
         )
 
     # -- levels and strided nodes -----------------------------------------------------------
-    def _levels(self, G) -> dict[fx.Node, int]:
+    def _levels(self) -> dict[fx.Node, int]:
         levels = {self.input: 0}
         for n in self.gm.graph.nodes:
             if n in self.scaling and n is not self.input and is_feature_map(n):
@@ -374,12 +373,13 @@ class _Analysis:
             pending = []
             entry = exit_
 
-        def extend_last(nodes: list[fx.Node], exit_: fx.Node, kind: str | None = None) -> None:
-            nonlocal entry
+        def extend_last(nodes: list[fx.Node], exit_: fx.Node, *, block: bool = False) -> None:
+            nonlocal entry, pending
             units[-1].nodes += [n.name for n in pending + nodes]
             units[-1].exit = exit_.name
-            if kind == "block":
+            if block:
                 units[-1].kind = "block"
+            pending = []
             entry = exit_
 
         for s in range(1, head_start):
@@ -398,14 +398,8 @@ class _Analysis:
                 and units[-1].kind != "pool"
             )
             if same_block:  # a later part of the same block module (its 1x1 conv, its SE, its act)
-                extend_last(
-                    nodes,
-                    exit_,
-                    "block" if is_block else ("block" if g.width_defining(gm, exit_) else None),
-                )
-                pending = []
-                if is_block:
-                    units[-1].residual = units[-1].residual or self._is_residual(nodes)
+                extend_last(nodes, exit_, block=is_block or g.width_defining(gm, exit_))
+                units[-1].residual = units[-1].residual or (is_block and self._is_residual(nodes))
             elif is_block:
                 new_unit("block", nodes, exit_, owner)
                 units[-1].residual = self._is_residual(nodes)
@@ -414,7 +408,7 @@ class _Analysis:
             elif strided_here or (
                 exit_.op == "call_module"
                 and not g.is_pointwise(gm, exit_)
-                and any(True for _ in g.module_of(gm, exit_).parameters())
+                and next(g.module_of(gm, exit_).parameters(), None) is not None
             ):
                 new_unit("layer", nodes, exit_, owner)
             elif units and not pending and self._attaches_backward(units[-1]):
