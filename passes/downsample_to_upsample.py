@@ -209,14 +209,12 @@ class DownsampleToUpsample(Pass):
 
 
 def _is_feature_path(node: fx.Node) -> bool:
-    """Spatial feature maps, which must be upsampled (global gates broadcast as they are)."""
+    """Spatial feature maps, which must be upsampled (global gates broadcast as they are).
+    Nodes this pass just inserted (upsamplings) have no shape yet and are feature maps."""
+    if node.op == "get_attr" or g.tag(node).get("global") or g.tag(node).get("reshaped"):
+        return False
     shape = tensor_shape(node)
-    return (
-        shape is not None
-        and len(shape) == 4
-        and not g.tag(node).get("global")
-        and node.op != "get_attr"
-    )
+    return len(shape) == 4 if shape is not None else "val" not in node.meta
 
 
 def _has_ancestor_in(node: fx.Node, candidates: set[fx.Node], inside: set[fx.Node]) -> bool:

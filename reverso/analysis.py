@@ -201,16 +201,23 @@ class _Analysis:
                 "forward returns the class scores only"
             )
         self.result = result
-        self.scaling = self._scaling_nodes()
+        self.scaling, self.maps = self._scaling_nodes()
         for n in gm.graph.nodes:
             if isinstance(n.meta.get("val"), torch.Tensor) and n not in self.scaling:
-                g.tag(n)["global"] = True  # pooled vectors, SE gates, tokens: never upsampled
+                g.tag(n)["global"] = True  # pooled vectors, SE gates: never upsampled
+            elif n in self.scaling and n not in self.maps:
+                g.tag(n)["reshaped"] = True  # channels-last, shuffled, tokens: not NCHW maps
         G = g.dataflow_graph(gm)
-        # cut points must be single tensors; a split's tuple stays inside its segment
+        # cut points are feature maps or global values; a split's tuple or a reshaped map
+        # (channel shuffle) stays inside its segment
         self.chain = [
             n
             for n in g.main_chain(G, self.input, self.output)
-            if n in (self.input, self.output) or isinstance(n.meta.get("val"), torch.Tensor)
+            if n in (self.input, self.output)
+            or (
+                isinstance(n.meta.get("val"), torch.Tensor)
+                and (n in self.maps or n not in self.scaling)
+            )
         ]
         self.segment = self._segments(G)
         head_start = self._head_start()
@@ -220,11 +227,12 @@ class _Analysis:
         return self._report(units)
 
     # -- which nodes scale with the input (feature maps) and which are global ---------------
-    def _scaling_nodes(self) -> set[fx.Node]:
-        """Feature maps (or tuples of them) whose spatial size follows the input size.
+    def _scaling_nodes(self) -> tuple[set[fx.Node], set[fx.Node]]:
+        """Values whose size follows the input size, and among them the NCHW feature maps.
 
         Shapes are probed once more at twice the input size: global features (pooled vectors,
-        SE gates, tokens) keep their size, feature maps grow.
+        SE gates) keep their size; feature maps grow in their last two dimensions; reshaped maps
+        (channels-last, a channel shuffle's 5D view, tokens) grow elsewhere and stay inside units.
         """
         first = {n: n.meta.get("val") for n in self.gm.graph.nodes}
         c, h, w = self.input_size
@@ -232,24 +240,35 @@ class _Analysis:
             propagate(self.gm, example_input((c, 2 * h, 2 * w)))
             second = {n: n.meta.get("val") for n in self.gm.graph.nodes}
         except Exception:
-            second = None  # models that accept one input size only: every feature map scales
+            second = None  # models that accept one input size only: every 4D value is a map
         finally:
             for n, v in first.items():
                 n.meta["val"] = v
 
-        def scales(a, b) -> bool:
-            if isinstance(a, (tuple, list)):
-                tensors = [
-                    (x, y)
-                    for x, y in zip(a, b or [None] * len(a), strict=True)
-                    if isinstance(x, torch.Tensor)
-                ]
-                return bool(tensors) and all(scales(x, y) for x, y in tensors)
-            if not isinstance(a, torch.Tensor) or a.dim() != 4:
-                return False
-            return b is None or (b.shape[2] > a.shape[2] and b.shape[3] > a.shape[3])
+        def grown(a, b) -> set[int] | None:
+            """Dimensions (but the batch) that grow; None for non-tensors."""
+            if not isinstance(a, torch.Tensor) or a.dim() < 3:
+                return None
+            if b is None:
+                return {2, 3} if a.dim() == 4 else set()
+            if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+                return set()
+            return {i for i in range(1, a.dim()) if b.shape[i] > a.shape[i]}
 
-        return {n for n in first if scales(first[n], second[n] if second is not None else None)}
+        scaling, maps = set(), set()
+        for n, a in first.items():
+            b = second.get(n) if second is not None else None
+            parts = (
+                list(zip(a, b or [None] * len(a), strict=True))
+                if isinstance(a, (tuple, list))
+                else [(a, b)]
+            )
+            dims = [grown(x, y) for x, y in parts if isinstance(x, torch.Tensor)]
+            if dims and all(d for d in dims):
+                scaling.add(n)
+                if isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {2, 3}:
+                    maps.add(n)
+        return scaling, maps
 
     # -- segments between consecutive main-path nodes ----------------------------------------
     def _segments(self, G) -> dict[fx.Node, int]:
@@ -300,7 +319,7 @@ class _Analysis:
     def _levels(self) -> dict[fx.Node, int]:
         levels = {self.input: 0}
         for n in self.gm.graph.nodes:
-            if n in self.scaling and n is not self.input and is_feature_map(n):
+            if n in self.maps and n is not self.input:
                 levels[n] = level_of(spatial(n), self.hw)
         return levels
 
@@ -539,6 +558,12 @@ class _Analysis:
                 u.out_level = u.in_level
                 u.out_width = int(exit_.meta["val"].shape[-1])
             u.strided = {n.name: self.strided[n] for n in nodes if n in self.strided}
+            if u.kind != "head" and u.is_transition and not u.strided:
+                raise UnsupportedTopologyError(
+                    f"unit {u.nodes[0]} .. {u.exit} downsamples (x{u.factor}) inside reshaped tensors "
+                    "(channels-last or token layouts, as in Swin's patch merging) rather than with a "
+                    "strided conv or pooling on a feature map; reverso cannot mirror that downsampling"
+                )
             self._check_single_transition(u, nodes)
             u.params = _params_of(self.gm, nodes)
             for n in nodes:

@@ -401,4 +401,14 @@ def _rebuild_mixed_conv(m, in_width: int, out_width: int):
     )
 
 
+def _register_torchvision() -> None:
+    try:
+        from torchvision.models.convnext import LayerNorm2d
+    except ImportError:  # pragma: no cover
+        return
+    # channels-first like timm's, though it subclasses nn.LayerNorm
+    REGISTRY.register(LayerNorm2d, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm))
+
+
 _register_timm()
+_register_torchvision()
