@@ -25,6 +25,7 @@ from reverso import graph as g
 from reverso.errors import PassError, UnsupportedTopologyError
 from reverso.nn import ImagePyramid, Upsample
 from reverso.pipeline import Pass, PassResult
+from reverso.repair import repair_widths
 from reverso.shapes import tensor_shape
 from reverso.units import UnitView, module_prefix, unit_view
 from reverso.widths import at_stride_one
@@ -52,6 +53,8 @@ class DownsampleToUpsample(Pass):
         for unit in plan.body_order():
             self.drop_needless_projection(gm, ctx, unit)
         gm.delete_all_unused_submodules()
+        # a head that flattens the last map (LeNet-5's fc1) now reads a map of another size
+        repair_widths(gm, ctx)
         return PassResult(gm, True)
 
     # -- entry: the image pyramid ------------------------------------------------------------

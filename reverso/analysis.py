@@ -15,6 +15,7 @@ The result is a :class:`StageReport`, computed once and kept in the compile cont
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -317,10 +318,30 @@ class _Analysis:
 
     # -- levels and strided nodes -----------------------------------------------------------
     def _levels(self) -> dict[fx.Node, int]:
+        """Level of every feature map: its input's level plus log2 of its stride.
+
+        Strides are read from convs and pools (exact); only ops without one fall back to the
+        ratio of sizes, so that unpadded convs, which shrink maps a little, never count as
+        downsampling.
+        """
         levels = {self.input: 0}
         for n in self.gm.graph.nodes:
-            if n in self.maps and n is not self.input:
+            if n not in self.maps or n is self.input:
+                continue
+            sources = [a for a in n.all_input_nodes if a in levels]
+            if not sources:  # e.g. a map rebuilt from channels-last values: measure it
                 levels[n] = level_of(spatial(n), self.hw)
+                continue
+            base = max(sources, key=lambda a: levels[a])
+            stride = _stride_of(self.gm, n)
+            if stride > 1 or _has_stride(self.gm, n):
+                step = round(math.log2(stride)) if spatial(n) != spatial(base) else 0
+            else:
+                ratio = (spatial(base)[0] / spatial(n)[0] + spatial(base)[1] / spatial(n)[1]) / 2
+                step = (
+                    math.floor(math.log2(ratio) + 0.4) if ratio > 1 else (-1 if ratio < 0.75 else 0)
+                )
+            levels[n] = levels[base] + step
         return levels
 
     def _check_levels(self, head_start: int) -> None:
@@ -698,6 +719,11 @@ class _Analysis:
             if g.is_activation(self.gm, n) and is_feature_map(n):
                 protos.setdefault("act", n.name)
         return protos
+
+
+def _has_stride(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """Convs and pools, whose stride says exactly how much they downsample."""
+    return (n.op == "call_function" and g.is_pool(gm, n)) or hasattr(g.module_of(gm, n), "stride")
 
 
 def _stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
