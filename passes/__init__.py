@@ -2,7 +2,7 @@
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'reverse_stages', 'downsample_to_upsample', 'multiscale_inputs']
+['filter_arrangement', 'reverse_stages', 'downsample_to_upsample', 'multiscale_inputs', 'njet', 'antialias']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
 """
@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from reverso.errors import OptionError
 
+from .antialias import Antialias
 from .downsample_to_upsample import DownsampleToUpsample
 from .filter_arrangement import FilterArrangement
 from .multiscale_inputs import MultiscaleInputs
+from .njet import NJet
 from .reverse_stages import ReverseStages
 
 #: the top-down pipeline, in the order it runs
 DEFAULT = (FilterArrangement, ReverseStages, DownsampleToUpsample, MultiscaleInputs)
 
-#: every built-in pass by name
-BUILTIN = {cls.name: cls for cls in DEFAULT}
+#: every built-in pass by name: the top-down pipeline, then the sibling rewrites
+BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias)}
 
 
 def available() -> list[str]:
@@ -38,9 +40,11 @@ def get(name: str) -> type:
 __all__ = [
     "BUILTIN",
     "DEFAULT",
+    "Antialias",
     "DownsampleToUpsample",
     "FilterArrangement",
     "MultiscaleInputs",
+    "NJet",
     "ReverseStages",
     "available",
     "get",

@@ -22,6 +22,7 @@ from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .topdown import topdown
 from .tracing import trace
+from .transforms import antialias, njet
 from .widths import register_width_rule
 
 __version__ = "0.1.0"
@@ -43,9 +44,11 @@ __all__ = [
     "UnsupportedTopologyError",
     "WidthError",
     "analyze",
+    "antialias",
     "default_pipeline",
     "graph",
     "models",
+    "njet",
     "nn",
     "passes",
     "register_width_rule",

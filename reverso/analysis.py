@@ -238,7 +238,10 @@ class _Analysis:
         first = {n: n.meta.get("val") for n in self.gm.graph.nodes}
         c, h, w = self.input_size
         try:
-            propagate(self.gm, example_input((c, 2 * h, 2 * w)))
+            propagate(
+                self.gm,
+                example_input((c, 2 * h, 2 * w), dtype=self.gm.meta.get("dtype", torch.float32)),
+            )
             second = {n: n.meta.get("val") for n in self.gm.graph.nodes}
         except Exception:
             second = None  # models that accept one input size only: every 4D value is a map

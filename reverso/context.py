@@ -20,7 +20,7 @@ from .analysis import StageReport, Transition
 from .errors import OptionError
 from .nn import MERGES, PYRAMIDS, UPSAMPLE_MODES
 from .shapes import channels
-from .tracing import example_input
+from .tracing import example_input, model_dtype
 from .widths import REGISTRY, WidthRegistry
 
 ARRANGEMENTS = ("td", "uni", "rev")
@@ -108,20 +108,28 @@ class TopDownPlan:
 
 
 @dataclass
-class CompileContext:
+class Context:
+    """What every pass can rely on: the source model, the input size and the width registry."""
+
     model: nn.Module
     input_size: tuple[int, int, int]
+    registry: WidthRegistry = field(default=REGISTRY, kw_only=True)
+    history: list[tuple[str, bool]] = field(default_factory=list, kw_only=True)
+    state: dict = field(default_factory=dict, kw_only=True)  # free space for user passes
+
+    def example_input(self) -> torch.Tensor:
+        return example_input(self.input_size, dtype=model_dtype(self.model))
+
+
+@dataclass
+class CompileContext(Context):
+    """The top-down compiler's context: also the analysis, the plan and the model's layer types."""
+
     options: TopDownOptions
     bu: fx.GraphModule  # the traced bottom-up model, with shapes; read-only
     report: StageReport
     plan: TopDownPlan
     prototypes: dict[str, nn.Module]
-    registry: WidthRegistry = REGISTRY
-    history: list[tuple[str, bool]] = field(default_factory=list)
-    state: dict = field(default_factory=dict)  # free space for user passes
-
-    def example_input(self) -> torch.Tensor:
-        return example_input(self.input_size)
 
     def node(self, name: str) -> fx.Node:
         """A node of the bottom-up graph by name."""

@@ -343,3 +343,16 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> str:
         return f"'{node.target}' ({type(m).__name__})"
     target = getattr(node.target, "__name__", node.target)
     return f"'{node.name}' ({target})"
+
+
+def own_copy(module: nn.Module, model: nn.Module) -> nn.Module:
+    """Copy every layer ``module`` still shares with the user's ``model`` (weights, and stateless
+    layers whose train/eval mode would otherwise follow ``module``'s), and nothing else."""
+    import copy
+
+    shared = {id(m) for m in model.modules()}
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in shared:
+                setattr(parent, name, copy.deepcopy(child))
+    return module

@@ -6,7 +6,6 @@ readable: ``print(net.code)``), ``head`` holds the bottom-up head (pooling and c
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -167,7 +166,7 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
         report=ctx.report,
         plan=dataclasses.replace(plan, laterals={}),
     )
-    net = _own_copy(net, ctx.model)
+    net = g.own_copy(net, ctx.model)
     ref = next(ctx.model.parameters(), None)
     if ref is not None:
         net.to(device=ref.device, dtype=ref.dtype)
@@ -248,14 +247,3 @@ def _feature_info(gm: fx.GraphModule, plan) -> list[dict]:
         exit_ = merges[0] if merges else exit_
         info.append({"num_chs": channels(exit_), "reduction": 2**level, "module": exit_.name})
     return info
-
-
-def _own_copy(net: TopDownNet, model: nn.Module) -> TopDownNet:
-    """Copy every layer the network still shares with the user's model (weights, and stateless
-    layers whose train/eval mode would otherwise follow the network's), and nothing else."""
-    shared = {id(m) for m in model.modules()}
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if id(child) in shared:
-                setattr(parent, name, copy.deepcopy(child))
-    return net

@@ -39,6 +39,7 @@ def topdown(
     pyramid: str = "gaussian",
     passes: Pipeline | Iterable[Pass | str] | None = None,
     leaf_modules: Iterable[type | str] = (),
+    njet: bool | dict = False,
 ) -> TopDownNet:
     """Compile a bottom-up CNN into its top-down counterpart.
 
@@ -54,9 +55,18 @@ def topdown(
         passes: a :class:`Pipeline` (or list of passes / built-in pass names) to run instead of
             :func:`default_pipeline`.
         leaf_modules: module classes or qualified names torch.fx must not trace into.
+        njet: also swap every spatial conv of the top-down net for an N-Jet conv (the ``njet``
+            pass, last); a dict passes its options (``order``, ``sigma``, ``learn_sigma``, ...).
     """
     options = TopDownOptions.create(arrangement, merge, upsample, pyramid)
     pipeline = _pipeline(passes)
+    if njet and "njet" not in pipeline.names:
+        from .passes.njet import NJet
+
+        pipeline = Pipeline(
+            [*pipeline, NJet(**(njet if isinstance(njet, dict) else {}))],
+            dump_dir=pipeline.dump_dir,
+        )
     source = model if isinstance(model, str) else _source_of(model)
     model = resolve_model(model)
     ctx = compile_context(model, input_size, options, leaf_modules)

@@ -44,9 +44,12 @@ class ReversoTracer(fx.Tracer):
                 raise OptionError(
                     f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
                 )
+        from .nn import LAYERS
+
         self.leaf_types = (
             timm_modules
             + REGISTRY.leaf_types()
+            + LAYERS  # reverso's own layers
             + tuple(t for t in leaf_modules if isinstance(t, type))
         )
         self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
@@ -96,9 +99,19 @@ def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
     return check_input_size(input_size)
 
 
-def example_input(input_size: tuple[int, int, int], batch: int = 2) -> torch.Tensor:
+def example_input(
+    input_size: tuple[int, int, int], batch: int = 2, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A meta tensor of the given (C, H, W) size; batch 2 keeps batch-statistics layers happy."""
-    return torch.empty((batch, *input_size), device="meta")
+    return torch.empty((batch, *input_size), device="meta", dtype=dtype)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of a model's parameters (float32 for a model without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
@@ -119,7 +132,8 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
         model.train(was_training)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
-    propagate_checked(gm, input_size)
+    gm.meta["dtype"] = model_dtype(model)
+    propagate_checked(gm, input_size, gm.meta["dtype"])
     return gm
 
 
@@ -149,10 +163,12 @@ def _trace_error(model: nn.Module, err: Exception) -> TraceError:
     )
 
 
-def propagate_checked(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> None:
+def propagate_checked(
+    gm: fx.GraphModule, input_size: tuple[int, int, int], dtype=torch.float32
+) -> None:
     """Propagate shapes for an input of ``input_size``; failures name the node and the remedy."""
     try:
-        propagate(gm, example_input(input_size))
+        propagate(gm, example_input(input_size, dtype=dtype))
     except Exception as err:
         node = getattr(err, "_reverso_node", None)
         raise InputSizeError(

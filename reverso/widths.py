@@ -410,5 +410,40 @@ def _register_torchvision() -> None:
     REGISTRY.register(LayerNorm2d, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm))
 
 
+def _register_reverso_layers() -> None:
+    from .nn.blurpool import BlurPool2d
+    from .nn.njet import NJetConv2d
+
+    REGISTRY.register(
+        NJetConv2d,
+        WidthRule(
+            lambda m: m.in_channels,
+            lambda m: m.out_channels,
+            _rebuild_njet,
+            preserves_width=_njet_depthwise,
+        ),
+    )
+    REGISTRY.register(
+        BlurPool2d,
+        _norm_rule(
+            lambda m: m.channels, lambda m, w, _=0: type(m)(w, m.filter_size, m.stride, m.pad_mode)
+        ),
+    )
+
+
+def _njet_depthwise(m) -> bool:
+    return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _rebuild_njet(m, in_width: int, out_width: int):
+    groups = in_width if _njet_depthwise(m) else m.groups
+    return type(m)(
+        in_width, out_width, order=m.order, sigma=tuple(m._sigmas().tolist()), learn_sigma=m.learn_sigma,
+        extent=m.extent, size_rule=m.size_rule, stride=m.stride, groups=groups, bias=m.bias is not None,
+        sigma_min=m.sigma_min, sigma_max=m.sigma_max, padding=m.padding, route=m.route,
+    )  # fmt: skip
+
+
 _register_timm()
 _register_torchvision()
+_register_reverso_layers()

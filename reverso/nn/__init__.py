@@ -1,19 +1,28 @@
 """The layers reverso's passes emit; each works and is tested on its own."""
 
+from .blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
 from .filters import binomial_taps, gaussian_taps, triangle_taps
 from .merge import MERGES, Merge
+from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .upsample import UPSAMPLE_MODES, Upsample
 
+#: reverso's own layers: always traced as leaves
+LAYERS = (ImagePyramid, Upsample, Merge, NJetConv2d, BlurPool2d, CeilModePad, ValidAvgPool2d)
+
 __all__ = [
+    "LAYERS",
     "MERGES",
     "PYRAMIDS",
     "UPSAMPLE_MODES",
+    "BlurPool2d",
     "ImagePyramid",
     "Merge",
+    "NJetConv2d",
     "Upsample",
     "binomial_taps",
     "blur_subsample",
     "gaussian_taps",
+    "structured_receptive_field",
     "triangle_taps",
 ]

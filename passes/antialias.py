@@ -1,0 +1,220 @@
+"""antialias: blur before every subsampling (BlurPool, Zhang 2019), keeping every weight.
+
+The rules, applied to the fx graph of any traceable model:
+
+* ``MaxPool(k, s)`` -> ``MaxPool(k, stride 1)`` -> ``BlurPool(s)``;
+* ``AvgPool(k, s)`` -> ``AvgPool(k, stride 1)`` -> ``BlurPool(s)`` (the box filter is kept, so that
+  ``filter_size=1`` reproduces the model exactly; the reference code drops it);
+* a strided spatial conv -> the conv at stride 1, its norm and activation, then ``BlurPool(s)``
+  (the blur goes after the nonlinearity);
+* a strided 1x1 conv (a shortcut projection) -> ``BlurPool(s)`` -> the 1x1 conv at stride 1;
+* the model's first strided conv (the stem, costly to blur at full resolution) only with
+  ``stem=True``.
+
+Padding and stride arithmetic keep every output size exactly that of the original model for
+every input size (``ceil_mode`` pools included), and no weight changes: only strides change and
+fixed blur filters are added, so a pretrained model stays usable. ``filter_size=1`` is the
+identity rewrite.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from reverso import graph as g
+from reverso.errors import UnsupportedTopologyError
+from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
+from reverso.pipeline import Pass, PassResult
+from reverso.shapes import channels
+
+
+class Antialias(Pass):
+    name = "antialias"
+
+    def __init__(self, *, filter_size: int = 4, stem: bool = False, pad_mode: str = "reflect"):
+        super().__init__()
+        self.filter_size, self.stem, self.pad_mode = filter_size, stem, pad_mode
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
+        stem = next((n for n in strided if g.is_conv(gm, n)), None)
+        if stem is not None and strided.index(stem) != 0:
+            stem = None  # the first downsampling is a pool: no stem conv to spare
+        changed = []
+        for node in strided:
+            if node is stem and not self.stem:
+                continue
+            if g.is_pool(gm, node):
+                self.pool(gm, node)
+            elif g.is_conv(gm, node):
+                self.conv(gm, node)
+            else:
+                continue
+            changed.append(node.name)
+        ctx.state["antialiased"] = changed
+        return PassResult(gm, bool(changed))
+
+    # -- rewrites --------------------------------------------------------------------------------
+    def blur(self, gm, after: fx.Node, width: int, stride: int, source: fx.Node) -> fx.Node:
+        """A BlurPool after ``after`` (``after``'s users read it instead)."""
+        users = list(after.users)
+        name = f"{source.target if source.op == 'call_module' else source.name}_blurpool"
+        node = g.add_module_node(
+            gm,
+            name,
+            BlurPool2d(width, self.filter_size, stride, self.pad_mode),
+            (after,),
+            after=after,
+            meta_from=source,
+        )
+        for user in users:
+            user.replace_input_with(after, node)
+        return node
+
+    def conv(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        conv = gm.get_submodule(node.target)
+        stride = max(conv.stride)
+        if conv.stride[0] != conv.stride[1]:
+            raise UnsupportedTopologyError(
+                f"conv {g.describe(gm, node)} has different strides per axis"
+            )
+        g.set_module(gm, node.target, _with_stride_one(conv))
+        if g.conv_kernel(gm, node) == 1:  # a shortcut projection: blur first (cheaper, equivalent)
+            source = node.args[0]
+            blur = g.add_module_node(
+                gm, f"{node.target}_blurpool", BlurPool2d(channels(source), self.filter_size, stride, self.pad_mode),
+                (source,), before=node, meta_from=node,
+            )  # fmt: skip
+            node.replace_input_with(source, blur)
+            return
+        self.blur(gm, _after_norm_and_activation(gm, node), channels(node), stride, node)
+
+    def pool(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        spec = _pool_spec(gm, node)
+        k, s, p, d, ceil, kind = (
+            spec["kernel"],
+            spec["stride"],
+            spec["padding"],
+            spec["dilation"],
+            spec["ceil"],
+            spec["kind"],
+        )
+        x = node.args[0]
+        if ceil and (p != 0 or k < s):
+            raise UnsupportedTopologyError(
+                f"pooling {g.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
+                "reverso reproduces ceil_mode only without padding and with kernel >= stride"
+            )
+        if kind == "max":
+            dense = nn.MaxPool2d(k, 1, p, d)
+            if (
+                ceil
+            ):  # ceil_mode == floor mode on an input extended by s - 1 (-inf) on the right/bottom
+                x = g.add_module_node(
+                    gm,
+                    f"{node.name}_ceil_pad",
+                    CeilModePad(s - 1),
+                    (x,),
+                    before=node,
+                    meta_from=node,
+                )
+        else:
+            count_pad = spec["count_include_pad"]
+            dense = ValidAvgPool2d(k, p, extra=s - 1 if ceil else 0, count_include_pad=count_pad)
+            if not ceil and count_pad:
+                dense = nn.AvgPool2d(k, 1, p, count_include_pad=True)
+        pooled = g.add_module_node(
+            gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
+        )
+        blur = g.add_module_node(
+            gm, f"{node.name}_blurpool", BlurPool2d(channels(node), self.filter_size, s, self.pad_mode),
+            (pooled,), after=pooled, meta_from=node,
+        )  # fmt: skip
+        node.replace_all_uses_with(blur)
+        gm.graph.erase_node(node)
+
+
+def _with_stride_one(conv: nn.Conv2d) -> nn.Conv2d:
+    """The same conv (same weights, same padding) at stride 1."""
+    new = copy.deepcopy(conv)
+    new.stride = (1, 1)
+    return new
+
+
+def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """The last node of the norm/activation chain that follows a conv (the blur goes after it)."""
+    chain, current = [node], node
+    while len(current.users) == 1:
+        nxt = next(iter(current.users))
+        if not (
+            g.is_norm(gm, nxt)
+            or g.is_activation(gm, nxt)
+            or g.is_dropout(gm, nxt)
+            or g.is_identity(gm, nxt)
+        ):
+            break
+        chain.append(nxt)
+        current = nxt
+    with_act = [n for n in chain if g.is_activation(gm, n) or _is_norm_act(gm, n)]
+    return with_act[-1] if with_act else chain[-1]
+
+
+def _is_norm_act(gm, node) -> bool:
+    act = getattr(g.module_of(gm, node), "act", None)
+    return isinstance(act, nn.Module) and not isinstance(act, nn.Identity)
+
+
+def _stride(gm: fx.GraphModule, node: fx.Node) -> int:
+    if g.is_conv(gm, node):
+        m = gm.get_submodule(node.target)
+        return max(m.stride) if isinstance(m, nn.Conv2d) else 1
+    if g.is_pool(gm, node):
+        return _pool_spec(gm, node)["stride"]
+    return 1
+
+
+def _pool_spec(gm: fx.GraphModule, node: fx.Node) -> dict:
+    """Kernel, stride, padding, dilation and mode of a pooling node (module or functional)."""
+    m = g.module_of(gm, node)
+    if m is not None:
+        values = {
+            "kernel": m.kernel_size,
+            "stride": m.stride or m.kernel_size,
+            "padding": m.padding,
+            "dilation": getattr(m, "dilation", 1),
+            "ceil": m.ceil_mode,
+            "count_include_pad": getattr(m, "count_include_pad", True),
+            "kind": "max" if isinstance(m, nn.MaxPool2d) or "Max" in type(m).__name__ else "avg",
+        }
+    else:
+        names = ["input", "kernel_size", "stride", "padding"]
+        names += (
+            ["dilation", "ceil_mode"]
+            if node.target in (F.max_pool2d, torch.max_pool2d)
+            else ["ceil_mode", "count_include_pad"]
+        )
+        bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        values = {
+            "kernel": bound["kernel_size"],
+            "stride": bound.get("stride") or bound["kernel_size"],
+            "padding": bound.get("padding", 0),
+            "dilation": bound.get("dilation", 1),
+            "ceil": bound.get("ceil_mode", False),
+            "count_include_pad": bound.get("count_include_pad", True),
+            "kind": "max" if node.target in (F.max_pool2d, torch.max_pool2d) else "avg",
+        }
+    for key in ("kernel", "stride", "padding", "dilation"):
+        v = values[key]
+        if isinstance(v, (tuple, list)):
+            if len(set(v)) != 1:
+                raise UnsupportedTopologyError(
+                    f"pooling {g.describe(gm, node)} has a different {key} per axis"
+                )
+            v = v[0]
+        values[key] = int(v)
+    return values

@@ -1,0 +1,230 @@
+"""njet: swap every spatial conv for an N-Jet conv (Gaussian-derivative basis, learned scale).
+
+Every ``nn.Conv2d`` with a kernel larger than 1x1 anywhere in the module tree (graph nodes, and
+convs inside merges or other leaf modules) becomes an :class:`~reverso.nn.NJetConv2d` with the
+same widths, stride, groups and bias; 1x1 convs stay. Padding is chosen so every output keeps
+its size; a dilated conv becomes an N-Jet conv without dilation whose scale is multiplied by the
+dilation (the scale replaces it).
+
+``init="random"``: fresh alpha (fan-in aware). ``init="project"``: each kernel is fitted by least
+squares in the basis, with a small search over sigma, so a trained model keeps working; the
+relative reconstruction error of every layer is in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from reverso.errors import OptionError, WidthError
+from reverso.nn.gaussian import radius_for
+from reverso.nn.njet import NJetConv2d
+from reverso.pipeline import Pass, PassResult
+
+INITS = ("random", "project")
+#: scales tried when projecting a kernel (times the conv's dilation)
+SIGMA_SEARCH = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0)
+
+
+@dataclass
+class NJetLayerReport:
+    name: str
+    kernel_size: int
+    sigma: float
+    relative_error: float | None  # of the projected kernel (init="project")
+
+
+@dataclass
+class NJetReport:
+    layers: list[NJetLayerReport] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<40} {'kernel':>6} {'sigma':>6} {'rel. error':>10}"]
+        for r in self.layers:
+            err = "-" if r.relative_error is None else f"{r.relative_error:.4f}"
+            lines.append(f"{r.name:<40} {r.kernel_size:>6} {r.sigma:>6.2f} {err:>10}")
+        return "\n".join(lines)
+
+    @property
+    def max_error(self) -> float:
+        errors = [r.relative_error for r in self.layers if r.relative_error is not None]
+        return max(errors, default=0.0)
+
+
+class NJet(Pass):
+    name = "njet"
+
+    def __init__(
+        self,
+        *,
+        order: int = 3,
+        sigma: float = 1.0,
+        learn_sigma: bool = True,
+        init: str = "random",
+        **layer_kwargs,
+    ):
+        super().__init__()
+        self.order, self.sigma, self.learn_sigma, self.init = order, sigma, learn_sigma, init
+        self.layer_kwargs = layer_kwargs
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        report = swap_spatial_convs(
+            gm,
+            order=self.order,
+            sigma=self.sigma,
+            learn_sigma=self.learn_sigma,
+            init=self.init,
+            **self.layer_kwargs,
+        )
+        ctx.state["njet_report"] = report
+        return PassResult(gm, bool(report.layers))
+
+    def ensures(self, gm, ctx) -> None:
+        left = [n for n, m in gm.named_modules() if type(m) is nn.Conv2d and max(m.kernel_size) > 1]
+        if left:
+            raise AssertionError(f"spatial convs left: {left}")
+
+
+def swap_spatial_convs(
+    root: nn.Module,
+    *,
+    order: int = 3,
+    sigma: float = 1.0,
+    learn_sigma: bool = True,
+    init: str = "random",
+    **layer_kwargs,
+) -> NJetReport:
+    """Replace, in place, every spatial ``nn.Conv2d`` under ``root`` by an ``NJetConv2d``."""
+    if init not in INITS:
+        raise OptionError(
+            f"init={init!r} is not supported; choose one of {', '.join(map(repr, INITS))}"
+        )
+    report = NJetReport()
+    for parent_name, parent in list(root.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Conv2d) or max(child.kernel_size) == 1:
+                continue
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            layer, row = njet_from_conv(
+                child,
+                name,
+                order=order,
+                sigma=sigma,
+                learn_sigma=learn_sigma,
+                init=init,
+                **layer_kwargs,
+            )
+            setattr(parent, child_name, layer)
+            report.layers.append(row)
+    return report
+
+
+def njet_from_conv(
+    conv: nn.Conv2d,
+    name: str,
+    *,
+    order: int,
+    sigma: float,
+    learn_sigma: bool,
+    init: str,
+    **layer_kwargs,
+) -> tuple[NJetConv2d, NJetLayerReport]:
+    """An N-Jet conv that can replace ``conv``: same widths, stride, groups, bias and output size."""
+    if conv.padding_mode != "zeros":
+        raise WidthError(
+            f"conv '{name}' pads with {conv.padding_mode!r}; N-Jet convs pad with zeros"
+        )
+    if conv.stride[0] != conv.stride[1] or conv.dilation[0] != conv.dilation[1]:
+        raise WidthError(
+            f"conv '{name}' has different strides or dilations per axis; N-Jet convs need equal ones"
+        )
+    dilation = conv.dilation[0]
+    extent = max(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
+    candidates = [s * dilation for s in SIGMA_SEARCH] if init == "project" else [sigma * dilation]
+    best = None
+    for s in candidates:
+        layer = _layer_like(conv, s, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs)
+        error = _project(layer, conv) if init == "project" else None
+        if best is None or (error is not None and error < best[1]):
+            best = (layer, error, s)
+    layer, error, chosen = best
+    if conv.bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(conv.bias)
+    ref = conv.weight
+    layer = layer.to(device=ref.device, dtype=ref.dtype).train(conv.training)
+    return layer, NJetLayerReport(name, extent, chosen, error)
+
+
+def _layer_like(
+    conv: nn.Conv2d, sigma: float, extent: int, *, order: int, learn_sigma: bool, **kwargs
+) -> NJetConv2d:
+    """An NJetConv2d whose grid holds at least the conv's (dilated) kernel, padded to keep sizes."""
+    sigma_max = kwargs.pop("sigma_max", None) or (2 * sigma if learn_sigma else sigma)
+    need = (extent - 1) / 2  # the grid must at least cover the conv's own footprint
+    while radius_for(sigma_max, kwargs.get("extent", 2), kwargs.get("size_rule", "paper")) < need:
+        sigma_max *= 1.25
+    layer = NJetConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        order=order,
+        sigma=sigma,
+        learn_sigma=learn_sigma,
+        stride=conv.stride[0],
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        sigma_max=sigma_max,
+        padding=0,
+        **kwargs,
+    )
+    layer.padding = _size_preserving_padding(conv, layer.kernel_size[0])
+    return layer
+
+
+def _size_preserving_padding(conv: nn.Conv2d, size: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding giving the conv's output size for every input size.
+
+    Per axis, a conv with footprint k_eff and padding p outputs floor((H + 2p - k_eff)/s) + 1
+    rows; an odd kernel of ``size`` with padding l + r outputs the same for every H exactly when
+    l + r = 2p - k_eff + size. l centres the new kernel on the old one (half a pixel to the right
+    for even kernels).
+    """
+    if type(conv).__name__ == "Conv2dSame":  # timm's dynamic 'same' padding: ceil(H / stride)
+        return ((size - 1) // 2, size // 2) * 2
+    pads = []
+    for axis in (1, 0):  # x (left/right), then y (top/bottom)
+        k_eff = conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
+        if isinstance(conv.padding, str):  # "same" (stride 1) or "valid"
+            low = (k_eff - 1) // 2 if conv.padding == "same" else 0
+            total = size - 1 if conv.padding == "same" else size - k_eff
+        else:
+            low = conv.padding[axis]
+            total = 2 * low - k_eff + size
+        left = low + (size - 1) // 2 - k_eff // 2
+        pads += [left, total - left]
+    return tuple(pads)
+
+
+def _project(layer: NJetConv2d, conv: nn.Conv2d) -> float:
+    """Least-squares alpha so the layer's kernel matches the conv's (zero outside); relative error."""
+    with torch.no_grad():
+        basis = layer.basis().double()  # (F, S, S)
+        s = basis.shape[-1]
+        target = torch.zeros(
+            conv.out_channels, conv.in_channels // conv.groups, s, s, dtype=torch.float64
+        )
+        weight = conv.weight.detach().double().cpu()
+        ky, kx = weight.shape[-2:]
+        dy, dx = conv.dilation
+        oy, ox = (s - (dy * (ky - 1) + 1)) // 2, (s - (dx * (kx - 1) + 1)) // 2
+        target[..., oy : oy + dy * (ky - 1) + 1 : dy, ox : ox + dx * (kx - 1) + 1 : dx] = weight
+        A = basis.reshape(basis.shape[0], -1).T  # (S*S, F)
+        B = target.reshape(-1, s * s).T  # (S*S, C_out * C_in/g)
+        alpha = torch.linalg.lstsq(A, B).solution  # (F, C_out * C_in/g)
+        fitted = (A @ alpha).T.reshape(target.shape)
+        error = (fitted - target).norm() / target.norm().clamp_min(1e-12)
+        layer.alpha.copy_(alpha.T.reshape(layer.alpha.shape).to(layer.alpha.dtype))
+    return float(error)

@@ -1,0 +1,101 @@
+"""Anti-aliased downsampling: blur with a fixed binomial filter, then subsample.
+
+"Making Convolutional Networks Shift-Invariant Again" (R. Zhang, ICML 2019).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .filters import binomial_taps
+
+PAD_MODES = ("reflect", "replicate", "zeros")
+
+
+class BlurPool2d(nn.Module):
+    """Blur each channel with the outer product of the binomial taps of ``filter_size`` (1: [1],
+    2: [1, 1], 3: [1, 2, 1], 4: [1, 3, 3, 1], ... 7), then subsample by ``stride``.
+
+    Padding is [floor((f-1)/2), ceil((f-1)/2)] per axis, ``reflect`` by default (``replicate`` and
+    ``zeros`` as options); reflect falls back to replicate on maps too small to reflect. For an
+    input of size H the output has ceil(H / stride) rows. ``filter_size=1`` is plain subsampling.
+    The filter is a fixed buffer, never trained or re-initialised, and not part of the state_dict.
+    """
+
+    def __init__(
+        self, channels: int, filter_size: int = 4, stride: int = 2, pad_mode: str = "reflect"
+    ):
+        super().__init__()
+        if not 1 <= filter_size <= 7:
+            raise ValueError(f"filter_size must be between 1 and 7, got {filter_size}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if stride < 1:
+            raise ValueError(f"stride must be at least 1, got {stride}")
+        self.channels, self.filter_size, self.stride, self.pad_mode = (
+            channels,
+            filter_size,
+            stride,
+            pad_mode,
+        )
+        left = (filter_size - 1) // 2
+        self.padding = (left, filter_size - 1 - left) * 2  # (left, right, top, bottom)
+        taps = binomial_taps(filter_size).float()
+        self.register_buffer(
+            "filt",
+            (taps[:, None] * taps[None, :]).expand(channels, 1, -1, -1).clone(),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.filter_size == 1:
+            return x[..., :: self.stride, :: self.stride]
+        mode = self.pad_mode
+        if mode == "reflect" and (self.padding[1] >= x.shape[-1] or self.padding[3] >= x.shape[-2]):
+            mode = "replicate"
+        x = F.pad(x, self.padding, mode="constant" if mode == "zeros" else mode)
+        return F.conv2d(x, self.filt.to(x.dtype), stride=self.stride, groups=x.shape[1])
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, filter_size={self.filter_size}, stride={self.stride}, pad_mode={self.pad_mode!r}"
+
+
+class CeilModePad(nn.Module):
+    """Extend a map by ``extra`` rows/columns of -inf at the bottom/right: a ceil_mode max-pool
+    equals a floor-mode one on the extended map (when it has no padding and kernel >= stride)."""
+
+    def __init__(self, extra: int):
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, self.extra, 0, self.extra), value=float("-inf"))
+
+
+class ValidAvgPool2d(nn.Module):
+    """Stride-1 average pooling with PyTorch's divisor rules: padding counts only with
+    ``count_include_pad``, the ``extra`` rows/columns that emulate ceil_mode never count."""
+
+    def __init__(
+        self, kernel_size: int, padding: int = 0, extra: int = 0, count_include_pad: bool = True
+    ):
+        super().__init__()
+        self.kernel_size, self.padding, self.extra, self.count_include_pad = (
+            kernel_size,
+            padding,
+            extra,
+            count_include_pad,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, e, k = self.padding, self.extra, self.kernel_size
+        sums = F.avg_pool2d(F.pad(x, (p, p + e, p, p + e)), k, 1)
+        mask = x.new_ones((1, 1, *x.shape[-2:]))
+        mask = F.pad(mask, (p, p, p, p), value=1.0 if self.count_include_pad else 0.0)
+        counts = F.avg_pool2d(F.pad(mask, (0, e, 0, e)), k, 1)
+        return sums / counts
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, padding={self.padding}, extra={self.extra}, count_include_pad={self.count_include_pad}"

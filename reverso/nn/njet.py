@@ -1,0 +1,268 @@
+"""N-Jet convolutions: kernels learned as Gaussian-derivative expansions with a learned scale.
+
+"Resolution learning in deep convolutional networks using scale-space theory" (Pintea, Tomen,
+Goes, Loog, van Gemert, IEEE TIP 2021). With several fixed scales the same layer is a
+structured receptive field layer (Jacobsen et al., RFNN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gaussian import (
+    SIZE_RULES,
+    basis_indices,
+    basis_size,
+    gaussian_basis_2d,
+    gaussian_derivatives_1d,
+    grid,
+    radius_for,
+    radius_tensor,
+)
+
+ROUTES = ("auto", "dense", "separable")
+
+
+class NJetConv2d(nn.Module):
+    """A conv whose kernel is ``W[o, c] = sum_{i+j<=N} alpha[o, c, (i,j)] s^(i+j) G^{i,j}(s)``.
+
+    The kernel's *shape* is learned through ``alpha`` (one vector per output/input channel pair)
+    and its *size* through one continuous scale ``sigma`` per layer (``sigma = 2^scale``, clamped to
+    ``[sigma_min, sigma_max]``). The spatial size follows sigma (``size_rule``: ``"paper"``,
+    2 ceil(k sigma) + 1, or ``"reference"``, 2 ceil(k sigma + 0.5) + 1, with ``k = extent``); the
+    grid is allocated once for ``sigma_max`` and masked to the current support, so forward never
+    synchronises with the host. ``sigma`` may be a sequence of scales (a multi-scale basis, as in
+    structured receptive fields).
+
+    Two compute routes give the same output: ``"dense"`` builds the kernel and runs one conv;
+    ``"separable"`` filters each input channel with the 1D derivatives along x, mixes them with a
+    1x1 conv holding alpha, and filters along y (cost linear, not quadratic, in the kernel size).
+    ``route="auto"`` picks the cheaper one from a cost model.
+
+    Optional "safe subsampling" (learned resolution): the input is resized by (1/2)^(sigma/r)
+    before the conv; the size depends on sigma's value, so this option reads sigma on the host.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        order: int = 3,
+        sigma: float | Sequence[float] = 1.0,
+        learn_sigma: bool = True,
+        extent: float = 2,
+        size_rule: str = "paper",
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        sigma_min: float = 0.3,
+        sigma_max: float | None = None,
+        padding: int | tuple[int, int, int, int] | None = None,
+        route: str = "auto",
+        safe_subsampling: bool = False,
+        subsampling_rate: float = 4.0,
+    ):
+        super().__init__()
+        sigmas = [float(s) for s in (sigma if isinstance(sigma, Sequence) else [sigma])]
+        if order < 0 or order > 8:
+            raise ValueError(f"order must be between 0 and 8, got {order}")
+        if not sigmas or min(sigmas) <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        if size_rule not in SIZE_RULES:
+            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"channels {in_channels}->{out_channels} are not divisible by groups={groups}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.order, self.extent, self.size_rule = order, float(extent), size_rule
+        self.stride, self.groups = int(stride), int(groups)
+        self.learn_sigma = learn_sigma
+        self.sigma_min = float(min(sigma_min, *sigmas))
+        if sigma_max is None:
+            sigma_max = 2 * max(sigmas) if learn_sigma else max(sigmas)
+        self.sigma_max = float(max(sigma_max, *sigmas))
+        self.radius = radius_for(self.sigma_max, self.extent, size_rule)  # of the allocated grid
+        self.kernel_size = (2 * self.radius + 1,) * 2
+        self.padding = (self.radius,) * 4 if padding is None else _pad4(padding)
+        self.safe_subsampling, self.subsampling_rate = safe_subsampling, float(subsampling_rate)
+        self.num_basis = basis_size(order) * len(sigmas)
+
+        scale = torch.log2(torch.tensor(sigmas))
+        if learn_sigma:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+        self.register_buffer("grid", grid(self.radius), persistent=False)
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.num_basis))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.route = self._choose_route() if route == "auto" else route
+        if self.route == "separable" and (groups != 1 or len(sigmas) != 1):
+            raise ValueError(
+                "the separable route needs groups=1 and a single sigma; use route='dense'"
+            )
+        self.reset_parameters()
+
+    # -- parameters ---------------------------------------------------------------------------
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The current scale(s): a 0-d tensor, or one per scale for a multi-scale basis."""
+        s = torch.exp2(self.scale).clamp(self.sigma_min, self.sigma_max)
+        return s[0] if s.numel() == 1 else s
+
+    def reset_parameters(self) -> None:
+        """alpha ~ N(0, 2 / fan_in), fan_in counting the basis energy (He init for the effective kernel)."""
+        with torch.no_grad():
+            energy = self.basis().pow(2).sum().item()
+            std = math.sqrt(2.0 / max(self.in_channels // self.groups * energy, 1e-12))
+            self.alpha.normal_(0.0, std)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def _sigmas(self) -> torch.Tensor:
+        return torch.exp2(self.scale).clamp(self.sigma_min, self.sigma_max)
+
+    # -- the basis and the kernel --------------------------------------------------------------
+    def basis(self) -> torch.Tensor:
+        """``(num_basis, s, s)``: the scale-normalised 2D basis at the current sigma(s)."""
+        x = self.grid.to(self.alpha.dtype)
+        return torch.cat(
+            [
+                gaussian_basis_2d(
+                    s, self.order, x, radius=radius_tensor(s, self.extent, self.size_rule)
+                )
+                for s in self._sigmas().to(x.dtype)
+            ]
+        )
+
+    def effective_weight(self) -> torch.Tensor:
+        """The current kernel, ``(C_out, C_in / groups, s, s)``."""
+        return torch.einsum("ocf,fyx->ocyx", self.alpha, self.basis())
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.safe_subsampling:
+            x = self._subsample(x)
+        if self.padding[0] == self.padding[1] == self.padding[2] == self.padding[3]:
+            pad = self.padding[0]
+        else:
+            x, pad = F.pad(x, self.padding), 0
+        if self.route == "dense":
+            return F.conv2d(x, self.effective_weight(), self.bias, self.stride, pad, 1, self.groups)
+        return self._separable(x, pad)
+
+    def _separable(self, x: torch.Tensor, pad: int) -> torch.Tensor:
+        """x-derivatives per input channel, a 1x1 conv mixing (c, i) into (o, j), y-derivatives."""
+        n1, c_in, c_out = self.order + 1, self.in_channels, self.out_channels
+        sigma = self._sigmas()[0].to(x.dtype)
+        g = gaussian_derivatives_1d(
+            sigma, self.order, self.grid.to(x.dtype),
+            radius=radius_tensor(sigma, self.extent, self.size_rule), scale_normalize=True,
+        )  # fmt: skip
+        s = g.shape[-1]
+        layout = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        # the grouped 1D passes and the 1x1 mixing run much faster on channels-last tensors
+        x = x.contiguous(memory_format=torch.channels_last)
+        wx = g.view(1, n1, 1, 1, s).expand(c_in, n1, 1, 1, s).reshape(c_in * n1, 1, 1, s)
+        h = F.conv2d(x, wx, None, (1, self.stride), (0, pad), 1, c_in)  # (B, c_in * n1, H, W')
+        h = F.conv2d(h, self._mixing_weight())  # (B, c_out * n1, H, W'): channel (o, j)
+        wy = g.view(1, n1, s, 1).expand(c_out, n1, s, 1)
+        out = F.conv2d(h, wy, self.bias, (self.stride, 1), (pad, 0), 1, c_out)
+        return out.contiguous(memory_format=layout)
+
+    def _mixing_weight(self) -> torch.Tensor:
+        """``(C_out * (N+1), C_in * (N+1), 1, 1)``: W[(o, j), (c, i)] = alpha[o, c, (i, j)] for i + j <= N."""
+        n1 = self.order + 1
+        dense = self.alpha.new_zeros(self.out_channels, n1, self.in_channels, n1)
+        index = torch.tensor(basis_indices(self.order), device=self.alpha.device)
+        dense[:, index[:, 1], :, index[:, 0]] = self.alpha.permute(2, 0, 1)
+        return dense.reshape(self.out_channels * n1, self.in_channels * n1, 1, 1)
+
+    def _subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Safe subsampling (paper): resize by (1/2)^(sigma / r); the size is not differentiable."""
+        factor = 0.5 ** (
+            float(self._sigmas().max()) / self.subsampling_rate
+        )  # reads sigma on the host
+        size = (max(1, round(x.shape[-2] * factor)), max(1, round(x.shape[-1] * factor)))
+        return F.interpolate(x, size=size, mode="nearest") if size != tuple(x.shape[-2:]) else x
+
+    # -- cost model ------------------------------------------------------------------------------
+    #: the separable route's small grouped convs reach about a quarter of the dense route's
+    #: throughput per multiply-add (measured on CPU; see benchmarks/njet.py)
+    SEPARABLE_EFFICIENCY = 4.0
+
+    def _choose_route(self) -> str:
+        """Multiply-adds per output pixel of each route, the separable one weighted by its efficiency."""
+        if self.groups != 1 or self.num_basis != basis_size(self.order):
+            return "dense"
+        n1, s = self.order + 1, self.kernel_size[0]
+        dense = self.out_channels * self.in_channels * s * s
+        separable = (
+            self.in_channels + self.out_channels
+        ) * n1 * s + self.out_channels * self.in_channels * n1 * n1
+        return "separable" if self.SEPARABLE_EFFICIENCY * separable < dense else "dense"
+
+    def collapse(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding the current kernel, cropped to sigma's support."""
+        with torch.no_grad():
+            r = max(int(radius_tensor(s, self.extent, self.size_rule)) for s in self._sigmas())
+            r = min(r, self.radius)
+            weight = self.effective_weight()[
+                ..., self.radius - r : self.radius + r + 1, self.radius - r : self.radius + r + 1
+            ]
+            padding = tuple(p - (self.radius - r) for p in self.padding)
+            conv = nn.Conv2d(
+                self.in_channels, self.out_channels, 2 * r + 1, self.stride, groups=self.groups,
+                bias=self.bias is not None, padding=0, device=self.alpha.device, dtype=self.alpha.dtype,
+            )  # fmt: skip
+            conv.weight.copy_(weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        if padding[0] == padding[1] == padding[2] == padding[3]:
+            conv.padding = (padding[0], padding[0])
+            return conv
+        return nn.Sequential(nn.ZeroPad2d(padding), conv)
+
+    def extra_repr(self) -> str:
+        sigmas = ", ".join(f"{s:.3g}" for s in self._sigmas().tolist())
+        return (
+            f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma=({sigmas}), "
+            f"learn_sigma={self.learn_sigma}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"groups={self.groups}, route={self.route!r}"
+        )
+
+
+def structured_receptive_field(
+    in_channels: int,
+    out_channels: int,
+    *,
+    order: int = 2,
+    sigmas: Sequence[float] = (1.0, 2.0),
+    **kwargs,
+) -> NJetConv2d:
+    """A structured receptive field layer (RFNN): a fixed multi-scale Gaussian-derivative basis
+    combined by a learned 1x1 conv (``alpha``); ``.collapse()`` gives the plain conv after training."""
+    return NJetConv2d(
+        in_channels, out_channels, order=order, sigma=tuple(sigmas), learn_sigma=False, **kwargs
+    )
+
+
+def _pad4(padding) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) like F.pad, from an int or a 4-tuple."""
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) != 4:
+        raise ValueError(f"padding must be an int or (left, right, top, bottom), got {padding!r}")
+    return tuple(int(p) for p in padding)

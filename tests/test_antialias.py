@@ -1,0 +1,136 @@
+"""BlurPool2d and reverso.antialias (spec antialias.md)."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import reverso
+from reverso.data import sample_images
+from reverso.nn import BlurPool2d
+from reverso.shift import consistency, feature_equivariance, features_at
+
+IDENTITY_MODELS = ["resnet18", "mobilenetv2_100", "vgg11_bn", "densenet121", "convnext_atto"]
+CEIL_MODE_MODELS = [
+    "resnet18d",
+    "ese_vovnet19b_dw",
+]  # ceil_mode avg-pool shortcut, ceil_mode max-pools
+
+
+def test_paper_toy_example():
+    """Dense max-pool, Tri-3 blur, subsample: [.5, 1, .5, 1]; shifted by one: [.75, .75, .75, .75]."""
+
+    def antialiased(signal):
+        x = torch.tensor(signal, dtype=torch.float64).repeat(3).view(1, 1, 1, -1)  # circular: tile
+        dense = F.max_pool2d(x, (1, 2), stride=1)
+        blurred = F.conv1d(
+            dense.view(1, 1, -1), torch.tensor([[[1.0, 2.0, 1.0]]], dtype=torch.float64) / 4
+        )
+        return blurred.flatten()[7:15:2]  # the middle period, even positions
+
+    def blurpool(signal):  # the same with the layer, on three periods of the dense max-pool
+        x = torch.tensor(signal, dtype=torch.float64).repeat(4).view(1, 1, 1, -1)
+        dense = F.max_pool2d(x, (1, 2), stride=1)[..., :24].expand(1, 1, 3, 24)
+        return BlurPool2d(1, filter_size=3, stride=2).double()(dense)[
+            0, 0, 1, 4:8
+        ]  # the middle period
+
+    x = [0, 0, 1, 1, 0, 0, 1, 1]
+    shifted = x[1:] + x[:1]
+    assert antialiased(x).tolist() == [0.5, 1.0, 0.5, 1.0]
+    assert antialiased(shifted).tolist() == [0.75, 0.75, 0.75, 0.75]
+    assert torch.allclose(blurpool(x), torch.tensor([0.5, 1.0, 0.5, 1.0], dtype=torch.float64))
+    assert torch.allclose(blurpool(shifted), torch.full((4,), 0.75, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("size", range(1, 8))
+def test_blurpool_filters(size):
+    layer = BlurPool2d(3, filter_size=size)
+    assert torch.allclose(layer.filt.sum((-1, -2)), torch.ones(3))
+    assert list(layer.parameters()) == [] and layer.state_dict() == {}
+    x = torch.rand(2, 3, 11, 8)
+    assert layer(x).shape == (2, 3, 6, 4)  # ceil(H / stride)
+    assert torch.allclose(
+        layer(torch.full((1, 3, 9, 9), 2.0)), torch.full((1, 3, 5, 5), 2.0)
+    )  # constants stay
+
+
+def test_filter_size_one_is_plain_subsampling_and_tiny_maps_fall_back():
+    x = torch.rand(1, 2, 7, 7)
+    assert torch.equal(BlurPool2d(2, 1, 2)(x), x[..., ::2, ::2])
+    assert BlurPool2d(2, 7, 2)(torch.rand(1, 2, 2, 2)).shape == (
+        1,
+        2,
+        1,
+        1,
+    )  # reflect impossible: replicate
+
+
+def test_blur_commutes_with_a_1x1_conv():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 1, bias=False).double()
+    x = torch.rand(2, 4, 13, 10, dtype=torch.float64)
+    for size in (2, 3, 5):
+        a = BlurPool2d(6, size).double()(conv(x))
+        b = conv(BlurPool2d(4, size).double()(x))
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS)
+def test_filter_size_one_is_the_identity_rewrite(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval().double()
+    rewritten = reverso.antialias(model, input_size=(3, 64, 64), filter_size=1)
+    assert rewritten.antialiased  # something was rewritten
+    for size in [(64, 64), (67, 61)]:
+        x = torch.rand(2, 3, *size, dtype=torch.float64)
+        assert torch.allclose(rewritten(x), model(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS)
+def test_output_sizes_and_weights_are_kept(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()
+    rewritten = reverso.antialias(model, input_size=(3, 64, 64))
+    for size in [(64, 64), (67, 61), (97, 35)]:
+        x = torch.rand(1, 3, *size)
+        shapes = {}
+        for net, key in ((model, "bu"), (rewritten, "aa")):
+            gm = reverso.trace(net, (3, *size))
+            shapes[key] = [tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op == "output"]
+        assert shapes["aa"] == shapes["bu"] and rewritten(x).shape == model(x).shape
+    original, new = model.state_dict(), rewritten.state_dict()
+    assert original.keys() == new.keys()  # blur filters are fixed buffers outside the state_dict
+    assert all(torch.equal(original[k], new[k]) for k in original)
+    rewritten.load_state_dict(original)  # a pretrained checkpoint loads as it is
+
+
+def test_stem_conv_only_with_stem_true():
+    model = timm.create_model("resnet18", num_classes=10)
+    assert "conv1" not in reverso.antialias(model, input_size=(3, 64, 64)).antialiased
+    assert "conv1" in reverso.antialias(model, input_size=(3, 64, 64), stem=True).antialiased
+
+
+def test_blur_goes_after_the_nonlinearity():
+    gm = reverso.antialias(timm.create_model("resnet18", num_classes=10), input_size=(3, 64, 64))
+    blur = next(n for n in gm.graph.nodes if n.name.startswith("layer2_0_conv1_blurpool"))
+    assert blur.args[0].name == "layer2_0_act1"  # conv1 -> bn1 -> act1 -> blur -> conv2
+    shortcut_blur = next(
+        n for n in gm.graph.nodes if n.name.startswith("layer2_0_downsample_0_blurpool")
+    )
+    assert (
+        next(iter(shortcut_blur.users)).name == "layer2_0_downsample_0"
+    )  # blur, then the 1x1 projection
+
+
+def test_shift_equivariance_improves_on_natural_images():
+    torch.manual_seed(0)
+    images = sample_images(128)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    plain = reverso.antialias(model, input_size=(3, 128, 128), filter_size=1).eval()
+    blurred = reverso.antialias(model, input_size=(3, 128, 128), filter_size=4).eval()
+    for node in ("layer2_1_act2", "layer3_1_act2", "layer4_1_act2"):
+        before = feature_equivariance(features_at(plain, node), images, shifts=(1, 2, 3))
+        after = feature_equivariance(features_at(blurred, node), images, shifts=(1, 2, 3))
+        assert after < 0.5 * before, (node, before, after)
+    assert 0.0 <= consistency(blurred, images, max_shift=16, pairs=2) <= 1.0

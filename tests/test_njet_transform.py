@@ -1,0 +1,127 @@
+"""reverso.njet on whole models: the timm sweep, projection of trained kernels, the top-down option."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reverso
+from reverso.data import mnist5k
+from reverso.nn import NJetConv2d
+from reverso.support import SWEEP
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_njet_runs_on_the_timm_sweep(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    spatial = sum(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in model.modules())
+    converted = reverso.njet(model, input_size=(3, 64, 64))
+    assert type(converted) is type(model)  # a timm model stays a timm model
+    assert not any(type(m) is nn.Conv2d and max(m.kernel_size) > 1 for m in converted.modules())
+    assert any(isinstance(m, NJetConv2d) for m in converted.modules())
+    y = converted(torch.rand(2, 3, 64, 64))
+    y.sum().backward()
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
+    assert (
+        sum(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in model.modules()) == spatial
+    )  # untouched
+
+
+def test_keeps_stride_groups_bias_and_turns_dilation_into_scale():
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, 2, 1),
+        nn.Conv2d(8, 8, 3, 1, 2, dilation=2, groups=8, bias=False),
+        nn.Conv2d(8, 4, 1),
+    )
+    converted = reverso.njet(model, input_size=(4, 17, 15), sigma=1.0)
+    a, b, c = converted
+    assert isinstance(a, NJetConv2d) and a.stride == 2 and a.bias is not None
+    assert (
+        isinstance(b, NJetConv2d)
+        and b.groups == 8
+        and b.bias is None
+        and b.sigma.item() == pytest.approx(2.0)
+    )
+    assert type(c) is nn.Conv2d  # 1x1 convs stay
+    for size in [(17, 15), (20, 9)]:
+        x = torch.rand(1, 4, *size)
+        assert converted(x).shape == model(x).shape
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    """A small CNN trained for a few seconds on MNIST-5k: its kernels are smooth, unlike random ones."""
+    images, labels = mnist5k()
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(4):
+        for i in range(0, 4500, 64):
+            loss = F.cross_entropy(net(images[i : i + 64]), labels[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval(), images[4500:], labels[4500:]
+
+
+def test_projection_with_order_4_is_exact_for_3x3_kernels(trained_cnn):
+    """On a 3x3 grid (sigma <= 0.5) the order-4 basis spans every 3x3 kernel: projection is exact."""
+    net, images, _ = trained_cnn
+    converted = reverso.njet(net, input_size=(1, 28, 28), order=4, init="project").eval()
+    assert converted.njet_report.max_error < 1e-6, str(converted.njet_report)
+    with torch.no_grad():
+        a, b = net(images), converted(images)
+    assert (a - b).norm() / a.norm() < 1e-5
+
+
+def test_projection_with_the_default_order_keeps_the_model_working(trained_cnn):
+    """Order 3 lacks the (2,2) direction of a 3x3 kernel (it spans 8 of 9 directions). Measured on
+    this net (87% accuracy): kernel errors 0.19, 0.28, 0.30; output error 0.48 relative (the three
+    layers compound); 82% of the top-1 predictions unchanged; accuracy 82%. The bounds keep a
+    margin for other torch versions; a random init is far worse."""
+    net, images, labels = trained_cnn
+    converted = reverso.njet(net, input_size=(1, 28, 28), init="project").eval()
+    report = converted.njet_report
+    assert all(r.relative_error is not None and r.relative_error < 0.35 for r in report.layers), (
+        str(report)
+    )
+    with torch.no_grad():
+        a, b = net(images), converted(images)
+        c = reverso.njet(net, input_size=(1, 28, 28), init="random").eval()(images)
+    relative = ((a - b).norm() / a.norm()).item()
+    agreement = (a.argmax(1) == b.argmax(1)).float().mean().item()
+    accuracy = (
+        (a.argmax(1) == labels).float().mean() - (b.argmax(1) == labels).float().mean()
+    ).item()
+    assert relative < 0.6, f"relative output error {relative:.3f}"
+    assert agreement > 0.75, f"top-1 agreement {agreement:.3f}"
+    assert accuracy < 0.1, f"accuracy drop {accuracy:.3f}"
+    assert (
+        (a - c).norm() / a.norm()
+    ).item() > 2 * relative  # the projection is what keeps it working
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(reverso.OptionError, match="init"):
+        reverso.njet(nn.Sequential(nn.Conv2d(1, 1, 3)), init="zeros")
+
+
+def test_topdown_with_njet():
+    td = reverso.topdown(reverso.models.create("resnet32_preact"), njet={"order": 2})
+    njets = [m for m in td.modules() if isinstance(m, NJetConv2d)]
+    assert njets and all(m.order == 2 for m in njets)
+    assert not any(
+        type(m) is nn.Conv2d and max(m.kernel_size) > 1 for m in td.modules()
+    )  # merges too
+    assert td.recipe["passes"][-1] == "njet"
+    y = td(torch.rand(2, 3, 32, 32))
+    y.sum().backward()
+    assert all(m.scale.grad is not None for m in njets)
