@@ -96,25 +96,18 @@ class Antialias(Pass):
 
     def pool(self, gm: fx.GraphModule, node: fx.Node) -> None:
         spec = _pool_spec(gm, node)
-        k, s, p, d, ceil, kind = (
-            spec["kernel"],
-            spec["stride"],
-            spec["padding"],
-            spec["dilation"],
-            spec["ceil"],
-            spec["kind"],
-        )
-        x = node.args[0]
+        k, s, p, ceil = spec["kernel"], spec["stride"], spec["padding"], spec["ceil"]
         if ceil and (p != 0 or k < s):
             raise UnsupportedTopologyError(
                 f"pooling {g.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
                 "reverso reproduces ceil_mode only without padding and with kernel >= stride"
             )
-        if kind == "max":
-            dense = nn.MaxPool2d(k, 1, p, d)
+        x = node.args[0]
+        if spec["kind"] == "max":
+            dense = nn.MaxPool2d(k, 1, p, spec["dilation"])
             if (
                 ceil
-            ):  # ceil_mode == floor mode on an input extended by s - 1 (-inf) on the right/bottom
+            ):  # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
                 x = g.add_module_node(
                     gm,
                     f"{node.name}_ceil_pad",
@@ -123,19 +116,20 @@ class Antialias(Pass):
                     before=node,
                     meta_from=node,
                 )
+        elif ceil or not spec["count_include_pad"]:
+            dense = ValidAvgPool2d(
+                k, p, extra=s - 1 if ceil else 0, count_include_pad=spec["count_include_pad"]
+            )
         else:
-            count_pad = spec["count_include_pad"]
-            dense = ValidAvgPool2d(k, p, extra=s - 1 if ceil else 0, count_include_pad=count_pad)
-            if not ceil and count_pad:
-                dense = nn.AvgPool2d(k, 1, p, count_include_pad=True)
+            dense = nn.AvgPool2d(k, 1, p, count_include_pad=True)
         pooled = g.add_module_node(
             gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
         )
-        blur = g.add_module_node(
-            gm, f"{node.name}_blurpool", BlurPool2d(channels(node), self.filter_size, s, self.pad_mode),
-            (pooled,), after=pooled, meta_from=node,
-        )  # fmt: skip
-        node.replace_all_uses_with(blur)
+        blur = BlurPool2d(channels(node), self.filter_size, s, self.pad_mode)
+        blurred = g.add_module_node(
+            gm, f"{node.name}_blurpool", blur, (pooled,), after=pooled, meta_from=node
+        )
+        node.replace_all_uses_with(blurred)
         gm.graph.erase_node(node)
 
 
