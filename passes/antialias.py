@@ -105,9 +105,8 @@ class Antialias(Pass):
         x = node.args[0]
         if spec["kind"] == "max":
             dense = nn.MaxPool2d(k, 1, p, spec["dilation"])
-            if (
-                ceil
-            ):  # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
+            # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
+            if ceil:
                 x = g.add_module_node(
                     gm,
                     f"{node.name}_ceil_pad",
