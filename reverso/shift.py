@@ -24,10 +24,19 @@ from .tracing import trace
 
 @torch.no_grad()
 def consistency(
-    model: nn.Module, images: torch.Tensor, *, max_shift: int = 32, pairs: int = 5, seed: int = 0
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    max_shift: int = 32,
+    pairs: int = 5,
+    seed: int = 0,
+    soft: bool = False,
 ) -> float:
     """Share of random crop pairs (offsets in [0, max_shift) on each axis, crop size = image size
-    minus ``max_shift``) whose predicted classes agree: the BlurPool paper's consistency."""
+    minus ``max_shift``) whose predicted classes agree: the BlurPool paper's consistency.
+
+    ``soft=True`` returns the mean cosine similarity of the two output vectors instead, which also
+    tells apart models whose top class does not move (an untrained net predicts one class for all)."""
     _check_images(images)
     n, _, h, w = images.shape
     size = (h - max_shift, w - max_shift)
@@ -37,8 +46,15 @@ def consistency(
     agree = 0
     for _ in range(pairs):
         offsets = torch.randint(0, max_shift, (2, n, 2), generator=gen)
-        preds = [model(_crop(images, offsets[k], size)).argmax(-1) for k in range(2)]
-        agree += (preds[0] == preds[1]).sum().item()
+        outputs = [model(_crop(images, offsets[k], size)) for k in range(2)]
+        if soft:
+            agree += (
+                F.cosine_similarity(outputs[0].flatten(1), outputs[1].flatten(1), dim=1)
+                .sum()
+                .item()
+            )
+        else:
+            agree += (outputs[0].argmax(-1) == outputs[1].argmax(-1)).sum().item()
     return agree / (pairs * n)
 
 
