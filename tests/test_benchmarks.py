@@ -1,22 +1,11 @@
 """The benchmark scripts run (tiny settings; the figures themselves live in docs/benchmarks.md)."""
 
-import importlib.util
-import pathlib
-
 import pytest
-
-BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script
 
 
 def test_conversion_benchmark_runs():
-    result = load("conversion").main(
+    result = load_script("benchmarks", "conversion").main(
         ["--model", "resnet18", "--size", "64", "--repeats", "1", "--merge", "add"]
     )
     assert result["convert_s"] > 0 and result["baseline_s"] > 0
@@ -24,7 +13,7 @@ def test_conversion_benchmark_runs():
 
 def test_hand_written_td_resnet32_is_the_emitted_network():
     # main() asserts that the hand-written network reproduces the emitted one's outputs
-    result = load("td_resnet32").main(["--batch", "2", "--iters", "1"])
+    result = load_script("benchmarks", "td_resnet32").main(["--batch", "2", "--iters", "1"])
     assert result["ratio"] > 0
 
 
@@ -32,5 +21,5 @@ def test_hand_written_td_resnet32_is_the_emitted_network():
     "argv", [["--device", "cpu", "--batch", "2", "--size", "64", "--iters", "1", "--no-compile"]]
 )
 def test_gpu_throughput_script_runs_on_cpu(argv):
-    rows = load("gpu_throughput").main(argv)
+    rows = load_script("benchmarks", "gpu_throughput").main(argv)
     assert {r["model"] for r in rows} == {"bottom-up", "top-down"}

@@ -1,26 +1,19 @@
 """A user-written pass inserted by name (examples/custom_pass.py, docs/custom_passes.md)."""
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 from golden_models import ResNet32
+from scripts import load_script
 from torch import nn
 
 import reverso
 from reverso import graph
 from reverso.nn import Merge
 
-EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "custom_pass.py"
-
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("custom_pass_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples", "custom_pass")
 
 
 def test_swap_activations_and_dropout_after_merges(example):

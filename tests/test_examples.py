@@ -1,20 +1,10 @@
 """The examples run (tiny settings); their full runs are documented in docs/."""
 
-import importlib.util
-import pathlib
-
-EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script
 
 
 def test_njet_multiscale_mnist_runs():
-    rows = load("njet_multiscale_mnist").main(
+    rows = load_script("examples", "njet_multiscale_mnist").main(
         ["--epochs", "1", "--train", "64", "--scales", "1", "2", "--width", "4"]
     )
     assert [(r["size"], r["model"]) for r in rows] == [
@@ -28,6 +18,6 @@ def test_njet_multiscale_mnist_runs():
 
 
 def test_antialias_timm_runs():
-    result = load("antialias_timm").main(["--size", "64"])
+    result = load_script("examples", "antialias_timm").main(["--size", "64"])
     assert result["identity_max_abs_diff"] < 1e-5
     assert all(after < before for before, after in result["equivariance"].values())
