@@ -8,6 +8,7 @@
 from . import graph, models, nn, passes
 from .analysis import StageReport, analyze
 from .context import CompileContext, TopDownOptions
+from .erf import ERF, erf
 from .errors import (
     InputSizeError,
     NoDownsamplingError,
@@ -20,6 +21,7 @@ from .errors import (
 )
 from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
+from .receptive import RF, RFReport, receptive_fields
 from .topdown import topdown
 from .tracing import trace
 from .transforms import antialias, njet
@@ -28,6 +30,8 @@ from .widths import register_width_rule
 __version__ = "0.1.0"
 
 __all__ = [
+    "ERF",
+    "RF",
     "CompileContext",
     "InputSizeError",
     "NoDownsamplingError",
@@ -36,6 +40,7 @@ __all__ = [
     "PassError",
     "PassResult",
     "Pipeline",
+    "RFReport",
     "ReversoError",
     "StageReport",
     "TopDownNet",
@@ -46,11 +51,13 @@ __all__ = [
     "analyze",
     "antialias",
     "default_pipeline",
+    "erf",
     "graph",
     "models",
     "njet",
     "nn",
     "passes",
+    "receptive_fields",
     "register_width_rule",
     "topdown",
     "trace",

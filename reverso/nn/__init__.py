@@ -1,5 +1,6 @@
 """The layers reverso's passes emit; each works and is tested on its own."""
 
+from .blur import GaussianBlur2d
 from .blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
 from .filters import binomial_taps, gaussian_taps, triangle_taps
 from .merge import MERGES, Merge
@@ -8,7 +9,16 @@ from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .upsample import UPSAMPLE_MODES, Upsample
 
 #: reverso's own layers: always traced as leaves
-LAYERS = (ImagePyramid, Upsample, Merge, NJetConv2d, BlurPool2d, CeilModePad, ValidAvgPool2d)
+LAYERS = (
+    ImagePyramid,
+    Upsample,
+    Merge,
+    NJetConv2d,
+    BlurPool2d,
+    CeilModePad,
+    ValidAvgPool2d,
+    GaussianBlur2d,
+)
 
 __all__ = [
     "LAYERS",
@@ -16,6 +26,7 @@ __all__ = [
     "PYRAMIDS",
     "UPSAMPLE_MODES",
     "BlurPool2d",
+    "GaussianBlur2d",
     "ImagePyramid",
     "Merge",
     "NJetConv2d",

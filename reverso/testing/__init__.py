@@ -4,11 +4,13 @@ property checks on the top-down networks reverso emits. Needs ``hypothesis`` (th
 
 from .properties import (
     check_coarse_entry,
+    check_erf_within_receptive_field,
     check_one_merge_per_transition,
     check_output_shape,
     check_resolution_never_decreases,
     check_runs,
     check_topdown,
+    check_topdown_reaches_receptive_field,
     check_units_once,
 )
 from .strategies import (
@@ -27,11 +29,13 @@ __all__ = [
     "UnitSpec",
     "bottom_up_cnns",
     "check_coarse_entry",
+    "check_erf_within_receptive_field",
     "check_one_merge_per_transition",
     "check_output_shape",
     "check_resolution_never_decreases",
     "check_runs",
     "check_topdown",
+    "check_topdown_reaches_receptive_field",
     "check_units_once",
     "groups",
     "transitions",

@@ -147,3 +147,45 @@ def _main_path(gm: fx.GraphModule) -> list[fx.Node]:
     source = next(n for n in gm.graph.nodes if n.op == "placeholder")
     sink = next(n for n in gm.graph.nodes if n.op == "output")
     return g.main_chain(G, source, sink)
+
+
+def check_erf_within_receptive_field(
+    model: nn.Module, input_size, *, node: str | None = None, samples: int = 2
+) -> tuple[tuple[int, int], float]:
+    """No input gradient of a central unit falls outside its theoretical receptive field.
+
+    Compares the empirical support of the gradient (:func:`reverso.erf`) of ``node`` (default:
+    the last feature map) with :func:`reverso.receptive_fields` under the exact rules. Works on
+    bottom-up models and on :class:`~reverso.TopDownNet`. Returns (support, receptive field).
+    """
+    from ..erf import erf
+    from ..receptive import receptive_fields
+
+    measured = erf(model, input_size, node=node, samples=samples)
+    rf = receptive_fields(model, input_size, rule="exact")[measured.node]
+    assert max(measured.support) <= rf.max, (
+        f"the gradient of '{measured.node}' spans {measured.support[0]}x{measured.support[1]} "
+        f"input pixels, more than its theoretical receptive field of {rf.max:g}"
+    )
+    return measured.support, rf.max
+
+
+def check_topdown_reaches_receptive_field(
+    bu: nn.Module, td: TopDownNet, input_size
+) -> tuple[float, float]:
+    """The top-down paper's claim (section 3.2): already at its first conv the top-down net has
+    the receptive field that the bottom-up net reaches only at its last conv.
+
+    Returns (receptive field of the TD's first conv, of the BU's last conv), paper rules.
+    """
+    from ..receptive import receptive_fields
+
+    bu_convs = receptive_fields(bu, input_size).convs()
+    td_convs = receptive_fields(td, input_size).convs()
+    assert bu_convs and td_convs, "both networks need at least one conv"
+    (bu_name, bu_last), (td_name, td_first) = bu_convs[-1], td_convs[0]
+    assert td_first.max >= bu_last.max, (
+        f"the top-down net's first conv '{td_name}' sees {td_first.max:g} px, less than the "
+        f"{bu_last.max:g} px the bottom-up net's last conv '{bu_name}' sees"
+    )
+    return td_first.max, bu_last.max

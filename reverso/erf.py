@@ -1,0 +1,152 @@
+"""Effective receptive fields: where the gradient of an output unit comes from.
+
+The ERF of a unit is the gradient of that unit with respect to the input, averaged over inputs
+(Luo et al., 2016). Its size here is the side of the smallest square around the gradient's centre
+of mass that holds ``mass`` (95%) of the absolute gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import OptionError
+from .tracing import resolve_input_size, resolve_model
+
+
+@dataclass
+class ERF:
+    map: torch.Tensor  # (H, W) mean absolute input gradient, normalised to sum 1
+    support: tuple[int, int]  # rows and columns spanned by the nonzero gradient
+    center: tuple[float, float]  # centre of mass (row, column)
+    radius: int  # half-side of the square holding `mass` of the map
+    mass: float
+    node: str
+    png: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return 2 * self.radius + 1
+
+    def mass_within(self, radius: int) -> float:
+        """Share of the map inside the square of this half-side around the centre."""
+        cy, cx = round(self.center[0]), round(self.center[1])
+        return (
+            self.map[max(cy - radius, 0) : cy + radius + 1, max(cx - radius, 0) : cx + radius + 1]
+            .sum()
+            .item()
+        )
+
+
+def erf(
+    model: nn.Module | str,
+    input_size=None,
+    *,
+    node: str | None = None,
+    samples: int = 16,
+    mass: float = 0.95,
+    seed: int = 0,
+    png: str | Path | None = None,
+) -> ERF:
+    """Empirical receptive field of the central unit of ``node`` (default: the model's last
+    feature map), averaged over ``samples`` random Gaussian inputs; optionally saved as a PNG."""
+    from .network import TopDownNet
+    from .shift import features_at
+
+    model = resolve_model(model)
+    input_size = resolve_input_size(model, input_size)
+    if not 0 < mass <= 1:
+        raise OptionError(f"mass must be in (0, 1], got {mass}")
+    if node is None and isinstance(model, TopDownNet):
+        features = model.features
+        node = next(n for n in features.graph.nodes if n.op == "output").args[0].name
+    elif node is None:
+        features = _last_feature_map(model, input_size)
+        node = features.graph_node
+    else:
+        features = features_at(
+            model.features if isinstance(model, TopDownNet) else model, node, input_size
+        )
+    was_training = model.training
+    features.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(input_size[1:])
+    try:
+        for _ in range(samples):
+            x = torch.randn((1, *input_size), generator=gen).requires_grad_()
+            out = features(x)
+            if out.dim() != 4:
+                raise OptionError(f"node {node!r} is not a feature map (shape {tuple(out.shape)})")
+            h, w = out.shape[-2:]
+            (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x)
+            total += grad.abs().sum(dim=(0, 1))
+    finally:
+        model.train(was_training)
+    erf_map = total / total.sum().clamp_min(1e-30)
+    rows, cols = torch.meshgrid(
+        torch.arange(erf_map.shape[0]), torch.arange(erf_map.shape[1]), indexing="ij"
+    )
+    center = ((erf_map * rows).sum().item(), (erf_map * cols).sum().item())
+    nonzero = (erf_map > 0).nonzero()
+    support = (
+        tuple(int(v) for v in nonzero.max(0).values - nonzero.min(0).values + 1)
+        if len(nonzero)
+        else (0, 0)
+    )
+    result = ERF(erf_map, support, center, 0, mass, node)
+    limit = max(erf_map.shape)
+    while result.mass_within(result.radius) < mass - 1e-9 and result.radius < limit:
+        result.radius += 1
+    if png is not None:
+        result.png = save_erf_png(result, png)
+    return result
+
+
+def save_erf_png(result: ERF, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(result.map.numpy(), cmap="magma")
+    cy, cx, r = result.center[0], result.center[1], result.radius
+    ax.add_patch(
+        plt.Rectangle(
+            (round(cx) - r - 0.5, round(cy) - r - 0.5),
+            2 * r + 1,
+            2 * r + 1,
+            fill=False,
+            color="cyan",
+        )
+    )
+    ax.set_title(f"ERF of {result.node}: {result.size}x{result.size} px hold {result.mass:.0%}")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _last_feature_map(model: nn.Module, input_size) -> fx.GraphModule:
+    """The sub-network up to the last node that is still a spatial feature map."""
+    from .shapes import is_feature_map
+    from .shift import features_at
+    from .tracing import trace
+
+    gm = trace(model, input_size)
+    last = None
+    for n in gm.graph.nodes:
+        if is_feature_map(n) and n.meta["val"].shape[-1] > 1 and n.op != "placeholder":
+            last = n
+    if last is None:
+        raise OptionError(f"{type(model).__name__} has no spatial feature map to measure")
+    sub = features_at(gm, last.name)
+    sub.graph_node = last.name
+    return sub
