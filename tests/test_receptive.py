@@ -120,8 +120,8 @@ def test_exact_rules_count_every_tap():
     blur = nn.Sequential(GaussianBlur2d(1.0))
     paper = reverso.receptive_fields(blur, (1, 16, 16))
     exact = reverso.receptive_fields(blur, (1, 16, 16), rule="exact")
-    assert list(paper.rows.values())[0][1].max == 6  # 6 sigma
-    assert list(exact.rows.values())[0][1].max == 7  # 2 ceil(3 sigma) + 1 taps
+    assert paper["_0"].max == 6  # 6 sigma
+    assert exact["_0"].max == 7  # 2 ceil(3 sigma) + 1 taps
     with pytest.raises(reverso.OptionError, match="rule must be"):
         reverso.receptive_fields(blur, (1, 16, 16), rule="loose")
 
