@@ -22,6 +22,7 @@ from .errors import (
 from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .receptive import RF, RFReport, receptive_fields
+from .summary import Summary, side_by_side, summary
 from .topdown import topdown
 from .tracing import trace
 from .transforms import antialias, njet
@@ -43,6 +44,7 @@ __all__ = [
     "RFReport",
     "ReversoError",
     "StageReport",
+    "Summary",
     "TopDownNet",
     "TopDownOptions",
     "TraceError",
@@ -59,6 +61,8 @@ __all__ = [
     "passes",
     "receptive_fields",
     "register_width_rule",
+    "side_by_side",
+    "summary",
     "topdown",
     "trace",
 ]

@@ -2,20 +2,29 @@
 
 A *stage* is the stem, a group, a standalone transition or the head of the analysis; for a
 top-down network it is the same piece at its new place (with its merge).
+
+Costs are measured by running the network once on one image (batch 1, eval mode, no grad):
+FLOPs with ``torch.utils.flop_counter`` (a multiply-add counts 2), activation memory as the bytes
+of every tensor the stage's operations produce (views and in-place ops excluded), which is what
+training keeps for the backward pass at most, per image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import graph as g
 from .analysis import Group, StageReport, analyze_graph
 from .network import TopDownNet
 from .shapes import channels, level_of, spatial
-from .tracing import resolve_input_size, resolve_model, trace
+from .tracing import model_dtype, resolve_input_size, resolve_model, trace
 
 
 @dataclass
@@ -25,6 +34,8 @@ class StageRow:
     resolution: tuple[int, int] | None
     channels: int | None
     params: int
+    flops: int = 0
+    activation_bytes: int = 0
 
 
 @dataclass
@@ -37,15 +48,33 @@ class Summary:
     def params(self) -> int:
         return sum(r.params for r in self.rows)
 
+    @property
+    def flops(self) -> int:
+        return sum(r.flops for r in self.rows)
+
+    @property
+    def activation_bytes(self) -> int:
+        return sum(r.activation_bytes for r in self.rows)
+
+    def __getitem__(self, name: str) -> StageRow:
+        return next(r for r in self.rows if r.name == name)
+
     def lines(self) -> list[str]:
-        out = [f"{'stage':<8} {'level':>5} {'resolution':>10} {'channels':>8} {'params':>11}"]
+        out = [
+            f"{'stage':<8} {'level':>5} {'resolution':>10} {'channels':>8} {'params':>11} "
+            f"{'FLOPs':>8} {'act. MB':>8}"
+        ]
         for r in self.rows:
             res = f"{r.resolution[0]}x{r.resolution[1]}" if r.resolution else "-"
             out.append(
                 f"{r.name:<8} {'-' if r.level is None else r.level:>5} {res:>10} "
-                f"{'-' if r.channels is None else r.channels:>8} {r.params:>11,}"
+                f"{'-' if r.channels is None else r.channels:>8} {r.params:>11,} "
+                f"{_si(r.flops):>8} {r.activation_bytes / 2**20:>8.2f}"
             )
-        out.append(f"{'total':<8} {'':>5} {'':>10} {'':>8} {self.params:>11,}")
+        out.append(
+            f"{'total':<8} {'':>5} {'':>10} {'':>8} {self.params:>11,} {_si(self.flops):>8} "
+            f"{self.activation_bytes / 2**20:>8.2f}"
+        )
         return out
 
     def __str__(self) -> str:
@@ -53,7 +82,8 @@ class Summary:
 
 
 def summary(model: nn.Module | str, input_size=None, *, name: str | None = None) -> Summary:
-    """Stage-by-stage level, resolution, channels and parameters of a bottom-up or top-down net."""
+    """Stage by stage: level, resolution, channels, parameters, FLOPs and activation memory of a
+    bottom-up model (or timm name) or a :class:`~reverso.TopDownNet` (per image)."""
     if isinstance(model, TopDownNet):
         return _topdown_summary(model, name)
     label = name or (model if isinstance(model, str) else type(model).__name__)
@@ -74,25 +104,87 @@ def side_by_side(left: Summary, right: Summary, gap: int = 4) -> str:
 
 
 def _stage_rows(
-    gm: fx.GraphModule, stages: list[tuple[str, set[int], int | None]], input_hw, extra=None
+    gm: fx.GraphModule, stages: list[tuple[str, set[int], int | None]], input_size, extra=None
 ) -> list[StageRow]:
     extra = extra or {}
-    rows = []
+    costs = node_costs(gm, input_size)
+    rows, counted = [], set()
     for name, units, slot in stages:
-        nodes = [n for n in gm.graph.nodes if g.tag(n).get("unit") in units]
-        nodes += extra.get(slot, [])
+        own = [n for n in gm.graph.nodes if g.tag(n).get("unit") in units]
+        nodes = list(dict.fromkeys(own + extra.get(slot, [])))  # each node once
+        counted.update(nodes)
         exit_ = _stage_exit(gm, nodes)
         size = spatial(exit_) if exit_ is not None else None
         rows.append(
             StageRow(
                 name,
-                level_of(size, input_hw) if size is not None else None,
+                level_of(size, input_size[1:]) if size is not None else None,
                 size,
                 channels(exit_) if exit_ is not None and size is not None else None,
                 _params(gm, nodes),
+                sum(costs[n.name][0] for n in nodes),
+                sum(costs[n.name][1] for n in nodes),
             )
         )
+    rest = [n for n in gm.graph.nodes if n not in counted and n.name in costs]
+    if any(costs[n.name] != (0, 0) for n in rest) or _params(gm, rest):
+        # glue outside every stage (e.g. the image pyramid): its own row, so totals stay true
+        flops, memory = (sum(costs[n.name][i] for n in rest) for i in (0, 1))
+        rows.insert(0, StageRow("other", None, None, None, _params(gm, rest), flops, memory))
     return rows
+
+
+class _ActivationMeter(TorchDispatchMode):
+    """Counts the bytes of every tensor an operation creates (not views, not in-place results)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if all(r.alias_info is None for r in func._schema.returns):
+            self.bytes += sum(
+                t.numel() * t.element_size()
+                for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor)
+            )
+        return out
+
+
+def node_costs(gm: fx.GraphModule, input_size) -> dict[str, tuple[int, int]]:
+    """(FLOPs, activation bytes) of every node of ``gm`` on one image of ``input_size``."""
+    costs: dict[str, tuple[int, int]] = {}
+
+    class Meter(fx.Interpreter):
+        def run_node(self, n):
+            with FlopCounterMode(display=False) as flops, _ActivationMeter() as memory:
+                out = super().run_node(n)
+            costs[n.name] = (flops.get_total_flops(), memory.bytes)
+            return out
+
+    Meter(gm).run(_one_image(gm, input_size))
+    return costs
+
+
+def module_costs(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(FLOPs, activation bytes) of one call of ``module`` on ``x``."""
+    with FlopCounterMode(display=False) as flops, _ActivationMeter() as memory:
+        module(x)
+    return flops.get_total_flops(), memory.bytes
+
+
+def _one_image(model: nn.Module, input_size) -> torch.Tensor:
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else "cpu"
+    return torch.rand(1, *input_size, device=device, dtype=model_dtype(model))
+
+
+def _si(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
 
 
 def _stage_exit(gm: fx.GraphModule, nodes: list[fx.Node]) -> fx.Node | None:
@@ -122,9 +214,20 @@ def _bottom_up_summary(gm: fx.GraphModule, report: StageReport, name: str) -> Su
         else:
             stages.append((f"T{item.index + 1}", {item.unit}, None))
     stages.append(("head", set(report.head), None))
-    rows = _stage_rows(gm, stages, report.input_size[1:])
+    rows = _measured(gm, lambda: _stage_rows(gm, stages, report.input_size))
     rows[-1].channels = report.num_classes
     return Summary(f"bottom-up {name}", report.input_size, rows)
+
+
+def _measured(model: nn.Module, run):
+    """Run ``run()`` with ``model`` in eval mode and without autograd, restoring its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return run()
+    finally:
+        model.train(was_training)
 
 
 def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
@@ -145,11 +248,17 @@ def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
         else:
             t += 1
             stages.append((f"T{t}", set(slot.units), i))
-    rows = _stage_rows(gm, stages, report.input_size[1:], extra=merges)
     pyramid = [n for n in gm.graph.nodes if g.tag(n).get("role") == "pyramid"]
-    rows.insert(0, StageRow("pyramid", None, None, report.input_size[0], _params(gm, pyramid)))
+    stages.insert(0, ("pyramid", set(), "pyramid"))
+    extra = merges | {"pyramid": pyramid}
+    rows = _measured(td, lambda: _stage_rows(gm, stages, report.input_size, extra=extra))
+    rows[0].level, rows[0].resolution, rows[0].channels = None, None, report.input_size[0]
     head_params = sum(p.numel() for p in td.head.parameters())
-    rows.append(StageRow("head", None, None, td.num_classes, head_params))
+    features = _measured(td, lambda: td.features(_one_image(td, report.input_size)))
+    head_flops, head_bytes = _measured(td, lambda: module_costs(td.head, features))
+    rows.append(StageRow("head", None, None, td.num_classes, head_params, head_flops, head_bytes))
     return Summary(
-        f"top-down {name or ''} ({plan.arrangement})".replace("  ", " "), report.input_size, rows
+        f"top-down {name or td.recipe.get('source') or ''} ({plan.arrangement})".replace("  ", " "),
+        report.input_size,
+        rows,
     )
