@@ -35,6 +35,14 @@ class WidthError(ReversoError):
     """A layer must change width and reverso does not know how to rebuild it."""
 
 
+class DatasetError(ReversoError):
+    """A dataset is missing, incomplete or corrupt where it was looked for."""
+
+
+class FileFormatError(ReversoError):
+    """A file reverso saved (or is asked to load) is not what it claims to be."""
+
+
 class PassError(ReversoError):
     """A pass failed or left the graph in a broken state."""
 
