@@ -132,7 +132,7 @@ def test_corrupt_cifar_files_are_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"data_batch_3.bin has .* bytes.*corrupt"):
         data.cifar10(tmp_path)
     (tmp_path / "other").mkdir()
-    with pytest.raises(DatasetError, match="cifar-10-batches-bin/ .* or cifar-10-batches-py/"):
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-bin/ .* or cifar-10-batches-py/"):
         data.cifar10(tmp_path / "other")
 
 
