@@ -300,7 +300,8 @@ def _cifar_python(root: Path) -> tuple[TensorImages, TensorImages]:
                     raise DatasetError(f"cifar10: missing {folder / name}")
                 if not check_integrity(str(folder / name), md5):
                     warnings.warn(
-                        f"{folder / name} is not the official CIFAR-10 file (md5 differs)"
+                        f"{folder / name} is not the official CIFAR-10 file (md5 differs)",
+                        stacklevel=2,
                     )
             return True
 
