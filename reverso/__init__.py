@@ -5,7 +5,7 @@
 >>> print(reverso.analyze("resnet18", (3, 64, 64)))
 """
 
-from . import graph, models, nn, passes
+from . import data, graph, models, nn, passes
 from .analysis import StageReport, analyze
 from .context import CompileContext, TopDownOptions
 from .erf import ERF, erf
@@ -24,6 +24,7 @@ from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .receptive import RF, RFReport, receptive_fields
 from .summary import Summary, side_by_side, summary
 from .topdown import topdown
+from .train import TrainResult, evaluate, train
 from .tracing import trace
 from .transforms import antialias, njet
 from .widths import register_width_rule
@@ -48,12 +49,15 @@ __all__ = [
     "TopDownNet",
     "TopDownOptions",
     "TraceError",
+    "TrainResult",
     "UnsupportedTopologyError",
     "WidthError",
     "analyze",
     "antialias",
+    "data",
     "default_pipeline",
     "erf",
+    "evaluate",
     "graph",
     "models",
     "njet",
@@ -65,4 +69,5 @@ __all__ = [
     "summary",
     "topdown",
     "trace",
+    "train",
 ]
