@@ -10,6 +10,8 @@ from .analysis import StageReport, analyze
 from .context import CompileContext, TopDownOptions
 from .erf import ERF, erf
 from .errors import (
+    DatasetError,
+    FileFormatError,
     InputSizeError,
     NoDownsamplingError,
     OptionError,
@@ -22,10 +24,11 @@ from .errors import (
 from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .receptive import RF, RFReport, receptive_fields
+from .robustness import RobustnessReport, plot_robustness, robustness
 from .summary import Summary, side_by_side, summary
 from .topdown import topdown
-from .train import TrainResult, evaluate, train
 from .tracing import trace
+from .train import TrainResult, evaluate, train
 from .transforms import antialias, njet
 from .widths import register_width_rule
 
@@ -35,6 +38,8 @@ __all__ = [
     "ERF",
     "RF",
     "CompileContext",
+    "DatasetError",
+    "FileFormatError",
     "InputSizeError",
     "NoDownsamplingError",
     "OptionError",
@@ -44,6 +49,7 @@ __all__ = [
     "Pipeline",
     "RFReport",
     "ReversoError",
+    "RobustnessReport",
     "StageReport",
     "Summary",
     "TopDownNet",
@@ -63,8 +69,10 @@ __all__ = [
     "njet",
     "nn",
     "passes",
+    "plot_robustness",
     "receptive_fields",
     "register_width_rule",
+    "robustness",
     "side_by_side",
     "summary",
     "topdown",
