@@ -21,10 +21,13 @@ from .errors import (
     UnsupportedTopologyError,
     WidthError,
 )
+from .gradcam import gradcam
 from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .receptive import RF, RFReport, receptive_fields
 from .robustness import RobustnessReport, plot_robustness, robustness
+from .shift import consistency as shift_consistency
+from .shift import shift_adversary_accuracy
 from .summary import Summary, side_by_side, summary
 from .topdown import topdown
 from .tracing import trace
@@ -64,6 +67,7 @@ __all__ = [
     "default_pipeline",
     "erf",
     "evaluate",
+    "gradcam",
     "graph",
     "models",
     "njet",
@@ -73,6 +77,8 @@ __all__ = [
     "receptive_fields",
     "register_width_rule",
     "robustness",
+    "shift_adversary_accuracy",
+    "shift_consistency",
     "side_by_side",
     "summary",
     "topdown",
