@@ -40,6 +40,9 @@ class Antialias(Pass):
         super().__init__()
         self.filter_size, self.stem, self.pad_mode = filter_size, stem, pad_mode
 
+    def options(self) -> dict:
+        return {"filter_size": self.filter_size, "stem": self.stem, "pad_mode": self.pad_mode}
+
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
         stem = next((n for n in strided if g.is_conv(gm, n)), None)

@@ -70,6 +70,15 @@ class NJet(Pass):
         self.order, self.sigma, self.learn_sigma, self.init = order, sigma, learn_sigma, init
         self.layer_kwargs = layer_kwargs
 
+    def options(self) -> dict:
+        return {
+            "order": self.order,
+            "sigma": self.sigma,
+            "learn_sigma": self.learn_sigma,
+            "init": self.init,
+            **self.layer_kwargs,
+        }
+
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         report = swap_spatial_convs(
             gm,

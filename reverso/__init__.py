@@ -26,10 +26,11 @@ from .network import TopDownNet
 from .pipeline import Pass, PassResult, Pipeline, default_pipeline
 from .receptive import RF, RFReport, receptive_fields
 from .robustness import RobustnessReport, plot_robustness, robustness
+from .saving import load, save
 from .shift import consistency as shift_consistency
 from .shift import shift_adversary_accuracy
 from .summary import Summary, side_by_side, summary
-from .topdown import topdown
+from .topdown import remember_source, topdown
 from .tracing import trace
 from .train import TrainResult, evaluate, train
 from .transforms import antialias, njet
@@ -69,6 +70,7 @@ __all__ = [
     "evaluate",
     "gradcam",
     "graph",
+    "load",
     "models",
     "njet",
     "nn",
@@ -76,7 +78,9 @@ __all__ = [
     "plot_robustness",
     "receptive_fields",
     "register_width_rule",
+    "remember_source",
     "robustness",
+    "save",
     "shift_adversary_accuracy",
     "shift_consistency",
     "side_by_side",

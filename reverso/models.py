@@ -188,4 +188,5 @@ def create(name: str, **kwargs) -> nn.Module:
     model = factory(**kwargs)
     in_chans = kwargs.get("in_chans", input_size[0])
     model.pretrained_cfg = {"input_size": (in_chans, *input_size[1:])}
+    model.reverso_source = {"factory": f"reverso.models:{factory.__name__}", "kwargs": kwargs}
     return model

@@ -59,6 +59,19 @@ class Pass:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    def config(self) -> dict | None:
+        """``{"name": ..., "kwargs": ...}`` that rebuilds this pass from a saved file (JSON), or
+        None for passes only the user's code knows (they cannot be rebuilt by :func:`reverso.load`)."""
+        from reverso.passes import BUILTIN
+
+        if BUILTIN.get(self.name) is not type(self):
+            return None
+        return {"name": self.name, "kwargs": self.options()}
+
+    def options(self) -> dict:
+        """The constructor keyword arguments of a built-in pass (none by default)."""
+        return {}
+
     @staticmethod
     def from_function(
         fn: Callable[[fx.GraphModule, CompileContext], object], name: str | None = None

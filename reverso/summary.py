@@ -258,7 +258,15 @@ def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
     head_flops, head_bytes = _measured(td, lambda: module_costs(td.head, features))
     rows.append(StageRow("head", None, None, td.num_classes, head_params, head_flops, head_bytes))
     return Summary(
-        f"top-down {name or td.recipe.get('source') or ''} ({plan.arrangement})".replace("  ", " "),
+        f"top-down {name or _source_name(td.recipe.get('source'))} ({plan.arrangement})".replace(
+            "  ", " "
+        ),
         report.input_size,
         rows,
     )
+
+
+def _source_name(source: dict | None) -> str:
+    if not source:
+        return ""
+    return source.get("timm") or source.get("factory", "").rpartition(":")[2]

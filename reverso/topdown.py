@@ -67,11 +67,13 @@ def topdown(
             [*pipeline, NJet(**(njet if isinstance(njet, dict) else {}))],
             dump_dir=pipeline.dump_dir,
         )
-    source = model if isinstance(model, str) else _source_of(model)
     model = resolve_model(model)
     ctx = compile_context(model, input_size, options, leaf_modules)
     gm = pipeline.run(working_copy(ctx.bu), ctx)
-    return emit(gm, ctx, source=source)
+    net = emit(gm, ctx, source=source_of(model))
+    net.recipe["pipeline"] = [p.config() for p in pipeline]
+    net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
+    return net
 
 
 def compile_context(
@@ -119,7 +121,35 @@ def _pipeline(passes) -> Pipeline:
     return Pipeline(passes)
 
 
-def _source_of(model: nn.Module) -> str | None:
-    """'package.module:factory' for reference models, the timm name for timm models, else None."""
+def source_of(model: nn.Module) -> dict | None:
+    """Where ``model`` came from, as :func:`reverso.load` rebuilds it: ``{"timm": name, "kwargs"}``
+    for timm models, ``{"factory": "package.module:function", "kwargs"}`` for models built by
+    :func:`reverso.models.create` or marked with :func:`remember_source`; None otherwise."""
+    remembered = getattr(model, "reverso_source", None)
+    if remembered is not None:
+        return copy.deepcopy(remembered)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture")
+    arch = cfg.get("architecture")
+    if arch is None or not type(model).__module__.startswith("timm."):
+        return None
+    kwargs = {}
+    if isinstance(getattr(model, "num_classes", None), int):
+        kwargs["num_classes"] = model.num_classes
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:
+        kwargs["in_chans"] = first_conv.in_channels
+    return {"timm": arch, "kwargs": kwargs}
+
+
+def remember_source(model: nn.Module, factory: str, **kwargs) -> nn.Module:
+    """Mark ``model`` as built by ``factory(**kwargs)`` (``"package.module:function"``) so that a
+    converted copy saved with :func:`reverso.save` can be rebuilt by :func:`reverso.load`."""
+    if not isinstance(factory, str) or factory.count(":") != 1:
+        raise OptionError(f"factory must be 'package.module:function', got {factory!r}")
+    model.reverso_source = {"factory": factory, "kwargs": dict(kwargs)}
+    return model
+
+
+def qualified_name(leaf: type | str) -> str:
+    """A leaf module class as ``"package.module:Class"``; a module path (``"layer1.0"``) as is."""
+    return leaf if isinstance(leaf, str) else f"{leaf.__module__}:{leaf.__qualname__}"

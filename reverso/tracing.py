@@ -96,6 +96,10 @@ def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
                 f"input_size is required for {type(model).__name__}: it has no timm pretrained_cfg "
                 "to read it from. Pass input_size=(channels, height, width), e.g. (3, 224, 224)."
             )
+        # timm keeps the pretrained config's 3 channels when built with another in_chans
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.groups == 1 and first.in_channels != input_size[0]:
+            input_size = (first.in_channels, *input_size[1:])
     return check_input_size(input_size)
 
 

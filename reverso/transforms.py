@@ -37,6 +37,7 @@ def njet(
     model's class and methods (a timm model stays a timm model).
     """
     from .passes.njet import swap_spatial_convs
+    from .topdown import source_of
 
     model = resolve_model(model)
     converted = copy.deepcopy(model)
@@ -44,7 +45,15 @@ def njet(
         converted, order=order, sigma=sigma, learn_sigma=learn_sigma, init=init, **layer_kwargs
     )
     if input_size is not None or getattr(model, "pretrained_cfg", None):
-        _check_same_output(model, converted, resolve_input_size(model, input_size))
+        input_size = resolve_input_size(model, input_size)
+        _check_same_output(model, converted, input_size)
+    converted.reverso_recipe = {
+        "transform": "njet",
+        "source": source_of(model),
+        "input_size": list(input_size) if input_size is not None else None,
+        "kwargs": {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
+        | layer_kwargs,
+    }
     return converted
 
 
@@ -64,7 +73,7 @@ def antialias(
     reproduces the original outputs exactly. ``stem=True`` also anti-aliases the first strided conv.
     """
     from .passes.antialias import Antialias
-    from .topdown import working_copy
+    from .topdown import qualified_name, source_of, working_copy
 
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
@@ -78,6 +87,13 @@ def antialias(
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
             setattr(gm, name, copy.deepcopy(getattr(model, name)))
     gm.antialiased = ctx.state.get("antialiased", [])
+    gm.reverso_recipe = {
+        "transform": "antialias",
+        "source": source_of(model),
+        "input_size": list(input_size),
+        "kwargs": {"filter_size": filter_size, "stem": stem, "pad_mode": pad_mode},
+        "leaf_modules": [qualified_name(t) for t in leaf_modules],
+    }
     return gm.train(model.training)
 
 

@@ -1,0 +1,159 @@
+"""reverso.save / reverso.load: exact round trips, tampered and foreign files refused, no pickle."""
+
+import json
+import pickle
+
+import pytest
+import timm
+import torch
+from golden_models import LeNetFC
+from safetensors.torch import save_file
+
+import reverso
+from reverso.errors import FileFormatError
+from reverso.saving import _checksum
+
+
+def same_outputs(a, b, x):
+    a.eval(), b.eval()
+    with torch.no_grad():
+        return torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"arrangement": "rev", "merge": "concat", "upsample": "blur"},
+        {"arrangement": 12, "njet": {"order": 2}},
+    ],
+)
+def test_top_down_round_trip_is_exact(tmp_path, options):
+    td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28), **options)
+    with torch.no_grad():  # weights that differ from any fresh initialisation
+        for p in td.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = reverso.save(td, tmp_path / "td.safetensors")
+    loaded = reverso.load(path)
+    assert (
+        isinstance(loaded, reverso.TopDownNet) and loaded.recipe["options"] == td.recipe["options"]
+    )
+    for (k, v), (k2, v2) in zip(td.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)
+    assert same_outputs(td, loaded, torch.rand(3, 1, 28, 28))
+
+
+def test_timm_sources_and_sibling_transforms(tmp_path):
+    model = timm.create_model("resnet18", num_classes=7, in_chans=1)
+    x = torch.rand(2, 1, 64, 64)
+    for name, converted in (
+        ("antialias", reverso.antialias(model, input_size=(1, 64, 64))),
+        ("njet", reverso.njet(model)),
+        ("topdown", reverso.topdown(model, input_size=(1, 64, 64))),
+    ):
+        loaded = reverso.load(reverso.save(converted, tmp_path / f"{name}.safetensors"))
+        assert same_outputs(converted, loaded, x), name
+
+
+def test_a_users_model_needs_its_factory_and_trust(tmp_path):
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    with pytest.raises(reverso.OptionError, match=r"source='package\.module:function'"):
+        reverso.save(td, tmp_path / "td.safetensors")
+    path = reverso.save(td, tmp_path / "td.safetensors", source="golden_models:LeNetFC")
+    with pytest.raises(reverso.ReversoError, match=r"trust=\['golden_models'\]"):
+        reverso.load(path)
+    assert same_outputs(td, reverso.load(path, trust=["golden_models"]), torch.rand(2, 1, 28, 28))
+
+
+def test_plain_model_with_kwargs(tmp_path):
+    model = reverso.remember_source(LeNetFC(num_classes=4), "golden_models:LeNetFC", num_classes=4)
+    loaded = reverso.load(reverso.save(model, tmp_path / "m.safetensors"), trust=["golden_models"])
+    assert type(loaded) is LeNetFC and same_outputs(model, loaded, torch.rand(2, 1, 28, 28))
+
+
+def test_dtype_is_kept(tmp_path):
+    td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28)).to(
+        torch.bfloat16
+    )
+    loaded = reverso.load(reverso.save(td, tmp_path / "bf16.safetensors"))
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert same_outputs(td, loaded, torch.rand(2, 1, 28, 28, dtype=torch.bfloat16))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28))
+    return reverso.save(td, tmp_path / "td.safetensors")
+
+
+def test_a_flipped_weight_byte_is_refused(saved):
+    data = bytearray(saved.read_bytes())
+    data[-10] ^= 0x01  # inside the last tensor
+    saved.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="changed after it was saved"):
+        reverso.load(saved)
+
+
+def test_an_edited_recipe_is_refused(saved):
+    # rewrite the safetensors header (8-byte length, JSON) with another arrangement in the recipe
+    data = saved.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    recipe = header["__metadata__"]["recipe"]
+    assert '"arrangement": "td"' in recipe
+    header["__metadata__"]["recipe"] = recipe.replace('"arrangement": "td"', '"arrangement": "rev"')
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    saved.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + header_len :])
+    with pytest.raises(FileFormatError, match="changed after it was saved"):
+        reverso.load(saved)
+
+
+def test_truncated_random_and_foreign_files_are_refused(saved, tmp_path):
+    saved.write_bytes(saved.read_bytes()[:200])
+    with pytest.raises(FileFormatError, match="not a readable safetensors file"):
+        reverso.load(saved)
+    noise = tmp_path / "noise.safetensors"
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(FileFormatError, match="not a readable safetensors file"):
+        reverso.load(noise)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    with pytest.raises(FileFormatError, match=r"not one written by reverso\.save"):
+        reverso.load(foreign)
+    with pytest.raises(FileFormatError, match="no file"):
+        reverso.load(tmp_path / "missing.safetensors")
+
+
+def test_a_recipe_naming_arbitrary_code_is_not_run(tmp_path):
+    # a well-formed file (valid checksum) whose recipe asks for os.system: refused before any call
+    recipe = json.dumps({"format": "reverso", "version": 1, "transform": "none", "input_size": None,
+                         "kwargs": {}, "source": {"factory": "os:system", "kwargs": {"command": "true"}}})  # fmt: skip
+    tensors = {"w": torch.zeros(2)}
+    path = tmp_path / "evil.safetensors"
+    save_file(
+        tensors,
+        str(path),
+        metadata={"format": "reverso", "recipe": recipe, "sha256": _checksum(tensors, recipe)},
+    )
+    with pytest.raises(reverso.ReversoError, match="only calls code from packages you trust"):
+        reverso.load(path)
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    assert isinstance(reverso.load(saved), reverso.TopDownNet)
+
+
+def test_custom_passes_cannot_be_saved(tmp_path):
+    from reverso.pipeline import Pass
+
+    pipe = reverso.default_pipeline().append(Pass.from_function(lambda gm, ctx: gm, "mine"))
+    td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28), passes=pipe)
+    with pytest.raises(reverso.OptionError, match="mine: your own"):
+        reverso.save(td, tmp_path / "x.safetensors")
