@@ -89,13 +89,15 @@ def train(
     progress: bool = True,
     workers: int = 0,
     callback: Callable[[int, dict], None] | None = None,
+    name: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` ``repeats`` times with the paper's protocol.
 
     ``weight_decay`` defaults to the dataset's (0 for MNIST-type sets, 5e-4 for CIFAR-10).
     ``device`` defaults to CUDA when available. ``amp`` (default: on with CUDA) runs forward passes
     in bfloat16 autocast (float16 with a gradient scaler on GPUs without bfloat16).
-    ``callback(run, record)`` is called after every epoch with that epoch's record.
+    ``callback(run, record)`` is called after every epoch with that epoch's record; ``name``
+    labels the progress bar.
     """
     _check_options(epochs, batch_size, lr, val_fraction, repeats, milestones)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -119,6 +121,7 @@ def train(
         net = _model_for_run(model, r, seed + r)
         run = Run(seed + r)
         trainer = _Trainer(net, data, r, run, device, amp, cfg, workers)
+        trainer.label = f"{name or type(net).__name__} run {r + 1}/{repeats}"
         trainer.fit(folder / f"run{r}.pt" if folder is not None else None, progress, callback)
         runs.append(run)
         models.append(net)
@@ -211,7 +214,7 @@ class _Trainer:
 
         bar = tqdm(
             range(start_epoch, epochs),
-            desc=f"run {self.run_index + 1} ({type(self.net).__name__})",
+            desc=self.label,
             initial=start_epoch,
             total=epochs,
             disable=not progress,

@@ -7,15 +7,22 @@ from reverso.cli import main
 from reverso.demo import run_demo
 
 
-def test_demo_converts_and_checks_both_models():
+def test_quick_demo_converts_trains_attacks_and_explains(tmp_path):
     lines = []
-    results = run_demo(print_fn=lines.append)
-    assert set(results) == {"lenet_fc", "resnet18"}
-    assert all(r["checked"] for r in results.values())
+    results = run_demo(tmp_path / "out", quick=True, print_fn=lines.append)
     text = "\n".join(lines)
+    assert results["checked"] and "properties: all hold" in text
     assert "bottom-up lenet_fc" in text and "top-down lenet_fc (td)" in text
     assert "14,432" in text  # LeNetFC's top-down parameter count
-    assert text.count("properties: all hold") == 2
+    assert set(results["accuracy"]) == {"BU", "TD"}
+    assert all(0.3 < a <= 1 for a in results["accuracy"].values())  # 2 epochs learn something
+    for loc in results["localization"].values():
+        assert 0 <= loc.precision <= 1 and 0 <= loc.recall <= 1
+    names = sorted(p.name for p in results["pictures"])
+    assert names == ["erf_BU.png", "erf_TD.png", "gradcam.png", "robustness.png"]
+    for p in results["pictures"]:
+        assert p.read_bytes()[:4] == b"\x89PNG"
+    assert f"pictures in {(tmp_path / 'out').resolve()}" in text
 
 
 def test_cli_help_and_unknown_command(capsys):
@@ -24,4 +31,4 @@ def test_cli_help_and_unknown_command(capsys):
     out = subprocess.run(
         [sys.executable, "-m", "reverso", "demo", "--help"], capture_output=True, text=True
     )
-    assert out.returncode == 0 and "side by side" in out.stdout
+    assert out.returncode == 0 and "--out" in out.stdout
