@@ -285,7 +285,7 @@ def robustness(
         found = torch.full((len(labels),), math.inf, device=device)
         found[~correct] = 0.0
         index = correct.nonzero().flatten()
-        for chunk in index.split(batch_size):
+        for chunk in index.split(batch_size) if len(index) else ():
             net.clean = images[chunk]
             found[chunk] = _attack(attack, budget, fmodel, net, images[chunk], labels[chunk])
         norms[attack] = torch.minimum(norms.get(attack, found), found)

@@ -21,3 +21,22 @@ def test_antialias_timm_runs():
     result = load_script("examples", "antialias_timm").main(["--size", "64"])
     assert result["identity_max_abs_diff"] < 1e-5
     assert all(after < before for before, after in result["equivariance"].values())
+
+
+def test_reproduce_mnist_runs_all_three_experiments(tmp_path):
+    results = load_script("examples", "reproduce_mnist").main(
+        ["--epochs", "1", "--runs", "2", "--train-limit", "400", "--samples", "6", "--quiet",
+         "--branch-attacks", "contrast", "--out", str(tmp_path)]
+    )  # fmt: skip
+    exp1 = results["exp1"]
+    assert list(exp1) == ["BU", "TD-td", "TD-uni", "TD-rev"]
+    assert all(len(v["accuracies"]) == 2 for v in exp1.values())
+    assert [exp1[k]["params"] for k in exp1] == [7650, 14432, 23466, 57826]  # the paper's counts
+    assert (
+        set(results["exp2"]["BU"]) == set(results["exp2"]["TD-td"])
+        and len(results["exp2"]["BU"]) == 10
+    )
+    assert set(results["exp2"]["per_level"]) == {"(0,)", "(1,)", "(2,)", "(0, 1, 2)"}
+    assert len(results["exp3"]["runs"]) <= 2
+    for name in ("exp1.json", "exp2.json", "exp3.json", "exp2_attacks.png", "exp2_levels.png"):
+        assert (tmp_path / "lenet_fc" / name).exists(), name
