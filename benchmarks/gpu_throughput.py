@@ -1,7 +1,9 @@
-"""Train-step throughput, top-down vs bottom-up timm resnet18 at 128 px, with bf16 autocast and
+"""Train-step throughput, top-down vs bottom-up ResNet-18 at 128 px (the top-down paper's
+Imagenette shape by default, or a timm model), on random data, with bf16 autocast and
 channels_last, eager and with torch.compile. Meant for a CUDA GPU; runs on the CPU for a smoke test.
 
-    python benchmarks/gpu_throughput.py [--device cuda] [--batch 128] [--iters 30] [--no-compile]
+    python benchmarks/gpu_throughput.py [--model resnet18_imagenette] [--device cuda] [--batch 128]
+                                        [--iters 30] [--no-compile]
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import torch.nn.functional as F
 import reverso
 
 
-def throughput(model, device, batch: int, size: int, iters: int, autocast: bool) -> float:
+def throughput(
+    model, device, batch: int, size: int, iters: int, autocast: bool, classes: int
+) -> float:
     """Images per second of full training steps (forward, backward, SGD)."""
     model = model.to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
     dtype = torch.bfloat16
 
     def step():
@@ -49,20 +53,29 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--model", default="resnet18_imagenette", help="a reverso reference model or a timm name"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     torch.manual_seed(0)
-    bu = timm.create_model("resnet18", pretrained=False)
+    if args.model in reverso.models.MODELS:
+        bu = reverso.models.create(args.model)
+    else:
+        bu = timm.create_model(args.model, pretrained=False)
     td = reverso.topdown(bu, input_size=(3, args.size, args.size))
+    classes = getattr(bu, "num_classes", 1000)
     rows = []
     for compiled in [False] if args.no_compile else [False, True]:
         for label, model in (("bottom-up", bu), ("top-down", td)):
             m = torch.compile(model) if compiled else model
-            ips = throughput(m, device, args.batch, args.size, args.iters, autocast=True)
+            ips = throughput(
+                m, device, args.batch, args.size, args.iters, autocast=True, classes=classes
+            )
             rows.append({"model": label, "compiled": compiled, "images_per_s": ips})
             print(
-                f"| {name} | resnet18 {label} | {'compile' if compiled else 'eager'} | bf16+channels_last | "
+                f"| {name} | {args.model} {label} | {'compile' if compiled else 'eager'} | bf16+channels_last | "
                 f"{ips:,.0f} img/s |",
                 flush=True,
             )

@@ -23,3 +23,11 @@ def test_hand_written_td_resnet32_is_the_emitted_network():
 def test_gpu_throughput_script_runs_on_cpu(argv):
     rows = load_script("benchmarks", "gpu_throughput").main(argv)
     assert {r["model"] for r in rows} == {"bottom-up", "top-down"}
+
+
+def test_gpu_training_script_runs_on_cpu():
+    rows = load_script("benchmarks", "gpu_training").main(
+        ["--device", "cpu", "--epochs", "1", "--models", "lenet_fc", "--train-limit", "256"]
+    )
+    assert [r["net"] for r in rows] == ["bottom-up", "top-down"]
+    assert all(r["s_per_epoch"] > 0 and 0 <= r["test_accuracy"] <= 1 for r in rows)
