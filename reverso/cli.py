@@ -382,13 +382,10 @@ def _train(args) -> int:
 
 
 def _plot_history(result, path: Path) -> Path:
-    import matplotlib
+    from .plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, axes = new_figure(size=(5, 3.2))
+    ax = axes[0, 0]
     for i, run in enumerate(result.runs):
         ax.plot(
             [h["epoch"] for h in run.history],
@@ -398,10 +395,7 @@ def _plot_history(result, path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _attack(args) -> int:

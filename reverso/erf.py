@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import OptionError
+from .plotting import new_figure, save_figure
 from .tracing import resolve_input_size, resolve_model
 
 
@@ -107,18 +108,14 @@ def erf(
 
 
 def save_erf_png(result: ERF, path: str | Path) -> Path:
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, axes = new_figure(size=(4, 4))
+    ax = axes[0, 0]
     ax.imshow(result.map.numpy(), cmap="magma")
     cy, cx, r = result.center[0], result.center[1], result.radius
     ax.add_patch(
-        plt.Rectangle(
+        Rectangle(
             (round(cx) - r - 0.5, round(cy) - r - 0.5),
             2 * r + 1,
             2 * r + 1,
@@ -128,10 +125,7 @@ def save_erf_png(result: ERF, path: str | Path) -> Path:
     )
     ax.set_title(f"ERF of {result.node}: {result.size}x{result.size} px hold {result.mass:.0%}")
     ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _last_feature_map(model: nn.Module, input_size) -> fx.GraphModule:

@@ -192,16 +192,11 @@ def save_overlays(
     images: torch.Tensor, cams: dict[str, CAM], path: str | Path, *, count: int = 6
 ) -> Path:
     """A grid: one row per image, the input then each model's CAM over it (PNG)."""
-    import matplotlib
+    from .plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = min(count, len(images))
     cols = 1 + len(cams)
-    fig, axes = plt.subplots(count, cols, figsize=(1.8 * cols, 1.8 * count), squeeze=False)
+    fig, axes = new_figure(count, cols, size=(1.8 * cols, 1.8 * count))
     for row in range(count):
         image = images[row].detach().cpu()
         shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
@@ -215,7 +210,4 @@ def save_overlays(
             axes[row, 0].set_title("input", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -442,17 +442,12 @@ def plot_robustness(
     reports: dict[str, RobustnessReport], path: str | Path, upto: float | None = None
 ) -> Path:
     """Accuracy loss against L2 for every attack, one panel each, one curve per model."""
-    import matplotlib
+    from .plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     attacks = list(next(iter(reports.values())).results)
     cols = min(len(attacks), 5)
     rows = math.ceil(len(attacks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, size=(3.2 * cols, 2.8 * rows))
     for ax, attack in zip(axes.flat, attacks, strict=False):
         finite = [
             float(r[attack].norms[torch.isfinite(r[attack].norms)].max())
@@ -469,7 +464,4 @@ def plot_robustness(
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -185,8 +185,16 @@ def test_erf_of_a_stack_of_boxes_matches_the_convolved_boxes():
 
 
 def test_erf_png_and_node_choice(tmp_path):
-    model = _box_stack(3, 3)
-    result = reverso.erf(model, (1, 17, 17), node="_1", samples=1, png=tmp_path / "erf.png")
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's choice, which drawing a PNG must leave alone
+    try:
+        model = _box_stack(3, 3)
+        result = reverso.erf(model, (1, 17, 17), node="_1", samples=1, png=tmp_path / "erf.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert result.support == (5, 5) and result.node == "_1"
     assert result.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(reverso.OptionError, match="no node"):
