@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "the guided tour: convert, summarise, train BU vs TD on MNIST-5k, attack, Grad-CAM",
         "Convert the paper's LeNetFC and timm's resnet18 and print them side by side; train LeNetFC "
         "bottom-up and top-down on MNIST-5k; compare their robustness to Gaussian noise, their "
-        "Grad-CAMs and receptive fields. Pictures go to --out. About two minutes on a laptop CPU.",
+        "Grad-CAMs and receptive fields. Pictures go to --out. Under a minute on a 2-core CPU.",
     )  # fmt: skip
     demo.add_argument(
         "--out",
