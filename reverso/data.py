@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,6 @@ class Data:
     weight_decay: float = 0.0
     #: where the files were read from (None for built-in data)
     root: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +73,11 @@ class Data:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """What the network sees: ``x`` minus the per-pixel mean where the protocol has one."""
-        return x if self.mean is None else x - self.mean.to(device=x.device, dtype=x.dtype)
+        if self.mean is None:
+            return x
+        if (self.mean.device, self.mean.dtype) != (x.device, x.dtype):
+            self.mean = self.mean.to(device=x.device, dtype=x.dtype)  # once, not every batch
+        return x - self.mean
 
     def test_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``limit`` test images (in [0, 1]) and labels as tensors."""

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .data import Data, TensorImages
 from .errors import OptionError, ReversoError
+from .tracing import evaluating
 
 
 @dataclass
@@ -249,9 +250,10 @@ class _Trainer:
             ):
                 logits = self.net(x)
                 loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one GPU -> CPU sync
+            if not math.isfinite(value):
                 raise ReversoError(
-                    f"the loss became {loss.item()} in epoch {epoch + 1}; lower lr (now {lr}) "
+                    f"the loss became {value} in epoch {epoch + 1}; lower lr (now {lr}) "
                     "or check the inputs"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -259,8 +261,9 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             total += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum()  # stays on the device until the epoch ends
+            loss_sum += value * len(y)
+        correct = int(correct)
         self.scheduler.step()
         val = (
             evaluate(self.net, self.data, self.val_set, self.device, self.cfg["batch_size"])
@@ -372,13 +375,9 @@ def evaluate(
     """Accuracy of ``model`` on ``dataset`` (default: the test set), in eval mode."""
     dataset = data.test if dataset is None else dataset
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with evaluating(model):
         for x, y in batches(dataset, batch_size):
             x = data.normalize(x.to(device))
-            correct += (model(x).argmax(1).cpu() == y).sum().item()
-    finally:
-        model.train(was_training)
-    return correct / max(len(dataset), 1)
+            correct += (model(x).argmax(1) == y.to(device)).sum()  # on the device: no sync
+    return int(correct) / max(len(dataset), 1)

@@ -102,6 +102,8 @@ class NJetConv2d(nn.Module):
         else:
             self.register_buffer("scale", scale)
         self.register_buffer("grid", grid(self.radius), persistent=False)
+        # the (i, j) of each basis function, kept on the module's device (no copy per forward)
+        self.register_buffer("basis_ij", torch.tensor(basis_indices(order)), persistent=False)
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.num_basis))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.route = self._choose_route() if route == "auto" else route
@@ -115,7 +117,7 @@ class NJetConv2d(nn.Module):
     @property
     def sigma(self) -> torch.Tensor:
         """The current scale(s): a 0-d tensor, or one per scale for a multi-scale basis."""
-        s = torch.exp2(self.scale).clamp(self.sigma_min, self.sigma_max)
+        s = self._sigmas()
         return s[0] if s.numel() == 1 else s
 
     def reset_parameters(self) -> None:
@@ -186,7 +188,7 @@ class NJetConv2d(nn.Module):
         """``(C_out * (N+1), C_in * (N+1), 1, 1)``: W[(o, j), (c, i)] = alpha[o, c, (i, j)] for i + j <= N."""
         n1 = self.order + 1
         dense = self.alpha.new_zeros(self.out_channels, n1, self.in_channels, n1)
-        index = torch.tensor(basis_indices(self.order), device=self.alpha.device)
+        index = self.basis_ij
         dense[:, index[:, 1], :, index[:, 0]] = self.alpha.permute(2, 0, 1)
         return dense.reshape(self.out_channels * n1, self.in_channels * n1, 1, 1)
 
@@ -214,11 +216,14 @@ class NJetConv2d(nn.Module):
         ) * n1 * s + self.out_channels * self.in_channels * n1 * n1
         return "separable" if self.SEPARABLE_EFFICIENCY * separable < dense else "dense"
 
+    def support_radius(self) -> int:
+        """Half-width of the current kernel's support: the largest over the scales (reads sigma on the host)."""
+        return max(int(radius_tensor(s, self.extent, self.size_rule)) for s in self._sigmas())
+
     def collapse(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the current kernel, cropped to sigma's support."""
         with torch.no_grad():
-            r = max(int(radius_tensor(s, self.extent, self.size_rule)) for s in self._sigmas())
-            r = min(r, self.radius)
+            r = min(self.support_radius(), self.radius)
             weight = self.effective_weight()[
                 ..., self.radius - r : self.radius + r + 1, self.radius - r : self.radius + r + 1
             ]
