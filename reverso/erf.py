@@ -16,7 +16,9 @@ from torch import nn
 
 from .errors import OptionError
 from .plotting import new_figure, save_figure
-from .tracing import resolve_input_size, resolve_model
+from .shapes import is_feature_map
+from .shift import features_at
+from .tracing import evaluating, resolve_input_size, resolve_model, trace
 
 
 @dataclass
@@ -56,27 +58,21 @@ def erf(
     """Empirical receptive field of the central unit of ``node`` (default: the model's last
     feature map), averaged over ``samples`` random Gaussian inputs; optionally saved as a PNG."""
     from .network import TopDownNet
-    from .shift import features_at
 
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
     if not 0 < mass <= 1:
         raise OptionError(f"mass must be in (0, 1], got {mass}")
-    if node is None and isinstance(model, TopDownNet):
-        features = model.features
-        node = next(n for n in features.graph.nodes if n.op == "output").args[0].name
-    elif node is None:
-        features = _last_feature_map(model, input_size)
-        node = features.graph_node
+    if isinstance(model, TopDownNet):
+        source = model.features
+        node = node or next(n for n in source.graph.nodes if n.op == "output").args[0].name
     else:
-        features = features_at(
-            model.features if isinstance(model, TopDownNet) else model, node, input_size
-        )
-    was_training = model.training
-    features.eval()
+        source = trace(model, input_size)
+        node = node or _last_feature_map(source, type(model).__name__)
+    features = features_at(source, node)
     gen = torch.Generator().manual_seed(seed)
     total = torch.zeros(input_size[1:])
-    try:
+    with evaluating(model):
         for _ in range(samples):
             x = torch.randn((1, *input_size), generator=gen).requires_grad_()
             out = features(x)
@@ -85,8 +81,6 @@ def erf(
             h, w = out.shape[-2:]
             (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x)
             total += grad.abs().sum(dim=(0, 1))
-    finally:
-        model.train(was_training)
     erf_map = total / total.sum().clamp_min(1e-30)
     rows, cols = torch.meshgrid(
         torch.arange(erf_map.shape[0]), torch.arange(erf_map.shape[1]), indexing="ij"
@@ -128,19 +122,12 @@ def save_erf_png(result: ERF, path: str | Path) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-def _last_feature_map(model: nn.Module, input_size) -> fx.GraphModule:
-    """The sub-network up to the last node that is still a spatial feature map."""
-    from .shapes import is_feature_map
-    from .shift import features_at
-    from .tracing import trace
-
-    gm = trace(model, input_size)
+def _last_feature_map(gm: fx.GraphModule, model_name: str) -> str:
+    """The name of the last node of ``gm`` that is still a spatial feature map."""
     last = None
     for n in gm.graph.nodes:
         if is_feature_map(n) and n.meta["val"].shape[-1] > 1 and n.op != "placeholder":
             last = n
     if last is None:
-        raise OptionError(f"{type(model).__name__} has no spatial feature map to measure")
-    sub = features_at(gm, last.name)
-    sub.graph_node = last.name
-    return sub
+        raise OptionError(f"{model_name} has no spatial feature map to measure")
+    return last.name

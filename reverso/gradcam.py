@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import OptionError
 from .nn import NJetConv2d
+from .tracing import evaluating
 
 CONVS = (nn.Conv2d, NJetConv2d)
 
@@ -62,10 +63,8 @@ def gradcam(
     the last conv), for the ``target`` classes (default: the predicted ones)."""
     if images.dim() != 4:
         raise OptionError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    was_training = model.training
-    model.eval()
     prepare = normalize or (lambda x: x)
-    try:
+    with evaluating(model):
         name, module = _layer(model, layer, prepare(images[:1]))
         store: dict[str, torch.Tensor] = {}
 
@@ -98,8 +97,6 @@ def gradcam(
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
         return CAM((cam / peak).clamp(0, 1).cpu(), name, chosen.detach().cpu())
-    finally:
-        model.train(was_training)
 
 
 def _layer(model: nn.Module, layer, example) -> tuple[str, nn.Module]:

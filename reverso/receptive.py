@@ -32,7 +32,6 @@ from torch import nn
 from . import graph as g
 from .errors import OptionError
 from .nn import BlurPool2d, GaussianBlur2d, ImagePyramid, Merge, NJetConv2d, Upsample
-from .nn.gaussian import radius_tensor
 from .shapes import is_feature_map
 from .tracing import trace
 
@@ -167,7 +166,7 @@ def _node_rf(gm: fx.GraphModule, n: fx.Node, rfs, exact: bool) -> tuple[str, RF 
 
 def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[str, RF | tuple]:
     if isinstance(m, NJetConv2d):
-        support = max(2 * int(radius_tensor(s, m.extent, m.size_rule)) + 1 for s in m._sigmas())
+        support = 2 * m.support_radius() + 1
         return f"conv {support}x{support} (N-Jet)", base.through(support, m.stride)
     if isinstance(m, nn.Conv2d):
         k = m.dilation[0] * (m.kernel_size[0] - 1) + 1

@@ -11,6 +11,7 @@ training keeps for the backward pass at most, per image.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from . import graph as g
 from .analysis import Group, StageReport, analyze_graph
 from .network import TopDownNet
 from .shapes import channels, level_of, spatial
-from .tracing import model_dtype, resolve_input_size, resolve_model, trace
+from .tracing import evaluating, model_dtype, resolve_input_size, resolve_model, trace
 
 
 @dataclass
@@ -104,10 +105,13 @@ def side_by_side(left: Summary, right: Summary, gap: int = 4) -> str:
 
 
 def _stage_rows(
-    gm: fx.GraphModule, stages: list[tuple[str, set[int], int | None]], input_size, extra=None
+    gm: fx.GraphModule,
+    stages: list[tuple[str, set[int], int | None]],
+    input_size,
+    costs: dict[str, tuple[int, int]],
+    extra=None,
 ) -> list[StageRow]:
     extra = extra or {}
-    costs = node_costs(gm, input_size)
     rows, counted = [], set()
     for name, units, slot in stages:
         own = [n for n in gm.graph.nodes if g.tag(n).get("unit") in units]
@@ -127,10 +131,11 @@ def _stage_rows(
             )
         )
     rest = [n for n in gm.graph.nodes if n not in counted and n.name in costs]
-    if any(costs[n.name] != (0, 0) for n in rest) or _params(gm, rest):
+    rest_params = _params(gm, rest)
+    if any(costs[n.name] != (0, 0) for n in rest) or rest_params:
         # glue outside every stage (e.g. the image pyramid): its own row, so totals stay true
         flops, memory = (sum(costs[n.name][i] for n in rest) for i in (0, 1))
-        rows.insert(0, StageRow("other", None, None, None, _params(gm, rest), flops, memory))
+        rows.insert(0, StageRow("other", None, None, None, rest_params, flops, memory))
     return rows
 
 
@@ -152,24 +157,32 @@ class _ActivationMeter(TorchDispatchMode):
         return out
 
 
-def node_costs(gm: fx.GraphModule, input_size) -> dict[str, tuple[int, int]]:
-    """(FLOPs, activation bytes) of every node of ``gm`` on one image of ``input_size``."""
+@contextmanager
+def _metered():
+    """Counts FLOPs and activation bytes of what runs inside; read them after the block."""
+    with FlopCounterMode(display=False) as flops, _ActivationMeter() as memory:
+        yield flops, memory
+
+
+def node_costs(gm: fx.GraphModule, input_size) -> tuple[dict[str, tuple[int, int]], object]:
+    """(FLOPs, activation bytes) of every node of ``gm`` on one image of ``input_size``, and the
+    output of that run."""
     costs: dict[str, tuple[int, int]] = {}
 
     class Meter(fx.Interpreter):
         def run_node(self, n):
-            with FlopCounterMode(display=False) as flops, _ActivationMeter() as memory:
+            with _metered() as (flops, memory):
                 out = super().run_node(n)
             costs[n.name] = (flops.get_total_flops(), memory.bytes)
             return out
 
-    Meter(gm).run(_one_image(gm, input_size))
-    return costs
+    out = Meter(gm).run(_one_image(gm, input_size))
+    return costs, out
 
 
 def module_costs(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(FLOPs, activation bytes) of one call of ``module`` on ``x``."""
-    with FlopCounterMode(display=False) as flops, _ActivationMeter() as memory:
+    with _metered() as (flops, memory):
         module(x)
     return flops.get_total_flops(), memory.bytes
 
@@ -214,20 +227,11 @@ def _bottom_up_summary(gm: fx.GraphModule, report: StageReport, name: str) -> Su
         else:
             stages.append((f"T{item.index + 1}", {item.unit}, None))
     stages.append(("head", set(report.head), None))
-    rows = _measured(gm, lambda: _stage_rows(gm, stages, report.input_size))
+    with evaluating(gm), torch.no_grad():
+        costs, _ = node_costs(gm, report.input_size)
+    rows = _stage_rows(gm, stages, report.input_size, costs)
     rows[-1].channels = report.num_classes
     return Summary(f"bottom-up {name}", report.input_size, rows)
-
-
-def _measured(model: nn.Module, run):
-    """Run ``run()`` with ``model`` in eval mode and without autograd, restoring its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return run()
-    finally:
-        model.train(was_training)
 
 
 def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
@@ -251,11 +255,12 @@ def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
     pyramid = [n for n in gm.graph.nodes if g.tag(n).get("role") == "pyramid"]
     stages.insert(0, ("pyramid", set(), "pyramid"))
     extra = merges | {"pyramid": pyramid}
-    rows = _measured(td, lambda: _stage_rows(gm, stages, report.input_size, extra=extra))
+    with evaluating(td), torch.no_grad():
+        costs, features = node_costs(gm, report.input_size)
+        head_flops, head_bytes = module_costs(td.head, features)
+    rows = _stage_rows(gm, stages, report.input_size, costs, extra=extra)
     rows[0].level, rows[0].resolution, rows[0].channels = None, None, report.input_size[0]
     head_params = sum(p.numel() for p in td.head.parameters())
-    features = _measured(td, lambda: td.features(_one_image(td, report.input_size)))
-    head_flops, head_bytes = _measured(td, lambda: module_costs(td.head, features))
     rows.append(StageRow("head", None, None, td.num_classes, head_params, head_flops, head_bytes))
     return Summary(
         f"top-down {name or _source_name(td.recipe.get('source'))} ({plan.arrangement})".replace(

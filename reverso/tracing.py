@@ -7,7 +7,8 @@ their own leaves with ``leaf_modules=`` (classes or qualified module names).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.fx as fx
@@ -118,6 +119,17 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; its training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
     """Trace ``model`` with torch.fx and propagate shapes into ``node.meta["val"]``.
 
@@ -126,14 +138,11 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
     tracer = ReversoTracer(leaf_modules)
-    was_training = model.training
-    model.eval()
-    try:
-        graph = tracer.trace(model, concrete_args=_defaulted_args(model))
-    except Exception as err:
-        raise _trace_error(model, err) from err
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        try:
+            graph = tracer.trace(model, concrete_args=_defaulted_args(model))
+        except Exception as err:
+            raise _trace_error(model, err) from err
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
     gm.meta["dtype"] = model_dtype(model)

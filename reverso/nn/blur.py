@@ -1,14 +1,14 @@
-"""A fixed Gaussian blur (stride 1), the building block of image pyramids."""
+"""A fixed Gaussian blur (stride 1): the image pyramid's blur without the subsampling."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .filters import gaussian_taps
+from .pyramid import blur_subsample
 
 
 class GaussianBlur2d(nn.Module):
@@ -25,12 +25,7 @@ class GaussianBlur2d(nn.Module):
         self.register_buffer("taps", gaussian_taps(self.sigma).float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, r = x.shape[1], (self.taps.numel() - 1) // 2
-        mode = "reflect" if r < x.shape[-1] and r < x.shape[-2] else "replicate"
-        x = F.pad(x, (r, r, r, r), mode=mode)
-        taps = self.taps.to(x.dtype)
-        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return blur_subsample(x, self.taps, 1)
 
     @property
     def width(self) -> float:
