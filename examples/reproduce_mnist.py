@@ -23,8 +23,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import reverso
 from reverso.data import mnist5k_data
 from reverso.gradcam import compare_localization, save_overlays
@@ -48,7 +46,6 @@ def exp1(args, data, out: Path) -> dict:
     """Train every variant ``runs`` times; save each trained model."""
     results = {}
     for name, build in variants(args.model).items():
-        torch.manual_seed(args.seed)
         start = time.perf_counter()
         result = train(build, data, epochs=args.epochs, repeats=args.runs, seed=args.seed, name=name,
                        progress=not args.quiet)  # fmt: skip
@@ -76,9 +73,10 @@ def trained(out: Path, name: str, run: int):
 
 def exp2(args, data, out: Path) -> dict:
     """Robustness of BU and TD (run 0's models) to the ten attacks, and the per-branch study."""
-    reports = {}
+    reports, nets = {}, {}
     for name in args.compare:
-        reports[name] = robustness(trained(out, name, 0), data, samples=args.samples,
+        nets[name] = trained(out, name, 0)
+        reports[name] = robustness(nets[name], data, samples=args.samples,
                                    budget=args.budget, name=name, progress=not args.quiet)  # fmt: skip
         print(reports[name])
     plot_robustness(reports, out / "exp2_attacks.png")
@@ -90,7 +88,7 @@ def exp2(args, data, out: Path) -> dict:
         }
         for name, report in reports.items()
     }  # fmt: skip
-    td = trained(out, "TD-td", 0)
+    td = nets["TD-td"] if "TD-td" in nets else trained(out, "TD-td", 0)
     levels = td.features.pyramid.levels
     per_level = {}
     for chosen in [(lv,) for lv in levels] + [tuple(levels)]:

@@ -45,34 +45,42 @@ class Antialias(Pass):
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
-        stem = next((n for n in strided if g.is_conv(gm, n)), None)
-        if stem is not None and strided.index(stem) != 0:
-            stem = None  # the first downsampling is a pool: no stem conv to spare
+        # the stem: the first downsampling, when it is a conv (not a pool)
+        stem = strided[0] if strided and g.is_conv(gm, strided[0]) else None
         changed = []
         for node in strided:
             if node is stem and not self.stem:
                 continue
             if g.is_pool(gm, node):
                 self.pool(gm, node)
-            elif g.is_conv(gm, node):
+            elif g.is_conv(gm, node):  # _stride > 1 only for pools and convs
                 self.conv(gm, node)
-            else:
-                continue
             changed.append(node.name)
         ctx.state["antialiased"] = changed
         return PassResult(gm, bool(changed))
 
     # -- rewrites --------------------------------------------------------------------------------
-    def blur(self, gm, after: fx.Node, width: int, stride: int, source: fx.Node) -> fx.Node:
-        """A BlurPool after ``after`` (``after``'s users read it instead)."""
-        users = list(after.users)
+    def blur(
+        self,
+        gm,
+        after: fx.Node,
+        width: int,
+        stride: int,
+        source: fx.Node,
+        *,
+        before: fx.Node | None = None,
+    ) -> fx.Node:
+        """A BlurPool reading ``after``: placed after it, all of its users reading the blur instead;
+        or, with ``before``, placed just before ``before``, only that node reading the blur instead."""
+        users = list(after.users) if before is None else [before]
         name = f"{source.target if source.op == 'call_module' else source.name}_blurpool"
         node = g.add_module_node(
             gm,
             name,
             BlurPool2d(width, self.filter_size, stride, self.pad_mode),
             (after,),
-            after=after,
+            after=after if before is None else None,
+            before=before,
             meta_from=source,
         )
         for user in users:
@@ -89,11 +97,7 @@ class Antialias(Pass):
         g.set_module(gm, node.target, _with_stride_one(conv))
         if g.conv_kernel(gm, node) == 1:  # a shortcut projection: blur first (cheaper, equivalent)
             source = node.args[0]
-            blur = g.add_module_node(
-                gm, f"{node.target}_blurpool", BlurPool2d(channels(source), self.filter_size, stride, self.pad_mode),
-                (source,), before=node, meta_from=node,
-            )  # fmt: skip
-            node.replace_input_with(source, blur)
+            self.blur(gm, source, channels(source), stride, node, before=node)
             return
         self.blur(gm, _after_norm_and_activation(gm, node), channels(node), stride, node)
 

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         "Attack the test set with the top-down paper's attacks and plot accuracy loss against the L2 "
         "norm of the perturbation, one panel per attack, one curve per model.",
     )  # fmt: skip
-    attack.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
+    _models_arguments(attack)
     _data_arguments(attack)
     from .robustness import ATTACKS
 
@@ -150,9 +150,6 @@ def _parser() -> argparse.ArgumentParser:
         "--levels", type=int, nargs="+", help="top-down only: perturb just these pyramid levels"
     )
     attack.add_argument("-o", "--output", type=Path, default=Path("robustness.png"))
-    attack.add_argument(
-        "--trust", nargs="*", default=[], help="packages whose factories saved files may call"
-    )
 
     gradcam = _command(
         sub, "gradcam", _gradcam,
@@ -161,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         "of the thresholded CAMs against the object masks (t=0.2) on images all models get right, "
         "and writes overlays.",
     )  # fmt: skip
-    gradcam.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
+    _models_arguments(gradcam)
     _data_arguments(gradcam)
     gradcam.add_argument("--layer", help="the layer (module name) to explain, for every model")
     gradcam.add_argument(
@@ -172,9 +169,6 @@ def _parser() -> argparse.ArgumentParser:
         "-t", "--threshold", type=float, default=0.2, help="object and CAM threshold"
     )
     gradcam.add_argument("-o", "--output", type=Path, default=Path("gradcam.png"))
-    gradcam.add_argument(
-        "--trust", nargs="*", default=[], help="packages whose factories saved files may call"
-    )
     return parser
 
 
@@ -194,6 +188,15 @@ def _model_arguments(p) -> None:
         help="input size (default: the model's)",
     )
     p.add_argument("--num-classes", type=int, help="classes of a freshly built model")
+    _trust_argument(p)
+
+
+def _models_arguments(p) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP)
+    _trust_argument(p)
+
+
+def _trust_argument(p) -> None:
     p.add_argument(
         "--trust", nargs="*", default=[], help="packages whose factories saved files may call"
     )

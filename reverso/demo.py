@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from . import models
-from .analysis import analyze
 from .data import mnist5k_data
 from .erf import erf
 from .gradcam import compare_localization, save_overlays
@@ -47,8 +46,8 @@ def run_demo(
     for name, input_size in DEMO_MODELS[: 1 if quick else 2]:
         start = time.perf_counter()
         model = models.create(name) if name in models.MODELS else _timm(name)
-        report = analyze(model, input_size)
         td = topdown(model, input_size=input_size)
+        report = td.report  # the compiler's analysis of the bottom-up net
         print_fn(
             f"\n{name} at {input_size[1]}x{input_size[2]}: {len(report.groups)} groups, "
             f"{len(report.transitions)} transitions, converted in {time.perf_counter() - start:.2f}s"

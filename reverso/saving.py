@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import models
 from .errors import FileFormatError, OptionError, ReversoError
 
 FORMAT = "reverso"
@@ -228,21 +229,15 @@ def _source_model(source: dict, trust: tuple[str, ...], path: Path) -> nn.Module
                 f"{path}: timm has no model {source['timm']!r} (timm {timm.__version__})"
             )
         return timm.create_model(source["timm"], pretrained=False, **kwargs)
+    module, _, name = source["factory"].partition(":")
+    if module == "reverso.models" and name in models.MODELS:
+        return models.create(name, **kwargs)  # with the paper's input size
     factory = _trusted(source["factory"], trust, path)
     built = factory(**kwargs)
     if not isinstance(built, nn.Module):
         raise FileFormatError(
             f"{path}: {source['factory']} returned {type(built).__name__}, not a module"
         )
-    if source["factory"].startswith("reverso.models:"):  # keep the paper's input size
-        from . import models
-
-        name = source["factory"].partition(":")[2]
-        sizes = {f.__name__: size for f, size in models.MODELS.values()}
-        if name in sizes:
-            built.pretrained_cfg = {
-                "input_size": (kwargs.get("in_chans", sizes[name][0]), *sizes[name][1:])
-            }
     built.reverso_source = dict(source)
     return built
 
