@@ -192,16 +192,10 @@ def _pool_spec(gm: fx.GraphModule, node: fx.Node) -> dict:
             "kind": "max" if isinstance(m, nn.MaxPool2d) or "Max" in type(m).__name__ else "avg",
         }
     else:
-        names = ["input", "kernel_size", "stride", "padding"]
-        names += (
-            ["dilation", "ceil_mode"]
-            if node.target in (F.max_pool2d, torch.max_pool2d)
-            else ["ceil_mode", "count_include_pad"]
-        )
-        bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        bound = g.pool_call_args(node)
         values = {
             "kernel": bound["kernel_size"],
-            "stride": bound.get("stride") or bound["kernel_size"],
+            "stride": bound["stride"],
             "padding": bound.get("padding", 0),
             "dilation": bound.get("dilation", 1),
             "ceil": bound.get("ceil_mode", False),

@@ -732,7 +732,7 @@ def _has_stride(gm: fx.GraphModule, n: fx.Node) -> bool:
 def _stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
     """The stride of a conv/pool node (module or functional), 1 for anything else."""
     if n.op == "call_function" and g.is_pool(gm, n):
-        stride = n.kwargs.get("stride") or (n.args[2] if len(n.args) > 2 else None) or n.args[1]
+        stride = g.pool_call_args(n)["stride"]
     else:
         stride = getattr(g.module_of(gm, n), "stride", 1)
     stride = max(stride) if isinstance(stride, (tuple, list)) else stride

@@ -168,6 +168,20 @@ def is_pool(gm, node) -> bool:
     )
 
 
+def pool_call_args(node: fx.Node) -> dict:
+    """The arguments of a functional pooling call (``F.max_pool2d``, ``F.avg_pool2d``) by name,
+    whether passed by position or keyword; the stride defaults to the kernel size."""
+    names = ["input", "kernel_size", "stride", "padding"]
+    names += (
+        ["dilation", "ceil_mode"]
+        if node.target in (F.max_pool2d, torch.max_pool2d)
+        else ["ceil_mode", "count_include_pad"]
+    )
+    bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    bound["stride"] = bound.get("stride") or bound["kernel_size"]
+    return bound
+
+
 def is_add(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in _ADD) or (
         node.op == "call_method" and node.target in {"add", "add_", "sub", "sub_"}

@@ -255,10 +255,8 @@ def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
 
 
 def _pool_args(n: fx.Node) -> tuple[int, int, int]:
-    kernel = n.kwargs.get("kernel_size", n.args[1] if len(n.args) > 1 else 1)
-    stride = n.kwargs.get("stride", n.args[2] if len(n.args) > 2 else None) or kernel
-    dilation = n.kwargs.get("dilation", 1) if n.target is not F.avg_pool2d else 1
-    return _first(kernel), _first(stride), _first(dilation)
+    bound = g.pool_call_args(n)
+    return _first(bound["kernel_size"]), _first(bound["stride"]), _first(bound.get("dilation", 1))
 
 
 def _first(v):

@@ -208,3 +208,28 @@ def test_erf_of_a_top_down_net_defaults_to_its_last_feature_map():
     result = reverso.erf(td, (1, 28, 28), samples=2)
     assert result.node == "relu" and result.map.shape == (28, 28)
     assert result.map.sum().item() == pytest.approx(1.0)
+
+
+class _KeywordPools(nn.Module):
+    """Functional pools with their arguments by keyword only, as users write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), kernel_size=2)
+        x = F.avg_pool2d(F.relu(self.c2(x)), kernel_size=2)  # stride: the kernel size
+        return self.fc(F.relu(self.c3(x))).mean((2, 3))
+
+
+def test_keyword_only_functional_pools_are_read_everywhere():
+    model = _KeywordPools()
+    report = reverso.analyze(model, (1, 28, 28))
+    assert len(report.groups) == 3 and len(report.transitions) == 2
+    convs = reverso.receptive_fields(model, (1, 28, 28)).convs()
+    # c1: 3; pool 2: 4 (jump 2); c2: 4 + 2*2 = 8; pool 2: 8 + 2 = 10 (jump 4); c3: 10 + 2*4 = 18
+    assert [rf.max for _, rf in convs[:3]] == [3, 8, 18]
+    td = reverso.topdown(model, input_size=(1, 28, 28))
+    assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)
