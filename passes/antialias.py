@@ -122,12 +122,10 @@ class Antialias(Pass):
                     before=node,
                     meta_from=node,
                 )
-        elif ceil or not spec["count_include_pad"]:
-            dense = ValidAvgPool2d(
-                k, p, extra=s - 1 if ceil else 0, count_include_pad=spec["count_include_pad"]
-            )
+        elif ceil:  # the extra ceil_mode rows never count in the divisor: PyTorch has no such pool
+            dense = ValidAvgPool2d(k, p, extra=s - 1, count_include_pad=spec["count_include_pad"])
         else:
-            dense = nn.AvgPool2d(k, 1, p, count_include_pad=True)
+            dense = nn.AvgPool2d(k, 1, p, count_include_pad=spec["count_include_pad"])
         pooled = g.add_module_node(
             gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
         )

@@ -134,3 +134,17 @@ def test_shift_equivariance_improves_on_natural_images():
         after = feature_equivariance(features_at(blurred, node), images, shifts=(1, 2, 3))
         assert after < 0.5 * before, (node, before, after)
     assert 0.0 <= consistency(blurred, images, max_shift=16, pairs=2) <= 1.0
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_avg_pool_without_padding_in_the_divisor_is_kept_exactly(ceil_mode):
+    """filter_size=1 is plain subsampling: the rewritten net must compute the original outputs."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.AvgPool2d(3, 2, padding=0 if ceil_mode else 1, ceil_mode=ceil_mode,
+                           count_include_pad=False),
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+    ).eval()  # fmt: skip
+    blurred = reverso.antialias(model, input_size=(3, 15, 15), filter_size=1).eval()
+    x = torch.rand(2, 3, 15, 15)
+    assert torch.allclose(blurred(x), model(x), atol=1e-6)
