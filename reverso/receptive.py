@@ -169,12 +169,9 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         support = 2 * m.support_radius() + 1
         return f"conv {support}x{support} (N-Jet)", base.through(support, m.stride)
     if isinstance(m, nn.Conv2d):
-        k = m.dilation[0] * (m.kernel_size[0] - 1) + 1
-        return f"conv {m.kernel_size[0]}x{m.kernel_size[1]}", base.through(k, m.stride[0])
+        return f"conv {m.kernel_size[0]}x{m.kernel_size[1]}", base.through(*_window(m))
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _first(m.kernel_size)
-        d = _first(getattr(m, "dilation", 1))
-        return "pool", base.through(d * (k - 1) + 1, _first(m.stride or m.kernel_size))
+        return "pool", base.through(*_window(m))
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return "global", GLOBAL
     if isinstance(m, GaussianBlur2d):
@@ -227,12 +224,20 @@ def _merge_rf(merge: Merge, coarse: RF, image: RF, exact: bool) -> RF:
 def _sequence_rf(block: nn.Module, rf: RF) -> RF:
     """The convs and pools of a block applied one after the other, in registration order."""
     for m in block.modules():
-        if isinstance(m, nn.Conv2d):
-            rf = rf.through(m.dilation[0] * (m.kernel_size[0] - 1) + 1, m.stride[0])
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            k, d = _first(m.kernel_size), _first(getattr(m, "dilation", 1))
-            rf = rf.through(d * (k - 1) + 1, _first(m.stride or m.kernel_size))
+        window = _window(m)
+        if window is not None:
+            rf = rf.through(*window)
     return rf
+
+
+def _window(m: nn.Module) -> tuple[int, int] | None:
+    """(kernel extent with dilation, stride) of a conv or pool module; None for other modules."""
+    if isinstance(m, nn.Conv2d):
+        return m.dilation[0] * (m.kernel_size[0] - 1) + 1, m.stride[0]
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k, d = _first(m.kernel_size), _first(getattr(m, "dilation", 1))
+        return d * (k - 1) + 1, _first(m.stride or m.kernel_size)
+    return None
 
 
 def _upsampled(rf: RF, factor: float, interpolating: bool) -> RF:
