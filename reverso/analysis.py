@@ -25,7 +25,7 @@ import torch.fx as fx
 from . import graph as g
 from .errors import InputSizeError, NoDownsamplingError, UnsupportedTopologyError
 from .shapes import channels, is_feature_map, level_of, propagate, spatial
-from .tracing import example_input, resolve_input_size, resolve_model, trace
+from .tracing import example_input, resolve_input_size, resolve_model, size_hint, trace
 
 
 @dataclass
@@ -336,7 +336,7 @@ class _Analysis:
                 levels[n] = level_of(spatial(n), self.hw)
                 continue
             base = max(sources, key=lambda a: levels[a])
-            stride = _stride_of(self.gm, n)
+            stride = g.stride_of(self.gm, n)
             if stride > 1 or _has_stride(self.gm, n):
                 step = round(math.log2(stride)) if spatial(n) != spatial(base) else 0
             else:
@@ -372,24 +372,16 @@ class _Analysis:
     def _check_strides_survive(self) -> None:
         """A strided op that no longer shrinks its input means the input is too small for the
         model's depth (checked everywhere: on tiny inputs such layers even look like head)."""
-        total = 2 ** max(self.levels.values(), default=0)
-        for n in self.gm.graph.nodes:
-            source = g.feature_input(n)
-            if not is_feature_map(n) or source is None or n in self.strided:
-                continue
-            stride = _stride_of(self.gm, n)
-            if (
-                stride > 1
-                and spatial(n)[0] >= spatial(source)[0]
-                and spatial(n)[1] >= spatial(source)[1]
-            ):
-                h, w = spatial(source)
-                raise InputSizeError(
-                    f"input_size {self.input_size} is too small for this model: at node "
-                    f"{g.describe(self.gm, n)} (stride {stride}) the feature map is already {h}x{w} "
-                    f"and cannot be downsampled further. Use an input of at least "
-                    f"{total * stride}x{total * stride} pixels."
-                )
+        n = g.stalled_stride(self.gm)
+        if n is None:
+            return
+        h, w = spatial(g.feature_input(n))
+        raise InputSizeError(
+            f"input_size {self.input_size} is too small for this model: at node "
+            f"{g.describe(self.gm, n)} (stride {g.stride_of(self.gm, n)}) the feature map is already "
+            f"{h}x{w} and cannot be downsampled further."
+            + size_hint(self.gm, self.input_size, self.gm.meta.get("dtype", torch.float32))
+        )
 
     # -- units -------------------------------------------------------------------------------
     def _units(self, head_start: int) -> list[Unit]:
@@ -727,16 +719,6 @@ class _Analysis:
 def _has_stride(gm: fx.GraphModule, n: fx.Node) -> bool:
     """Convs and pools, whose stride says exactly how much they downsample."""
     return (n.op == "call_function" and g.is_pool(gm, n)) or hasattr(g.module_of(gm, n), "stride")
-
-
-def _stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
-    """The stride of a conv/pool node (module or functional), 1 for anything else."""
-    if n.op == "call_function" and g.is_pool(gm, n):
-        stride = g.pool_call_args(n)["stride"]
-    else:
-        stride = getattr(g.module_of(gm, n), "stride", 1)
-    stride = max(stride) if isinstance(stride, (tuple, list)) else stride
-    return int(stride or 1)
 
 
 def _common_module_prefix(nodes: list[fx.Node]) -> list[str]:

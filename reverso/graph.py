@@ -212,6 +212,29 @@ def width_defining(gm, node) -> bool:
     return rule is not None and not rule.preserves_width(m)
 
 
+def stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
+    """The stride of a conv/pool node (module or functional), 1 for anything else."""
+    if n.op == "call_function" and is_pool(gm, n):
+        stride = pool_call_args(n)["stride"]
+    else:
+        stride = getattr(module_of(gm, n), "stride", 1)
+    stride = max(stride) if isinstance(stride, (tuple, list)) else stride
+    return int(stride or 1)
+
+
+def stalled_stride(gm: fx.GraphModule) -> fx.Node | None:
+    """The first strided node whose feature map does not shrink (its input is already too small
+    to be downsampled further), or None. Needs shapes in ``node.meta["val"]``."""
+    for n in gm.graph.nodes:
+        source = feature_input(n)
+        if not is_feature_map(n) or source is None or stride_of(gm, n) == 1:
+            continue
+        out, into = n.meta["val"].shape[-2:], source.meta["val"].shape[-2:]
+        if out[0] >= into[0] and out[1] >= into[1]:
+            return n
+    return None
+
+
 def feature_input(node: fx.Node) -> fx.Node | None:
     """The first feature-map input of a node."""
     for a in node.all_input_nodes:

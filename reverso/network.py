@@ -86,8 +86,8 @@ class TopDownNet(nn.Module):
             )
         if x.shape[-2] < self.min_size or x.shape[-1] < self.min_size:
             raise InputSizeError(
-                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than this network's total downsampling "
-                f"(x{self.min_size}); use inputs of at least {self.min_size}x{self.min_size}"
+                f"input {x.shape[-2]}x{x.shape[-1]} is too small for this network: its pyramid "
+                f"needs inputs of at least {self.min_size}x{self.min_size}"
             )
 
     def __str__(self) -> str:
@@ -154,7 +154,9 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
         head,
         num_classes=ctx.report.num_classes,
         in_chans=ctx.input_size[0],
-        min_size=2**plan.entry_level,
+        # the total downsampling, or less where the net was compiled (and so checked) at a
+        # smaller size: an input size the conversion accepted is one the network accepts
+        min_size=min(2**plan.entry_level, *ctx.input_size[1:]),
         feature_info=features_info,
         pretrained_cfg=cfg,
         recipe={

@@ -7,8 +7,8 @@ their own leaves with ``leaf_modules=`` (classes or qualified module names).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.fx as fx
@@ -78,13 +78,21 @@ def resolve_model(model) -> nn.Module:
         import timm
 
         if not timm.is_model(model):
-            close = timm.list_models(f"*{model[:6]}*")[:5]
-            hint = f" Similar timm names: {', '.join(close)}." if close else ""
-            raise OptionError(f"'{model}' is not a timm model name.{hint}")
+            raise OptionError(f"'{model}' is not a timm model name.{did_you_mean(model)}")
         return timm.create_model(model, pretrained=False)
     raise OptionError(
         f"model must be an nn.Module or a timm model name, got {type(model).__name__}"
     )
+
+
+def did_you_mean(name: str, extra=()) -> str:
+    """The hint ' Did you mean: a, b?' naming the timm models (and ``extra``) closest to ``name``."""
+    import timm
+
+    from .names import close_matches
+
+    close = close_matches(name, [*extra, *timm.list_models()])
+    return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
 def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
@@ -95,7 +103,7 @@ def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
         if input_size is None:
             raise OptionError(
                 f"input_size is required for {type(model).__name__}: it has no timm pretrained_cfg "
-                "to read it from. Pass input_size=(channels, height, width), e.g. (3, 224, 224)."
+                "to read it from. Pass input_size=(channels, height, width), e.g. input_size=(3, 224, 224)."
             )
         # timm keeps the pretrained config's 3 channels when built with another in_chans
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -119,7 +127,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-@contextmanager
+@contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode inside the block; its training flag is restored afterwards."""
     was_training = model.training
@@ -187,9 +195,79 @@ def propagate_checked(
         raise InputSizeError(
             f"the model failed on an input of size {input_size}"
             + (f" at node '{node}'" if node else "")
-            + f": {type(err).__name__}: {_first_line(err)}. If the input is smaller than the model's "
-            "depth allows, or the model expects a fixed size, pass a suitable input_size=(C, H, W)."
+            + f": {type(err).__name__}: {_first_line(err)}."
+            + size_hint(gm, input_size, dtype)
         ) from err
+
+
+#: the largest square side tried when looking for an input size that works
+LARGEST_SIDE = 4096
+
+
+def minimum_side(gm: fx.GraphModule, input_size, dtype=torch.float32) -> int | None:
+    """The smallest side ``s`` such that a (C, s, s) input propagates through ``gm`` and every
+    strided layer still shrinks its feature map; None if no side up to LARGEST_SIDE works (the
+    model then wants other channels or one fixed size). Leaves ``gm``'s shapes as they were."""
+    from .graph import stalled_stride
+
+    channels = input_size[0]
+
+    def works(side: int) -> bool:
+        try:
+            propagate(gm, example_input((channels, side, side), dtype=dtype))
+        except Exception:
+            return False
+        return stalled_stride(gm) is None
+
+    try:
+        low, high = max(1, min(input_size[1:])), None  # `low` fails (else no hint was needed)
+        side = low
+        while side < LARGEST_SIDE:
+            side = min(2 * side, LARGEST_SIDE)
+            if works(side):
+                high = side
+                break
+            low = side
+        if high is None:
+            return None
+        while high - low > 1:  # bisect: low fails, high works
+            mid = (low + high) // 2
+            low, high = (low, mid) if works(mid) else (mid, high)
+        return high
+    finally:
+        with contextlib.suppress(Exception):  # the original size fails: the caller says so
+            propagate(gm, example_input(input_size, dtype=dtype))
+
+
+def size_hint(gm: fx.GraphModule, input_size, dtype=torch.float32) -> str:
+    """What to do about an input size ``gm`` cannot take: the real minimum when a larger input
+    works; otherwise the channels the first layer expects, or the advice to pass the size the
+    model was built for."""
+    side = minimum_side(gm, input_size, dtype)
+    if side is not None:
+        return (
+            f" The smallest square input it takes is {side}x{side}: "
+            f"pass input_size=({input_size[0]}, {side}, {side}) or larger."
+        )
+    first = next(
+        (
+            m
+            for n in gm.graph.nodes
+            if n.op == "call_module"
+            and isinstance(m := gm.get_submodule(n.target), (nn.Conv2d, nn.Linear))
+        ),
+        None,
+    )
+    wanted = getattr(first, "in_channels", None)
+    if wanted is not None and wanted != input_size[0]:
+        return (
+            f" The model's first layer takes {wanted} input channels, not {input_size[0]}: "
+            f"pass input_size=({wanted}, {input_size[1]}, {input_size[2]})."
+        )
+    return (
+        " No larger square input works either: the model may expect one fixed size (a flatten "
+        "into a Linear layer, say); pass input_size=(C, H, W) of the size it was built for."
+    )
 
 
 def _first_line(err: Exception) -> str:

@@ -26,11 +26,46 @@ def test_model_without_downsampling():
     assert "strides or pooling" in str(info.value) and "body" in str(info.value)
 
 
-def test_input_size_too_small_for_the_depth():
+@pytest.mark.parametrize("side", [1, 8, 16])
+def test_input_size_too_small_names_the_real_minimum(side):
     with pytest.raises(reverso.InputSizeError) as info:
-        reverso.topdown("resnet18", input_size=(3, 16, 16))
+        reverso.topdown("resnet18", input_size=(3, side, side))
     message = str(info.value)
-    assert "too small" in message and "layer4" in message and "32x32" in message
+    assert "too small" in message and "small input" not in message
+    # resnet18 halves five times: 17 -> 9 -> 5 -> 3 -> 2 -> 1 still shrinks at every stride, 16 not
+    assert "The smallest square input it takes is 17x17: pass input_size=(3, 17, 17)" in message
+
+
+def test_the_minimum_named_is_one_the_conversion_and_the_network_accept():
+    td = reverso.topdown("resnet18", input_size=(3, 17, 17)).eval()
+    assert td(torch.rand(1, 3, 17, 17)).shape == (1, 1000)
+    with pytest.raises(reverso.InputSizeError, match="at least 17x17"):
+        td(torch.rand(1, 3, 16, 16))
+
+
+class FixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4 * 14 * 14, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_a_model_with_one_fixed_size_is_told_so():
+    with pytest.raises(reverso.InputSizeError) as info:
+        reverso.topdown(FixedSize(), input_size=(1, 32, 32))
+    message = str(info.value)
+    assert "'fc'" in message and "fixed size" in message and "smallest" not in message
+
+
+def test_a_channel_mismatch_names_the_channels_not_the_size():
+    with pytest.raises(reverso.InputSizeError) as info:
+        reverso.topdown(LeNetFC(), input_size=(3, 28, 28))
+    message = str(info.value)
+    assert "first layer takes 1 input channels, not 3: pass input_size=(1, 28, 28)" in message
+    assert "small" not in message and "fixed size" not in message
 
 
 @pytest.mark.parametrize(
