@@ -14,6 +14,7 @@ signature: someone who rewrites the file can recompute it. Only load files whose
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -29,8 +30,9 @@ from .errors import FileFormatError, OptionError, ReversoError
 FORMAT = "reverso"
 VERSION = 1
 TRANSFORMS = ("topdown", "njet", "antialias", "none")
-#: factories from these packages are always trusted
-TRUSTED = ("reverso",)
+#: factories from these packages are always trusted (reverso's own, and torchvision's builders,
+#: which reverso recognises from a model's structure)
+TRUSTED = ("reverso", "torchvision")
 
 
 def save(
@@ -114,7 +116,7 @@ def load(
 
 def _recipe_of(model, source, source_kwargs, input_size) -> dict:
     from .network import TopDownNet
-    from .topdown import remember_source, source_of
+    from .provenance import SourceModel, remember_source, source_of, torchvision_source
     from .tracing import model_dtype
 
     if isinstance(model, TopDownNet):
@@ -142,11 +144,15 @@ def _recipe_of(model, source, source_kwargs, input_size) -> dict:
     if input_size is not None:
         recipe["input_size"] = list(input_size)
     if not recipe.get("source"):
-        raise OptionError(
-            f"reverso cannot tell how to rebuild the original {type(model).__name__}: pass "
-            "source='package.module:function' (and source_kwargs=) naming the factory that builds "
-            "it, or mark the model with reverso.remember_source before converting"
-        )
+        original = getattr(model, "reverso_source_model", None) or SourceModel.of(model)
+        recipe["source"] = copy.deepcopy(torchvision_source(original))
+        if recipe["source"] is None:
+            raise OptionError(
+                f"reverso cannot tell how to rebuild the original {original.short_name} "
+                f"({original.class_name}): pass source='package.module:function' (and "
+                "source_kwargs=) naming the factory that builds it, or mark the model with "
+                "reverso.remember_source before converting"
+            )
     recipe["dtype"] = str(model_dtype(model)).removeprefix("torch.")
     recipe.update(format=FORMAT, version=VERSION)
     return recipe

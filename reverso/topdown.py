@@ -25,6 +25,7 @@ from .context import CompileContext, TopDownOptions, make_plan, prototypes_of
 from .errors import OptionError
 from .network import TopDownNet, emit
 from .pipeline import Pass, Pipeline, default_pipeline
+from .provenance import SourceModel, qualified_name, source_of
 from .shapes import fingerprint
 from .tracing import resolve_input_size, resolve_model, trace
 
@@ -71,6 +72,7 @@ def topdown(
     ctx = compile_context(model, input_size, options, leaf_modules)
     gm = pipeline.run(working_copy(ctx.bu), ctx)
     net = emit(gm, ctx, source=source_of(model))
+    net.reverso_source_model = SourceModel.of(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
     return net
@@ -119,37 +121,3 @@ def _pipeline(passes) -> Pipeline:
             "passes must be a reverso.Pipeline or a list of passes / built-in pass names"
         )
     return Pipeline(passes)
-
-
-def source_of(model: nn.Module) -> dict | None:
-    """Where ``model`` came from, as :func:`reverso.load` rebuilds it: ``{"timm": name, "kwargs"}``
-    for timm models, ``{"factory": "package.module:function", "kwargs"}`` for models built by
-    :func:`reverso.models.create` or marked with :func:`remember_source`; None otherwise."""
-    remembered = getattr(model, "reverso_source", None)
-    if remembered is not None:
-        return copy.deepcopy(remembered)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    arch = cfg.get("architecture")
-    if arch is None or not type(model).__module__.startswith("timm."):
-        return None
-    kwargs = {}
-    if isinstance(getattr(model, "num_classes", None), int):
-        kwargs["num_classes"] = model.num_classes
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is not None:
-        kwargs["in_chans"] = first_conv.in_channels
-    return {"timm": arch, "kwargs": kwargs}
-
-
-def remember_source(model: nn.Module, factory: str, **kwargs) -> nn.Module:
-    """Mark ``model`` as built by ``factory(**kwargs)`` (``"package.module:function"``) so that a
-    converted copy saved with :func:`reverso.save` can be rebuilt by :func:`reverso.load`."""
-    if not isinstance(factory, str) or factory.count(":") != 1:
-        raise OptionError(f"factory must be 'package.module:function', got {factory!r}")
-    model.reverso_source = {"factory": factory, "kwargs": dict(kwargs)}
-    return model
-
-
-def qualified_name(leaf: type | str) -> str:
-    """A leaf module class as ``"package.module:Class"``; a module path (``"layer1.0"``) as is."""
-    return leaf if isinstance(leaf, str) else f"{leaf.__module__}:{leaf.__qualname__}"

@@ -37,10 +37,11 @@ def njet(
     model's class and methods (a timm model stays a timm model).
     """
     from .passes.njet import swap_spatial_convs
-    from .topdown import source_of
+    from .provenance import SourceModel, source_of
 
     model = resolve_model(model)
     converted = copy.deepcopy(model)
+    converted.reverso_source_model = SourceModel.of(model)
     converted.njet_report = swap_spatial_convs(
         converted, order=order, sigma=sigma, learn_sigma=learn_sigma, init=init, **layer_kwargs
     )
@@ -73,7 +74,8 @@ def antialias(
     reproduces the original outputs exactly. ``stem=True`` also anti-aliases the first strided conv.
     """
     from .passes.antialias import Antialias
-    from .topdown import qualified_name, source_of, working_copy
+    from .provenance import SourceModel, qualified_name, source_of
+    from .topdown import working_copy
 
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
@@ -87,6 +89,7 @@ def antialias(
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
             setattr(gm, name, copy.deepcopy(getattr(model, name)))
     gm.antialiased = ctx.state.get("antialiased", [])
+    gm.reverso_source_model = SourceModel.of(model)
     gm.reverso_recipe = {
         "transform": "antialias",
         "source": source_of(model),
