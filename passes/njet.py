@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 from torch import nn
+from tqdm.auto import tqdm
 
 from reverso.errors import OptionError, WidthError
 from reverso.nn.gaussian import radius_for
@@ -112,22 +113,25 @@ def swap_spatial_convs(
             f"init={init!r} is not supported; choose one of {', '.join(map(repr, INITS))}"
         )
     report = NJetReport()
-    for parent_name, parent in list(root.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Conv2d) or max(child.kernel_size) == 1:
-                continue
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            layer, row = njet_from_conv(
-                child,
-                name,
-                order=order,
-                sigma=sigma,
-                learn_sigma=learn_sigma,
-                init=init,
-                **layer_kwargs,
-            )
-            setattr(parent, child_name, layer)
-            report.layers.append(row)
+    convs = [
+        (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
+        for parent_name, parent in list(root.named_modules())
+        for child_name, child in list(parent.named_children())
+        if isinstance(child, nn.Conv2d) and max(child.kernel_size) > 1
+    ]
+    bar = tqdm(convs, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
+    for parent, child_name, name, child in bar:
+        layer, row = njet_from_conv(
+            child,
+            name,
+            order=order,
+            sigma=sigma,
+            learn_sigma=learn_sigma,
+            init=init,
+            **layer_kwargs,
+        )
+        setattr(parent, child_name, layer)
+        report.layers.append(row)
     return report
 
 
@@ -152,14 +156,24 @@ def njet_from_conv(
         )
     dilation = conv.dilation[0]
     extent = max(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
-    candidates = [s * dilation for s in SIGMA_SEARCH] if init == "project" else [sigma * dilation]
-    best = None
-    for s in candidates:
-        layer = _layer_like(conv, s, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs)
-        error = _project(layer, conv) if init == "project" else None
-        if best is None or (error is not None and error < best[1]):
-            best = (layer, error, s)
-    layer, error, chosen = best
+    if init == "project":  # the scale whose basis fits the kernel best, then its coefficients
+        errors = {
+            scale: _projection(_layer_like(conv, scale, extent, order=order, learn_sigma=learn_sigma,
+                                           probe=True, **layer_kwargs), conv)[1]
+            for scale in (base * dilation for base in SIGMA_SEARCH)
+        }  # fmt: skip
+        chosen = min(errors, key=errors.get)
+        layer = _layer_like(
+            conv, chosen, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs
+        )
+        alpha, error = _projection(layer, conv)
+        with torch.no_grad():
+            layer.alpha.copy_(alpha.reshape(layer.alpha.shape).to(layer.alpha.dtype))
+    else:
+        chosen, error = sigma * dilation, None
+        layer = _layer_like(
+            conv, chosen, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs
+        )
     if conv.bias is not None:
         with torch.no_grad():
             layer.bias.copy_(conv.bias)
@@ -169,21 +183,29 @@ def njet_from_conv(
 
 
 def _layer_like(
-    conv: nn.Conv2d, sigma: float, extent: int, *, order: int, learn_sigma: bool, **kwargs
+    conv: nn.Conv2d,
+    sigma: float,
+    extent: int,
+    *,
+    order: int,
+    learn_sigma: bool,
+    probe: bool = False,
+    **kwargs,
 ) -> NJetConv2d:
-    """An NJetConv2d whose grid holds at least the conv's (dilated) kernel, padded to keep sizes."""
+    """An NJetConv2d whose grid holds at least the conv's (dilated) kernel, padded to keep sizes;
+    ``probe``: one input and output channel, only to read the basis."""
     sigma_max = kwargs.pop("sigma_max", None) or (2 * sigma if learn_sigma else sigma)
     need = (extent - 1) / 2  # the grid must at least cover the conv's own footprint
     while radius_for(sigma_max, kwargs.get("extent", 2), kwargs.get("size_rule", "paper")) < need:
         sigma_max *= 1.25
     layer = NJetConv2d(
-        conv.in_channels,
-        conv.out_channels,
+        1 if probe else conv.in_channels,
+        1 if probe else conv.out_channels,
         order=order,
         sigma=sigma,
         learn_sigma=learn_sigma,
         stride=conv.stride[0],
-        groups=conv.groups,
+        groups=1 if probe else conv.groups,
         bias=conv.bias is not None,
         sigma_max=sigma_max,
         padding=0,
@@ -217,23 +239,31 @@ def _size_preserving_padding(conv: nn.Conv2d, size: int) -> tuple[int, int, int,
     return tuple(pads)
 
 
-def _project(layer: NJetConv2d, conv: nn.Conv2d) -> float:
-    """Least-squares alpha so the layer's kernel matches the conv's (zero outside); relative error."""
+def _projection(layer: NJetConv2d, conv: nn.Conv2d) -> tuple[torch.Tensor, float]:
+    """Least-squares coefficients (C_out * C_in/g, F) for which the layer's basis reproduces the
+    conv's kernel (zero outside it) on the layer's grid, and their relative error.
+
+    With A = U S V^T the basis on the grid (pixels x F, thin SVD, rank r) and T the target (zero
+    off the kernel's footprint), the minimum-norm alpha = V S^-1 U^T T and
+    |A alpha - T|^2 = |T|^2 - |U^T T|^2: only the footprint's rows of U are needed, so no
+    grid-sized copy of the kernel is ever built (and a grid with fewer pixels than basis
+    functions is no problem).
+    """
     with torch.no_grad():
-        basis = layer.basis().double()  # (F, S, S)
+        basis = layer.basis().detach().double().cpu()  # (F, S, S)
         s = basis.shape[-1]
-        target = torch.zeros(
-            conv.out_channels, conv.in_channels // conv.groups, s, s, dtype=torch.float64
-        )
-        weight = conv.weight.detach().double().cpu()
-        ky, kx = weight.shape[-2:]
+        ky, kx = conv.weight.shape[-2:]
         dy, dx = conv.dilation
         oy, ox = (s - (dy * (ky - 1) + 1)) // 2, (s - (dx * (kx - 1) + 1)) // 2
-        target[..., oy : oy + dy * (ky - 1) + 1 : dy, ox : ox + dx * (kx - 1) + 1 : dx] = weight
-        A = basis.reshape(basis.shape[0], -1).T  # (S*S, F)
-        B = target.reshape(-1, s * s).T  # (S*S, C_out * C_in/g)
-        alpha = torch.linalg.lstsq(A, B).solution  # (F, C_out * C_in/g)
-        fitted = (A @ alpha).T.reshape(target.shape)
-        error = (fitted - target).norm() / target.norm().clamp_min(1e-12)
-        layer.alpha.copy_(alpha.T.reshape(layer.alpha.shape).to(layer.alpha.dtype))
-    return float(error)
+        rows = torch.arange(oy, oy + dy * (ky - 1) + 1, dy)
+        cols = torch.arange(ox, ox + dx * (kx - 1) + 1, dx)
+        footprint = (rows[:, None] * s + cols[None, :]).reshape(-1)  # grid pixels under the kernel
+        u, sv, vh = torch.linalg.svd(basis.reshape(basis.shape[0], -1).T, full_matrices=False)
+        rank = int((sv > sv[0] * 1e-10).sum())
+        u, sv, vh = u[:, :rank], sv[:rank], vh[:rank]
+        target = conv.weight.detach().double().cpu().reshape(-1, ky * kx).T  # (k*k, N)
+        ut = u[footprint].T @ target  # U^T T, (r, N)
+        alpha = vh.T @ (ut / sv[:, None])  # (F, N)
+        total = target.square().sum()
+        error = (total - ut.square().sum()).clamp_min(0).sqrt() / total.sqrt().clamp_min(1e-12)
+    return alpha.T, float(error)
