@@ -8,14 +8,18 @@ by ``reverso convert`` / ``reverso train`` (``*.safetensors``) or ``package.modu
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 from pathlib import Path
 
+from .names import ATTACKS, DATASETS, MODELS  # torch-free: --help never imports torch
+
 MODEL_HELP = (
-    "a reference model (lenet_fc, nin_light, nin, resnet32_preact, resnet18_imagenette), a timm "
-    "name, a .safetensors file saved by reverso, or package.module:factory"
+    f"a reference model ({', '.join(MODELS)}), a timm name, a .safetensors file saved by reverso, "
+    "or package.module:factory"
 )
+FIGURE_HELP = "the figure to write: .png (300 dpi), .pdf or .svg (vector)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +33,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ReversoError as err:
-        print(f"reverso {args.command}: {err}", file=sys.stderr)
+        print(f"reverso {args.command}: {in_flags(str(err))}", file=sys.stderr)
         return 1
+
+
+#: Python keyword arguments named in error messages -> the command line's flags
+_FLAGS = {"trust": "--trust", "layer": "--layer", "node": "--node", "num_classes": "--num-classes"}
+_SIZE_WORDS = {"channels": "C", "height": "H", "width": "W"}
+
+
+def in_flags(message: str) -> str:
+    """An error message's Python advice in command-line words: ``input_size=(3, 64, 64)`` becomes
+    ``--input-size 3 64 64``, ``trust=['pkg'] to reverso.load`` becomes ``--trust pkg``."""
+
+    def size(match: re.Match) -> str:
+        parts = [p.strip() for p in match.group(1).split(",")]
+        return "--input-size " + " ".join(_SIZE_WORDS.get(p, p) for p in parts)
+
+    def listed(match: re.Match) -> str:
+        names = [n.strip().strip("'\"") for n in match.group(2).split(",")]
+        return f"{_FLAGS[match.group(1)]} {' '.join(names)}"
+
+    message = re.sub(r"input_size=\(([^)]*)\)", size, message)
+    message = re.sub(r"\b(trust)=\[([^\]]*)\](?: to reverso\.load)?", listed, message)
+    return re.sub(
+        r"\b(layer|node|num_classes)=(?=[\s'\"]|$)", lambda m: _FLAGS[m.group(1)], message
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "-o", "--output", type=Path, required=True, help="the .safetensors file to write"
     )
-    convert.add_argument("--transform", choices=("topdown", "njet", "antialias"), default="topdown")
+    convert.add_argument(
+        "--transform",
+        choices=("topdown", "njet", "antialias"),
+        default="topdown",
+        help="top-down network (default), N-Jet convolutions, or anti-aliased downsampling",
+    )
     _topdown_arguments(convert)
     convert.add_argument(
         "--filter-size", type=int, default=4, help="antialias: blur filter size (default 4)"
@@ -95,10 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(erf)
     erf.add_argument("--node", help="the graph node to measure (default: the last feature map)")
     erf.add_argument(
+        "--topdown",
+        action="store_true",
+        help="also convert MODEL and show its ERF beside the bottom-up one, on one scale",
+    )
+    _topdown_arguments(erf)
+    erf.add_argument(
         "--samples", type=int, default=16, help="random inputs to average over (default 16)"
     )
     erf.add_argument(
-        "-o", "--output", type=Path, default=Path("erf.png"), help="PNG to write (default erf.png)"
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("erf.png"),
+        help=f"{FIGURE_HELP} (default erf.png)",
     )
 
     train = _command(
@@ -115,9 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--repeats", type=int, default=1, help="runs with reshuffled splits (paper: 4)"
     )
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=0.1)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    train.add_argument(
+        "--lr", type=float, default=0.1, help="initial SGD learning rate (default 0.1)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of the first run (default 0)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument(
         "--checkpoint", type=Path, help="folder for per-epoch checkpoints (resumable)"
@@ -125,7 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "-o", "--output", type=Path, help="save the trained model here (.safetensors)"
     )
-    train.add_argument("--plot", type=Path, help="PNG of validation accuracy per epoch")
+    train.add_argument(
+        "--plot", type=Path, help=f"training curves (accuracy and loss per epoch); {FIGURE_HELP}"
+    )
 
     attack = _command(
         sub, "attack", _attack,
@@ -135,8 +182,6 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _models_arguments(attack)
     _data_arguments(attack)
-    from .robustness import ATTACKS
-
     attack.add_argument("--attacks", nargs="+", default=["gaussian_noise"], choices=list(ATTACKS), metavar="ATTACK",
                         help=f"attacks to run (default gaussian_noise); any of {', '.join(ATTACKS)}")  # fmt: skip
     attack.add_argument(
@@ -145,11 +190,22 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument(
         "--repeats", type=int, default=3, help="repeats of random attacks (default 3)"
     )
-    attack.add_argument("--budget", choices=("paper", "fast"), default="paper")
+    attack.add_argument(
+        "--budget",
+        choices=("paper", "fast"),
+        default="paper",
+        help="attack steps: the paper's (default) or a tenth of them (fast, for a first look)",
+    )
     attack.add_argument(
         "--levels", type=int, nargs="+", help="top-down only: perturb just these pyramid levels"
     )
-    attack.add_argument("-o", "--output", type=Path, default=Path("robustness.png"))
+    attack.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("robustness.png"),
+        help=f"{FIGURE_HELP} (default robustness.png)",
+    )
 
     gradcam = _command(
         sub, "gradcam", _gradcam,
@@ -168,7 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     gradcam.add_argument(
         "-t", "--threshold", type=float, default=0.2, help="object and CAM threshold"
     )
-    gradcam.add_argument("-o", "--output", type=Path, default=Path("gradcam.png"))
+    gradcam.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("gradcam.png"),
+        help=f"{FIGURE_HELP} (default gradcam.png)",
+    )
     return parser
 
 
@@ -206,15 +268,28 @@ def _topdown_arguments(p) -> None:
     p.add_argument(
         "--arrangement", default="td", help="td, uni, rev or a uniform width (default td)"
     )
-    p.add_argument("--merge", default="add_concat", choices=("add", "concat", "add_concat"))
-    p.add_argument("--upsample", default="nearest", choices=("nearest", "bilinear", "blur"))
-    p.add_argument("--pyramid", default="gaussian", choices=("gaussian", "binomial", "cascade"))
+    p.add_argument(
+        "--merge",
+        default="add_concat",
+        choices=("add", "concat", "add_concat"),
+        help="how a coarse path meets the finer image's branch (default add_concat, the paper's)",
+    )
+    p.add_argument(
+        "--upsample",
+        default="nearest",
+        choices=("nearest", "bilinear", "blur"),
+        help="interpolation before each upsampled conv (default nearest, the paper's)",
+    )
+    p.add_argument(
+        "--pyramid",
+        default="gaussian",
+        choices=("gaussian", "binomial", "cascade"),
+        help="how the image pyramid is blurred before subsampling (default gaussian)",
+    )
     p.add_argument("--njet", action="store_true", help="top-down with N-Jet convs")
 
 
 def _data_arguments(p) -> None:
-    from .data import DATASETS
-
     p.add_argument(
         "--data", default="mnist5k", choices=list(DATASETS), help="dataset (default mnist5k)"
     )
@@ -233,13 +308,13 @@ def _load_model(spec: str, args):
     """A module from a MODEL argument (see MODEL_HELP)."""
     from . import models
     from .errors import OptionError
+    from .provenance import remember_source
     from .saving import load
-    from .topdown import remember_source
 
     kwargs = {"num_classes": args.num_classes} if getattr(args, "num_classes", None) else {}
     if spec.endswith(".safetensors"):
         return load(spec, trust=args.trust)
-    if spec in models.MODELS:
+    if spec in MODELS:
         return models.create(spec, **kwargs)
     if ":" in spec:
         from .saving import _trusted
@@ -251,8 +326,11 @@ def _load_model(spec: str, args):
 
     if timm.is_model(spec):
         return timm.create_model(spec, pretrained=False, **kwargs)
+    from .tracing import did_you_mean
+
     raise OptionError(
-        f"MODEL {spec!r} is not a reference model, a timm name, a .safetensors file or package.module:factory"
+        f"MODEL {spec!r} is not a reference model, a timm name, a .safetensors file or "
+        f"package.module:factory.{did_you_mean(spec, extra=MODELS)}"
     )
 
 
@@ -282,7 +360,13 @@ def _data(args):
 
 def _named(specs: list[str]) -> list[str]:
     """Short labels for the models of a comparison."""
-    return [Path(s).stem if s.endswith(".safetensors") else s for s in specs]
+    return [Path(s).stem if s.endswith(".safetensors") else _title(s) for s in specs]
+
+
+def _title(name: str) -> str:
+    from .names import title
+
+    return title(name)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -344,39 +428,58 @@ def _summary(args) -> int:
 
 
 def _erf(args) -> int:
-    from .erf import erf
+    from .erf import erf, plot_erfs
+    from .plotting import check_figure_path
     from .receptive import receptive_fields
+    from .topdown import topdown
 
+    check_figure_path(args.output)
     model = _load_model(args.model, args)
     size = _input_size(model, args)
-    rf = receptive_fields(model, size)
-    for name, r in rf.convs():
-        print(f"{name:<40} receptive field {r.min:g}..{r.max:g} px, jump {r.jump:g}")
-    result = erf(model, size, node=args.node, samples=args.samples, png=args.output)
-    theory = rf[result.node] if result.node in rf.rows else None
-    bound = f" (theoretical receptive field {theory.max:g} px)" if theory else ""
-    print(f"effective receptive field of {result.node}: {result.size}x{result.size} px hold "
-          f"{result.mass:.0%} of the gradient{bound}")  # fmt: skip
-    print(f"picture: {result.png.resolve()}")
+    nets = {_title(args.model): model}
+    if args.topdown:
+        nets = {f"bottom-up {_title(args.model)}": model}
+        nets[f"top-down {_title(args.model)}"] = topdown(
+            model, input_size=size, **_topdown_options(args)
+        )
+    measured = {}
+    for label, net in nets.items():
+        rf = receptive_fields(net, size)
+        print(f"== {label}")
+        for name, r in rf.convs():
+            print(f"{name:<40} receptive field {r.min:g}..{r.max:g} px, jump {r.jump:g}")
+        result = erf(net, size, node=args.node, samples=args.samples, name=label)
+        theory = rf[result.node] if result.node in rf.rows else None
+        bound = f" (theoretical receptive field {theory.max:g} px)" if theory else ""
+        print(f"effective receptive field of {result.node}: {result.size}x{result.size} px hold "
+              f"{result.mass:.0%} of the gradient{bound}")  # fmt: skip
+        measured[label] = result
+    print(f"picture: {plot_erfs(measured, args.output).resolve()}")
     return 0
 
 
 def _train(args) -> int:
+    from .plotting import check_figure_path
     from .saving import save
     from .topdown import topdown
-    from .train import train
+    from .train import plot_training, train
 
+    if args.plot:
+        check_figure_path(args.plot)
     model = _load_model(args.model, args)
     data = _data(args)
+    label = _title(args.model)
     if args.topdown:
         model = topdown(model, input_size=data.input_size, **_topdown_options(args))
+        label = f"top-down {label}"
     result = train(model, data, epochs=args.epochs, repeats=args.repeats, batch_size=args.batch_size, lr=args.lr,
                    seed=args.seed, device=args.device, checkpoint=args.checkpoint)  # fmt: skip
     for i, run in enumerate(result.runs):
         print(f"run {i + 1}: test accuracy {run.test_accuracy:.2%} ({run.seconds:.0f}s)")
     print(result)
     if args.plot:
-        print(f"picture: {_plot_history(result, args.plot).resolve()}")
+        title = f"Training {label} on {_title(args.data)}"
+        print(f"picture: {plot_training({label: result}, args.plot, title=title).resolve()}")
     if args.output:
         print(
             f"saved to {save(result.model.cpu(), args.output, input_size=data.input_size).resolve()}"
@@ -384,26 +487,11 @@ def _train(args) -> int:
     return 0
 
 
-def _plot_history(result, path: Path) -> Path:
-    from .plotting import new_figure, save_figure
-
-    fig, axes = new_figure(size=(5, 3.2))
-    ax = axes[0, 0]
-    for i, run in enumerate(result.runs):
-        ax.plot(
-            [h["epoch"] for h in run.history],
-            [h["val_accuracy"] for h in run.history],
-            label=f"run {i + 1}",
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
 def _attack(args) -> int:
+    from .plotting import check_figure_path
     from .robustness import plot_robustness, robustness
 
+    check_figure_path(args.output)
     data = _data(args)
     reports = {}
     for spec, label in zip(args.models, _named(args.models), strict=True):
@@ -412,13 +500,16 @@ def _attack(args) -> int:
                             budget=args.budget, levels=args.levels, name=label)  # fmt: skip
         print(report)
         reports[label] = report
-    print(f"picture: {plot_robustness(reports, args.output).resolve()}")
+    title = f"Robustness on {_title(args.data)} ({args.samples} test images)"
+    print(f"picture: {plot_robustness(reports, args.output, title=title).resolve()}")
     return 0
 
 
 def _gradcam(args) -> int:
     from .gradcam import compare_localization, save_overlays
+    from .plotting import check_figure_path
 
+    check_figure_path(args.output)
     data = _data(args)
     images, labels = data.test_tensors(args.samples)
     models = {
@@ -430,7 +521,9 @@ def _gradcam(args) -> int:
                                                 cam_threshold=args.threshold, normalize=data.normalize)  # fmt: skip
     for label, loc in results.items():
         print(f"{label:<20} layer {cams[label].layer:<28} {loc}")
-    print(f"picture: {save_overlays(images[index], cams, args.output, count=args.count).resolve()}")
+    picture = save_overlays(images[index], cams, args.output, count=args.count, labels=labels[index],
+                            classes=data.classes, title=f"Grad-CAM on {_title(args.data)} test images")  # fmt: skip
+    print(f"picture: {picture.resolve()}")
     return 0
 
 

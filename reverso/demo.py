@@ -4,9 +4,11 @@
    (level, resolution, channels, parameters, FLOPs, activation memory) and check the top-down
    properties.
 2. Train LeNetFC bottom-up and top-down on MNIST-5k (the paper's protocol, few epochs).
+   Their training curves (training.png).
 3. Attack both with additive Gaussian noise: accuracy loss against L2 (robustness.png).
 4. Grad-CAM of both on test digits, with the localisation protocol (gradcam.png).
-5. Their receptive fields: theoretical per conv, and the effective one measured (erf.png).
+5. Their receptive fields: theoretical per conv, and the effective ones measured, side by side on
+   one scale (erf.png).
 
 Everything runs on the CPU in about two minutes and writes its pictures to ``out``.
 """
@@ -20,14 +22,14 @@ import torch
 
 from . import models
 from .data import mnist5k_data
-from .erf import erf
+from .erf import erf, plot_erfs
 from .gradcam import compare_localization, save_overlays
 from .receptive import receptive_fields
 from .robustness import plot_robustness, robustness
 from .summary import side_by_side, summary
 from .testing.properties import check_topdown
 from .topdown import topdown
-from .train import train
+from .train import plot_training, train
 
 DEMO_MODELS = (("lenet_fc", (1, 28, 28)), ("resnet18", (3, 224, 224)))
 
@@ -67,21 +69,25 @@ def run_demo(
     epochs = 2 if quick else epochs
     nets = {"BU": models.create("lenet_fc")}
     nets["TD"] = topdown(models.create("lenet_fc"), input_size=(1, 28, 28))
-    accuracy = {}
+    names = {"BU": "bottom-up LeNetFC", "TD": "top-down LeNetFC"}
+    accuracy, trained = {}, {}
     for label, net in nets.items():
         torch.manual_seed(0)
-        run = train(net, data, epochs=epochs, name=f"{label} LeNetFC").runs[0]
+        trained[names[label]] = train(net, data, epochs=epochs, name=f"{label} LeNetFC")
+        run = trained[names[label]].runs[0]
         accuracy[label] = run.test_accuracy
         print_fn(
             f"{label}: test accuracy {run.test_accuracy:.2%} after {epochs} epochs ({run.seconds:.0f}s)"
         )
     results["accuracy"] = accuracy
+    title = "LeNetFC bottom-up and top-down on MNIST-5k"
+    pictures = [plot_training(trained, out / "training.png", title=f"Training {title}")]
 
     print_fn("\n== 3. robustness to additive Gaussian noise (Foolbox 3) ==")
     samples = 60 if quick else 300
     reports = {
         label: robustness(
-            net, data, attacks="gaussian_noise", samples=samples, budget="fast", name=label
+            net, data, attacks="gaussian_noise", samples=samples, budget="fast", name=names[label]
         )
         for label, net in nets.items()
     }
@@ -91,7 +97,12 @@ def run_demo(
             f"{float(r.clean_accuracy - r.accuracy_at(eps)):.1%} at L2={eps}" for eps in (1, 2, 4)
         )
         print_fn(f"{label}: accuracy loss {losses}; median smallest L2 {r.median_norm:.2f}")
-    pictures = [plot_robustness(reports, out / "robustness.png")]
+    robust_title = f"Robustness of {title} ({samples} test digits)"
+    pictures.append(
+        plot_robustness(
+            {names[k]: r for k, r in reports.items()}, out / "robustness.png", title=robust_title
+        )
+    )
     results["robustness"] = reports
 
     print_fn("\n== 4. Grad-CAM on the last conv, localisation on digits both get right ==")
@@ -99,18 +110,26 @@ def run_demo(
     loc, cams, index = compare_localization(nets, images, labels)
     for label, result in loc.items():
         print_fn(f"{label}: {cams[label].layer}: {result}")
-    pictures.append(save_overlays(images[index], cams, out / "gradcam.png"))
+    cam_title = "Grad-CAM of LeNetFC bottom-up and top-down on MNIST-5k test digits"
+    pictures.append(
+        save_overlays(images[index], {names[k]: c for k, c in cams.items()}, out / "gradcam.png",
+                      labels=labels[index], classes=data.classes, title=cam_title)
+    )  # fmt: skip
     results["localization"] = loc
 
     print_fn("\n== 5. receptive fields ==")
+    measured = {}
     for label, net in nets.items():
         convs = receptive_fields(net, (1, 28, 28)).convs()
-        measured = erf(net, (1, 28, 28), samples=4 if quick else 16, png=out / f"erf_{label}.png")
+        measured[names[label]] = erf(
+            net, (1, 28, 28), samples=4 if quick else 16, name=names[label]
+        )
+        size = measured[names[label]].size
         print_fn(
             f"{label}: first conv sees {convs[0][1].max:g} px, last conv {convs[-1][1].max:g} px; "
-            f"effective receptive field {measured.size}x{measured.size} px"
+            f"effective receptive field {size}x{size} px"
         )
-        pictures.append(measured.png)
+    pictures.append(plot_erfs(measured, out / "erf.png"))
     results["pictures"] = pictures
 
     print_fn(f"\ndone in {time.perf_counter() - began:.0f}s; pictures in {out.resolve()}:")

@@ -15,7 +15,8 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import OptionError
-from .plotting import new_figure, save_figure
+from .plotting import COLUMN, TEXT_WIDTH, integer_axis, new_figure, save_figure, styled
+from .settings import smoke_cap
 from .shapes import is_feature_map
 from .shift import features_at
 from .tracing import evaluating, resolve_input_size, resolve_model, trace
@@ -30,6 +31,9 @@ class ERF:
     mass: float
     node: str
     png: Path | None = None
+    model: str = ""  # the model's name, for titles
+    where: str = ""  # the measured unit in words, for titles
+    samples: int = 0
 
     @property
     def size(self) -> int:
@@ -54,15 +58,20 @@ def erf(
     mass: float = 0.95,
     seed: int = 0,
     png: str | Path | None = None,
+    name: str | None = None,
 ) -> ERF:
     """Empirical receptive field of the central unit of ``node`` (default: the model's last
-    feature map), averaged over ``samples`` random Gaussian inputs; optionally saved as a PNG."""
+    feature map), averaged over ``samples`` random Gaussian inputs; optionally drawn to ``png``
+    (.png, .pdf or .svg) with ``name`` (default: the model's class) in the title."""
     from .network import TopDownNet
 
+    label = name or (model if isinstance(model, str) else type(model).__name__)
+    chosen = node
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
     if not 0 < mass <= 1:
         raise OptionError(f"mass must be in (0, 1], got {mass}")
+    samples = smoke_cap("erf", samples=(samples, 2))["samples"]
     if isinstance(model, TopDownNet):
         source = model.features
         node = node or next(n for n in source.graph.nodes if n.op == "output").args[0].name
@@ -92,7 +101,9 @@ def erf(
         if len(nonzero)
         else (0, 0)
     )
-    result = ERF(erf_map, support, center, 0, mass, node)
+    h, w = out.shape[-2:]
+    where = f"{f'node {node}' if chosen else 'last feature map'}, {out.shape[1]} ch at {h}x{w}"
+    result = ERF(erf_map, support, center, 0, mass, node, None, label, where, samples)
     limit = max(erf_map.shape)
     while result.mass_within(result.radius) < mass - 1e-9 and result.radius < limit:
         result.radius += 1
@@ -102,24 +113,54 @@ def erf(
 
 
 def save_erf_png(result: ERF, path: str | Path) -> Path:
+    """One ERF as a figure (see :func:`plot_erfs`)."""
+    return plot_erfs({result.model: result}, path)
+
+
+@styled
+def plot_erfs(erfs: dict[str, ERF], path: str | Path, *, title: str | None = None) -> Path:
+    """ERFs side by side on one colour scale (e.g. a bottom-up net and its top-down form), each
+    with the square that holds ``mass`` of the gradient; .png, .pdf or .svg by suffix."""
+    from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
-    fig, axes = new_figure(size=(4, 4))
-    ax = axes[0, 0]
-    ax.imshow(result.map.numpy(), cmap="magma")
-    cy, cx, r = result.center[0], result.center[1], result.radius
-    ax.add_patch(
-        Rectangle(
-            (round(cx) - r - 0.5, round(cy) - r - 0.5),
-            2 * r + 1,
-            2 * r + 1,
-            fill=False,
-            color="cyan",
+    if not erfs:
+        raise OptionError("plot_erfs needs at least one ERF")
+    results = list(erfs.items())
+    top = max(float(r.map.max()) for _, r in results) * 100
+    norm = PowerNorm(0.5, vmin=0, vmax=top)  # square-root scale: the tails stay visible
+    width = min(TEXT_WIDTH, COLUMN * 0.95 * len(results) + 0.6)
+    fig, axes = new_figure(1, len(results), size=(width, COLUMN * 0.95 + 0.5))
+    for ax, (label, r) in zip(axes[0], results, strict=True):
+        image = ax.imshow(r.map.numpy() * 100, cmap="magma", norm=norm)
+        cy, cx, radius = round(r.center[0]), round(r.center[1]), r.radius
+        ax.add_patch(
+            Rectangle(
+                (cx - radius - 0.5, cy - radius - 0.5),
+                r.size,
+                r.size,
+                fill=False,
+                color="cyan",
+                linewidth=1,
+            )
         )
+        ax.set_title(f"{label}\n{r.where}\nERF {r.size}x{r.size} px")
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+        integer_axis(ax.xaxis)
+        integer_axis(ax.yaxis)
+    bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.85)
+    bar.set_ticks([float(f"{top * (i / 4) ** 2:.2g}") for i in range(5)])  # even on the root scale
+    bar.set_label("share of the input gradient per pixel (%)")
+    samples = results[0][1].samples
+    masses = sorted({f"{r.mass:.0%}" for _, r in results})
+    fig.suptitle(
+        title
+        or "Effective receptive field (ERF): mean |input gradient| of the central unit"
+        + (f" over {samples} random inputs" if samples else "")
+        + f"\ncyan square: the smallest around the centre holding {'/'.join(masses)} of it"
     )
-    ax.set_title(f"ERF of {result.node}: {result.size}x{result.size} px hold {result.mass:.0%}")
-    ax.axis("off")
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path)
 
 
 def _last_feature_map(gm: fx.GraphModule, model_name: str) -> str:

@@ -13,6 +13,7 @@ that every compared model classifies correctly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from .errors import OptionError
 from .nn import NJetConv2d
+from .plotting import TEXT_WIDTH, new_figure, save_figure, styled
 from .tracing import evaluating
 
 CONVS = (nn.Conv2d, NJetConv2d)
@@ -33,6 +35,7 @@ class CAM:
     maps: torch.Tensor  # (N, H, W) in [0, 1], at the input's size
     layer: str
     predictions: torch.Tensor  # the class each map explains (top-1 unless given)
+    where: str = ""  # the layer in words, for titles: "last conv (3x3), 64 ch at 7x7"
 
 
 def last_conv(model: nn.Module, example: torch.Tensor) -> str:
@@ -92,11 +95,21 @@ def gradcam(
                 f"layer {name!r} outputs a 1x1 map (it runs after global pooling): a CAM needs "
                 "space; pass layer= an earlier conv"
             )
+        where = _in_words(module, activations, "last conv" if layer is None else f"layer {name}")
         weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activations).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-        return CAM((cam / peak).clamp(0, 1).cpu(), name, chosen.detach().cpu())
+        return CAM((cam / peak).clamp(0, 1).cpu(), name, chosen.detach().cpu(), where)
+
+
+def _in_words(module: nn.Module, activations: torch.Tensor, role: str) -> str:
+    kernel = getattr(module, "kernel_size", None)
+    if isinstance(kernel, (tuple, list)):
+        kernel = "x".join(str(k) for k in kernel)
+    kind = f" ({kernel})" if isinstance(kernel, str) else f" ({type(module).__name__})"
+    c, h, w = activations.shape[1:]
+    return f"{role}{kind}, {c} ch at {h}x{w}"
 
 
 def _layer(model: nn.Module, layer, example) -> tuple[str, nn.Module]:
@@ -176,7 +189,8 @@ def compare_localization(
     if len(index) == 0:
         raise OptionError("no image is classified correctly by every model; train them first")
     picked = {
-        name: CAM(cam.maps[index], cam.layer, cam.predictions[index]) for name, cam in cams.items()
+        name: dataclasses.replace(cam, maps=cam.maps[index], predictions=cam.predictions[index])
+        for name, cam in cams.items()
     }
     results = {
         name: localization(cam.maps, images[index].cpu(), t=t, cam_threshold=cam_threshold)
@@ -185,26 +199,58 @@ def compare_localization(
     return results, picked, index
 
 
+@styled
 def save_overlays(
-    images: torch.Tensor, cams: dict[str, CAM], path: str | Path, *, count: int = 6
+    images: torch.Tensor,
+    cams: dict[str, CAM],
+    path: str | Path,
+    *,
+    count: int = 6,
+    labels: torch.Tensor | None = None,
+    classes: list[str] | None = None,
+    title: str | None = None,
 ) -> Path:
-    """A grid: one row per image, the input then each model's CAM over it (PNG)."""
-    from .plotting import new_figure, save_figure
+    """A grid: one row per image, the input then each model's CAM over it, with the true class
+    (``labels``) and each model's prediction; .png, .pdf or .svg by the suffix of ``path``."""
+
+    def name_of(k: int) -> str:
+        return classes[k] if classes is not None and 0 <= k < len(classes) else str(k)
 
     count = min(count, len(images))
     cols = 1 + len(cams)
-    fig, axes = new_figure(count, cols, size=(1.8 * cols, 1.8 * count))
+    side = min(1.6, (TEXT_WIDTH - 0.9) / cols)
+    fig, axes = new_figure(count, cols, size=(side * cols + 0.8, side * count + 0.9))
+    overlay = None
     for row in range(count):
         image = images[row].detach().cpu()
-        shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-        axes[row, 0].imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None)
+        grey = image.shape[0] == 1
+        shown = (image[0] if grey else image.permute(1, 2, 0)).numpy()
+        cmap = "gray" if grey else None
+        axes[row, 0].imshow(shown, cmap=cmap)
+        if labels is not None:
+            axes[row, 0].set_ylabel(f"true: {name_of(int(labels[row]))}")
         for col, (name, cam) in enumerate(cams.items(), start=1):
-            axes[row, col].imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None)
-            axes[row, col].imshow(cam.maps[row].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax = axes[row, col]
+            ax.imshow(shown, cmap=cmap)
+            overlay = ax.imshow(cam.maps[row].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            predicted = int(cam.predictions[row])
+            right = labels is None or predicted == int(labels[row])
+            ax.set_xlabel(
+                f"predicted: {name_of(predicted)}", color="black" if right else "firebrick"
+            )
             if row == 0:
-                axes[row, col].set_title(f"{name}\n{cam.layer}", fontsize=7)
+                where = (cam.where or cam.layer).replace(", ", "\n")
+                ax.set_title(f"{name}\n{where}")
         if row == 0:
-            axes[row, 0].set_title("input", fontsize=7)
+            axes[row, 0].set_title("input")
     for ax in axes.flat:
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if overlay is not None:
+        bar = fig.colorbar(overlay, ax=list(axes[:, -1]), shrink=min(1.0, 3 / count), pad=0.02)
+        bar.solids.set(alpha=1)
+        bar.set_label("Grad-CAM (1 = the map's maximum)")
+    fig.suptitle(title or "Grad-CAM: where each model looks for the class it predicts")
     return save_figure(fig, path)

@@ -27,6 +27,9 @@ from torch import nn
 
 from .data import Data
 from .errors import OptionError
+from .names import title as in_words
+from .plotting import COLUMN, TEXT_WIDTH, new_figure, percent_axis, save_figure, styled
+from .settings import smoke, smoke_cap
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,10 @@ def robustness(
         raise OptionError(f"budget must be one of {tuple(BUDGETS)}, got {budget!r}")
     if not isinstance(repeats, int) or repeats < 1:
         raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
+    if smoke():
+        budget = "fast"
+        capped = smoke_cap("robustness", repeats=(repeats, 1), samples=(samples or 10**9, 16))
+        repeats, samples = capped["repeats"], capped["samples"]
     images, labels, normalize = _inputs(data, samples)
     device = next(model.parameters()).device
     net = _Evaluated(model, normalize, levels).to(device).eval()
@@ -438,16 +445,26 @@ class _MixedPyramid(nn.Module):
         )
 
 
+@styled
 def plot_robustness(
-    reports: dict[str, RobustnessReport], path: str | Path, upto: float | None = None
+    reports: dict[str, RobustnessReport],
+    path: str | Path,
+    upto: float | None = None,
+    *,
+    title: str | None = None,
 ) -> Path:
-    """Accuracy loss against L2 for every attack, one panel each, one curve per model."""
-    from .plotting import new_figure, save_figure
-
+    """Accuracy loss against the L2 norm of the perturbation, one panel per attack, one curve per
+    model; the legend gives each curve's area (as in the report's table: the mean accuracy loss
+    over the whole image space, lower is more robust). ``upto`` limits the x axis (default: a
+    little past the largest perturbation found). .png, .pdf or .svg by the suffix of ``path``."""
+    if not reports:
+        raise OptionError("plot_robustness needs at least one report")
     attacks = list(next(iter(reports.values())).results)
-    cols = min(len(attacks), 5)
+    cols = min(len(attacks), 3)
     rows = math.ceil(len(attacks) / cols)
-    fig, axes = new_figure(rows, cols, size=(3.2 * cols, 2.8 * rows))
+    width = min(TEXT_WIDTH, max(COLUMN, 2.4 * cols + 0.4))
+    fig, axes = new_figure(rows, cols, size=(width, 2.2 * rows + 0.4 * len(reports) + 0.5))
+    lines = {}
     for ax, attack in zip(axes.flat, attacks, strict=False):
         finite = [
             float(r[attack].norms[torch.isfinite(r[attack].norms)].max())
@@ -457,11 +474,23 @@ def plot_robustness(
         top = upto or (max(finite) * 1.05 if finite and max(finite) > 0 else 1.0)
         for label, report in reports.items():
             eps, loss = report[attack].loss_curve(torch.linspace(0, top, 201))
-            ax.plot(eps.numpy(), loss.numpy(), label=f"{label} ({report[attack].area(top):.3f})")
-        ax.set_title(attack, fontsize=9)
-        ax.set_xlabel("L2 norm", fontsize=8)
-        ax.set_ylabel("accuracy loss", fontsize=8)
-        ax.legend(fontsize=7)
+            r = report[attack]
+            (line,) = ax.plot(eps.numpy(), loss.numpy(), label=f"area {r.area():.3f}")
+            lines.setdefault(f"{label} (clean accuracy {r.clean_accuracy:.1%})", line)
+        ax.set_title(in_words(attack))
+        ax.set_xlabel("L2 norm of the perturbation")
+        ax.set_ylabel("accuracy loss")
+        percent_axis(ax.yaxis)
+        ax.set_xlim(0, top)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="best")
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
+    fig.legend(list(lines.values()), list(lines), loc="outside lower center", frameon=False)
+    space = next(iter(next(iter(reports.values())).results.values())).upto
+    fig.suptitle(
+        (title or "Robustness: accuracy lost to the smallest adversarial perturbation found")
+        + f"\narea: the mean accuracy loss over L2 in [0, {space:.3g}] (the whole space of images "
+        "in [0, 1]);\nlower is more robust"
+    )
     return save_figure(fig, path)

@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .data import Data, TensorImages
 from .errors import OptionError, ReversoError
+from .plotting import TEXT_WIDTH, integer_axis, new_figure, percent_axis, save_figure, styled
+from .settings import smoke_cap
 from .tracing import evaluating
 
 
@@ -101,6 +103,8 @@ def train(
     labels the progress bar.
     """
     _check_options(epochs, batch_size, lr, val_fraction, repeats, milestones)
+    capped = smoke_cap("train", epochs=(epochs, 1), repeats=(repeats, 1))
+    epochs, repeats = capped["epochs"], capped["repeats"]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if amp is None else amp
     weight_decay = data.weight_decay if weight_decay is None else weight_decay
@@ -381,3 +385,40 @@ def evaluate(
             x = data.normalize(x.to(device))
             correct += (model(x).argmax(1) == y.to(device)).sum()  # on the device: no sync
     return int(correct) / max(len(dataset), 1)
+
+
+@styled
+def plot_training(
+    results: dict[str, TrainResult] | TrainResult, path: str | Path, *, title: str | None = None
+) -> Path:
+    """Training curves, one colour per model: validation accuracy (left) and training loss
+    (right) per epoch, the mean over runs with the band of the runs' min and max; .png, .pdf or
+    .svg by the suffix of ``path``."""
+    if isinstance(results, TrainResult):
+        results = {"model": results}
+    fig, axes = new_figure(1, 2, size=(TEXT_WIDTH * 0.8, 2.6))
+    accuracy, loss = axes[0]
+    for label, result in results.items():
+        for ax, key in ((accuracy, "val_accuracy"), (loss, "loss")):
+            curves = torch.tensor([[h[key] for h in run.history] for run in result.runs])
+            epochs = [h["epoch"] for h in result.runs[0].history]
+            runs = f", {len(result.runs)} runs" if len(result.runs) > 1 else ""
+            (line,) = ax.plot(epochs, curves.mean(0).tolist(), marker=".", label=f"{label}{runs}")
+            if len(result.runs) > 1:
+                ax.fill_between(
+                    epochs,
+                    curves.min(0).values.tolist(),
+                    curves.max(0).values.tolist(),
+                    color=line.get_color(),
+                    alpha=0.2,
+                    linewidth=0,
+                )
+    accuracy.set_ylabel("validation accuracy")
+    percent_axis(accuracy.yaxis)
+    loss.set_ylabel("training loss (cross-entropy)")
+    for ax in (accuracy, loss):
+        ax.set_xlabel("epoch")
+        integer_axis(ax.xaxis)
+    accuracy.legend(loc="lower right")
+    fig.suptitle(title or "Training curves")
+    return save_figure(fig, path)

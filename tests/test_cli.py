@@ -85,7 +85,7 @@ def test_attack_compares_models(trained, tmp_path, capsys):
                  "--attacks", "contrast", "gaussian_noise", "--budget", "fast", "--repeats", "1", "-o", str(png)])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "robustness of lenet_fc" in out and "robustness of td" in out and "contrast" in out
+    assert "robustness of LeNetFC" in out and "robustness of td" in out and "contrast" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

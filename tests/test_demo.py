@@ -19,7 +19,7 @@ def test_quick_demo_converts_trains_attacks_and_explains(tmp_path):
     for loc in results["localization"].values():
         assert 0 <= loc.precision <= 1 and 0 <= loc.recall <= 1
     names = sorted(p.name for p in results["pictures"])
-    assert names == ["erf_BU.png", "erf_TD.png", "gradcam.png", "robustness.png"]
+    assert names == ["erf.png", "gradcam.png", "robustness.png", "training.png"]
     for p in results["pictures"]:
         assert p.read_bytes()[:4] == b"\x89PNG"
     assert f"pictures in {(tmp_path / 'out').resolve()}" in text

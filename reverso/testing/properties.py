@@ -176,7 +176,15 @@ def check_topdown_reaches_receptive_field(
     """The top-down paper's claim (section 3.2): already at its first conv the top-down net has
     the receptive field that the bottom-up net reaches only at its last conv.
 
-    Returns (receptive field of the TD's first conv, of the BU's last conv), paper rules.
+    When it holds: the TD's first conv reads the coarsest pyramid level, so it sees the blur of
+    that level (6 sigma px) plus its own kernel at the coarsest jump, ``(k - 1) 2^L`` px; the BU's
+    last conv sees what all its convs add up, ``1 + sum (k_i - 1) jump_i``. The claim holds for
+    nets with one conv per resolution, like the paper's Figure-2 net (20 >= 18 px), and fails for
+    nets with several convs per resolution, whose receptive field keeps growing at the coarsest
+    jump (the paper's LeNetFC: 20 < 24 px; timm's resnet18 at 224 px: 288 < 435 px).
+
+    Returns (receptive field of the TD's first conv, of the BU's last conv), paper rules; raises
+    AssertionError with both numbers when the claim does not hold.
     """
     from ..receptive import receptive_fields
 
