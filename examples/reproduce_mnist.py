@@ -26,6 +26,7 @@ from pathlib import Path
 import reverso
 from reverso.data import mnist5k_data
 from reverso.gradcam import compare_localization, save_overlays
+from reverso.names import title
 from reverso.robustness import ATTACKS, plot_robustness, robustness
 from reverso.train import train
 
@@ -79,7 +80,9 @@ def exp2(args, data, out: Path) -> dict:
         reports[name] = robustness(nets[name], data, samples=args.samples,
                                    budget=args.budget, name=name, progress=not args.quiet)  # fmt: skip
         print(reports[name])
-    plot_robustness(reports, out / "exp2_attacks.png")
+    model = title(args.model)
+    plot_robustness({f"{n} {model}": r for n, r in reports.items()}, out / "exp2_attacks.png",
+                    title=f"Exp 2: robustness of {model} on MNIST-5k ({args.samples} test digits)")  # fmt: skip
     results = {
         name: {
             a: {"clean_accuracy": r.clean_accuracy, "area": r.area(), "area_upto_4": r.area(4.0),
@@ -96,7 +99,8 @@ def exp2(args, data, out: Path) -> dict:
                             budget=args.budget, levels=chosen, name="TD-td", progress=not args.quiet)  # fmt: skip
         print(report)
         per_level[str(chosen)] = report
-    plot_robustness({f"levels {k}": v for k, v in per_level.items()}, out / "exp2_levels.png")
+    plot_robustness({f"pyramid levels {k}": v for k, v in per_level.items()}, out / "exp2_levels.png",
+                    title=f"Exp 2: top-down {model} with only some pyramid levels perturbed")  # fmt: skip
     results["per_level"] = {
         k: {
             a: {"area_upto_4": r.area(4.0), "median_l2": r.median_norm}
@@ -121,7 +125,10 @@ def exp3(args, data, out: Path) -> dict:
         rows.append({name: {"precision": r.precision, "recall": r.recall, "images": r.images}
                      for name, r in loc.items()})  # fmt: skip
         if run == 0:
-            save_overlays(images[index], cams, out / "exp3_gradcam.png", count=8)
+            model = title(args.model)
+            save_overlays(images[index], {f"{n} {model}": c for n, c in cams.items()},
+                          out / "exp3_gradcam.png", count=8, labels=labels[index],
+                          classes=data.classes, title=f"Exp 3: Grad-CAM of {model} on MNIST-5k")  # fmt: skip
         print(f"run {run + 1}: " + "; ".join(f"{n}: {r}" for n, r in loc.items()))
     summary = {}
     for name in args.compare:

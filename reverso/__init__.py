@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "njet": ("transforms", "njet"),
     "plot_erfs": ("erf", "plot_erfs"),
     "plot_robustness": ("robustness", "plot_robustness"),
+    "plot_training": ("train", "plot_training"),
     "receptive_fields": ("receptive", "receptive_fields"),
     "register_width_rule": ("widths", "register_width_rule"),
     "remember_source": ("provenance", "remember_source"),
@@ -129,6 +130,6 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .summary import Summary, side_by_side, summary
     from .topdown import topdown
     from .tracing import trace
-    from .train import TrainResult, evaluate, train
+    from .train import TrainResult, evaluate, plot_training, train
     from .transforms import antialias, njet
     from .widths import register_width_rule

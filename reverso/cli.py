@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Python keyword arguments named in error messages -> the command line's flags
-_FLAGS = {"trust": "--trust", "layer": "--layer", "node": "--node", "num_classes": "--num-classes"}
+_FLAGS = {
+    "trust": "--trust",
+    "layer": "--layer",
+    "node": "--node",
+    "num_classes": "--num-classes",
+    "root": "--root",
+}
 _SIZE_WORDS = {"channels": "C", "height": "H", "width": "W"}
 
 
@@ -56,6 +62,7 @@ def in_flags(message: str) -> str:
 
     message = re.sub(r"input_size=\(([^)]*)\)", size, message)
     message = re.sub(r"\b(trust)=\[([^\]]*)\](?: to reverso\.load)?", listed, message)
+    message = re.sub(r"\broot=(?=[^\s.,;]+)", "--root ", message)
     return re.sub(
         r"\b(layer|node|num_classes)=(?=[\s'\"]|$)", lambda m: _FLAGS[m.group(1)], message
     )

@@ -19,7 +19,7 @@ from . import graph as g
 from .analysis import StageReport, Transition
 from .errors import OptionError
 from .nn import MERGES, PYRAMIDS, UPSAMPLE_MODES
-from .shapes import channels
+from .shapes import channels, is_feature_map
 from .tracing import example_input, model_dtype
 from .widths import REGISTRY, WidthRegistry
 
@@ -192,19 +192,27 @@ def make_plan(report: StageReport, options: TopDownOptions, bu: fx.GraphModule) 
     return plan
 
 
-def _opening_node(named, report: StageReport, level: int) -> fx.Node:
-    """The bottom-up conv that opens ``level`` (or, if none does, the nearest coarser level)."""
+#: the kernel of laterals (and of ``rev`` groups) in a model without an nn.Conv2d to copy
+DEFAULT_KERNEL = 3
+
+
+def _opening_node(named, report: StageReport, level: int) -> fx.Node | None:
+    """The bottom-up conv that opens ``level`` (or, if none does, the nearest coarser level);
+    None in a model whose convs are all of its own types (registered with the width registry)."""
     levels = sorted(report.opening)
     candidates = [lv for lv in levels if lv >= level] or levels[::-1]
-    return named[report.opening[candidates[0]]]
+    return named[report.opening[candidates[0]]] if candidates else None
 
 
 def _opening_kernel(bu, named, report: StageReport, level: int) -> int:
-    return g.conv_kernel(bu, _opening_node(named, report, level))
+    node = _opening_node(named, report, level)
+    return DEFAULT_KERNEL if node is None else g.conv_kernel(bu, node)
 
 
 def _lateral_spec(bu, named, report: StageReport, level: int) -> LateralSpec:
     node = _opening_node(named, report, level)
+    if node is None:  # nothing to copy: a plain conv (its widths are set where it is placed)
+        return LateralSpec(nn.Conv2d(1, 1, DEFAULT_KERNEL, padding=DEFAULT_KERNEL // 2), [])
     conv = bu.get_submodule(node.target)
     if not isinstance(conv, nn.Conv2d):
         conv = next(m for m in conv.modules() if isinstance(m, nn.Conv2d))
@@ -226,11 +234,13 @@ def _lateral_spec(bu, named, report: StageReport, level: int) -> LateralSpec:
 def _median_width(bu, named, report: StageReport) -> int:
     """The median of the body's conv output widths (the 'uni' arrangement's width)."""
     body_units = set(report.body)
-    widths = [
-        channels(n)
+    body = [
+        n
         for n in bu.graph.nodes
-        if g.tag(n).get("unit") in body_units and g.is_conv(bu, n) and not g.tag(n).get("global")
+        if g.tag(n).get("unit") in body_units and is_feature_map(n) and not g.tag(n).get("global")
     ]
+    # the convs' widths; in a model whose convs are all of its own types, every feature map's
+    widths = [channels(n) for n in body if g.is_conv(bu, n)] or [channels(n) for n in body]
     return int(statistics.median_low(widths))
 
 

@@ -10,7 +10,7 @@
 5. Their receptive fields: theoretical per conv, and the effective ones measured, side by side on
    one scale (erf.png).
 
-Everything runs on the CPU in about two minutes and writes its pictures to ``out``.
+Everything runs on the CPU in under a minute and writes its figures to ``out``.
 """
 
 from __future__ import annotations

@@ -16,13 +16,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
+import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from . import graph as g
 from .analysis import analyze_graph
 from .context import CompileContext, TopDownOptions, make_plan, prototypes_of
-from .errors import OptionError
+from .errors import OptionError, UnsupportedTopologyError
 from .network import TopDownNet, emit
 from .pipeline import Pass, Pipeline, default_pipeline
 from .provenance import SourceModel, qualified_name, source_of
@@ -71,6 +73,7 @@ def topdown(
     model = resolve_model(model)
     ctx = compile_context(model, input_size, options, leaf_modules)
     gm = pipeline.run(working_copy(ctx.bu), ctx)
+    check_same_output(ctx.bu, gm, type(model).__name__)
     net = emit(gm, ctx, source=source_of(model))
     net.reverso_source_model = SourceModel.of(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
@@ -94,6 +97,28 @@ def compile_context(
         plan=make_plan(report, options, bu),
         prototypes=prototypes_of(bu, report),
     )
+
+
+def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None:
+    """The top-down graph's output has the bottom-up graph's shapes; a refusal otherwise (never a
+    network that silently answers with another number of classes)."""
+
+    def shapes(gm: fx.GraphModule):
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        return tree_map(
+            lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else v,
+            tree_map(lambda n: n.meta.get("val") if isinstance(n, fx.Node) else n, out),
+        )
+
+    bu_shapes, td_shapes = shapes(bu), shapes(td)
+    if bu_shapes != td_shapes:
+        raise UnsupportedTopologyError(
+            f"the top-down form of {name} would output {td_shapes} where {name} outputs "
+            f"{bu_shapes}, so reverso refuses it. The usual cause is a classifier reverso does not "
+            "read as one (a conv of the model's own type producing the class map): make the "
+            "classifier an nn.Conv2d or nn.Linear after the last downsampling, or convert the "
+            "model's feature extractor and add the head yourself"
+        )
 
 
 def working_copy(bu: fx.GraphModule) -> fx.GraphModule:

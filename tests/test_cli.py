@@ -1,10 +1,14 @@
 """Every `reverso` subcommand end to end on tiny settings."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
 import reverso
-from reverso.cli import main
+from reverso.cli import _parser, in_flags, main
 
 COMMANDS = ["demo", "convert", "summary", "erf", "train", "attack", "gradcam"]
 
@@ -123,9 +127,74 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
         err.startswith("reverso convert: MODEL 'not_a_model_anywhere'") and "Traceback" not in err
     )
     assert main(["train", "lenet_fc", "--data", "cifar10", "--epochs", "1"]) == 1
-    assert "pass root=" in capsys.readouterr().err
+    assert "pass --root <folder>" in capsys.readouterr().err
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"junk")
     assert main(["summary", str(bad)]) == 1
     assert "not a readable safetensors file" in capsys.readouterr().err
     torch.manual_seed(0)
+
+
+def test_a_misspelled_model_gets_the_closest_names(tmp_path, capsys):
+    assert main(["convert", "resnet181", "-o", str(tmp_path / "x.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "Did you mean: resnet18," in err  # by edit distance, closest first
+    assert main(["summary", "lenet_f"]) == 1
+    assert "Did you mean: lenet_fc" in capsys.readouterr().err  # reference models too
+
+
+def test_errors_name_the_flags_not_python_arguments(capsys):
+    assert main(["summary", "resnet18", "--input-size", "3", "8", "8", "--topdown"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --input-size 3 17 17 or larger" in err and "input_size=" not in err
+    assert main(["summary", "lenet_fc", "--input-size", "3", "28", "28"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --input-size 1 28 28" in err and "small" not in err
+
+
+@pytest.mark.parametrize(
+    ("python", "command_line"),
+    [
+        ("pass input_size=(3, 17, 17) or larger", "pass --input-size 3 17 17 or larger"),
+        ("Pass input_size=(channels, height, width), e.g.", "Pass --input-size C H W, e.g."),
+        ("pass trust=['mypkg'] to reverso.load", "pass --trust mypkg"),
+        ("pass layer= an earlier conv", "pass --layer an earlier conv"),
+    ],
+)
+def test_python_advice_in_command_line_words(python, command_line):
+    assert in_flags(python) == command_line
+
+
+def test_every_option_has_help():
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help, (
+                    f"reverso {name} {'/'.join(action.option_strings) or action.dest}"
+                )
+
+
+def _seconds(args: list[str], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_help_does_not_import_torch_and_is_quick():
+    check = (
+        "import sys\nfrom reverso.cli import main\ntry:\n    main(['train', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'foolbox', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]")
+    # measured against starting Python itself: help costs a few imports of argparse, not seconds
+    bare = _seconds([sys.executable, "-c", "pass"])
+    help_ = _seconds([sys.executable, "-m", "reverso", "train", "--help"])
+    print(f"python -c pass {bare:.3f}s, reverso train --help {help_:.3f}s ({help_ / bare:.1f}x)")
+    assert help_ < 1.0 and help_ / bare < 20

@@ -125,3 +125,34 @@ def test_topdown_with_njet():
     y = td(torch.rand(2, 3, 32, 32))
     y.sum().backward()
     assert all(m.scale.grad is not None for m in njets)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.Conv2d(3, 4, 5, padding=2),
+        nn.Conv2d(2, 4, 3, padding=2, dilation=2),
+    ],
+)
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_projection_is_the_least_squares_fit_on_the_grid(conv, sigma):
+    # oracle: the kernel placed on the basis grid (zero around it) and torch.linalg.lstsq
+    from reverso.passes.njet import _layer_like, _projection
+
+    torch.manual_seed(0)
+    d, k = conv.dilation[0], conv.kernel_size[0]
+    layer = _layer_like(conv, sigma * d, d * (k - 1) + 1, order=3, learn_sigma=True)
+    alpha, error = _projection(layer, conv)
+    basis = layer.basis().detach().double()
+    s = basis.shape[-1]
+    target = torch.zeros(conv.out_channels, conv.in_channels, s, s, dtype=torch.float64)
+    o = (s - (d * (k - 1) + 1)) // 2
+    target[..., o : o + d * (k - 1) + 1 : d, o : o + d * (k - 1) + 1 : d] = (
+        conv.weight.detach().double()
+    )
+    a, b = basis.reshape(len(basis), -1).T, target.reshape(-1, s * s).T
+    oracle = torch.linalg.lstsq(a, b).solution
+    residual = (a @ oracle - b).norm() / b.norm()
+    assert error == pytest.approx(float(residual), rel=1e-6, abs=1e-9)
+    assert torch.allclose(a @ alpha.T, a @ oracle, atol=1e-8)  # the same fitted kernels

@@ -6,6 +6,7 @@ import pickle
 import pytest
 import timm
 import torch
+import torchvision
 from golden_models import LeNetFC
 from safetensors.torch import save_file
 
@@ -157,3 +158,30 @@ def test_custom_passes_cannot_be_saved(tmp_path):
     td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28), passes=pipe)
     with pytest.raises(reverso.OptionError, match="mine: your own"):
         reverso.save(td, tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("builder", "kwargs"),
+    [
+        ("resnet18", {"num_classes": 10}),
+        ("mobilenet_v3_small", {}),
+        ("squeezenet1_1", {"num_classes": 5}),
+    ],
+)
+def test_a_torchvision_model_round_trips_without_extra_arguments(tmp_path, builder, kwargs):
+    model = getattr(torchvision.models, builder)(**kwargs)
+    td = reverso.topdown(model, input_size=(3, 64, 64))
+    path = reverso.save(td, tmp_path / "td.safetensors")  # no source=
+    loaded = reverso.load(path)  # no trust=
+    assert loaded.recipe["source"] == {"factory": f"torchvision.models:{builder}", "kwargs": kwargs}
+    assert same_outputs(td, loaded, torch.rand(2, 3, 64, 64))
+    plain = reverso.load(reverso.save(model, tmp_path / "plain.safetensors"))
+    assert type(plain) is type(model) and same_outputs(model, plain, torch.rand(2, 3, 64, 64))
+
+
+def test_an_unknown_model_is_named_by_its_own_class(tmp_path):
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    with pytest.raises(reverso.OptionError) as info:
+        reverso.save(td, tmp_path / "td.safetensors")
+    message = str(info.value)
+    assert "the original LeNetFC (golden_models:LeNetFC)" in message and "TopDownNet" not in message

@@ -8,6 +8,7 @@ from golden_models import LeNetFC
 from torch import nn
 
 import reverso
+import reverso.settings
 from reverso.data import Data, TensorImages, load
 from reverso.errors import ReversoError
 from reverso.train import evaluate, train
@@ -165,3 +166,14 @@ def test_bad_arguments(small):
         train(42, small)
     with pytest.raises(ReversoError, match="reset_parameters"):
         train(NoReset(), small, epochs=1, repeats=2, progress=False)
+
+
+def test_reverso_smoke_runs_the_protocol_in_tiny_settings(small, monkeypatch):
+    monkeypatch.setenv("REVERSO_SMOKE", "1")
+    with pytest.warns(
+        UserWarning, match="REVERSO_SMOKE is set: train runs with epochs=1, repeats=1"
+    ):
+        result = train(tiny_cnn, small, epochs=30, repeats=4, progress=False)
+    assert len(result.runs) == 1 and [h["epoch"] for h in result.runs[0].history] == [1]
+    monkeypatch.setenv("REVERSO_SMOKE", "0")
+    assert reverso.settings.smoke() is False

@@ -129,3 +129,53 @@ def test_registered_user_layer_is_rebuilt(monkeypatch):
     assert td(torch.rand(2, 3, 16, 16)).shape == (2, 2)
     scales = [m for m in td.modules() if isinstance(m, Mystery)]
     assert [m.weight.shape[0] for m in scales] == [3]  # rebuilt for the image's 3 channels
+
+
+class OwnConv(nn.Module):
+    """A conv of the user's own that reverso knows only through the width registry."""
+
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.cin, self.cout, self.k = cin, cout, k
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight, padding=self.k // 2)
+
+
+@pytest.fixture
+def own_conv_registered(monkeypatch):
+    monkeypatch.setattr(reverso.widths.REGISTRY, "_rules", dict(REGISTRY._rules))
+    reverso.register_width_rule(
+        OwnConv,
+        in_width=lambda m: m.cin,
+        out_width=lambda m: m.cout,
+        rebuild=lambda m, cin, cout: OwnConv(cin, cout, m.k),
+    )
+
+
+@pytest.mark.parametrize("arrangement", ["td", "uni", "rev"])
+def test_a_body_built_only_of_registered_convs_converts(own_conv_registered, arrangement):
+    # no nn.Conv2d in the body to copy for the laterals, the uni width or the rev kernels: plain
+    # 3x3 laterals, the median feature-map width, 3x3 kernels
+    model = nn.Sequential(
+        OwnConv(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), OwnConv(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+    td = reverso.topdown(model, input_size=(3, 32, 32), arrangement=arrangement)
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    laterals = [m for m in td.modules() if type(m) is nn.Conv2d and m.in_channels == 3]
+    assert len(laterals) == 2 and all(m.kernel_size == (3, 3) for m in laterals)  # one per level
+    own = [m for m in td.modules() if isinstance(m, OwnConv)]
+    assert len(own) == 2 and all(m.weight.shape == (m.cout, m.cin, 3, 3) for m in own)
+
+
+def test_a_classifier_reverso_cannot_read_is_refused_not_miscounted(own_conv_registered):
+    # the class map comes from a conv of the model's own type, which reverso does not read as a
+    # conv: the top-down form would answer with 8 classes instead of 10
+    model = nn.Sequential(
+        OwnConv(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), OwnConv(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+        OwnConv(16, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )  # fmt: skip
+    with pytest.raises(reverso.UnsupportedTopologyError, match=r"would output \(2, 8\) where"):
+        reverso.topdown(model, input_size=(3, 32, 32))
