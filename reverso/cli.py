@@ -143,13 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     erf.add_argument(
         "--samples", type=int, default=16, help="random inputs to average over (default 16)"
     )
-    erf.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("erf.png"),
-        help=f"{FIGURE_HELP} (default erf.png)",
-    )
+    _figure_argument(erf, "erf.png")
 
     train = _command(
         sub, "train", _train,
@@ -206,13 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument(
         "--levels", type=int, nargs="+", help="top-down only: perturb just these pyramid levels"
     )
-    attack.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("robustness.png"),
-        help=f"{FIGURE_HELP} (default robustness.png)",
-    )
+    _figure_argument(attack, "robustness.png")
 
     gradcam = _command(
         sub, "gradcam", _gradcam,
@@ -231,13 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     gradcam.add_argument(
         "-t", "--threshold", type=float, default=0.2, help="object and CAM threshold"
     )
-    gradcam.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("gradcam.png"),
-        help=f"{FIGURE_HELP} (default gradcam.png)",
-    )
+    _figure_argument(gradcam, "gradcam.png")
     return parser
 
 
@@ -245,6 +227,16 @@ def _command(sub, name, run, help_, description):
     p = sub.add_parser(name, help=help_, description=textwrap.fill(description, 90))
     p.set_defaults(run=run)
     return p
+
+
+def _figure_argument(p, default: str) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path(default),
+        help=f"{FIGURE_HELP} (default {default})",
+    )
 
 
 def _model_arguments(p) -> None:

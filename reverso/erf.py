@@ -15,7 +15,15 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import OptionError
-from .plotting import COLUMN, TEXT_WIDTH, integer_axis, new_figure, save_figure, styled
+from .plotting import (
+    COLUMN,
+    TEXT_WIDTH,
+    integer_axis,
+    new_figure,
+    save_figure,
+    styled,
+    wrapped,
+)
 from .settings import smoke_cap
 from .shapes import is_feature_map
 from .shift import features_at
@@ -154,12 +162,13 @@ def plot_erfs(erfs: dict[str, ERF], path: str | Path, *, title: str | None = Non
     bar.set_label("share of the input gradient per pixel (%)")
     samples = results[0][1].samples
     masses = sorted({f"{r.mass:.0%}" for _, r in results})
-    fig.suptitle(
+    lines = [
         title
         or "Effective receptive field (ERF): mean |input gradient| of the central unit"
-        + (f" over {samples} random inputs" if samples else "")
-        + f"\ncyan square: the smallest around the centre holding {'/'.join(masses)} of it"
-    )
+        + (f" over {samples} random inputs" if samples else ""),
+        f"cyan square: the smallest around the centre holding {'/'.join(masses)} of it",
+    ]
+    fig.suptitle(wrapped(lines, width))
     return save_figure(fig, path)
 
 

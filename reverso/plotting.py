@@ -81,6 +81,14 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def wrapped(lines: list[str], width_inches: float) -> str:
+    """Title lines wrapped to a figure ``width_inches`` wide (at the title's 9-pt type)."""
+    import textwrap
+
+    chars = max(30, int(width_inches * 15))
+    return "\n".join(textwrap.fill(line, chars) for line in lines)
+
+
 def percent_axis(axis) -> None:
     """Tick labels of an axis holding fractions, written as percentages."""
     from matplotlib.ticker import PercentFormatter

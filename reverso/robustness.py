@@ -28,7 +28,15 @@ from torch import nn
 from .data import Data
 from .errors import OptionError
 from .names import title as in_words
-from .plotting import COLUMN, TEXT_WIDTH, new_figure, percent_axis, save_figure, styled
+from .plotting import (
+    COLUMN,
+    TEXT_WIDTH,
+    new_figure,
+    percent_axis,
+    save_figure,
+    styled,
+    wrapped,
+)
 from .settings import smoke, smoke_cap
 
 
@@ -488,9 +496,10 @@ def plot_robustness(
         ax.axis("off")
     fig.legend(list(lines.values()), list(lines), loc="outside lower center", frameon=False)
     space = next(iter(next(iter(reports.values())).results.values())).upto
-    fig.suptitle(
-        (title or "Robustness: accuracy lost to the smallest adversarial perturbation found")
-        + f"\narea: the mean accuracy loss over L2 in [0, {space:.3g}] (the whole space of images "
-        "in [0, 1]);\nlower is more robust"
-    )
+    lines = [
+        title or "Robustness: accuracy lost to the smallest adversarial perturbation found",
+        f"area: the mean accuracy loss over L2 in [0, {space:.3g}] (the whole space of images in "
+        "[0, 1]); lower is more robust",
+    ]
+    fig.suptitle(wrapped(lines, width))
     return save_figure(fig, path)

@@ -63,6 +63,17 @@ def test_erf(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_erf_of_a_model_and_its_top_down_form_in_one_figure(tmp_path, capsys):
+    svg = tmp_path / "erf.svg"
+    assert main(["erf", "lenet_fc", "--topdown", "--samples", "2", "-o", str(svg)]) == 0
+    out = capsys.readouterr().out
+    assert "== bottom-up LeNetFC" in out and "== top-down LeNetFC" in out
+    text = svg.read_text()
+    assert "bottom-up LeNetFC" in text and "top-down LeNetFC" in text
+    assert main(["erf", "lenet_fc", "-o", str(tmp_path / "erf.jpg")]) == 1
+    assert ".pdf or .svg" in capsys.readouterr().err  # refused before any work
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
