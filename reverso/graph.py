@@ -384,12 +384,20 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> str:
 
 def own_copy(module: nn.Module, model: nn.Module) -> nn.Module:
     """Copy every layer ``module`` still shares with the user's ``model`` (weights, and stateless
-    layers whose train/eval mode would otherwise follow ``module``'s), and nothing else."""
+    layers whose train/eval mode would otherwise follow ``module``'s), and nothing else. Copies
+    keep the mode of the layer they copy (a BatchNorm frozen in eval mode stays frozen); every
+    other layer (new ones, containers) takes ``model``'s mode."""
     import copy
 
     shared = {id(m) for m in model.modules()}
+    copies: set[int] = set()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if id(child) in shared:
-                setattr(parent, name, copy.deepcopy(child))
+                new = copy.deepcopy(child)
+                setattr(parent, name, new)
+                copies.update(id(m) for m in new.modules())
+    for m in module.modules():
+        if id(m) not in copies:
+            m.training = model.training
     return module

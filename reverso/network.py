@@ -172,7 +172,7 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
     ref = next(ctx.model.parameters(), None)
     if ref is not None:
         net.to(device=ref.device, dtype=ref.dtype)
-    return net.train(ctx.model.training)
+    return net
 
 
 def _extract(

@@ -128,14 +128,23 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block; its training flag is restored afterwards."""
-    was_training = model.training
-    model.eval()
+def keeping_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block ``model`` may be switched between train and eval; afterwards every
+    submodule has its own mode back (a BatchNorm the user froze in eval mode inside a training
+    model stays frozen), which ``model.train(flag)`` would not give."""
+    modes = [(m, m.training) for m in model.modules()]
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, every submodule's own mode restored after it."""
+    with keeping_modes(model):
+        yield model.eval()
 
 
 def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:

@@ -97,7 +97,7 @@ def antialias(
         "kwargs": {"filter_size": filter_size, "stem": stem, "pad_mode": pad_mode},
         "leaf_modules": [qualified_name(t) for t in leaf_modules],
     }
-    return gm.train(model.training)
+    return gm
 
 
 def _check_same_output(original: nn.Module, converted: nn.Module, input_size) -> None:

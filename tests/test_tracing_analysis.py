@@ -157,3 +157,27 @@ def test_tuple_output_is_refused():
 
     with pytest.raises(reverso.UnsupportedTopologyError, match="tuple"):
         reverso.analyze(TwoHeads(), (3, 16, 16))
+
+
+def test_a_frozen_batchnorm_stays_frozen_in_the_model_and_its_conversions():
+    # model.train(flag) would reset every submodule: the user's frozen BatchNorm must survive every
+    # temporary eval, and its copy in a converted network keeps its mode
+    model = timm.create_model("resnet18", num_classes=10).train()
+    model.layer1[0].bn1.eval()
+    frozen = [n for n, m in model.named_modules() if not m.training]
+    x = torch.rand(2, 3, 64, 64)
+    reverso.trace(model, (3, 64, 64))
+    reverso.analyze(model, (3, 64, 64))
+    reverso.erf(model, (3, 64, 64), samples=1)
+    reverso.gradcam(model, x)
+    reverso.summary(model, (3, 64, 64))
+    td = reverso.topdown(model, input_size=(3, 64, 64))
+    aa = reverso.antialias(model, input_size=(3, 64, 64))
+    reverso.testing.check_runs(td, (3, 64, 64), other_sizes=[(64, 64)])
+    assert [n for n, m in model.named_modules() if not m.training] == frozen == ["layer1.0.bn1"]
+    for converted, block in ((td, td.features.layer1), (aa, aa.layer1)):
+        assert converted.training and not block.get_submodule("0").bn1.training
+        assert block.get_submodule("0").bn2.training
+    assert not any(
+        m.training for m in reverso.topdown(model.eval(), input_size=(3, 64, 64)).modules()
+    )

@@ -18,6 +18,7 @@ from ..network import TopDownNet
 from ..nn import Merge
 from ..shapes import spatial
 from ..topdown import topdown
+from ..tracing import evaluating, keeping_modes
 
 
 def check_topdown(
@@ -44,15 +45,8 @@ def check_topdown(
 def check_output_shape(model: nn.Module, td: TopDownNet, input_size) -> None:
     """The top-down net's output has the bottom-up net's shape."""
     x = torch.rand(2, *input_size)
-    model_mode, td_mode = model.training, td.training
-    model.eval()
-    td.eval()
-    try:
-        with torch.no_grad():
-            bu_shape, td_shape = model(x).shape, td(x).shape
-    finally:
-        model.train(model_mode)
-        td.train(td_mode)
+    with evaluating(model), evaluating(td), torch.no_grad():
+        bu_shape, td_shape = model(x).shape, td(x).shape
     assert bu_shape == td_shape, (
         f"top-down output {tuple(td_shape)} != bottom-up output {tuple(bu_shape)}"
     )
@@ -126,8 +120,7 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
     """The net runs in train and eval mode, at the traced size and at other (odd, non-square) sizes."""
     c, h, w = input_size
     sizes = other_sizes if other_sizes is not None else [(h, w), (h + 1, w + 3), (2 * h, w)]
-    mode = td.training
-    try:
+    with keeping_modes(td):
         for training in (True, False):
             td.train(training)
             for sh, sw in sizes:
@@ -138,8 +131,6 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
                 assert torch.isfinite(y).all(), (
                     f"non-finite output for input {sh}x{sw} (train={training})"
                 )
-    finally:
-        td.train(mode)
 
 
 def _main_path(gm: fx.GraphModule) -> list[fx.Node]:
