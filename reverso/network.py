@@ -14,7 +14,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from . import graph as g
-from .errors import InputSizeError
+from .errors import InputSizeError, OptionError, UnsupportedTopologyError
 from .shapes import channels
 from .units import unit_view
 
@@ -108,22 +108,39 @@ class TopDownNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Give the classifier a new number of classes (fresh weights), like timm models."""
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        """Give the classifier a new number of classes (fresh weights), like timm models;
+        ``num_classes=0`` removes it (the network then outputs its pre-logit features) until a
+        later call puts one back. ``global_pool`` is accepted for timm's signature; the pooling
+        stays as compiled."""
         from .widths import REGISTRY
 
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise OptionError(f"num_classes must be an int >= 0, got {num_classes!r}")
         fc = self.head.fc
-        layers = [
-            n
-            for n in fc.graph.nodes
-            if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
-        ]
-        if not layers:
-            raise InputSizeError("this network's head has no classifier layer to resize")
-        target = layers[-1].target
-        module = fc.get_submodule(target)
-        rule = REGISTRY.lookup(module)
-        g.set_module(fc, target, REGISTRY.rebuild(module, rule.in_width(module), num_classes))
+        removed = getattr(self, "_removed_classifier", None)  # (target, module) after a reset to 0
+        if removed is not None:
+            target, module = removed
+        else:
+            layers = [
+                n
+                for n in fc.graph.nodes
+                if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
+            ]
+            if not layers:
+                raise UnsupportedTopologyError(
+                    "this network's head (head.fc) has no classifier layer reverso can resize; "
+                    "replace head.fc yourself, or use forward_head(x, pre_logits=True)"
+                )
+            target = layers[-1].target
+            module = fc.get_submodule(target)
+        if num_classes == 0:
+            self._removed_classifier = (target, module)
+            g.set_module(fc, target, nn.Identity())
+        else:
+            self._removed_classifier = None
+            rule = REGISTRY.lookup(module)
+            g.set_module(fc, target, REGISTRY.rebuild(module, rule.in_width(module), num_classes))
         self.num_classes = num_classes
 
 

@@ -41,6 +41,14 @@ def test_reset_classifier():
     td = reverso.topdown(ResNet32(), input_size=(3, 32, 32))
     td.reset_classifier(3)
     assert td(torch.rand(1, 3, 32, 32)).shape == (1, 3) and td.num_classes == 3
+    x = torch.rand(1, 3, 32, 32)
+    pre_logits = td.forward_head(td.forward_features(x), pre_logits=True)
+    td.reset_classifier(0)  # timm's convention: no classifier, pre-logit features out
+    assert td(x).shape == pre_logits.shape and td.num_classes == 0
+    td.reset_classifier(7)  # and back
+    assert td(x).shape == (1, 7) and td.num_classes == 7
+    with pytest.raises(reverso.OptionError, match="num_classes must be an int >= 0"):
+        td.reset_classifier(-1)
 
 
 def test_prints_readable_code(resnet32_td):
