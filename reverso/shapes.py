@@ -2,8 +2,10 @@
 
 Every pass leaves the graph with ``node.meta["val"]`` holding a meta tensor (or a nested
 structure of them) for each node, so later passes read shapes instead of recomputing them.
-No real computation happens: the common layers have closed-form shape rules and everything
-else runs on meta tensors through a cached meta copy of its module.
+The common layers have closed-form shape rules and everything else runs on meta tensors through
+a cached meta copy of its module. The one exception: a module whose forward depends on the data
+(``x.item()``, ``if x.sum() > 0``) cannot run on meta tensors, so it runs once for real, on zeros
+of the right shapes, on its own device.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import itertools
 import math
 import operator
+import weakref
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -179,11 +182,12 @@ def meta_clone(module: nn.Module) -> nn.Module:
 class ShapeProp(fx.Interpreter):
     """Runs a GraphModule on meta tensors and stores each result in ``node.meta["val"]``.
 
-    Meta copies of modules are cached on the interpreter class by module identity, so that
-    re-propagating after every pass costs little.
+    Meta copies of modules are cached (weakly: a module that is gone takes its copy with it), so
+    that re-propagating after every pass costs little.
     """
 
-    _clones: ClassVar[dict[int, tuple[nn.Module, nn.Module]]] = {}
+    #: meta copy of each module seen, dropped with the module (user modules are never kept alive)
+    _clones: ClassVar[weakref.WeakKeyDictionary[nn.Module, nn.Module]] = weakref.WeakKeyDictionary()
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=False)
@@ -235,12 +239,10 @@ class ShapeProp(fx.Interpreter):
 
     @classmethod
     def meta_module(cls, module: nn.Module) -> nn.Module:
-        cached = cls._clones.get(id(module))
-        if cached is None or cached[0] is not module:
-            if len(cls._clones) > 20000:
-                cls._clones.clear()
-            cached = cls._clones[id(module)] = (module, meta_clone(module))
-        return cached[1]
+        clone = cls._clones.get(module)
+        if clone is None:
+            clone = cls._clones[module] = meta_clone(module)
+        return clone
 
 
 def _plain(args, kwargs) -> bool:
@@ -250,13 +252,29 @@ def _plain(args, kwargs) -> bool:
     return all(isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args)
 
 
-def fingerprint(gm: fx.GraphModule) -> tuple:
-    """Identity of the graph's nodes and of the modules they call: equal fingerprints mean the
-    shapes stored in the nodes are still those of the graph."""
-    return tuple(
-        (id(n), id(gm.get_submodule(n.target)) if n.op == "call_module" else None, id(n.args))
-        for n in gm.graph.nodes
-    )
+class Fingerprint:
+    """Identity of a graph's nodes, of the modules they call and of their arguments.
+
+    It holds the objects themselves, so none of them can be freed and its ``id`` reused by a
+    new object while the fingerprint is kept: equal fingerprints really mean the same graph.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        self.objects = tuple(
+            (n, gm.get_submodule(n.target) if n.op == "call_module" else None, n.args)
+            for n in gm.graph.nodes
+        )
+        self.key = tuple(tuple(id(o) for o in entry) for entry in self.objects)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Fingerprint) and self.key == other.key
+
+    __hash__ = None
+
+
+def fingerprint(gm: fx.GraphModule) -> Fingerprint:
+    """Equal fingerprints mean the shapes stored in the nodes are still those of the graph."""
+    return Fingerprint(gm)
 
 
 def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:

@@ -181,3 +181,30 @@ def test_a_frozen_batchnorm_stays_frozen_in_the_model_and_its_conversions():
     assert not any(
         m.training for m in reverso.topdown(model.eval(), input_size=(3, 64, 64)).modules()
     )
+
+
+def test_shape_propagation_keeps_no_user_module_alive():
+    import gc
+    import weakref
+
+    model = LeNetFC()
+    probe = weakref.ref(model[0] if isinstance(model, nn.Sequential) else next(model.children()))
+    reverso.topdown(model, input_size=(1, 28, 28))
+    del model
+    gc.collect()
+    assert probe() is None
+
+
+def test_a_fingerprint_tells_graphs_apart_even_when_ids_could_be_reused():
+    from reverso.shapes import fingerprint
+
+    gm = reverso.trace(LeNetFC(), (1, 28, 28))
+    before = fingerprint(gm)
+    assert before == fingerprint(gm)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    with gm.graph.inserting_after(node):
+        extra = gm.graph.call_function(torch.relu, (node,))
+    node.replace_all_uses_with(extra, delete_user_cb=lambda user: user is not extra)
+    assert before != fingerprint(gm)
+    # the objects it was taken from stay alive as long as it is kept
+    assert all(entry[0] is not None for entry in before.objects)
