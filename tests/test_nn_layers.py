@@ -6,7 +6,18 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from reverso.nn import ImagePyramid, Merge, Upsample, binomial_taps, gaussian_taps, triangle_taps
+from reverso.nn import (
+    BlurPool2d,
+    GaussianBlur2d,
+    ImagePyramid,
+    Merge,
+    NJetConv2d,
+    Upsample,
+    binomial_taps,
+    gaussian_taps,
+    init_non_persistent_buffers,
+    triangle_taps,
+)
 
 
 def test_taps_are_normalised_and_exact():
@@ -151,3 +162,29 @@ def test_layers_run_in_half_precision(dtype):
     assert all(t.dtype == dtype for t in levels)
     for mode in ("nearest", "bilinear", "blur"):
         assert Upsample(mode)(levels[1], levels[0]).dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: GaussianBlur2d(1.5),
+        lambda: BlurPool2d(4, filter_size=5),
+        lambda: ImagePyramid((0, 1, 2), kind="gaussian"),
+        lambda: ImagePyramid((1, 3), kind="binomial"),
+        lambda: ImagePyramid((0, 2), kind="cascade"),
+        lambda: Upsample("blur", factor=4),
+        lambda: NJetConv2d(3, 4, order=2, sigma=1.5),
+    ],
+)
+def test_fixed_filters_survive_meta_construction_and_to_empty(build):
+    # as with timm's layers: build the structure without memory, materialise, re-create the
+    # non-persistent buffers (not in the state_dict) from the layer's settings
+    reference = build()
+    with torch.device("meta"):
+        layer = build()
+    layer = init_non_persistent_buffers(layer.to_empty(device="cpu"))
+    buffers = dict(reference.named_buffers())
+    assert buffers and set(buffers) == set(dict(layer.named_buffers()))
+    for name, value in layer.named_buffers():
+        if name not in reference.state_dict():  # persistent ones come from a checkpoint
+            assert value.dtype == buffers[name].dtype and torch.equal(value, buffers[name]), name

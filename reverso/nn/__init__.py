@@ -2,7 +2,13 @@
 
 from .blur import GaussianBlur2d
 from .blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
-from .filters import binomial_taps, gaussian_taps, triangle_taps
+from .filters import (
+    FixedBuffers,
+    binomial_taps,
+    gaussian_taps,
+    init_non_persistent_buffers,
+    triangle_taps,
+)
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
@@ -26,6 +32,7 @@ __all__ = [
     "PYRAMIDS",
     "UPSAMPLE_MODES",
     "BlurPool2d",
+    "FixedBuffers",
     "GaussianBlur2d",
     "ImagePyramid",
     "Merge",
@@ -34,6 +41,7 @@ __all__ = [
     "binomial_taps",
     "blur_subsample",
     "gaussian_taps",
+    "init_non_persistent_buffers",
     "structured_receptive_field",
     "triangle_taps",
 ]

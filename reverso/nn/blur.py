@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
-from .filters import gaussian_taps
+from .filters import FixedBuffers, gaussian_taps
 from .pyramid import blur_subsample
 
 
-class GaussianBlur2d(nn.Module):
+class GaussianBlur2d(FixedBuffers, nn.Module):
     """Separable Gaussian blur with half-width ceil(3 sigma), reflect padding, taps summing to 1.
 
     For receptive fields it counts as a kernel of width 6 sigma (top-down paper, section 3.2).
@@ -22,7 +22,10 @@ class GaussianBlur2d(nn.Module):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.sigma = float(sigma)
-        self.register_buffer("taps", gaussian_taps(self.sigma).float(), persistent=False)
+        self.register_fixed_buffers()
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        return {"taps": gaussian_taps(self.sigma).float()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return blur_subsample(x, self.taps, 1)

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filters import binomial_taps
+from .filters import FixedBuffers, binomial_taps
 
 PAD_MODES = ("reflect", "replicate", "zeros")
 
 
-class BlurPool2d(nn.Module):
+class BlurPool2d(FixedBuffers, nn.Module):
     """Blur each channel with the outer product of the binomial taps of ``filter_size`` (1: [1],
     2: [1, 1], 3: [1, 2, 1], 4: [1, 3, 3, 1], ... 7), then subsample by ``stride``.
 
@@ -42,12 +42,11 @@ class BlurPool2d(nn.Module):
         )
         left = (filter_size - 1) // 2
         self.padding = (left, filter_size - 1 - left) * 2  # (left, right, top, bottom)
-        taps = binomial_taps(filter_size).float()
-        self.register_buffer(
-            "filt",
-            (taps[:, None] * taps[None, :]).expand(channels, 1, -1, -1).clone(),
-            persistent=False,
-        )
+        self.register_fixed_buffers()
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        taps = binomial_taps(self.filter_size).float()
+        return {"filt": (taps[:, None] * taps[None, :]).expand(self.channels, 1, -1, -1).clone()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.filter_size == 1:

@@ -29,3 +29,34 @@ def triangle_taps(factor: int) -> torch.Tensor:
     """Linear-interpolation taps for upsampling by ``factor``: size 2f-1, peak 1 ([0.5, 1, 0.5] for 2)."""
     up = torch.arange(1, factor + 1, dtype=torch.float64)
     return torch.cat([up, up.flip(0)[1:]]) / factor
+
+
+class FixedBuffers:
+    """Mixin for layers whose fixed filters are non-persistent buffers computed from their
+    settings. Such buffers are not in the state_dict, so a layer built on the meta device and
+    materialised with ``to_empty()`` gets them back from :meth:`init_non_persistent_buffers`
+    (timm's name for the same step); :func:`init_non_persistent_buffers` does a whole model."""
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        """The buffers' values, computed from the layer's settings."""
+        raise NotImplementedError
+
+    def register_fixed_buffers(self) -> None:
+        for name, value in self.fixed_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the fixed buffers on the device and in the dtype they now have."""
+        with torch.device("cpu"):
+            values = self.fixed_buffers()
+        for name, value in values.items():
+            old = self._buffers[name]
+            self._buffers[name] = value.to(device=old.device, dtype=old.dtype)
+
+
+def init_non_persistent_buffers(model: torch.nn.Module) -> torch.nn.Module:
+    """Recompute the fixed filters of every reverso layer in ``model`` (after ``to_empty()``)."""
+    for module in model.modules():
+        if isinstance(module, FixedBuffers):
+            module.init_non_persistent_buffers()
+    return model

@@ -7,13 +7,13 @@ structured receptive field layer (Jacobsen et al., RFNN).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .filters import FixedBuffers
 from .gaussian import (
     SIZE_RULES,
     basis_indices,
@@ -28,7 +28,7 @@ from .gaussian import (
 ROUTES = ("auto", "dense", "separable")
 
 
-class NJetConv2d(nn.Module):
+class NJetConv2d(FixedBuffers, nn.Module):
     """A conv whose kernel is ``W[o, c] = sum_{i+j<=N} alpha[o, c, (i,j)] s^(i+j) G^{i,j}(s)``.
 
     The kernel's *shape* is learned through ``alpha`` (one vector per output/input channel pair)
@@ -101,9 +101,7 @@ class NJetConv2d(nn.Module):
             self.scale = nn.Parameter(scale)
         else:
             self.register_buffer("scale", scale)
-        self.register_buffer("grid", grid(self.radius), persistent=False)
-        # the (i, j) of each basis function, kept on the module's device (no copy per forward)
-        self.register_buffer("basis_ij", torch.tensor(basis_indices(order)), persistent=False)
+        self.register_fixed_buffers()
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.num_basis))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.route = self._choose_route() if route == "auto" else route
@@ -112,6 +110,10 @@ class NJetConv2d(nn.Module):
                 "the separable route needs groups=1 and a single sigma; use route='dense'"
             )
         self.reset_parameters()
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        # the (i, j) of each basis function, kept on the module's device (no copy per forward)
+        return {"grid": grid(self.radius), "basis_ij": torch.tensor(basis_indices(self.order))}
 
     # -- parameters ---------------------------------------------------------------------------
     @property
@@ -122,10 +124,10 @@ class NJetConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """alpha ~ N(0, 2 / fan_in), fan_in counting the basis energy (He init for the effective kernel)."""
-        with torch.no_grad():
-            energy = self.basis().pow(2).sum().item()
-            std = math.sqrt(2.0 / max(self.in_channels // self.groups * energy, 1e-12))
-            self.alpha.normal_(0.0, std)
+        with torch.no_grad():  # std as a tensor: no host read, and it works on the meta device
+            energy = self.basis().pow(2).sum()
+            std = (2.0 / (self.in_channels // self.groups * energy).clamp_min(1e-12)).sqrt()
+            self.alpha.normal_(0.0, 1.0).mul_(std.to(self.alpha.dtype))
             if self.bias is not None:
                 self.bias.zero_()
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filters import binomial_taps, gaussian_taps
+from .filters import FixedBuffers, binomial_taps, gaussian_taps
 
 PYRAMIDS = ("gaussian", "binomial", "cascade")
 
@@ -36,7 +36,7 @@ def blur_subsample(x: torch.Tensor, taps: torch.Tensor, factor: int) -> torch.Te
     return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), stride=(factor, 1), groups=c)
 
 
-class ImagePyramid(nn.Module):
+class ImagePyramid(FixedBuffers, nn.Module):
     """Blurred and subsampled copies of the input, one per level (level l = factor 2**l).
 
     ``kind="gaussian"`` (the top-down paper's code): every level made directly from the input with
@@ -54,14 +54,16 @@ class ImagePyramid(nn.Module):
             raise ValueError(f"levels must be distinct non-negative integers, got {levels}")
         self.levels = levels
         self.kind = kind
-        if kind == "cascade":
-            self.register_buffer("taps_step", gaussian_taps(2 / 3).float(), persistent=False)
-        else:
-            for level in levels:
-                if level > 0:
-                    self.register_buffer(
-                        f"taps_{level}", pyramid_taps(kind, 2**level).float(), persistent=False
-                    )
+        self.register_fixed_buffers()
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        if self.kind == "cascade":
+            return {"taps_step": gaussian_taps(2 / 3).float()}
+        return {
+            f"taps_{level}": pyramid_taps(self.kind, 2**level).float()
+            for level in self.levels
+            if level > 0
+        }
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.kind == "cascade":

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filters import triangle_taps
+from .filters import FixedBuffers, triangle_taps
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "blur")
 
 
-class Upsample(nn.Module):
+class Upsample(FixedBuffers, nn.Module):
     """Upsample ``x`` to the spatial size of ``like`` (``size=``, so odd and non-square inputs work).
 
     ``"nearest"`` is the top-down paper's default (more robust than bilinear); ``"blur"`` inserts
@@ -25,8 +25,10 @@ class Upsample(nn.Module):
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
         self.mode = mode
         self.factor = int(factor)
-        if mode == "blur":
-            self.register_buffer("taps", triangle_taps(self.factor).float(), persistent=False)
+        self.register_fixed_buffers()
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        return {"taps": triangle_taps(self.factor).float()} if self.mode == "blur" else {}
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         size = like.shape[-2:]
