@@ -179,3 +179,14 @@ def test_shares_no_module_with_the_bottom_up_model():
     assert not any(
         m.training for m in bu.modules()
     )  # switching the network's mode leaves the model alone
+
+
+def test_a_network_converted_on_the_meta_device_materialises_with_its_filters():
+    with torch.device("meta"):
+        model = ResNet32()
+    td = reverso.topdown(model, input_size=(3, 32, 32), upsample="blur")
+    assert all(t.is_meta for t in td.state_dict().values())
+    td = reverso.nn.init_non_persistent_buffers(td.to_empty(device="cpu"))
+    reference = reverso.topdown(ResNet32(), input_size=(3, 32, 32), upsample="blur")
+    fixed = {n: b for n, b in reference.named_buffers() if n not in reference.state_dict()}
+    assert fixed and all(torch.equal(dict(td.named_buffers())[n], b) for n, b in fixed.items())
