@@ -17,6 +17,7 @@ from . import graph as g
 from .blocks import LayerFactory
 from .errors import ReversoError, UnsupportedTopologyError
 from .shapes import ShapeProp, channels, fingerprint
+from .tracing import evaluating
 from .units import module_prefix, unit_nodes
 from .widths import unknown_layer_error
 
@@ -24,14 +25,8 @@ from .widths import unknown_layer_error
 def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     """Re-widths layers and shortcuts in place; returns whether anything changed."""
     fixer = _Repair(gm, ctx)
-    training = [(m, m.training) for m in gm.modules()]
-    gm.eval()
-    try:
-        with torch.no_grad():
-            fixer.run(ctx.example_input())
-    finally:
-        for m, t in training:
-            m.training = t
+    with evaluating(gm), torch.no_grad():
+        fixer.run(ctx.example_input())
     if fixer.changed:
         gm.graph.lint()
         gm.recompile()

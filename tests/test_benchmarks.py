@@ -31,3 +31,8 @@ def test_gpu_training_script_runs_on_cpu():
     )
     assert [r["net"] for r in rows] == ["bottom-up", "top-down"]
     assert all(r["s_per_epoch"] > 0 and 0 <= r["test_accuracy"] <= 1 for r in rows)
+
+
+def test_cli_help_benchmark_runs():
+    result = load_script("benchmarks", "cli_help").main(["--repeats", "1"])
+    assert result["help_s"] > 0 and result["ratio"] > 0

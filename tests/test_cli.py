@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -187,16 +186,8 @@ def test_every_option_has_help():
                 )
 
 
-def _seconds(args: list[str], repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(args, check=True, capture_output=True)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_help_does_not_import_torch_and_is_quick():
+def test_help_does_not_import_torch():
+    # what keeps help instant; benchmarks/cli_help.py measures it against `python -c pass`
     check = (
         "import sys\nfrom reverso.cli import main\ntry:\n    main(['train', '--help'])\n"
         "except SystemExit:\n    pass\n"
@@ -204,8 +195,3 @@ def test_help_does_not_import_torch_and_is_quick():
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")
-    # measured against starting Python itself: help costs a few imports of argparse, not seconds
-    bare = _seconds([sys.executable, "-c", "pass"])
-    help_ = _seconds([sys.executable, "-m", "reverso", "train", "--help"])
-    print(f"python -c pass {bare:.3f}s, reverso train --help {help_:.3f}s ({help_ / bare:.1f}x)")
-    assert help_ < 1.0 and help_ / bare < 20
