@@ -21,7 +21,7 @@ import timm
 import torch
 
 import reverso
-from reverso.tracing import ReversoTracer
+from reverso.frontend.tracing import ReversoTracer
 
 
 def median_time(fn, repeats: int) -> float:

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import reverso
-from reverso.data import mnist5k_data
+from reverso.study.data import mnist5k_data
 
 
 def main(argv=None) -> list[dict]:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import reverso
-from reverso.data import sample_images
-from reverso.shift import consistency, feature_equivariance, features_at
+from reverso.study.data import sample_images
+from reverso.study.shift import consistency, feature_equivariance, features_at
 
 NAMES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 

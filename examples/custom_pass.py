@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reverso
-from reverso import graph
-from reverso.nn import Merge
+from reverso import ir
 
 FUNCTIONAL_ACTIVATIONS = {F.relu, torch.relu, F.relu6, F.gelu, F.leaky_relu}
 
@@ -35,7 +34,7 @@ class SwapActivations(reverso.Pass):
         changed = False
         for module in list(gm.modules()):
             for child_name, child in module.named_children():
-                if isinstance(child, graph.ACTIVATIONS) and not isinstance(child, self.make):
+                if isinstance(child, ir.ACTIVATIONS) and not isinstance(child, self.make):
                     setattr(
                         module, child_name, self.make()
                     )  # also reaches inside merges and norm-acts
@@ -50,7 +49,7 @@ class SwapActivations(reverso.Pass):
         left = [
             type(m).__name__
             for m in gm.modules()
-            if isinstance(m, graph.ACTIVATIONS) and not isinstance(m, self.make)
+            if isinstance(m, ir.ACTIVATIONS) and not isinstance(m, self.make)
         ]
         assert not left, f"activations left: {left}"
 
@@ -59,25 +58,16 @@ class DropoutAfterMerges(reverso.Pass):
     """Add ``nn.Dropout(p)`` right after each merge of the top-down net."""
 
     name = "dropout_after_merges"
+    after = ("multiscale_inputs",)  # the pipeline refuses an order that puts it earlier
 
     def __init__(self, p: float = 0.1):
         super().__init__()
         self.p = p
 
-    def requires(self, gm, ctx) -> None:
-        if not any(isinstance(m, Merge) for m in gm.modules()):
-            raise reverso.PassError(
-                "no merges yet: insert this pass after 'multiscale_inputs'", pass_name=self.name
-            )
-
     def call(self, gm: fx.GraphModule, ctx) -> reverso.PassResult:
-        merges = [
-            n
-            for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Merge)
-        ]
+        merges = ir.nodes_with_role(gm, ir.Role.MERGE)  # found by their tag, not by names
         for node in merges:
-            drop = graph.add_module_node(
+            drop = ir.add_module_node(
                 gm,
                 f"{node.target}_dropout",
                 nn.Dropout(self.p),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reverso
-from reverso.data import mnist5k
+from reverso.study.data import mnist5k
 
 
 def two_layer_net(width: int = 16) -> nn.Sequential:

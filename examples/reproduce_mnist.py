@@ -24,11 +24,13 @@ import time
 from pathlib import Path
 
 import reverso
-from reverso.data import mnist5k_data
-from reverso.gradcam import compare_localization, save_overlays
 from reverso.names import title
-from reverso.robustness import ATTACKS, plot_robustness, robustness
-from reverso.train import train
+from reverso.study.attacks import ATTACKS
+from reverso.study.data import mnist5k_data
+from reverso.study.figures import plot_robustness
+from reverso.study.gradcam import compare_localization, save_overlays
+from reverso.study.robustness import robustness
+from reverso.study.train import train
 
 ARRANGEMENTS = ("td", "uni", "rev")
 
@@ -169,7 +171,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = mnist5k_data()
     if args.train_limit:
-        from reverso.data import TensorImages
+        from reverso.study.data import TensorImages
 
         data.train = TensorImages(
             data.train.images[: args.train_limit], data.train.labels[: args.train_limit]

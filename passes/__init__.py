@@ -1,25 +1,40 @@
-"""The built-in passes, one per file, listed by name.
+"""The built-in passes, one per file, listed by name (installed as ``reverso.passes``).
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'reverse_stages', 'downsample_to_upsample', 'multiscale_inputs', 'njet', 'antialias']
+['filter_arrangement', 'reverse_stages', 'stride_one', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
+
+Each is registered under the entry-point group ``reverso.passes`` (``pyproject.toml``), which
+is how the compiler finds a pass by name.
 """
 
 from __future__ import annotations
 
-from reverso.errors import OptionError
+from pathlib import Path
+
+from reverso.compiler import catalogue
+from reverso.compiler.pipeline import Pipeline
 
 from .antialias import Antialias
 from .downsample_to_upsample import DownsampleToUpsample
+from .drop_projections import DropProjections
 from .filter_arrangement import FilterArrangement
 from .multiscale_inputs import MultiscaleInputs
 from .njet import NJet
 from .reverse_stages import ReverseStages
+from .stride_one import StrideOne
 
 #: the top-down pipeline, in the order it runs
-DEFAULT = (FilterArrangement, ReverseStages, DownsampleToUpsample, MultiscaleInputs)
+DEFAULT = (
+    FilterArrangement,
+    ReverseStages,
+    StrideOne,
+    DownsampleToUpsample,
+    DropProjections,
+    MultiscaleInputs,
+)
 
 #: every built-in pass by name: the top-down pipeline, then the sibling rewrites
 BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias)}
@@ -31,10 +46,13 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type:
-    """The built-in pass class called ``name``."""
-    if name not in BUILTIN:
-        raise OptionError(f"no built-in pass named {name!r}; available: {', '.join(BUILTIN)}")
-    return BUILTIN[name]
+    """The pass class called ``name`` (built-in, or registered by another package)."""
+    return catalogue.get(name)
+
+
+def default_pipeline(*, dump_dir: str | Path | None = None) -> Pipeline:
+    """The built-in top-down pipeline, in order."""
+    return Pipeline([cls() for cls in DEFAULT], dump_dir=dump_dir)
 
 
 __all__ = [
@@ -42,10 +60,13 @@ __all__ = [
     "DEFAULT",
     "Antialias",
     "DownsampleToUpsample",
+    "DropProjections",
     "FilterArrangement",
     "MultiscaleInputs",
     "NJet",
     "ReverseStages",
+    "StrideOne",
     "available",
+    "default_pipeline",
     "get",
 ]

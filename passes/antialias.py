@@ -19,18 +19,15 @@ identity rewrite.
 
 from __future__ import annotations
 
-import copy
-
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from reverso import graph as g
+from reverso import ir
+from reverso.compiler.base import Pass, PassResult
 from reverso.errors import UnsupportedTopologyError
+from reverso.ir.shapes import channels
 from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
-from reverso.pipeline import Pass, PassResult
-from reverso.shapes import channels
+from reverso.rewrite.convs import conv_at_stride_one
 
 
 class Antialias(Pass):
@@ -46,14 +43,14 @@ class Antialias(Pass):
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
         # the stem: the first downsampling, when it is a conv (not a pool)
-        stem = strided[0] if strided and g.is_conv(gm, strided[0]) else None
+        stem = strided[0] if strided and ir.is_conv(gm, strided[0]) else None
         changed = []
         for node in strided:
             if node is stem and not self.stem:
                 continue
-            if g.is_pool(gm, node):
+            if ir.is_pool(gm, node):
                 self.pool(gm, node)
-            elif g.is_conv(gm, node):  # _stride > 1 only for pools and convs
+            elif ir.is_conv(gm, node):  # _stride > 1 only for pools and convs
                 self.conv(gm, node)
             changed.append(node.name)
         ctx.state["antialiased"] = changed
@@ -74,7 +71,7 @@ class Antialias(Pass):
         or, with ``before``, placed just before ``before``, only that node reading the blur instead."""
         users = list(after.users) if before is None else [before]
         name = f"{source.target if source.op == 'call_module' else source.name}_blurpool"
-        node = g.add_module_node(
+        node = ir.add_module_node(
             gm,
             name,
             BlurPool2d(width, self.filter_size, stride, self.pad_mode),
@@ -89,32 +86,28 @@ class Antialias(Pass):
 
     def conv(self, gm: fx.GraphModule, node: fx.Node) -> None:
         conv = gm.get_submodule(node.target)
-        stride = max(conv.stride)
-        if conv.stride[0] != conv.stride[1]:
-            raise UnsupportedTopologyError(
-                f"conv {g.describe(gm, node)} has different strides per axis"
-            )
-        g.set_module(gm, node.target, _with_stride_one(conv))
-        if g.conv_kernel(gm, node) == 1:  # a shortcut projection: blur first (cheaper, equivalent)
+        stride = _stride(gm, node)
+        ir.set_module(gm, node.target, conv_at_stride_one(conv, padding="keep"))
+        if ir.conv_kernel(gm, node) == 1:  # a shortcut projection: blur first (cheaper, equivalent)
             source = node.args[0]
             self.blur(gm, source, channels(source), stride, node, before=node)
             return
         self.blur(gm, _after_norm_and_activation(gm, node), channels(node), stride, node)
 
     def pool(self, gm: fx.GraphModule, node: fx.Node) -> None:
-        spec = _pool_spec(gm, node)
-        k, s, p, ceil = spec["kernel"], spec["stride"], spec["padding"], spec["ceil"]
+        w = _pool_window(gm, node)
+        k, s, p, ceil = w.kernel[0], w.stride[0], w.padding[0], w.ceil_mode
         if ceil and (p != 0 or k < s):
             raise UnsupportedTopologyError(
-                f"pooling {g.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
+                f"pooling {ir.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
                 "reverso reproduces ceil_mode only without padding and with kernel >= stride"
             )
         x = node.args[0]
-        if spec["kind"] == "max":
-            dense = nn.MaxPool2d(k, 1, p, spec["dilation"])
+        if w.kind == "max":
+            dense = nn.MaxPool2d(k, 1, p, w.dilation[0])
             # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
             if ceil:
-                x = g.add_module_node(
+                x = ir.add_module_node(
                     gm,
                     f"{node.name}_ceil_pad",
                     CeilModePad(s - 1),
@@ -123,25 +116,18 @@ class Antialias(Pass):
                     meta_from=node,
                 )
         elif ceil:  # the extra ceil_mode rows never count in the divisor: PyTorch has no such pool
-            dense = ValidAvgPool2d(k, p, extra=s - 1, count_include_pad=spec["count_include_pad"])
+            dense = ValidAvgPool2d(k, p, extra=s - 1, count_include_pad=w.count_include_pad)
         else:
-            dense = nn.AvgPool2d(k, 1, p, count_include_pad=spec["count_include_pad"])
-        pooled = g.add_module_node(
+            dense = nn.AvgPool2d(k, 1, p, count_include_pad=w.count_include_pad)
+        pooled = ir.add_module_node(
             gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
         )
         blur = BlurPool2d(channels(node), self.filter_size, s, self.pad_mode)
-        blurred = g.add_module_node(
+        blurred = ir.add_module_node(
             gm, f"{node.name}_blurpool", blur, (pooled,), after=pooled, meta_from=node
         )
         node.replace_all_uses_with(blurred)
         gm.graph.erase_node(node)
-
-
-def _with_stride_one(conv: nn.Conv2d) -> nn.Conv2d:
-    """The same conv (same weights, same padding) at stride 1."""
-    new = copy.deepcopy(conv)
-    new.stride = (1, 1)
-    return new
 
 
 def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
@@ -150,63 +136,43 @@ def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     while len(current.users) == 1:
         nxt = next(iter(current.users))
         if not (
-            g.is_norm(gm, nxt)
-            or g.is_activation(gm, nxt)
-            or g.is_dropout(gm, nxt)
-            or g.is_identity(gm, nxt)
+            ir.is_norm(gm, nxt)
+            or ir.is_activation(gm, nxt)
+            or ir.is_dropout(gm, nxt)
+            or ir.is_identity(gm, nxt)
         ):
             break
         chain.append(nxt)
         current = nxt
-    with_act = [n for n in chain if g.is_activation(gm, n) or _is_norm_act(gm, n)]
+    with_act = [n for n in chain if ir.is_activation(gm, n) or _is_norm_act(gm, n)]
     return with_act[-1] if with_act else chain[-1]
 
 
 def _is_norm_act(gm, node) -> bool:
-    act = getattr(g.module_of(gm, node), "act", None)
+    act = getattr(ir.module_of(gm, node), "act", None)
     return isinstance(act, nn.Module) and not isinstance(act, nn.Identity)
 
 
 def _stride(gm: fx.GraphModule, node: fx.Node) -> int:
-    if g.is_conv(gm, node):
-        m = gm.get_submodule(node.target)
-        return max(m.stride) if isinstance(m, nn.Conv2d) else 1
-    if g.is_pool(gm, node):
-        return _pool_spec(gm, node)["stride"]
-    return 1
+    """The stride of a pool or a torch conv (other conv-like layers are left alone)."""
+    window = ir.window_of(gm, node)
+    if window is None or (
+        window.kind == "conv" and not isinstance(ir.module_of(gm, node), nn.Conv2d)
+    ):
+        return 1
+    if len(set(window.stride)) != 1:
+        raise UnsupportedTopologyError(
+            f"{ir.describe(gm, node)} has a different stride per axis; antialias needs one stride"
+        )
+    return window.step
 
 
-def _pool_spec(gm: fx.GraphModule, node: fx.Node) -> dict:
-    """Kernel, stride, padding, dilation and mode of a pooling node (module or functional)."""
-    m = g.module_of(gm, node)
-    if m is not None:
-        values = {
-            "kernel": m.kernel_size,
-            "stride": m.stride or m.kernel_size,
-            "padding": m.padding,
-            "dilation": getattr(m, "dilation", 1),
-            "ceil": m.ceil_mode,
-            "count_include_pad": getattr(m, "count_include_pad", True),
-            "kind": "max" if isinstance(m, nn.MaxPool2d) or "Max" in type(m).__name__ else "avg",
-        }
-    else:
-        bound = g.pool_call_args(node)
-        values = {
-            "kernel": bound["kernel_size"],
-            "stride": bound["stride"],
-            "padding": bound.get("padding", 0),
-            "dilation": bound.get("dilation", 1),
-            "ceil": bound.get("ceil_mode", False),
-            "count_include_pad": bound.get("count_include_pad", True),
-            "kind": "max" if node.target in (F.max_pool2d, torch.max_pool2d) else "avg",
-        }
+def _pool_window(gm: fx.GraphModule, node: fx.Node) -> ir.Window:
+    """The pool's window, refused when its geometry differs per axis."""
+    window = ir.window_of(gm, node)
     for key in ("kernel", "stride", "padding", "dilation"):
-        v = values[key]
-        if isinstance(v, (tuple, list)):
-            if len(set(v)) != 1:
-                raise UnsupportedTopologyError(
-                    f"pooling {g.describe(gm, node)} has a different {key} per axis"
-                )
-            v = v[0]
-        values[key] = int(v)
-    return values
+        if len(set(getattr(window, key))) != 1:
+            raise UnsupportedTopologyError(
+                f"pooling {ir.describe(gm, node)} has a different {key} per axis"
+            )
+    return window

@@ -1,6 +1,7 @@
 """filter_arrangement: choose the channel widths (and kernels) of the top-down net.
 
-Runs first, on the bottom-up graph, so that every later pass sees the final widths:
+Runs first, on the bottom-up graph, so that every later pass sees the final widths (width
+repair, which the pipeline runs after this pass, re-widths the layers that read them):
 
 * ``td``: nothing to do; every group keeps its own bottom-up widths.
 * ``uni``: every conv of the body outputs one width (the median of the body's conv widths, or
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from reverso import graph as g
-from reverso.pipeline import Pass, PassResult
-from reverso.repair import repair_widths
-from reverso.widths import conv_with_kernel
+from reverso import ir
+from reverso.compiler.base import Pass, PassResult
+from reverso.rewrite.convs import conv_with_kernel
+from reverso.rewrite.widths import width_defining
 
 
 class FilterArrangement(Pass):
     name = "filter_arrangement"
+    before = ("reverse_stages", "stride_one", "downsample_to_upsample")  # on the bottom-up graph
+    changes_widths = True
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         arrangement = ctx.plan.arrangement
@@ -30,23 +33,18 @@ class FilterArrangement(Pass):
             self.group_kernels(gm, ctx)
         else:
             return PassResult(gm, False)
-        repair_widths(gm, ctx)
         return PassResult(gm, True)
 
     def uniform(self, gm: fx.GraphModule, ctx, width: int) -> None:
         body = set(ctx.report.body)
         for n in list(gm.graph.nodes):
-            if (
-                g.tag(n).get("unit") not in body
-                or not g.is_conv(gm, n)
-                or not g.width_defining(gm, n)
-            ):
+            if ir.unit_of(n) not in body or not ir.is_conv(gm, n) or not width_defining(gm, n):
                 continue
-            if g.tag(n).get("global") and not _gates_feature_map(gm, n):
+            if ir.is_global(n) and not _gates_feature_map(gm, n):
                 continue  # e.g. the reduction conv of a squeeze-excite block keeps its width
             module = gm.get_submodule(n.target)
             rule = ctx.registry.lookup(module)
-            g.set_module(
+            ir.set_module(
                 gm,
                 n.target,
                 ctx.registry.rebuild(module, rule.in_width(module), width, where=n.target),
@@ -57,16 +55,12 @@ class FilterArrangement(Pass):
             kernel = ctx.plan.group_kernels.get(group.index)
             units = set(group.units)
             opening = next(
-                (
-                    n
-                    for n in gm.graph.nodes
-                    if g.tag(n).get("unit") in units and g.is_spatial_conv(gm, n)
-                ),
+                (n for n in gm.graph.nodes if ir.unit_of(n) in units and ir.is_spatial_conv(gm, n)),
                 None,
             )
-            if kernel is None or opening is None or g.conv_kernel(gm, opening) == kernel:
+            if kernel is None or opening is None or ir.conv_kernel(gm, opening) == kernel:
                 continue
-            g.set_module(
+            ir.set_module(
                 gm, opening.target, conv_with_kernel(gm.get_submodule(opening.target), kernel)
             )
 
@@ -76,7 +70,7 @@ class FilterArrangement(Pass):
         width = ctx.plan.uni_width
         body = set(ctx.report.body)
         for n in gm.graph.nodes:
-            if g.tag(n).get("unit") in body and g.is_conv(gm, n) and not g.tag(n).get("global"):
+            if ir.unit_of(n) in body and ir.is_conv(gm, n) and not ir.is_global(n):
                 out = gm.get_submodule(n.target).out_channels
                 if out != width:
                     raise AssertionError(
@@ -92,8 +86,8 @@ def _gates_feature_map(gm: fx.GraphModule, node: fx.Node) -> bool:
         if n in seen:
             continue
         seen.add(n)
-        if g.is_join(n):
-            return any(not g.tag(a).get("global") for a in n.all_input_nodes if a is not node)
-        if g.is_activation(gm, n) or g.is_pointwise(gm, n):
+        if ir.is_join(n):
+            return any(not ir.is_global(a) for a in n.all_input_nodes if a is not node)
+        if ir.is_activation(gm, n) or ir.is_pointwise(gm, n):
             stack.extend(n.users)
     return False

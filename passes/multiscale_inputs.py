@@ -17,21 +17,23 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from reverso import graph as g
-from reverso.blocks import LayerFactory
+from reverso import ir
+from reverso.compiler.base import Pass, PassResult
 from reverso.errors import UnsupportedTopologyError
+from reverso.ir.shapes import ShapeProp, channels
 from reverso.nn import Merge
-from reverso.pipeline import Pass, PassResult
-from reverso.repair import repair_widths
-from reverso.shapes import ShapeProp, channels
-from reverso.units import module_prefix, unit_view
+from reverso.rewrite.layers import LayerFactory
+from reverso.rewrite.repair import propagate_as_repaired
+from reverso.rewrite.units import module_prefix, unit_view
 
 
 class MultiscaleInputs(Pass):
     name = "multiscale_inputs"
+    after = ("downsample_to_upsample",)
+    changes_widths = True  # what follows a merge receives its width C_r
 
     def requires(self, gm, ctx) -> None:
-        if not any(g.tag(n).get("role") == "pyramid" for n in gm.graph.nodes):
+        if not ir.pyramid_levels(gm):
             raise UnsupportedTopologyError(
                 "multiscale_inputs needs the image pyramid that downsample_to_upsample inserts; run it first"
             )
@@ -39,20 +41,12 @@ class MultiscaleInputs(Pass):
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = ctx.plan
         factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
-        levels = {
-            g.tag(n)["level"]: n
-            for n in gm.graph.nodes
-            if g.tag(n).get("role") == "pyramid" and "level" in g.tag(n)
-        }
+        levels = ir.pyramid_levels(gm)
         image_channels = ctx.input_size[0]
         for index, slot in plan.up_slots:
             image = levels[slot.level]
             if slot.kind == "transition":
-                up = next(
-                    n
-                    for n in gm.graph.nodes
-                    if g.tag(n).get("role") == "upsample" and g.tag(n).get("transition") == index
-                )
+                (up,) = ir.nodes_with_role(gm, ir.Role.UPSAMPLE, transition=index)
                 low = up.args[0]
                 c_low, c_r = channels(low), self.next_width(gm, plan, index, channels(low))
                 merge = self.merge(
@@ -64,7 +58,7 @@ class MultiscaleInputs(Pass):
                     c_r,
                     gm.get_submodule(up.target),
                 )
-                node = g.add_module_node(
+                node = ir.add_module_node(
                     gm, f"merge{index}", merge, (low, image), before=up, meta_from=up
                 )
                 up.replace_all_uses_with(node)
@@ -74,9 +68,9 @@ class MultiscaleInputs(Pass):
                 width = channels(view.exit)
                 merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
                 users = [u for u in view.exit.users if u not in view.node_set]
-                node = g.add_module_node(
+                node = ir.add_module_node(
                     gm,
-                    f"{module_prefix(gm, view.nodes)}.merge",
+                    f"{module_prefix(view.nodes)}.merge",
                     merge,
                     (view.exit, image),
                     after=view.exit,
@@ -84,13 +78,14 @@ class MultiscaleInputs(Pass):
                 )
                 for u in users:
                     u.replace_input_with(view.exit, node)
-            g.tag(node).update(role="merge", transition=index)
+            ir.mark(node, ir.Role.MERGE, transition=index)
             node.meta["val"] = ShapeProp.meta_module(merge)(
                 node.args[0].meta["val"], image.meta["val"]
             )
             if slot.kind == "transition" and c_r != c_low:
-                # what follows the merge now receives C_r channels; later merges read updated widths
-                repair_widths(gm, ctx)
+                # what follows the merge now receives C_r channels: later merges read the widths
+                # it will have after width repair (which the pipeline runs after this pass)
+                propagate_as_repaired(gm, ctx)
         gm.delete_all_unused_submodules()
         return PassResult(gm, True)
 
@@ -116,7 +111,7 @@ class MultiscaleInputs(Pass):
         return Merge(variant, lateral, project=project, upsample=upsample, fuse=fuse)
 
     def ensures(self, gm, ctx) -> None:
-        merges = [n for n in gm.graph.nodes if g.tag(n).get("role") == "merge"]
+        merges = [n for n in gm.graph.nodes if ir.role_of(n) is ir.Role.MERGE]
         if len(merges) != len(ctx.plan.up_slots):
             raise AssertionError(
                 f"{len(merges)} merges for {len(ctx.plan.up_slots)} up-transitions"

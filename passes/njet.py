@@ -20,10 +20,10 @@ import torch.fx as fx
 from torch import nn
 from tqdm.auto import tqdm
 
+from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, WidthError
 from reverso.nn.gaussian import radius_for
 from reverso.nn.njet import NJetConv2d
-from reverso.pipeline import Pass, PassResult
 
 INITS = ("random", "project")
 #: scales tried when projecting a kernel (times the conv's dilation)

@@ -3,8 +3,9 @@
 The stem stays first, the groups follow from the last to the first, and every transition of the
 bottom-up net keeps its ordinal position (the transitions themselves still downsample here;
 ``downsample_to_upsample`` turns them around). In residual nets the stem's output width becomes
-the width of the first top-down group. Layers that now receive another width are re-instantiated
-and identity shortcuts whose two sides disagree get a projection (width repair).
+the width of the first top-down group. Width repair, which the pipeline runs after this pass,
+re-instantiates layers that now receive another width and gives identity shortcuts whose two
+sides disagree a projection.
 
 With ``arrangement="rev"`` the groups keep their order and this pass changes nothing.
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from reverso import graph as g
-from reverso.pipeline import Pass, PassResult
-from reverso.repair import repair_widths
-from reverso.shapes import channels
-from reverso.units import reorder_units, unit_view
+from reverso import ir
+from reverso.compiler.base import Pass, PassResult
+from reverso.ir.shapes import channels
+from reverso.rewrite.units import reorder_units, unit_view
+from reverso.rewrite.widths import width_defining
 
 
 class ReverseStages(Pass):
     name = "reverse_stages"
+    before = ("downsample_to_upsample",)  # moves whole units; the pyramid is no unit's
+    changes_widths = True
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = ctx.plan
@@ -29,7 +32,6 @@ class ReverseStages(Pass):
             return PassResult(gm, False)
         gm = reorder_units(gm, plan.body_order(), plan.head)
         self.widen_stem(gm, ctx)
-        repair_widths(gm, ctx)
         return PassResult(gm, True)
 
     def widen_stem(self, gm: fx.GraphModule, ctx) -> None:
@@ -42,21 +44,21 @@ class ReverseStages(Pass):
         stem = set(plan.stem)
         last = None
         for n in gm.graph.nodes:
-            if g.tag(n).get("unit") in stem and g.width_defining(gm, n):
+            if ir.unit_of(n) in stem and width_defining(gm, n):
                 last = n
         if last is None:
             return
         module = gm.get_submodule(last.target)
         rule = ctx.registry.lookup(module)
         if rule.out_width(module) != width:
-            g.set_module(
+            ir.set_module(
                 gm,
                 last.target,
                 ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target),
             )
 
     def ensures(self, gm, ctx) -> None:
-        order = [g.tag(n).get("unit") for n in gm.graph.nodes if "unit" in g.tag(n)]
+        order = [ir.unit_of(n) for n in gm.graph.nodes if ir.unit_of(n) is not None]
         seen = []
         for u in order:
             if not seen or seen[-1] != u:

@@ -11,72 +11,75 @@ pay for importing torch, timm and foolbox until something needs them.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 #: public name -> (module it lives in, attribute there)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "ERF": ("erf", "ERF"),
-    "RF": ("receptive", "RF"),
-    "CompileContext": ("context", "CompileContext"),
+    "ERF": ("study.erf", "ERF"),
+    "RF": ("study.receptive", "RF"),
+    "CompileContext": ("planner.context", "CompileContext"),
     "DatasetError": ("errors", "DatasetError"),
     "FileFormatError": ("errors", "FileFormatError"),
     "InputSizeError": ("errors", "InputSizeError"),
     "NoDownsamplingError": ("errors", "NoDownsamplingError"),
     "OptionError": ("errors", "OptionError"),
-    "Pass": ("pipeline", "Pass"),
+    "Pass": ("compiler.base", "Pass"),
     "PassError": ("errors", "PassError"),
-    "PassResult": ("pipeline", "PassResult"),
-    "Pipeline": ("pipeline", "Pipeline"),
-    "RFReport": ("receptive", "RFReport"),
+    "PassResult": ("compiler.base", "PassResult"),
+    "Pipeline": ("compiler.pipeline", "Pipeline"),
+    "RFReport": ("study.receptive", "RFReport"),
     "ReversoError": ("errors", "ReversoError"),
-    "RobustnessReport": ("robustness", "RobustnessReport"),
+    "RobustnessReport": ("study.robustness", "RobustnessReport"),
     "StageReport": ("analysis", "StageReport"),
-    "Summary": ("summary", "Summary"),
-    "TopDownNet": ("network", "TopDownNet"),
-    "TopDownOptions": ("context", "TopDownOptions"),
+    "Summary": ("study.summary", "Summary"),
+    "TopDownNet": ("convert.network", "TopDownNet"),
+    "TopDownOptions": ("planner.options", "TopDownOptions"),
     "TraceError": ("errors", "TraceError"),
-    "TrainResult": ("train", "TrainResult"),
+    "TrainResult": ("study.train", "TrainResult"),
     "UnsupportedTopologyError": ("errors", "UnsupportedTopologyError"),
     "WidthError": ("errors", "WidthError"),
     "analyze": ("analysis", "analyze"),
-    "antialias": ("transforms", "antialias"),
-    "default_pipeline": ("pipeline", "default_pipeline"),
-    "erf": ("erf", "erf"),
-    "evaluate": ("train", "evaluate"),
-    "gradcam": ("gradcam", "gradcam"),
-    "load": ("saving", "load"),
-    "njet": ("transforms", "njet"),
-    "plot_erfs": ("erf", "plot_erfs"),
-    "plot_robustness": ("robustness", "plot_robustness"),
-    "plot_training": ("train", "plot_training"),
-    "receptive_fields": ("receptive", "receptive_fields"),
-    "register_width_rule": ("widths", "register_width_rule"),
-    "remember_source": ("provenance", "remember_source"),
-    "robustness": ("robustness", "robustness"),
-    "save": ("saving", "save"),
-    "shift_adversary_accuracy": ("shift", "shift_adversary_accuracy"),
-    "shift_consistency": ("shift", "consistency"),
-    "side_by_side": ("summary", "side_by_side"),
-    "summary": ("summary", "summary"),
-    "topdown": ("topdown", "topdown"),
-    "trace": ("tracing", "trace"),
-    "train": ("train", "train"),
+    "antialias": ("convert.transforms", "antialias"),
+    "default_pipeline": ("passes", "default_pipeline"),
+    "erf": ("study.erf", "erf"),
+    "evaluate": ("study.train", "evaluate"),
+    "gradcam": ("study.gradcam", "gradcam"),
+    "load": ("convert.saving", "load"),
+    "njet": ("convert.transforms", "njet"),
+    "plot_erfs": ("study.figures", "plot_erfs"),
+    "plot_robustness": ("study.figures", "plot_robustness"),
+    "plot_training": ("study.figures", "plot_training"),
+    "receptive_fields": ("study.receptive", "receptive_fields"),
+    "register_width_rule": ("rewrite.widths", "register_width_rule"),
+    "remember_source": ("frontend.provenance", "remember_source"),
+    "robustness": ("study.robustness", "robustness"),
+    "save": ("convert.saving", "save"),
+    "shift_adversary_accuracy": ("study.shift", "shift_adversary_accuracy"),
+    "shift_consistency": ("study.shift", "consistency"),
+    "side_by_side": ("study.summary", "side_by_side"),
+    "summary": ("study.summary", "summary"),
+    "topdown": ("convert.topdown", "topdown"),
+    "trace": ("frontend.tracing", "trace"),
+    "train": ("study.train", "train"),
 }
-_SUBMODULES = ("data", "graph", "models", "nn", "passes", "testing")
+_SUBMODULES = (
+    "analysis", "cli", "compiler", "convert", "frontend", "ir", "models", "names", "nn",
+    "passes", "planner", "rewrite", "settings", "study", "testing",
+)  # fmt: skip
+#: short names for the study tools' modules: ``reverso.data.mnist5k()``
+_ALIASES = {"data": "study.data"}
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, *_ALIASES])
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         module, attr = _EXPORTS[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+    elif name in _SUBMODULES or name in _ALIASES:
+        value = importlib.import_module(f".{_ALIASES.get(name, name)}", __name__)
     else:
         raise AttributeError(f"module 'reverso' has no attribute {name!r}")
     globals()[name] = value
@@ -87,25 +90,31 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-class _Package(types.ModuleType):
-    """Several public functions share their name with the module that defines them
-    (``reverso.gradcam``, ``reverso.train``, ...). Importing such a module makes Python set it as
-    an attribute of the package; the function keeps the name instead (the module stays reachable
-    through ``sys.modules`` and ``from reverso.gradcam import ...``)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 if TYPE_CHECKING:  # what static tools see; at run time these come from __getattr__
-    from . import data, graph, models, nn, passes, testing
+    from . import (
+        analysis,
+        cli,
+        compiler,
+        convert,
+        frontend,
+        ir,
+        models,
+        names,
+        nn,
+        passes,
+        planner,
+        rewrite,
+        settings,
+        study,
+        testing,
+    )  # fmt: skip
     from .analysis import StageReport, analyze
-    from .context import CompileContext, TopDownOptions
-    from .erf import ERF, erf, plot_erfs
+    from .compiler.base import Pass, PassResult
+    from .compiler.pipeline import Pipeline
+    from .convert.network import TopDownNet
+    from .convert.saving import load, save
+    from .convert.topdown import topdown
+    from .convert.transforms import antialias, njet
     from .errors import (
         DatasetError,
         FileFormatError,
@@ -118,18 +127,19 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
         UnsupportedTopologyError,
         WidthError,
     )
-    from .gradcam import gradcam
-    from .network import TopDownNet
-    from .pipeline import Pass, PassResult, Pipeline, default_pipeline
-    from .provenance import remember_source
-    from .receptive import RF, RFReport, receptive_fields
-    from .robustness import RobustnessReport, plot_robustness, robustness
-    from .saving import load, save
-    from .shift import consistency as shift_consistency
-    from .shift import shift_adversary_accuracy
-    from .summary import Summary, side_by_side, summary
-    from .topdown import topdown
-    from .tracing import trace
-    from .train import TrainResult, evaluate, plot_training, train
-    from .transforms import antialias, njet
-    from .widths import register_width_rule
+    from .frontend.provenance import remember_source
+    from .frontend.tracing import trace
+    from .passes import default_pipeline
+    from .planner.context import CompileContext
+    from .planner.options import TopDownOptions
+    from .rewrite.widths import register_width_rule
+    from .study import data
+    from .study.erf import ERF, erf
+    from .study.figures import plot_erfs, plot_robustness, plot_training
+    from .study.gradcam import gradcam
+    from .study.receptive import RF, RFReport, receptive_fields
+    from .study.robustness import RobustnessReport, robustness
+    from .study.shift import consistency as shift_consistency
+    from .study.shift import shift_adversary_accuracy
+    from .study.summary import Summary, side_by_side, summary
+    from .study.train import TrainResult, evaluate, train

@@ -20,18 +20,21 @@ from pathlib import Path
 
 import torch
 
-from . import models
-from .data import mnist5k_data
-from .erf import erf, plot_erfs
-from .gradcam import compare_localization, save_overlays
-from .receptive import receptive_fields
-from .robustness import plot_robustness, robustness
-from .summary import side_by_side, summary
-from .testing.properties import check_topdown
-from .topdown import topdown
-from .train import plot_training, train
+from reverso import models
+from reverso.convert.topdown import topdown
+from reverso.study.data import mnist5k_data
+from reverso.study.erf import erf
+from reverso.study.figures import plot_erfs, plot_robustness, plot_training
+from reverso.study.gradcam import compare_localization, save_overlays
+from reverso.study.receptive import receptive_fields
+from reverso.study.robustness import robustness
+from reverso.study.summary import side_by_side, summary
+from reverso.study.train import reinitialize, train
+from reverso.testing.properties import check_topdown
 
 DEMO_MODELS = (("lenet_fc", (1, 28, 28)), ("resnet18", (3, 224, 224)))
+NAMES = {"BU": "bottom-up LeNetFC", "TD": "top-down LeNetFC"}
+TITLE = "LeNetFC bottom-up and top-down on MNIST-5k"
 
 
 def run_demo(
@@ -41,10 +44,34 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    results: dict = {"converted": {}}
     began = time.perf_counter()
+    results: dict = {"converted": _convert(quick, print_fn)}
+    results["checked"] = all(r["checked"] for r in results["converted"].values())
 
+    print_fn("\n== 2. train LeNetFC bottom-up and top-down on MNIST-5k ==")
+    data = mnist5k_data()
+    nets = {"BU": models.create("lenet_fc")}
+    nets["TD"] = topdown(models.create("lenet_fc"), input_size=(1, 28, 28))
+    for net in nets.values():  # the same seeded start for both, whatever built them
+        reinitialize(net, seed=0)
+    results["accuracy"], picture = _train(nets, data, 2 if quick else epochs, out, print_fn)
+    pictures = [picture]
+    results["robustness"], picture = _robustness(nets, data, 60 if quick else 300, out, print_fn)
+    pictures.append(picture)
+    results["localization"], picture = _gradcam(nets, data, 100 if quick else 500, out, print_fn)
+    pictures.append(picture)
+    pictures.append(_receptive_fields(nets, 4 if quick else 16, out, print_fn))
+    results["pictures"] = pictures
+
+    print_fn(f"\ndone in {time.perf_counter() - began:.0f}s; pictures in {out.resolve()}:")
+    for p in pictures:
+        print_fn(f"  {p.name}")
+    return results
+
+
+def _convert(quick: bool, print_fn) -> dict:
     print_fn("== 1. convert ==")
+    converted = {}
     for name, input_size in DEMO_MODELS[: 1 if quick else 2]:
         start = time.perf_counter()
         model = models.create(name) if name in models.MODELS else _timm(name)
@@ -61,33 +88,28 @@ def run_demo(
             "entry, resolution never decreases, one merge per transition, every unit once, "
             "train/eval and other input sizes)"
         )
-        results["converted"][name] = {"bu": report, "td": td, "checked": checked}
-    results["checked"] = all(r["checked"] for r in results["converted"].values())
+        converted[name] = {"bu": report, "td": td, "checked": checked}
+    return converted
 
-    print_fn("\n== 2. train LeNetFC bottom-up and top-down on MNIST-5k ==")
-    data = mnist5k_data()
-    epochs = 2 if quick else epochs
-    nets = {"BU": models.create("lenet_fc")}
-    nets["TD"] = topdown(models.create("lenet_fc"), input_size=(1, 28, 28))
-    names = {"BU": "bottom-up LeNetFC", "TD": "top-down LeNetFC"}
+
+def _train(nets: dict, data, epochs: int, out: Path, print_fn) -> tuple[dict, Path]:
     accuracy, trained = {}, {}
     for label, net in nets.items():
         torch.manual_seed(0)
-        trained[names[label]] = train(net, data, epochs=epochs, name=f"{label} LeNetFC")
-        run = trained[names[label]].runs[0]
+        trained[NAMES[label]] = train(net, data, epochs=epochs, name=f"{label} LeNetFC")
+        run = trained[NAMES[label]].runs[0]
         accuracy[label] = run.test_accuracy
         print_fn(
             f"{label}: test accuracy {run.test_accuracy:.2%} after {epochs} epochs ({run.seconds:.0f}s)"
         )
-    results["accuracy"] = accuracy
-    title = "LeNetFC bottom-up and top-down on MNIST-5k"
-    pictures = [plot_training(trained, out / "training.png", title=f"Training {title}")]
+    return accuracy, plot_training(trained, out / "training.png", title=f"Training {TITLE}")
 
+
+def _robustness(nets: dict, data, samples: int, out: Path, print_fn) -> tuple[dict, Path]:
     print_fn("\n== 3. robustness to additive Gaussian noise (Foolbox 3) ==")
-    samples = 60 if quick else 300
     reports = {
         label: robustness(
-            net, data, attacks="gaussian_noise", samples=samples, budget="fast", name=names[label]
+            net, data, attacks="gaussian_noise", samples=samples, budget="fast", name=NAMES[label]
         )
         for label, net in nets.items()
     }
@@ -97,45 +119,36 @@ def run_demo(
             f"{float(r.clean_accuracy - r.accuracy_at(eps)):.1%} at L2={eps}" for eps in (1, 2, 4)
         )
         print_fn(f"{label}: accuracy loss {losses}; median smallest L2 {r.median_norm:.2f}")
-    robust_title = f"Robustness of {title} ({samples} test digits)"
-    pictures.append(
-        plot_robustness(
-            {names[k]: r for k, r in reports.items()}, out / "robustness.png", title=robust_title
-        )
-    )
-    results["robustness"] = reports
+    title = f"Robustness of {TITLE} ({samples} test digits)"
+    named = {NAMES[k]: r for k, r in reports.items()}
+    return reports, plot_robustness(named, out / "robustness.png", title=title)
 
+
+def _gradcam(nets: dict, data, samples: int, out: Path, print_fn) -> tuple[dict, Path]:
     print_fn("\n== 4. Grad-CAM on the last conv, localisation on digits both get right ==")
-    images, labels = data.test_tensors(100 if quick else 500)
+    images, labels = data.test_tensors(samples)
     loc, cams, index = compare_localization(nets, images, labels)
     for label, result in loc.items():
         print_fn(f"{label}: {cams[label].layer}: {result}")
-    cam_title = "Grad-CAM of LeNetFC bottom-up and top-down on MNIST-5k test digits"
-    pictures.append(
-        save_overlays(images[index], {names[k]: c for k, c in cams.items()}, out / "gradcam.png",
-                      labels=labels[index], classes=data.classes, title=cam_title)
-    )  # fmt: skip
-    results["localization"] = loc
+    title = "Grad-CAM of LeNetFC bottom-up and top-down on MNIST-5k test digits"
+    picture = save_overlays(images[index], {NAMES[k]: c for k, c in cams.items()},
+                            out / "gradcam.png", labels=labels[index], classes=data.classes,
+                            title=title)  # fmt: skip
+    return loc, picture
 
+
+def _receptive_fields(nets: dict, samples: int, out: Path, print_fn) -> Path:
     print_fn("\n== 5. receptive fields ==")
     measured = {}
     for label, net in nets.items():
         convs = receptive_fields(net, (1, 28, 28)).convs()
-        measured[names[label]] = erf(
-            net, (1, 28, 28), samples=4 if quick else 16, name=names[label]
-        )
-        size = measured[names[label]].size
+        measured[NAMES[label]] = erf(net, (1, 28, 28), samples=samples, name=NAMES[label])
+        size = measured[NAMES[label]].size
         print_fn(
             f"{label}: first conv sees {convs[0][1].max:g} px, last conv {convs[-1][1].max:g} px; "
             f"effective receptive field {size}x{size} px"
         )
-    pictures.append(plot_erfs(measured, out / "erf.png"))
-    results["pictures"] = pictures
-
-    print_fn(f"\ndone in {time.perf_counter() - began:.0f}s; pictures in {out.resolve()}:")
-    for p in pictures:
-        print_fn(f"  {p.name}")
-    return results
+    return plot_erfs(measured, out / "erf.png")
 
 
 def _timm(name: str):

@@ -8,7 +8,7 @@ import torch, timm and foolbox, which takes seconds); a test checks each tuple a
 MODELS = ("lenet_fc", "nin_light", "nin", "resnet32_preact", "resnet18_imagenette")
 #: datasets ``reverso.data.load`` knows (``reverso.data.DATASETS``)
 DATASETS = ("mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
-#: the top-down paper's attacks (``reverso.robustness.ATTACKS``)
+#: the top-down paper's attacks (``reverso.study.attacks.ATTACKS``)
 ATTACKS = (
     "gaussian_noise",
     "uniform_noise",

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import reverso
-from reverso.data import sample_images
 from reverso.nn import BlurPool2d
-from reverso.shift import consistency, feature_equivariance, features_at
+from reverso.study.data import sample_images
+from reverso.study.shift import consistency, feature_equivariance, features_at
 
 IDENTITY_MODELS = ["resnet18", "mobilenetv2_100", "vgg11_bn", "densenet121", "convnext_atto"]
 CEIL_MODE_MODELS = [

@@ -7,7 +7,7 @@ from scripts import load_script
 from torch import nn
 
 import reverso
-from reverso import graph
+from reverso import ir
 from reverso.nn import Merge
 
 
@@ -21,12 +21,14 @@ def test_swap_activations_and_dropout_after_merges(example):
     assert td.recipe["passes"] == [
         "filter_arrangement",
         "reverse_stages",
+        "stride_one",
         "downsample_to_upsample",
+        "drop_projections",
         "multiscale_inputs",
         "dropout_after_merges",
         "swap_activations",
     ]
-    activations = [m for m in td.modules() if isinstance(m, graph.ACTIVATIONS)]
+    activations = [m for m in td.modules() if isinstance(m, ir.ACTIVATIONS)]
     assert activations and all(isinstance(m, nn.SiLU) for m in activations)  # inside merges too
     gm = td.features
     merges = [
@@ -60,5 +62,8 @@ def test_dropout_pass_placed_before_merges_exist_is_refused(example):
     pipe = reverso.default_pipeline().insert_before(
         "multiscale_inputs", example.DropoutAfterMerges()
     )
-    with pytest.raises(reverso.PassError, match="pass 'dropout_after_merges': no merges yet"):
+    with pytest.raises(
+        reverso.OptionError,
+        match="pass 'dropout_after_merges' must run after 'multiscale_inputs', which the pipeline runs later",
+    ):
         reverso.topdown(ResNet32(), input_size=(3, 32, 32), passes=pipe)

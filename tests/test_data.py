@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import reverso
-from reverso import data
 from reverso.errors import DatasetError
+from reverso.study import data, local_datasets
 
 
 def write_idx(path, array):
@@ -98,7 +98,7 @@ def write_cifar_python(root, n=4):
             pickle.dump({"data": images.reshape(n, -1), "labels": labels.tolist()}, f)
         written[name] = images, labels
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": data.CIFAR_CLASSES}, f)
+        pickle.dump({"label_names": local_datasets.CIFAR_CLASSES}, f)
     return written
 
 

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import reverso
-from reverso.gradcam import save_overlays
-from reverso.plotting import save_figure
-from reverso.robustness import AttackResult, RobustnessReport
-from reverso.train import Run, TrainResult
+from reverso.study.gradcam import save_overlays
+from reverso.study.plotting import save_figure
+from reverso.study.robustness import AttackResult, RobustnessReport
+from reverso.study.train import Run, TrainResult
 
 
 def text_of(svg_path) -> str:
@@ -86,7 +86,7 @@ def test_training_curves_have_whole_epochs_and_a_title(tmp_path):
     ("suffix", "magic"), [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")]
 )
 def test_raster_and_vector_formats(tmp_path, suffix, magic):
-    from reverso.plotting import new_figure
+    from reverso.study.plotting import new_figure
 
     fig, axes = new_figure(size=(3.4, 2.0))
     axes[0, 0].plot([0, 1], [0, 1])

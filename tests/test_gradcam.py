@@ -7,7 +7,7 @@ from golden_models import LeNetFC
 from torch import nn
 
 import reverso
-from reverso.gradcam import compare_localization, gradcam, localization, save_overlays
+from reverso.study.gradcam import compare_localization, gradcam, localization, save_overlays
 
 
 class LooksTopLeft(nn.Module):

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import reverso
-from reverso.data import mnist5k
 from reverso.nn import NJetConv2d
-from reverso.support import SWEEP
+from reverso.study.data import mnist5k
+from reverso.study.support import SWEEP
 
 
 @pytest.mark.parametrize("name", SWEEP)

@@ -6,19 +6,21 @@ from golden_models import LeNetFC
 from torch import nn
 
 import reverso
-from reverso import graph as g
+from reverso import ir
 
 
 def test_default_pipeline_lists_the_builtin_passes_by_name():
     assert reverso.passes.available() == [
         "filter_arrangement",
         "reverse_stages",
+        "stride_one",
         "downsample_to_upsample",
+        "drop_projections",
         "multiscale_inputs",
         "njet",
         "antialias",
     ]
-    assert reverso.default_pipeline().names == reverso.passes.available()[:4]
+    assert reverso.default_pipeline().names == reverso.passes.available()[:6]
     assert reverso.passes.get("reverse_stages").name == "reverse_stages"
     with pytest.raises(reverso.OptionError, match="available"):
         reverso.passes.get("reverse")
@@ -56,8 +58,8 @@ def test_a_failing_pass_is_named():
 
 def test_a_pass_that_breaks_shapes_is_named_with_the_node():
     def widen(gm, ctx):  # makes the first conv output 7 channels without repairing its users
-        conv = next(n for n in gm.graph.nodes if g.is_conv(gm, n))
-        g.set_module(gm, conv.target, nn.Conv2d(1, 7, 5, padding=2))
+        conv = next(n for n in gm.graph.nodes if ir.is_conv(gm, n))
+        ir.set_module(gm, conv.target, nn.Conv2d(1, 7, 5, padding=2))
         return gm
 
     pipe = reverso.default_pipeline().insert_after(
@@ -101,23 +103,77 @@ def test_dump_dir_writes_every_intermediate_graph_as_code(tmp_path):
         LeNetFC(), input_size=(1, 28, 28), passes=reverso.default_pipeline(dump_dir=tmp_path)
     )
     files = sorted(p.name for p in tmp_path.iterdir())
+    # one file per step: width repair runs (and is dumped) after every pass that changed widths
     assert files == [
         "00_input.py",
-        "01_filter_arrangement.py",
+        "01_filter_arrangement.py",  # td: nothing to do, so no repair either
         "02_reverse_stages.py",
-        "03_downsample_to_upsample.py",
-        "04_multiscale_inputs.py",
+        "03_width_repair.py",
+        "04_stride_one.py",  # every transition of LeNetFC is a standalone pool: nothing to do
+        "05_downsample_to_upsample.py",
+        "06_width_repair.py",
+        "07_drop_projections.py",
+        "08_multiscale_inputs.py",
+        "09_width_repair.py",
     ]
-    text = (tmp_path / "04_multiscale_inputs.py").read_text()
+    text = (tmp_path / "09_width_repair.py").read_text()
     assert "def forward(self" in text and "merge" in text and "(2, 32, 7, 7)" in text
-    assert td.recipe["passes"] == [f[3:-3] for f in files[1:]]
+    assert td.recipe["passes"] == [f[3:-3] for f in files[1:] if "width_repair" not in f]
+    # reversing the stages leaves the first top-down conv expecting its bottom-up width; the
+    # repair step, dumped on its own, rebuilds it
+    before, after = (
+        (tmp_path / f).read_text() for f in ("02_reverse_stages.py", "03_width_repair.py")
+    )
+    assert "Conv2d(16, 32, kernel_size=(3, 3)" in before and "Conv2d(32, 10," in before
+    assert "Conv2d(1, 32, kernel_size=(3, 3)" in after and "Conv2d(6, 10," in after
+
+
+def test_width_repair_is_attributed_to_its_own_step(tmp_path):
+    """Passes never repair widths themselves: the step after them does, and says what changed."""
+    td = reverso.topdown(
+        LeNetFC(),
+        input_size=(1, 28, 28),
+        arrangement="uni",
+        passes=reverso.default_pipeline(dump_dir=tmp_path),
+    )
+    names = [p.name for p in sorted(tmp_path.iterdir())]
+    assert names[1:3] == ["01_filter_arrangement.py", "02_width_repair.py"]
+    assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_pipeline_checks_the_order_passes_declare():
+    # a pass placed before a pass it needs: named, with the fix
+    pipe = reverso.default_pipeline()
+    pipe.remove("multiscale_inputs").insert_before("downsample_to_upsample", "multiscale_inputs")
+    with pytest.raises(
+        reverso.OptionError,
+        match=r"'multiscale_inputs' must run after 'downsample_to_upsample', which the pipeline "
+        r"runs later.*move 'multiscale_inputs' after 'downsample_to_upsample'",
+    ):
+        reverso.topdown(LeNetFC(), input_size=(1, 28, 28), passes=pipe)
+    # a pass whose prerequisite is missing
+    with pytest.raises(reverso.OptionError, match=r"does not have.*insert_before"):
+        reverso.topdown(
+            LeNetFC(),
+            input_size=(1, 28, 28),
+            passes=["filter_arrangement", "downsample_to_upsample"],
+        )
+    # a pass that must run before another one that already ran
+    with pytest.raises(
+        reverso.OptionError, match="'reverse_stages' must run before 'downsample_to_upsample'"
+    ):
+        reverso.topdown(
+            LeNetFC(),
+            input_size=(1, 28, 28),
+            passes=["stride_one", "downsample_to_upsample", "reverse_stages"],
+        )
 
 
 def test_passes_given_as_a_list_and_wrong_types():
     td = reverso.topdown(
         LeNetFC(),
         input_size=(1, 28, 28),
-        passes=["filter_arrangement", "reverse_stages", "downsample_to_upsample"],
+        passes=["filter_arrangement", "reverse_stages", "stride_one", "downsample_to_upsample"],
     )
     assert not any(isinstance(m, reverso.nn.Merge) for m in td.modules())  # no merges: an ablation
     assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)

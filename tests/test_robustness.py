@@ -8,9 +8,11 @@ from golden_models import LeNetFC
 from torch import nn
 
 import reverso
-from reverso.data import load
-from reverso.robustness import ATTACKS, AttackResult, plot_robustness, robustness
-from reverso.train import train
+from reverso.study.attacks import ATTACKS
+from reverso.study.data import load
+from reverso.study.figures import plot_robustness
+from reverso.study.robustness import AttackResult, robustness
+from reverso.study.train import train
 
 
 class PixelThreshold(nn.Module):
@@ -127,7 +129,7 @@ def test_per_branch_study_perturbs_only_the_chosen_levels(trained, mnist):
 
 
 def test_mixed_pyramid_feeds_clean_levels_except_the_chosen(trained):
-    from reverso.robustness import _Evaluated
+    from reverso.study.robustness import _Evaluated
 
     _, td = trained
     net = _Evaluated(td, lambda x: x, (1,)).eval()

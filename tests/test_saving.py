@@ -8,11 +8,12 @@ import timm
 import torch
 import torchvision
 from golden_models import LeNetFC
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import reverso
+from reverso.convert.saving import _checksum
 from reverso.errors import FileFormatError
-from reverso.saving import _checksum
 
 
 def same_outputs(a, b, x):
@@ -141,6 +142,27 @@ def test_a_recipe_naming_arbitrary_code_is_not_run(tmp_path):
         reverso.load(path)
 
 
+def test_a_file_saved_before_the_pass_split_loads_as_the_same_network(saved, tmp_path):
+    # reverso 0.1.0 recorded four passes; downsample_to_upsample then also set strides to 1 and
+    # dropped needless projections, which stride_one and drop_projections do now
+    with safe_open(str(saved), "pt") as f:
+        recipe = json.loads(f.metadata()["recipe"])
+    tensors = load_file(str(saved))
+    recipe["pipeline"] = [
+        c for c in recipe["pipeline"] if c["name"] not in ("stride_one", "drop_projections")
+    ]
+    text = json.dumps(recipe)
+    old = tmp_path / "old.safetensors"
+    metadata = {"format": "reverso", "recipe": text, "sha256": _checksum(tensors, text)}
+    save_file(tensors, str(old), metadata=metadata)
+    new, loaded = reverso.load(saved), reverso.load(old)
+    assert [c["name"] for c in loaded.recipe["pipeline"]] == [
+        "filter_arrangement", "reverse_stages", "stride_one", "downsample_to_upsample",
+        "drop_projections", "multiscale_inputs",
+    ]  # fmt: skip
+    same_outputs(new, loaded, torch.rand(2, 1, 28, 28))
+
+
 def test_loading_never_unpickles(saved, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used while loading")
@@ -152,7 +174,7 @@ def test_loading_never_unpickles(saved, monkeypatch):
 
 
 def test_custom_passes_cannot_be_saved(tmp_path):
-    from reverso.pipeline import Pass
+    from reverso.compiler.pipeline import Pass
 
     pipe = reverso.default_pipeline().append(Pass.from_function(lambda gm, ctx: gm, "mine"))
     td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28), passes=pipe)

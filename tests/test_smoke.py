@@ -14,13 +14,13 @@ def test_lenet_fc_converts_and_runs():
 
 
 def test_the_package_imports_its_names_on_first_use():
-    # a fresh interpreter: `import reverso` alone loads no torch; the functions that share their
-    # module's name (reverso.gradcam, reverso.train, ...) stay functions once the module is imported
+    # a fresh interpreter: `import reverso` alone loads no torch; the functions named like the
+    # study modules (reverso.gradcam, reverso.train, ...) stay functions once those are imported
     check = (
         "import sys, reverso\n"
         "assert 'torch' not in sys.modules\n"
-        "from reverso.gradcam import save_overlays\n"
-        "import reverso.train, reverso.erf\n"
+        "from reverso.study.gradcam import save_overlays\n"
+        "import reverso.study.train, reverso.study.erf\n"
         "assert all(callable(f) and f.__name__ == n for n, f in [('gradcam', reverso.gradcam), "
         "('train', reverso.train), ('erf', reverso.erf), ('topdown', reverso.topdown)])\n"
         "assert isinstance(reverso.data, type(sys)) and sorted(reverso.__all__) == reverso.__all__\n"

@@ -6,7 +6,7 @@ from golden_models import LeNetFC
 from torch import nn
 
 import reverso
-from reverso.summary import side_by_side
+from reverso.study.summary import side_by_side
 
 
 class TwoConvs(nn.Module):

@@ -8,7 +8,7 @@ from golden_models import LeNetFC, ResNet32
 from torch import nn
 
 import reverso
-from reverso import graph as g
+from reverso import ir
 
 
 class DataDependent(nn.Module):
@@ -123,7 +123,7 @@ def test_nodes_are_tagged_with_their_unit():
     report = reverso.analysis.analyze_graph(gm, (1, 28, 28))
     for unit in report.units:
         for name in unit.nodes:
-            assert g.tag(next(n for n in gm.graph.nodes if n.name == name))["unit"] == unit.index
+            assert ir.unit_of(ir.by_name(gm)[name]) == unit.index
 
 
 class UNet(nn.Module):
@@ -196,7 +196,7 @@ def test_shape_propagation_keeps_no_user_module_alive():
 
 
 def test_a_fingerprint_tells_graphs_apart_even_when_ids_could_be_reused():
-    from reverso.shapes import fingerprint
+    from reverso.ir.shapes import fingerprint
 
     gm = reverso.trace(LeNetFC(), (1, 28, 28))
     before = fingerprint(gm)

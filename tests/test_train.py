@@ -9,9 +9,9 @@ from torch import nn
 
 import reverso
 import reverso.settings
-from reverso.data import Data, TensorImages, load
 from reverso.errors import ReversoError
-from reverso.train import evaluate, train
+from reverso.study.data import Data, TensorImages, load
+from reverso.study.train import evaluate, train
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import reverso
-from reverso.widths import REGISTRY
+from reverso.rewrite.widths import REGISTRY
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_unknown_layer_that_must_change_width_says_how_to_register():
 
 
 def test_registered_user_layer_is_rebuilt(monkeypatch):
-    monkeypatch.setattr(reverso.widths.REGISTRY, "_rules", dict(REGISTRY._rules))
+    monkeypatch.setattr(REGISTRY, "_rules", dict(REGISTRY._rules))
     reverso.register_width_rule(
         Mystery,
         in_width=lambda m: m.weight.shape[0],
@@ -145,7 +145,7 @@ class OwnConv(nn.Module):
 
 @pytest.fixture
 def own_conv_registered(monkeypatch):
-    monkeypatch.setattr(reverso.widths.REGISTRY, "_rules", dict(REGISTRY._rules))
+    monkeypatch.setattr(REGISTRY, "_rules", dict(REGISTRY._rules))
     reverso.register_width_rule(
         OwnConv,
         in_width=lambda m: m.cin,

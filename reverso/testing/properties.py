@@ -12,13 +12,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .. import graph as g
-from ..errors import ReversoError
-from ..network import TopDownNet
-from ..nn import Merge
-from ..shapes import spatial
-from ..topdown import topdown
-from ..tracing import evaluating, keeping_modes
+from reverso import ir
+from reverso.convert.network import TopDownNet
+from reverso.convert.topdown import topdown
+from reverso.errors import ReversoError
+from reverso.ir.modes import evaluating, keeping_modes
+from reverso.ir.shapes import spatial
+from reverso.nn import Merge
 
 
 def check_topdown(
@@ -56,20 +56,13 @@ def check_coarse_entry(td: TopDownNet) -> None:
     """The first top-down layer reads the coarsest level of the bottom-up net."""
     gm = td.features
     first = next(
-        (n for n in gm.graph.nodes if n.op == "call_module" and g.tag(n).get("unit") is not None),
+        (n for n in gm.graph.nodes if n.op == "call_module" and ir.unit_of(n) is not None),
         None,
     )
     assert first is not None, "the top-down features have no layers"
-    coarsest = next(
-        (
-            n
-            for n in gm.graph.nodes
-            if g.tag(n).get("role") == "pyramid" and g.tag(n).get("level") == td.report.levels
-        ),
-        None,
-    )
+    coarsest = ir.pyramid_levels(gm).get(td.report.levels)
     assert coarsest is not None, f"the pyramid has no level {td.report.levels}"
-    source = g.feature_input(first)
+    source = ir.feature_input(first)
     assert spatial(source) == spatial(coarsest), (
         f"first layer '{first.target}' reads a {spatial(source)} map, not the coarsest level "
         f"{td.report.levels} ({spatial(coarsest)})"
@@ -82,7 +75,7 @@ def check_resolution_never_decreases(td: TopDownNet) -> None:
     sizes = [
         (n.name, spatial(n))
         for n in chain
-        if n.op != "placeholder" and spatial(n) is not None and g.tag(n).get("role") != "pyramid"
+        if n.op != "placeholder" and spatial(n) is not None and ir.role_of(n) is not ir.Role.PYRAMID
     ]
     for (a, sa), (b, sb) in itertools.pairwise(sizes):
         assert sb[0] >= sa[0] and sb[1] >= sa[1], (
@@ -104,7 +97,7 @@ def check_units_once(td: TopDownNet) -> None:
     order = []
     for gm in (td.features, td.head.pre_logits, td.head.fc):
         for n in gm.graph.nodes:
-            unit = g.tag(n).get("unit")
+            unit = ir.unit_of(n)
             if unit is not None and (not order or order[-1] != unit):
                 order.append(unit)
     seen = set()
@@ -134,10 +127,10 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
 
 
 def _main_path(gm: fx.GraphModule) -> list[fx.Node]:
-    G = g.dataflow_graph(gm)
+    G = ir.dataflow_graph(gm)
     source = next(n for n in gm.graph.nodes if n.op == "placeholder")
     sink = next(n for n in gm.graph.nodes if n.op == "output")
-    return g.main_chain(G, source, sink)
+    return ir.main_chain(G, source, sink)
 
 
 def check_erf_within_receptive_field(
@@ -149,8 +142,8 @@ def check_erf_within_receptive_field(
     the last feature map) with :func:`reverso.receptive_fields` under the exact rules. Works on
     bottom-up models and on :class:`~reverso.TopDownNet`. Returns (support, receptive field).
     """
-    from ..erf import erf
-    from ..receptive import receptive_fields
+    from reverso.study.erf import erf
+    from reverso.study.receptive import receptive_fields
 
     measured = erf(model, input_size, node=node, samples=samples)
     rf = receptive_fields(model, input_size, rule="exact")[measured.node]
@@ -177,7 +170,7 @@ def check_topdown_reaches_receptive_field(
     Returns (receptive field of the TD's first conv, of the BU's last conv), paper rules; raises
     AssertionError with both numbers when the claim does not hold.
     """
-    from ..receptive import receptive_fields
+    from reverso.study.receptive import receptive_fields
 
     bu_convs = receptive_fields(bu, input_size).convs()
     td_convs = receptive_fields(td, input_size).convs()

@@ -1,0 +1,95 @@
+"""Stage 1, probe: the image input, the logits, and which values scale with the input.
+
+Shapes are propagated once more at twice the input size: global values (pooled vectors,
+squeeze-excite gates) keep their size; NCHW feature maps grow in their last two dimensions;
+reshaped maps (channels-last, a channel shuffle's 5D view, tokens) grow elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from reverso.errors import UnsupportedTopologyError
+from reverso.frontend.tracing import example_input
+from reverso.ir.shapes import propagate
+
+
+@dataclass
+class Probe:
+    input: fx.Node  # the image placeholder
+    output: fx.Node  # the graph's output node
+    result: fx.Node  # the logits node the output returns
+    scaling: set[fx.Node]  # values whose size follows the input size
+    maps: set[fx.Node]  # among them, the NCHW feature maps
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.result.meta["val"].shape[-1])
+
+
+def probe(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Probe:
+    """Check the model's signature (one image in, one logits tensor out) and probe its values."""
+    # optional forward arguments were fixed at trace time and hold no tensor
+    images = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+    ]
+    if len(images) != 1:
+        raise UnsupportedTopologyError(
+            f"the model's forward takes {len(images)} inputs "
+            f"({', '.join(p.name for p in images)}); reverso converts models with one image input"
+        )
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    result = output.args[0]
+    if not isinstance(result, fx.Node) or not isinstance(result.meta.get("val"), torch.Tensor):
+        raise UnsupportedTopologyError(
+            "the model returns a tuple/dict instead of one logits tensor; wrap it so that "
+            "forward returns the class scores only"
+        )
+    scaling, maps = scaling_values(gm, input_size)
+    return Probe(images[0], output, result, scaling, maps)
+
+
+def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Values whose size follows the input size, and among them the NCHW feature maps.
+    The nodes' shapes are left as they were."""
+    first = {n: n.meta.get("val") for n in gm.graph.nodes}
+    c, h, w = input_size
+    try:
+        propagate(gm, example_input((c, 2 * h, 2 * w), dtype=gm.meta.get("dtype", torch.float32)))
+        second = {n: n.meta.get("val") for n in gm.graph.nodes}
+    except Exception:
+        second = None  # models that accept one input size only: every 4D value is a map
+    finally:
+        for n, v in first.items():
+            n.meta["val"] = v
+
+    scaling, maps = set(), set()
+    for n, a in first.items():
+        b = second.get(n) if second is not None else None
+        parts = (
+            list(zip(a, b or [None] * len(a), strict=True))
+            if isinstance(a, (tuple, list))
+            else [(a, b)]
+        )
+        dims = [_grown(x, y) for x, y in parts if isinstance(x, torch.Tensor)]
+        if dims and all(d for d in dims):
+            scaling.add(n)
+            if isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {2, 3}:
+                maps.add(n)
+    return scaling, maps
+
+
+def _grown(a, b) -> set[int] | None:
+    """Dimensions (but the batch) that grow from ``a`` to ``b``; None for non-tensors."""
+    if not isinstance(a, torch.Tensor) or a.dim() < 3:
+        return None
+    if b is None:
+        return {2, 3} if a.dim() == 4 else set()
+    if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
+        return set()
+    return {i for i in range(1, a.dim()) if b.shape[i] > a.shape[i]}

@@ -1,0 +1,137 @@
+"""Stage 5, stages: stem, groups, transitions and head, and the report that holds them.
+
+A unit whose output level is above its input level holds a *transition*: *standalone* if the
+unit is a bare pool, *inside* otherwise. Units between transitions form *groups*; in nets with
+residual units, the non-residual units before the first residual unit (up to the first
+transition after the first layer) form the *stem*.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from reverso.analysis.probe import Probe
+from reverso.analysis.report import Group, StageReport, Transition, Unit
+from reverso.errors import NoDownsamplingError
+from reverso.ir import by_name, is_activation, is_conv, is_norm, is_spatial_conv, module_of
+from reverso.ir.shapes import is_feature_map
+
+
+def build_report(gm, input_size, probe: Probe, levels, units: list[Unit], preact) -> StageReport:
+    body, head = units[:-1], units[-1]
+    _check_something_to_reverse(gm, body, head)
+    stem = _stem(body)
+    items = _groups_and_transitions(body, len(stem))
+    _name_roles(units, stem, items)
+    named = by_name(gm)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    body_nodes = sorted((named[name] for u in body for name in u.nodes), key=order.__getitem__)
+    return StageReport(
+        input_size=tuple(input_size),
+        units=units,
+        stem=[u.index for u in stem],
+        items=items,
+        head=[head.index],
+        num_classes=probe.num_classes,
+        preact=preact,
+        levels=max(u.out_level for u in body),
+        opening=_opening_convs(gm, body_nodes, levels),
+        prototypes=_prototypes(gm, body_nodes),
+    )
+
+
+def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit) -> None:
+    transitions = [u for u in body if u.is_transition]
+    if not transitions:
+        raise NoDownsamplingError(
+            "the model has no spatial downsampling to mirror: every layer of its convolutional "
+            f"body (from '{body[0].nodes[0]}' to '{body[-1].exit}') keeps the input resolution. "
+            "A top-down network needs a bottom-up model with strides or pooling."
+        )
+    if body[0].is_transition and len(transitions) == 1:
+        u, named = body[0], by_name(gm)
+        tokens = any(
+            isinstance(v := named[n].meta.get("val"), torch.Tensor) and v.dim() == 3
+            for n in head.nodes
+        )
+        raise NoDownsamplingError(
+            f"the model's only downsampling is its first layer ('{u.exit}', x{u.factor}); the "
+            f"top-down network reads that level directly, so nothing is left to reverse. "
+            f"The body ends at '{body[-1].exit}', after which the head starts at '{head.nodes[0]}'"
+            + (
+                " and works on tokens rather than feature maps (a transformer, as in ViT)."
+                if tokens
+                else "."
+            )
+        )
+
+
+def _stem(body: list[Unit]) -> list[Unit]:
+    stem: list[Unit] = []
+    if any(u.residual for u in body):
+        for u in body:
+            if u.residual or (u.is_transition and u is not body[0]):
+                break
+            stem.append(u)
+    return stem
+
+
+def _groups_and_transitions(body: list[Unit], stem_length: int) -> list[Group | Transition]:
+    items: list[Group | Transition] = []
+    current: Group | None = None
+    for u in body[stem_length:]:
+        first = u is body[0]
+        n_trans = sum(isinstance(i, Transition) or i.transition is not None for i in items)
+        if u.kind == "pool" and u.is_transition:
+            items.append(
+                Transition(n_trans, u.index, "standalone", u.factor, list(u.strided), first)
+            )
+            current = None
+            continue
+        if current is None or u.is_transition:
+            t = None
+            if u.is_transition:
+                t = Transition(n_trans, u.index, "inside", u.factor, list(u.strided), first)
+            current = Group(sum(isinstance(i, Group) for i in items), [], u.out_level, t)
+            items.append(current)
+        current.units.append(u.index)
+    return items
+
+
+def _name_roles(units: list[Unit], stem: list[Unit], items) -> None:
+    for u in stem:
+        u.role = "stem"
+    for item in items:
+        if isinstance(item, Group):
+            for ui in item.units:
+                units[ui].role = f"G{item.index + 1}"
+        else:
+            units[item.unit].role = f"T{item.index + 1}"
+    units[-1].role = "head"
+
+
+def _opening_convs(gm, body_nodes: list[fx.Node], levels) -> dict[int, str]:
+    """For each level, the first spatial conv whose output lies at that level."""
+    opening: dict[int, str] = {}
+    for n in body_nodes:
+        if is_spatial_conv(gm, n) and n in levels:
+            opening.setdefault(levels[n], n.name)
+    for n in body_nodes:  # levels without a spatial conv fall back to any conv
+        if is_conv(gm, n) and n in levels:
+            opening.setdefault(levels[n], n.name)
+    return opening
+
+
+def _prototypes(gm, body_nodes: list[fx.Node]) -> dict[str, str]:
+    """Layers whose *types* new layers copy (the model's conv, norm and activation)."""
+    protos: dict[str, str] = {}
+    for n in body_nodes:
+        m = module_of(gm, n)
+        if isinstance(m, torch.nn.Conv2d) and m.groups == 1:
+            protos.setdefault("conv", n.name)
+        if n.op == "call_module" and is_norm(gm, n) and is_feature_map(n):
+            protos.setdefault("norm", n.name)
+        if is_activation(gm, n) and is_feature_map(n):
+            protos.setdefault("act", n.name)
+    return protos

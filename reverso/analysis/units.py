@@ -1,0 +1,198 @@
+"""Stage 4, units: the smallest pieces the compiler moves, measured.
+
+Segments become units: a conv layer takes the norm and activation that follow it
+(post-activation) or precede it (pre-activation), a multi-branch block is one unit, and later
+segments of the same block module join it. Global pooling and everything after it form the
+head, together with trailing 1x1 conv units that output the class scores (a fully
+convolutional classifier).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from reverso.analysis.blocks import BlockModules, is_preact, is_residual
+from reverso.analysis.probe import Probe
+from reverso.analysis.report import Unit
+from reverso.analysis.segments import Segments
+from reverso.errors import NoDownsamplingError, UnsupportedTopologyError
+from reverso.ir import (
+    by_name,
+    conv_kernel,
+    descendants_within,
+    describe,
+    is_conv,
+    is_pointwise,
+    is_pool,
+    module_of,
+)
+from reverso.ir.shapes import channels, spatial
+from reverso.rewrite.widths import width_defining
+
+
+class _Builder:
+    """Cuts the body's segments into units, in order."""
+
+    def __init__(self, gm: fx.GraphModule, segments: Segments, strided, preact: bool, blocks):
+        self.gm, self.segments, self.strided = gm, segments, strided
+        self.preact, self.blocks = preact, blocks
+        self.units: list[Unit] = []
+        self.owners: list[str | None] = []  # the block module each unit lies in
+        self.pending: list[fx.Node] = []  # norm/act nodes waiting to open the next unit
+        self.entry = segments.chain[0]
+
+    def new_unit(self, kind: str, nodes, exit_: fx.Node, owner: str | None) -> None:
+        names = [n.name for n in self.pending + nodes]
+        self.units.append(Unit(len(self.units), kind, names, self.entry.name, exit_.name))
+        self.owners.append(owner)
+        self.pending, self.entry = [], exit_
+
+    def extend_last(self, nodes, exit_: fx.Node, *, block: bool = False) -> None:
+        last = self.units[-1]
+        last.nodes += [n.name for n in self.pending + nodes]
+        last.exit = exit_.name
+        last.kind = "block" if block else last.kind
+        self.pending, self.entry = [], exit_
+
+    def same_block(self, owner: str | None) -> bool:
+        """A later part of the block module the last unit lies in (its 1x1 conv, SE, act)."""
+        last = self.owners[-1] if self.owners else None
+        return (
+            owner is not None
+            and last is not None
+            and (owner == last or owner.startswith(last + "."))
+            and self.units[-1].kind != "pool"
+        )
+
+    def add_segment(self, s: int, levels) -> None:
+        gm, nodes, exit_ = self.gm, self.segments.nodes(s), self.segments.chain[s]
+        strided_here = any(n in self.strided for n in nodes)
+        owner = self.blocks.owner(nodes)
+        block = self.segments.is_block(nodes)
+        standalone_pool = is_pool(gm, exit_) and strided_here and not block
+        if not standalone_pool and self.same_block(owner):
+            self.extend_last(nodes, exit_, block=block or width_defining(gm, exit_))
+            self.units[-1].residual |= block and is_residual(nodes, levels)
+        elif block:
+            self.new_unit("block", nodes, exit_, owner)
+            self.units[-1].residual = is_residual(nodes, levels)
+        elif standalone_pool:
+            self.new_unit("pool", nodes, exit_, None)
+        elif strided_here or _has_weights(gm, exit_):
+            self.new_unit("layer", nodes, exit_, owner)
+        elif self.units and not self.pending and self._attaches_backward(self.units[-1]):
+            self.extend_last(nodes, exit_)
+        else:
+            self.pending += nodes  # attaches forward: the next unit's entry stays where it is
+
+    def _attaches_backward(self, previous: Unit) -> bool:
+        """Norms/activations after a layer or pool close it (conv-norm-act); after a residual
+        block they close it in post-activation nets and open the next one in pre-activation nets."""
+        return previous.kind in ("layer", "pool") or not self.preact
+
+
+def _has_weights(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """A layer with parameters that is not a norm/activation: it opens a unit of its own."""
+    m = module_of(gm, n)
+    return m is not None and not is_pointwise(gm, n) and next(m.parameters(), None) is not None
+
+
+def build_units(gm, probe: Probe, segments: Segments, levels, strided) -> tuple[list[Unit], bool]:
+    """The body's units and the head (last), each measured; and whether the net is pre-activation."""
+    preact = is_preact(gm, segments, levels)
+    builder = _Builder(gm, segments, strided, preact, BlockModules(gm, segments, levels))
+    for s in range(1, segments.head_start):
+        builder.add_segment(s, levels)
+    units = builder.units
+    # head: forward-attached norm/act before the pooling, then everything after
+    head_nodes = list(builder.pending)
+    for s in range(segments.head_start, len(segments.chain)):
+        head_nodes += segments.nodes(s)
+    head = Unit(
+        len(units), "head", [n.name for n in head_nodes], builder.entry.name, probe.result.name
+    )
+    units = _move_fc_classifier(gm, units, head, probe.num_classes)
+    units.append(head)
+    if len(units) < 2:
+        raise NoDownsamplingError(
+            "the model has no convolutional body before its head (the first node, "
+            f"{describe(gm, segments.chain[1])}, already leaves feature-map form)"
+        )
+    for i, u in enumerate(units):
+        u.index = i
+        _measure(gm, u, levels, strided)
+    return units, preact
+
+
+def _move_fc_classifier(gm, units: list[Unit], head: Unit, num_classes: int) -> list[Unit]:
+    """Trailing 1x1 conv units whose output width is the number of classes belong to the head."""
+    named = by_name(gm)
+    while units and units[-1].kind == "layer":
+        unit = units[-1]
+        conv = next((named[n] for n in unit.nodes if is_conv(gm, named[n])), None)
+        if conv is None or conv_kernel(gm, conv) != 1 or channels(conv) != num_classes:
+            break
+        units.pop()
+        head.nodes = unit.nodes + head.nodes
+        head.entry = unit.entry
+    return units
+
+
+def _measure(gm: fx.GraphModule, u: Unit, levels, strided) -> None:
+    """Levels, widths, size, strided nodes and parameters of a unit; refuses units that
+    upsample, downsample twice in sequence, or downsample inside reshaped tensors."""
+    named = by_name(gm)
+    nodes, entry, exit_ = [named[n] for n in u.nodes], named[u.entry], named[u.exit]
+    u.in_level, u.in_width = levels.get(entry, 0), channels(entry) or 0
+    if u.kind == "head":
+        u.out_level, u.out_width = u.in_level, int(exit_.meta["val"].shape[-1])
+    else:
+        u.out_level, u.out_width, u.out_size = levels[exit_], channels(exit_), spatial(exit_)
+    u.strided = {n.name: strided[n] for n in nodes if n in strided}
+    u.params = _params_of(gm, nodes)
+    if u.kind == "head":
+        return
+    if u.is_transition and not u.strided:
+        raise UnsupportedTopologyError(
+            f"unit {u.nodes[0]} .. {u.exit} downsamples (x{u.factor}) inside reshaped tensors "
+            "(channels-last or token layouts, as in Swin's patch merging) rather than with a "
+            "strided conv or pooling on a feature map; reverso cannot mirror that downsampling"
+        )
+    _check_single_transition(gm, u, nodes, strided)
+    if u.out_level < u.in_level:
+        raise UnsupportedTopologyError(f"unit ending at '{u.exit}' upsamples; cannot reverse it")
+
+
+def _check_single_transition(gm, u: Unit, nodes: list[fx.Node], strided) -> None:
+    marked = [n for n in nodes if n in strided]
+    for a in marked:
+        later = descendants_within(a.users, set(nodes))
+        for b in marked:
+            if b in later:
+                raise UnsupportedTopologyError(
+                    f"unit ending at '{u.exit}' downsamples twice in sequence (at "
+                    f"{describe(gm, a)} and then {describe(gm, b)}); reverso mirrors one "
+                    "transition per unit. Mark the block as a leaf (leaf_modules=) only if it "
+                    "is a single layer."
+                )
+
+
+def _params_of(gm: fx.GraphModule, nodes: list[fx.Node]) -> int:
+    """Parameters of the unit's layers and parameter attributes, each counted once."""
+    tensors = {}
+    for n in nodes:
+        if n.op == "call_module":
+            tensors.update((id(p), p) for p in gm.get_submodule(n.target).parameters())
+        elif n.op == "get_attr":
+            value = gm.get_parameter(n.target) if _is_parameter(gm, n.target) else None
+            if value is not None:
+                tensors[id(value)] = value
+    return sum(p.numel() for p in tensors.values())
+
+
+def _is_parameter(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        return isinstance(gm.get_parameter(target), torch.nn.Parameter)
+    except AttributeError:
+        return False

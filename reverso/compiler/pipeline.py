@@ -1,0 +1,244 @@
+"""The pipeline: passes run in order, each followed by its checks and, where it asks, width repair.
+
+After every pass the :class:`Pipeline` lints the graph, recompiles it and re-propagates shapes;
+after a pass that declares ``changes_widths`` it runs width repair
+(:func:`reverso.rewrite.repair.repair_widths`) as a step of its own, recorded and dumped under
+the name ``width_repair``. Any failure names the pass (or the repair) and the node. Before
+running, the pipeline checks the order the passes declare (``after``/``before``).
+``dump_dir=`` writes the graph after every step as readable code, one file per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch.fx as fx
+
+from reverso.compiler import catalogue
+from reverso.compiler.base import Pass
+from reverso.errors import OptionError, PassError, ReversoError
+from reverso.ir.shapes import fingerprint, propagate, tensor_shape
+from reverso.rewrite.repair import repair_widths
+
+if TYPE_CHECKING:
+    from reverso.planner.context import CompileContext
+
+#: the name under which width repair steps are recorded and dumped
+WIDTH_REPAIR = "width_repair"
+
+
+class Pipeline:
+    """An ordered list of passes, editable by name.
+
+    >>> pipe = reverso.default_pipeline()
+    >>> pipe.insert_after("multiscale_inputs", MyPass())
+    >>> td = reverso.topdown(model, passes=pipe)
+    """
+
+    def __init__(self, passes: Iterable[Pass | str] = (), *, dump_dir: str | Path | None = None):
+        self.passes: list[Pass] = [_as_pass(p) for p in passes]
+        self.dump_dir = Path(dump_dir) if dump_dir is not None else None
+        self._check_unique()
+
+    # -- editing -----------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise OptionError(f"no pass named {name!r} in the pipeline; it has {self.names}")
+        return self.names.index(name)
+
+    def append(self, p: Pass | str) -> Pipeline:
+        self.passes.append(_as_pass(p))
+        self._check_unique()
+        return self
+
+    def insert_before(self, name: str, p: Pass | str) -> Pipeline:
+        self.passes.insert(self.index(name), _as_pass(p))
+        self._check_unique()
+        return self
+
+    def insert_after(self, name: str, p: Pass | str) -> Pipeline:
+        self.passes.insert(self.index(name) + 1, _as_pass(p))
+        self._check_unique()
+        return self
+
+    def replace(self, name: str, p: Pass | str) -> Pipeline:
+        self.passes[self.index(name)] = _as_pass(p)
+        self._check_unique()
+        return self
+
+    def remove(self, name: str) -> Pipeline:
+        del self.passes[self.index(name)]
+        return self
+
+    def _check_unique(self) -> None:
+        seen = set()
+        for n in self.names:
+            if n in seen:
+                raise OptionError(
+                    f"pass name {n!r} appears twice in the pipeline; names must be unique"
+                )
+            seen.add(n)
+
+    def __iter__(self):
+        return iter(self.passes)
+
+    def __len__(self) -> int:
+        return len(self.passes)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.names})"
+
+    # -- order -------------------------------------------------------------------------------
+    def check_order(self) -> None:
+        """Refuse an order that breaks what the passes declare, saying how to fix it."""
+        names = self.names
+        for i, p in enumerate(self.passes):
+            for needed in p.after:
+                if needed in names[:i]:
+                    continue
+                present = needed in names
+                fix = (
+                    f"move '{p.name}' after '{needed}'"
+                    if present
+                    else f"add it: pipeline.insert_before({p.name!r}, {needed!r})"
+                )
+                raise OptionError(
+                    f"pass '{p.name}' must run after '{needed}', which the pipeline "
+                    f"{'runs later' if present else 'does not have'} (order: {names}); {fix}"
+                )
+            for later in p.before:
+                if later in names[:i]:
+                    raise OptionError(
+                        f"pass '{p.name}' must run before '{later}', but the pipeline runs "
+                        f"'{later}' first (order: {names}); move '{p.name}' before '{later}'"
+                    )
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, gm: fx.GraphModule, ctx: CompileContext) -> fx.GraphModule:
+        self.check_order()
+        step = 0
+        self._dump(step, "input", gm)
+        for p in self.passes:
+            result = _run_pass(p, gm, ctx)
+            gm = result.graph_module
+            ctx.history.append((p.name, result.modified))
+            step += 1
+            if p.changes_widths and result.modified:
+                check_graph(gm, ctx, after=p.name, propagate_shapes=False)
+                self._dump(step, p.name, gm, shapes_current=False)
+                changed = _repair(gm, ctx, after=p.name)
+                ctx.history.append((WIDTH_REPAIR, changed))
+                step += 1
+                self._dump(step, WIDTH_REPAIR, gm)
+            else:
+                check_graph(gm, ctx, after=p.name)
+                self._dump(step, p.name, gm)
+        return gm
+
+    def _dump(self, i: int, name: str, gm: fx.GraphModule, *, shapes_current=True) -> None:
+        if self.dump_dir is None:
+            return
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        title = f"graph after step '{name}'" if i else "traced input graph"
+        text = graph_listing(gm, title, shapes_current=shapes_current)
+        (self.dump_dir / f"{i:02d}_{name}.py").write_text(text)
+
+
+def _run_pass(p: Pass, gm: fx.GraphModule, ctx: CompileContext):
+    try:
+        return p(gm, ctx)
+    except ReversoError as err:
+        err.args = (f"pass '{p.name}': {err}", *err.args[1:])
+        err.pass_name = p.name
+        raise
+    except Exception as err:
+        raise PassError(
+            f"pass '{p.name}' failed: {type(err).__name__}: {err}", pass_name=p.name
+        ) from err
+
+
+def _repair(gm: fx.GraphModule, ctx: CompileContext, *, after: str) -> bool:
+    """Width repair after ``after``; its failures name both."""
+    try:
+        return repair_widths(gm, ctx)
+    except ReversoError as err:
+        err.args = (f"width repair after pass '{after}': {err}", *err.args[1:])
+        err.pass_name = after
+        raise
+    except Exception as err:
+        node = getattr(err, "_reverso_node", None)
+        raise PassError(
+            f"width repair after pass '{after}' failed"
+            + (f" at node '{node}'" if node else "")
+            + f": {type(err).__name__}: {_first_line(err)}",
+            pass_name=after,
+            node=node,
+        ) from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def check_graph(
+    gm: fx.GraphModule, ctx: CompileContext, *, after: str, propagate_shapes: bool = True
+) -> None:
+    """Lint, recompile and re-propagate shapes; failures name the pass and the node."""
+    try:
+        gm.graph.lint()
+    except Exception as err:
+        raise PassError(f"pass '{after}' left a malformed graph: {err}", pass_name=after) from err
+    gm.recompile()
+    if not propagate_shapes or gm.meta.get("shapes_of") == fingerprint(gm):
+        return  # width repair propagates next, or the pass ended with a propagation of this graph
+    try:
+        propagate(gm, ctx.example_input())
+    except Exception as err:
+        node = getattr(err, "_reverso_node", None)
+        where = f" at node '{node}'" if node else ""
+        raise PassError(
+            f"pass '{after}' left a graph that fails shape propagation{where}: "
+            f"{type(err).__name__}: {_first_line(err)}",
+            pass_name=after,
+            node=node,
+        ) from err
+
+
+def graph_listing(gm: fx.GraphModule, title: str, *, shapes_current: bool = True) -> str:
+    """Readable code of a GraphModule, then a table of every node: its output shape and, for a
+    layer, the layer itself (so that a dump shows which layers a step rebuilt)."""
+    rows = []
+    for n in gm.graph.nodes:
+        shape = tensor_shape(n)
+        layer = _layer_line(gm.get_submodule(n.target)) if n.op == "call_module" else ""
+        shape_text = str(tuple(shape)) if shape is not None else ""
+        rows.append(f"#   {n.name:<36} {n.op:<14} {shape_text:<22} {layer}".rstrip())
+    note = "" if shapes_current else " (as before this step: width repair follows)"
+    return (
+        f"# reverso: {title}\n{gm.code}\n# nodes, shapes{note} and layers:\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def _layer_line(module) -> str:
+    """A layer in one line: its repr if short, else its type."""
+    text = repr(module)
+    return text if "\n" not in text and len(text) <= 80 else type(module).__name__
+
+
+def _as_pass(p: Pass | str) -> Pass:
+    if isinstance(p, Pass):
+        return p
+    if isinstance(p, str):
+        return catalogue.get(p)()
+    if callable(p):
+        return Pass.from_function(p)
+    raise OptionError(f"pipeline entries must be Pass instances or built-in pass names, got {p!r}")

@@ -1,0 +1,152 @@
+"""``reverso.topdown``: trace -> analyse -> passes -> a trainable top-down network.
+
+This is the file to read first. Each step is one call:
+
+1. :func:`~reverso.frontend.tracing.trace` the bottom-up model with torch.fx and propagate shapes;
+2. :func:`~reverso.analysis.analyze_graph` it into units, groups, transitions, stem and head
+   (and tags every node, :mod:`reverso.ir.tags`);
+3. :func:`~reverso.planner.plan.make_plan` lays those out in top-down order (levels, laterals);
+4. the :class:`~reverso.compiler.pipeline.Pipeline` of passes rewrites a copy of the graph
+   (``filter_arrangement`` -> ``reverse_stages`` -> ``stride_one`` -> ``downsample_to_upsample``
+   -> ``drop_projections`` -> ``multiscale_inputs``), checking shapes after each pass and
+   running width repair after the passes that change widths;
+5. :func:`~reverso.convert.network.emit` wraps the result as a
+   :class:`~reverso.convert.network.TopDownNet`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from reverso import ir
+from reverso.analysis import analyze_graph
+from reverso.compiler.base import Pass
+from reverso.compiler.pipeline import Pipeline
+from reverso.convert.network import TopDownNet, emit
+from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.frontend.provenance import SourceModel, qualified_name, source_of
+from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.ir.shapes import fingerprint
+from reverso.passes import NJet, default_pipeline
+from reverso.planner.context import CompileContext, prototypes_of
+from reverso.planner.options import TopDownOptions
+from reverso.planner.plan import make_plan
+
+
+def topdown(
+    model: nn.Module | str,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    arrangement: str | int = "td",
+    merge: str = "add_concat",
+    upsample: str = "nearest",
+    pyramid: str = "gaussian",
+    passes: Pipeline | Iterable[Pass | str] | None = None,
+    leaf_modules: Iterable[type | str] = (),
+    njet: bool | dict = False,
+) -> TopDownNet:
+    """Compile a bottom-up CNN into its top-down counterpart.
+
+    Args:
+        model: an ``nn.Module`` or a timm model name (created with ``pretrained=False``).
+        input_size: ``(C, H, W)`` used to trace and propagate shapes; defaults to timm's
+            ``pretrained_cfg["input_size"]``. The result accepts other sizes too.
+        arrangement: ``"td"`` (widths shrink with depth), ``"uni"`` (one width, or pass the int),
+            ``"rev"`` (groups keep their order; only the resolution schedule is reversed).
+        merge: ``"add"``, ``"concat"`` or ``"add_concat"`` (the paper's choice).
+        upsample: ``"nearest"`` (the paper's choice), ``"bilinear"`` or ``"blur"``.
+        pyramid: ``"gaussian"`` (the paper's code), ``"binomial"`` or ``"cascade"``.
+        passes: a :class:`Pipeline` (or list of passes / built-in pass names) to run instead of
+            :func:`default_pipeline`.
+        leaf_modules: module classes or qualified names torch.fx must not trace into.
+        njet: also swap every spatial conv of the top-down net for an N-Jet conv (the ``njet``
+            pass, last); a dict passes its options (``order``, ``sigma``, ``learn_sigma``, ...).
+    """
+    options = TopDownOptions.create(arrangement, merge, upsample, pyramid)
+    pipeline = _pipeline(passes)
+    if njet and "njet" not in pipeline.names:
+        pipeline = Pipeline(
+            [*pipeline, NJet(**(njet if isinstance(njet, dict) else {}))],
+            dump_dir=pipeline.dump_dir,
+        )
+    model = resolve_model(model)
+    ctx = compile_context(model, input_size, options, leaf_modules)
+    gm = pipeline.run(working_copy(ctx.bu), ctx)
+    check_same_output(ctx.bu, gm, type(model).__name__)
+    net = emit(gm, ctx, source=source_of(model))
+    net.reverso_source_model = SourceModel.of(model)
+    net.recipe["pipeline"] = [p.config() for p in pipeline]
+    net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
+    return net
+
+
+def compile_context(
+    model: nn.Module, input_size, options: TopDownOptions, leaf_modules=()
+) -> CompileContext:
+    """Trace and analyse ``model`` and plan its top-down layout."""
+    input_size = resolve_input_size(model, input_size)
+    bu = trace(model, input_size, leaf_modules=leaf_modules)
+    report = analyze_graph(bu, input_size)
+    return CompileContext(
+        model=model,
+        input_size=input_size,
+        options=options,
+        bu=bu,
+        report=report,
+        plan=make_plan(report, options, bu),
+        prototypes=prototypes_of(bu, report),
+    )
+
+
+def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None:
+    """The top-down graph's output has the bottom-up graph's shapes; a refusal otherwise (never a
+    network that silently answers with another number of classes)."""
+
+    def shapes(gm: fx.GraphModule):
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        return tree_map(
+            lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else v,
+            tree_map(lambda n: n.meta.get("val") if isinstance(n, fx.Node) else n, out),
+        )
+
+    bu_shapes, td_shapes = shapes(bu), shapes(td)
+    if bu_shapes != td_shapes:
+        raise UnsupportedTopologyError(
+            f"the top-down form of {name} would output {td_shapes} where {name} outputs "
+            f"{bu_shapes}, so reverso refuses it. The usual cause is a classifier reverso does not "
+            "read as one (a conv of the model's own type producing the class map): make the "
+            "classifier an nn.Conv2d or nn.Linear after the last downsampling, or convert the "
+            "model's feature extractor and add the head yourself"
+        )
+
+
+def working_copy(bu: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule with its own graph (and tags) whose modules are the bottom-up ones.
+
+    Passes never change a module in place (they install new ones), so sharing is safe; the
+    emitted network copies whatever it still shares with the user's model.
+    """
+    graph = copy.deepcopy(bu.graph)
+    for n in graph.nodes:
+        ir.copy_tags(n, n)  # a record of its own (node copies share their meta's values)
+    gm = fx.GraphModule(bu, graph, class_name=type(bu).__name__)
+    gm.meta["shapes_of"] = fingerprint(gm)  # the copied nodes carry the traced shapes
+    return gm
+
+
+def _pipeline(passes) -> Pipeline:
+    if passes is None:
+        return default_pipeline()
+    if isinstance(passes, Pipeline):
+        return passes
+    if isinstance(passes, (str, Pass)) or not isinstance(passes, Iterable):
+        raise OptionError(
+            "passes must be a reverso.Pipeline or a list of passes / built-in pass names"
+        )
+    return Pipeline(passes)

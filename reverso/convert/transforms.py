@@ -1,0 +1,112 @@
+"""The sibling rewrites as one call each: ``reverso.njet(model)`` and ``reverso.antialias(model)``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch.fx as fx
+from torch import nn
+
+from reverso import ir
+from reverso.compiler.pipeline import Pipeline
+from reverso.errors import ReversoError
+from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.planner.context import Context
+
+#: timm-style attributes a rewritten model keeps
+MODEL_ATTRIBUTES = ("num_classes", "num_features", "pretrained_cfg", "default_cfg", "feature_info")
+
+
+def njet(
+    model: nn.Module | str,
+    *,
+    input_size=None,
+    order: int = 3,
+    sigma: float = 1.0,
+    learn_sigma: bool = True,
+    init: str = "random",
+    **layer_kwargs,
+) -> nn.Module:
+    """A copy of ``model`` with every spatial (k > 1) conv swapped for an ``NJetConv2d``.
+
+    1x1 convs stay; stride and groups are kept; output sizes are kept for every input size; a
+    dilated conv's dilation becomes its scale. ``init="project"`` fits each existing kernel in the
+    basis (least squares, small search over sigma) so a trained model keeps working; the copy's
+    ``njet_report`` lists every layer's sigma and relative reconstruction error. The copy keeps the
+    model's class and methods (a timm model stays a timm model).
+    """
+    from reverso.frontend.provenance import SourceModel, source_of
+    from reverso.passes.njet import swap_spatial_convs
+
+    model = resolve_model(model)
+    converted = copy.deepcopy(model)
+    converted.reverso_source_model = SourceModel.of(model)
+    converted.njet_report = swap_spatial_convs(
+        converted, order=order, sigma=sigma, learn_sigma=learn_sigma, init=init, **layer_kwargs
+    )
+    if input_size is not None or getattr(model, "pretrained_cfg", None):
+        input_size = resolve_input_size(model, input_size)
+        _check_same_output(model, converted, input_size)
+    converted.reverso_recipe = {
+        "transform": "njet",
+        "source": source_of(model),
+        "input_size": list(input_size) if input_size is not None else None,
+        "kwargs": {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
+        | layer_kwargs,
+    }
+    return converted
+
+
+def antialias(
+    model: nn.Module | str,
+    *,
+    input_size=None,
+    filter_size: int = 4,
+    stem: bool = False,
+    pad_mode: str = "reflect",
+    leaf_modules: Iterable[type | str] = (),
+) -> fx.GraphModule:
+    """``model`` with anti-aliased downsampling (BlurPool), as a GraphModule with readable code.
+
+    Every original weight is kept (same names, same values, so a pretrained state_dict loads into
+    the result); output sizes are those of the original for every input size; ``filter_size=1``
+    reproduces the original outputs exactly. ``stem=True`` also anti-aliases the first strided conv.
+    """
+    from reverso.convert.topdown import working_copy
+    from reverso.frontend.provenance import SourceModel, qualified_name, source_of
+    from reverso.passes.antialias import Antialias
+
+    model = resolve_model(model)
+    input_size = resolve_input_size(model, input_size)
+    traced = trace(model, input_size, leaf_modules=leaf_modules)
+    ctx = Context(model, input_size)
+    gm = Pipeline([Antialias(filter_size=filter_size, stem=stem, pad_mode=pad_mode)]).run(
+        working_copy(traced), ctx
+    )
+    gm = ir.own_copy(gm, model)
+    for name in MODEL_ATTRIBUTES:
+        if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
+            setattr(gm, name, copy.deepcopy(getattr(model, name)))
+    gm.antialiased = ctx.state.get("antialiased", [])
+    gm.reverso_source_model = SourceModel.of(model)
+    gm.reverso_recipe = {
+        "transform": "antialias",
+        "source": source_of(model),
+        "input_size": list(input_size),
+        "kwargs": {"filter_size": filter_size, "stem": stem, "pad_mode": pad_mode},
+        "leaf_modules": [qualified_name(t) for t in leaf_modules],
+    }
+    return gm
+
+
+def _check_same_output(original: nn.Module, converted: nn.Module, input_size) -> None:
+    a = _output_shape(original, input_size)
+    b = _output_shape(converted, input_size)
+    if a != b:  # pragma: no cover - guarded by the size-preserving padding
+        raise ReversoError(f"the converted model outputs {b} instead of {a} for input {input_size}")
+
+
+def _output_shape(model: nn.Module, input_size):
+    gm = trace(model, input_size)
+    return tuple(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["val"].shape)

@@ -1,0 +1,265 @@
+"""The tracing front end: model resolution, torch.fx tracing and shape propagation.
+
+timm's "notrace" modules and functions are honoured, every layer type that the width
+registry can rebuild is kept as a leaf (so passes can re-instantiate it), and users can add
+their own leaves with ``leaf_modules=`` (classes or qualified module names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from reverso.errors import InputSizeError, OptionError, TraceError
+from reverso.ir.modes import evaluating
+from reverso.ir.shapes import check_input_size, propagate
+from reverso.rewrite.widths import REGISTRY
+
+
+def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
+    try:
+        import timm.layers as tl
+    except ImportError:  # pragma: no cover - timm is a dependency, but keep the core usable
+        return (), ()
+    modules = list(tl.get_notrace_modules())
+    # modules whose forward branches on self.training must stay leaves, or the branch taken
+    # at trace time would be baked into the graph
+    for name in ("DropPath", "DropBlock2d"):
+        if hasattr(tl, name):
+            modules.append(getattr(tl, name))
+    return tuple(modules), tuple(tl.get_notrace_functions())
+
+
+class ReversoTracer(fx.Tracer):
+    """A torch.fx tracer that keeps timm's notrace modules, registered layers and user leaves whole."""
+
+    def __init__(self, leaf_modules: Iterable[type | str] = ()):
+        timm_modules, timm_functions = _timm_leaves()
+        super().__init__(autowrap_functions=timm_functions)
+        leaf_modules = list(leaf_modules)
+        for leaf in leaf_modules:
+            if not isinstance(leaf, (str, type)):
+                raise OptionError(
+                    f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
+                )
+        from reverso.nn import LAYERS
+
+        self.leaf_types = (
+            timm_modules
+            + REGISTRY.leaf_types()
+            + LAYERS  # reverso's own layers
+            + tuple(t for t in leaf_modules if isinstance(t, type))
+        )
+        self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:
+            if not hasattr(err, "_reverso_module"):
+                name = self.path_of_module(m) if m is not self.root else ""
+                err._reverso_module = (name, type(m).__name__)
+            raise
+
+
+def resolve_model(model) -> nn.Module:
+    """An nn.Module, or a timm model name created with ``pretrained=False``."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        import timm
+
+        if not timm.is_model(model):
+            raise OptionError(f"'{model}' is not a timm model name.{did_you_mean(model)}")
+        return timm.create_model(model, pretrained=False)
+    raise OptionError(
+        f"model must be an nn.Module or a timm model name, got {type(model).__name__}"
+    )
+
+
+def did_you_mean(name: str, extra=()) -> str:
+    """The hint ' Did you mean: a, b?' naming the timm models (and ``extra``) closest to ``name``."""
+    import timm
+
+    from reverso.names import close_matches
+
+    close = close_matches(name, [*extra, *timm.list_models()])
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
+    """``input_size`` if given, else timm's ``pretrained_cfg["input_size"]``."""
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = cfg.get("input_size")
+        if input_size is None:
+            raise OptionError(
+                f"input_size is required for {type(model).__name__}: it has no timm pretrained_cfg "
+                "to read it from. Pass input_size=(channels, height, width), e.g. input_size=(3, 224, 224)."
+            )
+        # timm keeps the pretrained config's 3 channels when built with another in_chans
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.groups == 1 and first.in_channels != input_size[0]:
+            input_size = (first.in_channels, *input_size[1:])
+    return check_input_size(input_size)
+
+
+def example_input(
+    input_size: tuple[int, int, int], batch: int = 2, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A meta tensor of the given (C, H, W) size; batch 2 keeps batch-statistics layers happy."""
+    return torch.empty((batch, *input_size), device="meta", dtype=dtype)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of a model's parameters (float32 for a model without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx and propagate shapes into ``node.meta["val"]``.
+
+    The returned GraphModule shares its submodules with ``model``.
+    """
+    model = resolve_model(model)
+    input_size = resolve_input_size(model, input_size)
+    tracer = ReversoTracer(leaf_modules)
+    with evaluating(model):
+        try:
+            graph = tracer.trace(model, concrete_args=_defaulted_args(model))
+        except Exception as err:
+            raise _trace_error(model, err) from err
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
+    gm.meta["dtype"] = model_dtype(model)
+    propagate_checked(gm, input_size, gm.meta["dtype"])
+    return gm
+
+
+def _defaulted_args(model: nn.Module) -> dict:
+    """Optional forward arguments beyond the image (masks, flags) are fixed to their defaults."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def _trace_error(model: nn.Module, err: Exception) -> TraceError:
+    name, kind = getattr(err, "_reverso_module", ("", type(model).__name__))
+    where = f"module '{name}' ({kind})" if name else f"the top-level forward of {kind}"
+    remedy = (
+        f"mark it as a leaf so it is kept whole: leaf_modules=['{name}'] or leaf_modules=[{kind}]"
+        if name
+        else "make its forward free of data-dependent Python control flow, or wrap the offending "
+        "part in a submodule and pass it in leaf_modules="
+    )
+    return TraceError(
+        f"torch.fx could not trace {where}: {type(err).__name__}: {err}. To fix: {remedy}."
+    )
+
+
+def propagate_checked(
+    gm: fx.GraphModule, input_size: tuple[int, int, int], dtype=torch.float32
+) -> None:
+    """Propagate shapes for an input of ``input_size``; failures name the node and the remedy."""
+    try:
+        propagate(gm, example_input(input_size, dtype=dtype))
+    except Exception as err:
+        node = getattr(err, "_reverso_node", None)
+        raise InputSizeError(
+            f"the model failed on an input of size {input_size}"
+            + (f" at node '{node}'" if node else "")
+            + f": {type(err).__name__}: {_first_line(err)}."
+            + size_hint(gm, input_size, dtype)
+        ) from err
+
+
+#: the largest square side tried when looking for an input size that works
+LARGEST_SIDE = 4096
+
+
+def minimum_side(gm: fx.GraphModule, input_size, dtype=torch.float32) -> int | None:
+    """The smallest side ``s`` such that a (C, s, s) input propagates through ``gm`` and every
+    strided layer still shrinks its feature map; None if no side up to LARGEST_SIDE works (the
+    model then wants other channels or one fixed size). Leaves ``gm``'s shapes as they were."""
+    from reverso.ir import stalled_stride
+
+    channels = input_size[0]
+
+    def works(side: int) -> bool:
+        try:
+            propagate(gm, example_input((channels, side, side), dtype=dtype))
+        except Exception:
+            return False
+        return stalled_stride(gm) is None
+
+    try:
+        low, high = max(1, min(input_size[1:])), None  # `low` fails (else no hint was needed)
+        side = low
+        while side < LARGEST_SIDE:
+            side = min(2 * side, LARGEST_SIDE)
+            if works(side):
+                high = side
+                break
+            low = side
+        if high is None:
+            return None
+        while high - low > 1:  # bisect: low fails, high works
+            mid = (low + high) // 2
+            low, high = (low, mid) if works(mid) else (mid, high)
+        return high
+    finally:
+        with contextlib.suppress(Exception):  # the original size fails: the caller says so
+            propagate(gm, example_input(input_size, dtype=dtype))
+
+
+def size_hint(gm: fx.GraphModule, input_size, dtype=torch.float32) -> str:
+    """What to do about an input size ``gm`` cannot take: the real minimum when a larger input
+    works; otherwise the channels the first layer expects, or the advice to pass the size the
+    model was built for."""
+    side = minimum_side(gm, input_size, dtype)
+    if side is not None:
+        return (
+            f" The smallest square input it takes is {side}x{side}: "
+            f"pass input_size=({input_size[0]}, {side}, {side}) or larger."
+        )
+    first = next(
+        (
+            m
+            for n in gm.graph.nodes
+            if n.op == "call_module"
+            and isinstance(m := gm.get_submodule(n.target), (nn.Conv2d, nn.Linear))
+        ),
+        None,
+    )
+    wanted = getattr(first, "in_channels", None)
+    if wanted is not None and wanted != input_size[0]:
+        return (
+            f" The model's first layer takes {wanted} input channels, not {input_size[0]}: "
+            f"pass input_size=({wanted}, {input_size[1]}, {input_size[2]})."
+        )
+    return (
+        " No larger square input works either: the model may expect one fixed size (a flatten "
+        "into a Linear layer, say); pass input_size=(C, H, W) of the size it was built for."
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""

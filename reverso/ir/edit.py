@@ -1,0 +1,87 @@
+"""Small graph edits that keep reverso's tags: free names, module swaps, inserted calls.
+
+A node inserted with :func:`add_module_node` joins the unit of the node it is placed for
+(``meta_from=``), by the tag protocol's one inheritance policy (:func:`reverso.ir.tags.inherit`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch.fx as fx
+from torch import nn
+
+from reverso.ir.tags import inherit
+
+
+def unique_name(gm: fx.GraphModule, base: str) -> str:
+    """A free attribute path on ``gm`` starting with ``base``."""
+    base = re.sub(r"[^0-9a-zA-Z_.]", "_", base)
+    if not _has_attr(gm, base):
+        return base
+    i = 1
+    while _has_attr(gm, f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"
+
+
+def _has_attr(gm: nn.Module, path: str) -> bool:
+    obj = gm
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Replace (or add) the submodule at ``target``."""
+    parent_path, _, name = target.rpartition(".")
+    parent = gm.get_submodule(parent_path) if parent_path else gm
+    setattr(parent, name, module)
+
+
+def add_module_node(
+    gm: fx.GraphModule,
+    name: str,
+    module: nn.Module,
+    args: tuple,
+    *,
+    after: fx.Node | None = None,
+    before: fx.Node | None = None,
+    meta_from: fx.Node | None = None,
+) -> fx.Node:
+    """Add ``module`` under a free name and a call to it placed after/before a node.
+
+    With ``meta_from`` the new node joins the unit of that node.
+    """
+    target = unique_name(gm, name)
+    gm.add_submodule(target, module)
+    ctx = (
+        gm.graph.inserting_after(after) if after is not None else gm.graph.inserting_before(before)
+    )
+    with ctx:
+        node = gm.graph.call_module(target, args)
+    if meta_from is not None:
+        inherit(node, meta_from)
+    return node
+
+
+def own_copy(module: nn.Module, model: nn.Module) -> nn.Module:
+    """Copy every layer ``module`` still shares with the user's ``model`` (weights, and stateless
+    layers whose train/eval mode would otherwise follow ``module``'s), and nothing else. Copies
+    keep the mode of the layer they copy (a BatchNorm frozen in eval mode stays frozen); every
+    other layer (new ones, containers) takes ``model``'s mode."""
+    shared = {id(m) for m in model.modules()}
+    copies: set[int] = set()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in shared:
+                new = copy.deepcopy(child)
+                setattr(parent, name, new)
+                copies.update(id(m) for m in new.modules())
+    for m in module.modules():
+        if id(m) not in copies:
+            m.training = model.training
+    return module

@@ -1,0 +1,211 @@
+"""What a node is: its layer kind, how much it downsamples, and names for messages.
+
+Kinds are decided by module type or function target, never by names, so they hold for any
+model. Geometry (kernel, stride, padding, dilation) comes from :mod:`reverso.ir.windows`.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from reverso.ir import activations
+from reverso.ir.shapes import is_feature_map, tensor_shape
+from reverso.ir.windows import pair, window_of
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(node.target)
+
+
+def by_name(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """The graph's nodes by name (the one name -> node index)."""
+    return {n.name: n for n in gm.graph.nodes}
+
+
+def stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
+    """How much a node downsamples: its window's stride, the ``stride`` of any other module that
+    declares one (a BlurPool, an N-Jet conv), 1 for anything else."""
+    window = window_of(gm, n)
+    if window is not None:
+        return window.step
+    stride = getattr(module_of(gm, n), "stride", 1)
+    return int(max(pair(stride)) if stride else 1)
+
+
+def has_stride(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """Convs, pools and modules declaring a stride: they say exactly how much they downsample."""
+    return window_of(gm, n) is not None or hasattr(module_of(gm, n), "stride")
+
+
+def conv_kernel(gm, node) -> int:
+    """The largest kernel extent of a conv node (1 for pointwise convs, 0 for non-convs)."""
+    window = window_of(gm, node) if is_conv(gm, node) else None
+    return window.extent if window is not None else 0
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A conv (torch's, timm's MixedConv2d, an N-Jet conv) with one group per channel."""
+    if type(m).__name__ == "MixedConv2d":
+        return all(is_depthwise(c) for c in m.values())
+    groups = getattr(m, "groups", 1)
+    return groups > 1 and groups == m.in_channels == m.out_channels
+
+
+# ---------------------------------------------------------------------------------------------
+# node kinds
+
+_ADD = {operator.add, operator.iadd, torch.add}
+_SUB = {operator.sub, operator.isub, torch.sub}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_CAT = {torch.cat, torch.concat}
+_NORM_FUNCS = {F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm}
+
+ACTIVATIONS = activations.MODULE_TYPES
+NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def _dropout_types() -> tuple[type, ...]:
+    types = [nn.Dropout, nn.Dropout2d, nn.AlphaDropout]
+    try:
+        import timm.layers as tl
+
+        types += [getattr(tl, n) for n in ("DropPath", "DropBlock2d") if hasattr(tl, n)]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+DROPOUTS = _dropout_types()
+
+
+def is_conv(gm, node) -> bool:
+    m = module_of(gm, node)
+    return isinstance(m, nn.Conv2d) or (m is not None and type(m).__name__ == "MixedConv2d")
+
+
+def is_spatial_conv(gm, node) -> bool:
+    return is_conv(gm, node) and conv_kernel(gm, node) > 1
+
+
+def is_linear(gm, node) -> bool:
+    return isinstance(module_of(gm, node), nn.Linear)
+
+
+def is_norm(gm, node) -> bool:
+    if node.op == "call_function":
+        return node.target in _NORM_FUNCS
+    return isinstance(module_of(gm, node), NORMS)
+
+
+def is_activation(gm, node) -> bool:
+    if node.op == "call_function":
+        return node.target in activations.FUNCTIONS
+    if node.op == "call_method":
+        return node.target in activations.METHODS
+    return isinstance(module_of(gm, node), ACTIVATIONS)
+
+
+def is_dropout(gm, node) -> bool:
+    if node.op == "call_function":
+        return node.target in {F.dropout, F.dropout2d}
+    return isinstance(module_of(gm, node), DROPOUTS)
+
+
+def is_identity(gm, node) -> bool:
+    return isinstance(module_of(gm, node), nn.Identity)
+
+
+def is_pointwise(gm, node) -> bool:
+    """Shape- and width-preserving single-input layers: norms, activations, dropouts, identities."""
+    return (
+        is_norm(gm, node)
+        or is_activation(gm, node)
+        or is_dropout(gm, node)
+        or is_identity(gm, node)
+    )
+
+
+def is_pool(gm, node) -> bool:
+    """A (non-adaptive) spatial pooling op."""
+    window = window_of(gm, node)
+    return window is not None and window.kind != "conv"
+
+
+def _calls(node: fx.Node, functions: set, methods: set) -> bool:
+    return (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target in methods
+    )
+
+
+def is_add(node: fx.Node) -> bool:
+    """An addition (``a + b``, ``torch.add``, ``x.add_(y)``): how a residual skip joins."""
+    return _calls(node, _ADD, {"add", "add_"})
+
+
+def is_join(node: fx.Node) -> bool:
+    """An elementwise op combining two tensors (add, sub, mul)."""
+    if not _calls(node, _ADD | _SUB | _MUL, {"add", "add_", "mul", "mul_", "sub", "sub_"}):
+        return False
+    return sum(isinstance(a, fx.Node) and tensor_shape(a) is not None for a in node.args[:2]) == 2
+
+
+def is_cat(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in _CAT
+
+
+def feature_input(node: fx.Node) -> fx.Node | None:
+    """The first feature-map input of a node."""
+    for a in node.all_input_nodes:
+        if is_feature_map(a):
+            return a
+    return None
+
+
+def stalled_stride(gm: fx.GraphModule) -> fx.Node | None:
+    """The first strided node whose feature map does not shrink (its input is already too small
+    to be downsampled further), or None. Needs shapes in ``node.meta["val"]``."""
+    for n in gm.graph.nodes:
+        source = feature_input(n)
+        if not is_feature_map(n) or source is None or stride_of(gm, n) == 1:
+            continue
+        out, into = n.meta["val"].shape[-2:], source.meta["val"].shape[-2:]
+        if out[0] >= into[0] and out[1] >= into[1]:
+            return n
+    return None
+
+
+def describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """'name' (Type) for messages."""
+    m = module_of(gm, node)
+    if m is not None:
+        return f"'{node.target}' ({type(m).__name__})"
+    target = getattr(node.target, "__name__", node.target)
+    return f"'{node.name}' ({target})"
+
+
+def module_path(nodes: list[fx.Node]) -> list[str]:
+    """The common module path of the nodes' layers; for a single layer, the path of its parent
+    (``layer2.0.conv1`` alone -> ``["layer2", "0"]``)."""
+    paths = [n.target.split(".") for n in nodes if n.op == "call_module"]
+    if not paths:
+        return []
+    common = []
+    for parts in zip(*paths, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    if len(common) == min(len(p) for p in paths):
+        common = common[:-1]
+    return common

@@ -1,0 +1,314 @@
+"""Shape propagation on meta tensors.
+
+Every pass leaves the graph with ``node.meta["val"]`` holding a meta tensor (or a nested
+structure of them) for each node, so later passes read shapes instead of recomputing them.
+The common layers have closed-form shape rules and everything else runs on meta tensors through
+a cached meta copy of its module. The one exception: a module whose forward depends on the data
+(``x.item()``, ``if x.sum() > 0``) cannot run on meta tensors, so it runs once for real, on zeros
+of the right shapes, on its own device.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import operator
+import weakref
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from reverso.errors import InputSizeError
+from reverso.ir import activations
+from reverso.ir.modes import evaluating
+from reverso.ir.windows import module_window, pair
+
+META = torch.device("meta")
+
+
+def _conv_out(size: int, k: int, s: int, p: int, d: int, ceil: bool = False) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (math.ceil(span / s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _window_rule(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Output size of a conv or pool from its window; convs also check their input channels."""
+    w = module_window(m)
+    if w.kind == "conv" and (x.dim() != 4 or x.shape[1] != m.in_channels):
+        raise RuntimeError(
+            f"{type(m).__name__} expects {m.in_channels} input channels, got input of shape {tuple(x.shape)}"
+        )
+    size = x.shape[-2:]
+    if w.padding == "same":
+        h, wd = size
+    else:
+        p = (0, 0) if w.padding == "valid" else w.padding
+        h, wd = (
+            _conv_out(size[i], w.kernel[i], w.stride[i], p[i], w.dilation[i], w.ceil_mode)
+            for i in range(2)
+        )
+    if h < 1 or wd < 1:
+        raise RuntimeError(f"output size {h}x{wd} is too small for input {tuple(x.shape)}")
+    if w.kind == "conv":
+        return x.new_empty((x.shape[0], m.out_channels, h, wd))
+    return x.new_empty((*x.shape[:-2], h, wd))
+
+
+def _norm_rule(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() < 2 or x.shape[1] != m.num_features:
+        raise RuntimeError(
+            f"{type(m).__name__} expects {m.num_features} channels, got input of shape {tuple(x.shape)}"
+        )
+    return x.new_empty(x.shape)
+
+
+def _linear_rule(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != m.in_features:
+        raise RuntimeError(f"Linear expects {m.in_features} input features, got {tuple(x.shape)}")
+    return x.new_empty((*x.shape[:-1], m.out_features))
+
+
+def _same_shape(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _adaptive_rule(m: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    h, w = pair(m.output_size)
+    h = x.shape[-2] if h is None else h
+    w = x.shape[-1] if w is None else w
+    return x.new_empty((*x.shape[:-2], h, w))
+
+
+def _flatten_rule(m: nn.Flatten, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, m.start_dim, m.end_dim)
+
+
+SHAPE_RULES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    nn.Conv2d: _window_rule,
+    nn.BatchNorm2d: _norm_rule,
+    nn.Linear: _linear_rule,
+    nn.MaxPool2d: _window_rule,
+    nn.AvgPool2d: _window_rule,
+    nn.AdaptiveAvgPool2d: _adaptive_rule,
+    nn.AdaptiveMaxPool2d: _adaptive_rule,
+    nn.Flatten: _flatten_rule,
+    nn.Identity: _same_shape,
+    nn.Dropout: _same_shape,
+    nn.Dropout2d: _same_shape,
+    **{act: _same_shape for act in activations.TORCH_TYPES},
+}
+
+
+def _broadcast(a, b) -> torch.Tensor:
+    ta, tb = isinstance(a, torch.Tensor), isinstance(b, torch.Tensor)
+    if ta and tb:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        return torch.empty(shape, device=META, dtype=torch.promote_types(a.dtype, b.dtype))
+    return (a if ta else b).new_empty((a if ta else b).shape)
+
+
+def _elementwise(x, *args, **kwargs) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+def _cat(tensors, dim=0, **kwargs) -> torch.Tensor:
+    shape = list(tensors[0].shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    return tensors[0].new_empty(shape)
+
+
+#: shape rules for the functions most graphs are made of (everything else runs on meta tensors)
+FUNCTION_RULES = {
+    operator.add: _broadcast,
+    operator.iadd: _broadcast,
+    operator.mul: _broadcast,
+    operator.imul: _broadcast,
+    operator.sub: _broadcast,
+    torch.add: _broadcast,
+    torch.mul: _broadcast,
+    torch.cat: _cat,
+    torch.relu: _elementwise,
+    torch.sigmoid: _elementwise,
+    torch.nn.functional.relu: _elementwise,
+    torch.nn.functional.silu: _elementwise,
+}
+METHOD_RULES = {"sigmoid": _elementwise, "relu": _elementwise, "add": _broadcast, "mul": _broadcast}
+
+
+def _zeros_like_meta(v, device):
+    return (
+        torch.zeros(v.shape, dtype=v.dtype, device=device)
+        if isinstance(v, torch.Tensor) and v.is_meta
+        else v
+    )
+
+
+def _to_meta(v):
+    return v.to(META) if isinstance(v, torch.Tensor) else v
+
+
+def meta_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty meta tensor with the shape, dtype and parameter-ness of ``t``."""
+    mt = torch.empty_like(t, device=META)
+    return nn.Parameter(mt, t.requires_grad) if isinstance(t, nn.Parameter) else mt
+
+
+def meta_clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers live on the meta device (no data copied)."""
+    memo = {id(t): meta_like(t) for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+class ShapeProp(fx.Interpreter):
+    """Runs a GraphModule on meta tensors and stores each result in ``node.meta["val"]``.
+
+    Meta copies of modules are cached (weakly: a module that is gone takes its copy with it), so
+    that re-propagating after every pass costs little.
+    """
+
+    #: meta copy of each module seen, dropped with the module (user modules are never kept alive)
+    _clones: ClassVar[weakref.WeakKeyDictionary[nn.Module, nn.Module]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+
+    def run_node(self, n: fx.Node):
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            if not hasattr(err, "_reverso_node"):
+                err._reverso_node = n.name
+            raise
+        n.meta["val"] = result
+        return result
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        rule = SHAPE_RULES.get(type(module))
+        if rule is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            return rule(module, args[0])
+        try:
+            return self.meta_module(module)(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if "meta" not in str(err):
+                raise
+            # data-dependent code (x.item(), `if x.sum() > 0`) cannot run on meta tensors:
+            # run this one module on zeros of the right shapes instead
+            ref = next(itertools.chain(module.parameters(), module.buffers()), None)
+            device = ref.device if ref is not None else torch.device("cpu")
+            real = torch.utils._pytree.tree_map(
+                lambda v: _zeros_like_meta(v, device), (args, kwargs)
+            )
+            return torch.utils._pytree.tree_map(_to_meta, module(*real[0], **real[1]))
+
+    def call_function(self, target, args, kwargs):
+        rule = FUNCTION_RULES.get(target)
+        if rule is not None and _plain(args, kwargs):
+            return rule(*args, **kwargs)
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        rule = METHOD_RULES.get(target)
+        if rule is not None and _plain(args, kwargs):
+            return rule(*args, **kwargs)
+        return super().call_method(target, args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return meta_like(value).detach() if isinstance(value, torch.Tensor) else value
+
+    @classmethod
+    def meta_module(cls, module: nn.Module) -> nn.Module:
+        clone = cls._clones.get(module)
+        if clone is None:
+            clone = cls._clones[module] = meta_clone(module)
+        return clone
+
+
+def _plain(args, kwargs) -> bool:
+    """Rules handle positional tensors/numbers only (no out=, no alpha=, ...)."""
+    if kwargs and set(kwargs) - {"dim"}:
+        return False
+    return all(isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args)
+
+
+class Fingerprint:
+    """Identity of a graph's nodes, of the modules they call and of their arguments.
+
+    It holds the objects themselves, so none of them can be freed and its ``id`` reused by a
+    new object while the fingerprint is kept: equal fingerprints really mean the same graph.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        self.objects = tuple(
+            (n, gm.get_submodule(n.target) if n.op == "call_module" else None, n.args)
+            for n in gm.graph.nodes
+        )
+        self.key = tuple(tuple(id(o) for o in entry) for entry in self.objects)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Fingerprint) and self.key == other.key
+
+    __hash__ = None
+
+
+def fingerprint(gm: fx.GraphModule) -> Fingerprint:
+    """Equal fingerprints mean the shapes stored in the nodes are still those of the graph."""
+    return Fingerprint(gm)
+
+
+def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
+    """Fill ``node.meta["val"]`` for every node of ``gm`` given example inputs (any device)."""
+    meta_inputs = [x.to(META) if isinstance(x, torch.Tensor) else x for x in inputs]
+    with evaluating(gm), torch.no_grad():
+        ShapeProp(gm).run(*meta_inputs)
+    gm.meta["shapes_of"] = fingerprint(gm)
+
+
+def tensor_shape(node: fx.Node) -> torch.Size | None:
+    """The shape of a node's value if it is a tensor, else None."""
+    val = node.meta.get("val")
+    return val.shape if isinstance(val, torch.Tensor) else None
+
+
+def is_feature_map(node: fx.Node) -> bool:
+    shape = tensor_shape(node)
+    return shape is not None and len(shape) == 4
+
+
+def channels(node: fx.Node) -> int | None:
+    shape = tensor_shape(node)
+    return int(shape[1]) if shape is not None and len(shape) == 4 else None
+
+
+def spatial(node: fx.Node) -> tuple[int, int] | None:
+    shape = tensor_shape(node)
+    return (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
+
+
+def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
+    """Level l = log2(H / h) of a feature map, averaged over both axes and rounded (so floor and
+    ceil size conventions of odd inputs agree)."""
+    ratios = [math.log2(full / max(part, 1)) for full, part in zip(input_hw, size, strict=True)]
+    return round(sum(ratios) / len(ratios))
+
+
+def check_input_size(input_size) -> tuple[int, int, int]:
+    """Validate and normalise a (C, H, W) input size."""
+    try:
+        size = tuple(int(v) for v in input_size) if not isinstance(input_size, str) else ()
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise InputSizeError(
+            f"input_size must be (channels, height, width) with positive entries, got {input_size!r}; "
+            "for example input_size=(3, 224, 224)"
+        )
+    return size

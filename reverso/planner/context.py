@@ -1,0 +1,76 @@
+"""The compile context: options, the bottom-up analysis and the top-down plan, computed once.
+
+Passes read what they need from here instead of re-deriving it: which unit goes where, at
+which level each slot runs, which kernel each lateral copies, which types new layers take.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from reverso import ir
+from reverso.analysis import StageReport
+from reverso.frontend.tracing import example_input, model_dtype
+from reverso.ir import activations
+from reverso.planner.options import TopDownOptions
+from reverso.planner.plan import TopDownPlan
+from reverso.rewrite.widths import REGISTRY, WidthRegistry
+
+
+@dataclass
+class Context:
+    """What every pass can rely on: the source model, the input size and the width registry."""
+
+    model: nn.Module
+    input_size: tuple[int, int, int]
+    registry: WidthRegistry = field(default=REGISTRY, kw_only=True)
+    history: list[tuple[str, bool]] = field(default_factory=list, kw_only=True)
+    state: dict = field(default_factory=dict, kw_only=True)  # free space for user passes
+
+    def example_input(self) -> torch.Tensor:
+        return example_input(self.input_size, dtype=model_dtype(self.model))
+
+
+@dataclass
+class CompileContext(Context):
+    """The top-down compiler's context: also the analysis, the plan and the model's layer types."""
+
+    options: TopDownOptions
+    bu: fx.GraphModule  # the traced bottom-up model, with shapes; read-only
+    report: StageReport
+    plan: TopDownPlan
+    prototypes: dict[str, nn.Module]
+
+    def node(self, name: str) -> fx.Node:
+        """A node of the bottom-up graph by name."""
+        if self._bu_nodes is None:
+            self._bu_nodes = ir.by_name(self.bu)
+        return self._bu_nodes[name]
+
+    _bu_nodes: dict[str, fx.Node] | None = field(default=None, init=False, repr=False)
+
+
+def prototypes_of(bu: fx.GraphModule, report: StageReport) -> dict[str, nn.Module]:
+    """Copies of the model's own conv, norm and activation layers, for the layers passes add."""
+    named = ir.by_name(bu)
+    protos = {}
+    for key, name in report.prototypes.items():
+        node = named[name]
+        if node.op == "call_module":
+            protos[key] = copy.deepcopy(bu.get_submodule(node.target))
+    act_node = named.get(report.prototypes.get("act", ""))
+    if "act" not in protos and act_node is not None:
+        act = activations.module_for(act_node.target)  # functional: F.relu, x.sigmoid()
+        if act is not None:
+            protos["act"] = act
+    if "act" not in protos:  # activations living inside norm-act layers (timm's BatchNormAct2d)
+        for m in bu.modules():
+            if isinstance(m, ir.ACTIVATIONS):
+                protos["act"] = copy.deepcopy(m)
+                break
+    return protos

@@ -1,0 +1,44 @@
+"""The user's choices for a top-down conversion, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reverso.errors import OptionError
+from reverso.nn import MERGES, PYRAMIDS, UPSAMPLE_MODES
+
+ARRANGEMENTS = ("td", "uni", "rev")
+
+
+@dataclass(frozen=True)
+class TopDownOptions:
+    arrangement: str = "td"
+    width: int | None = None  # the uni width when given explicitly
+    merge: str = "add_concat"
+    upsample: str = "nearest"
+    pyramid: str = "gaussian"
+
+    @classmethod
+    def create(
+        cls, arrangement="td", merge="add_concat", upsample="nearest", pyramid="gaussian"
+    ) -> TopDownOptions:
+        width = None
+        if isinstance(arrangement, bool) or not isinstance(arrangement, (str, int)):
+            raise OptionError(
+                f"arrangement must be 'td', 'uni', 'rev' or an int width, got {arrangement!r}"
+            )
+        if isinstance(arrangement, int):
+            if arrangement < 1:
+                raise OptionError(f"a uniform width must be a positive int, got {arrangement}")
+            arrangement, width = "uni", arrangement
+        for name, value, allowed in (
+            ("arrangement", arrangement, ARRANGEMENTS),
+            ("merge", merge, MERGES),
+            ("upsample", upsample, UPSAMPLE_MODES),
+            ("pyramid", pyramid, PYRAMIDS),
+        ):
+            if value not in allowed:
+                raise OptionError(
+                    f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}"
+                )
+        return cls(arrangement, width, merge, upsample, pyramid)

@@ -1,0 +1,138 @@
+"""Conv surgery: rebuild a conv at other widths, another kernel size, or stride 1.
+
+The width registry's conv rule, the ``rev`` arrangement (kernels), ``downsample_to_upsample``
+and ``antialias`` (strides) all change convs through these functions, so every rewrite reads a
+conv's configuration the same way and pads by one documented policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+from torch import nn
+
+from reverso.errors import WidthError
+from reverso.ir.nodes import is_depthwise
+
+
+def placed_like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Put ``new`` on the device/dtype of ``old`` and in its train/eval mode."""
+    ref = next(old.parameters(), None)
+    if ref is None:
+        ref = next(old.buffers(), None)
+    if ref is not None and ref.device.type != "meta":
+        new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+    new.train(old.training)
+    return new
+
+
+def _conv_kwargs(conv: nn.Conv2d, **overrides) -> dict:
+    """Constructor arguments of ``type(conv)`` read back from the instance, filtered by signature."""
+    values = {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+        "eps": getattr(conv, "eps", None),
+    }
+    values.update(overrides)
+    params = inspect.signature(type(conv).__init__).parameters
+    return {k: v for k, v in values.items() if k in params and v is not None}
+
+
+def conv_groups_for(conv: nn.Conv2d, in_width: int, out_width: int, where: str = "") -> int:
+    if conv.groups == 1:
+        return 1
+    if is_depthwise(conv):
+        return in_width
+    g = conv.groups
+    if in_width % g or out_width % g:
+        raise WidthError(
+            f"grouped conv{f' at {where!r}' if where else ''} has groups={g} and cannot take "
+            f"{in_width} -> {out_width} channels; choose widths divisible by {g} "
+            "(for the 'uni' arrangement pass arrangement=<int> with a multiple of it)"
+        )
+    return g
+
+
+def rebuild_conv(conv: nn.Conv2d, in_width: int, out_width: int, **overrides) -> nn.Conv2d:
+    """A fresh conv of the same type and configuration with new widths (or kernel/stride/padding)."""
+    groups = conv_groups_for(conv, in_width, out_width)
+    kwargs = _conv_kwargs(conv, groups=groups, **overrides)
+    kernel_size = kwargs.pop("kernel_size")
+    try:
+        new = type(conv)(in_width, out_width, kernel_size, **kwargs)
+    except TypeError as err:
+        raise WidthError(
+            f"could not rebuild {type(conv).__name__} from its attributes ({err}); register a width "
+            f"rule for it with reverso.register_width_rule({type(conv).__name__}, ...)"
+        ) from err
+    return new
+
+
+def same_padding(kernel_size, dilation) -> tuple[int, int] | str:
+    """Symmetric padding that keeps the size at stride 1, or 'same' for even kernels."""
+    k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+    d = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    if all(ki % 2 == 1 for ki in k):
+        return tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
+    return "same"
+
+
+#: how a conv made stride 1 pads: "same" keeps the map size (the top-down net, whose maps must
+#: match the pyramid's); "keep" keeps the conv's own padding, so that a stride-s blur after it
+#: gives exactly the strided conv's output size (antialiasing, as the reference code does)
+STRIDE_ONE_PADDING = ("same", "keep")
+
+
+def conv_at_stride_one(conv: nn.Conv2d, *, padding: str = "same") -> nn.Conv2d:
+    """A copy of ``conv`` (same weights) at stride 1, padded by the ``padding`` policy."""
+    if padding not in STRIDE_ONE_PADDING:
+        raise ValueError(f"padding must be one of {STRIDE_ONE_PADDING}, got {padding!r}")
+    new = copy.deepcopy(conv)
+    new.stride = (1, 1)
+    # timm's Conv2dSame pads dynamically, which keeps the size by itself
+    if padding == "same" and type(conv).__name__ != "Conv2dSame":
+        new.padding = same_padding(conv.kernel_size, conv.dilation)
+        if isinstance(new.padding, tuple):
+            new._reversed_padding_repeated_twice = [
+                p for p in reversed(new.padding) for _ in range(2)
+            ]
+    return new
+
+
+def at_stride_one(module: nn.Module, *, padding: str = "same") -> nn.Module | None:
+    """A copy of a conv, or of a conv-like module (timm's MixedConv2d), whose strided convs run at
+    stride 1 (see :func:`conv_at_stride_one`); None if it holds no strided conv."""
+    if isinstance(module, nn.Conv2d):
+        return conv_at_stride_one(module, padding=padding)
+    strided = [
+        name for name, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1
+    ]
+    if not strided:
+        return None
+    new = copy.deepcopy(module)
+    for name in strided:
+        parent, _, leaf = name.rpartition(".")
+        owner = new.get_submodule(parent) if parent else new
+        setattr(owner, leaf, conv_at_stride_one(getattr(owner, leaf), padding=padding))
+    return new
+
+
+def conv_with_kernel(conv: nn.Conv2d, kernel_size: int) -> nn.Conv2d:
+    """A fresh conv like ``conv`` with another (odd) kernel size and 'same' padding."""
+    k = (kernel_size, kernel_size)
+    return placed_like(
+        rebuild_conv(
+            conv,
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=k,
+            padding=same_padding(k, conv.dilation),
+        ),
+        conv,
+    )

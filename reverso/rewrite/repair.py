@@ -1,0 +1,191 @@
+"""Width repair: make every layer agree with the width it now receives.
+
+After a pass moves units or changes a layer's output width, the graph is walked in order on
+meta tensors. A layer whose input width no longer matches is re-instantiated through the width
+registry (fresh weights, same type and configuration). An elementwise join whose two inputs now
+disagree (an identity shortcut next to a main path of another width) gets a 1x1 projection on
+its shortcut, in the model's own style (conv-norm, or a bare conv of the pre-activation in
+pre-activation nets). Anything else that breaks is reported with the node and the remedy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from reverso import ir
+from reverso.errors import ReversoError, UnsupportedTopologyError
+from reverso.ir.modes import evaluating
+from reverso.ir.shapes import ShapeProp, channels, fingerprint
+from reverso.rewrite.layers import LayerFactory
+from reverso.rewrite.units import module_prefix
+from reverso.rewrite.widths import unknown_layer_error
+
+
+def repair_widths(gm: fx.GraphModule, ctx) -> bool:
+    """Re-widths layers and shortcuts in place; returns whether anything changed."""
+    fixer = _Repair(gm, ctx)
+    with evaluating(gm), torch.no_grad():
+        fixer.run(ctx.example_input())
+    if fixer.changed:
+        gm.graph.lint()
+        gm.recompile()
+    gm.meta["shapes_of"] = fingerprint(gm)  # every node's shape is now up to date
+    return fixer.changed
+
+
+def propagate_as_repaired(gm: fx.GraphModule, ctx) -> None:
+    """Fill every node's shape with the one it will have once width repair has run, changing
+    nothing else: for a pass that reads widths downstream of its own earlier edits (the
+    pipeline runs the repair itself, after the pass, as a step of its own)."""
+    with evaluating(gm), torch.no_grad():
+        _Repair(gm, ctx, dry_run=True).run(ctx.example_input())
+
+
+class _Repair(ShapeProp):
+    def __init__(self, gm: fx.GraphModule, ctx, *, dry_run: bool = False):
+        super().__init__(gm)
+        self.ctx = ctx
+        self.registry = ctx.registry
+        self.factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
+        self.changed = False
+        self.dry_run = dry_run
+        self.rebuilt: dict[str, torch.nn.Module] = {}  # the dry run's layers, by target
+
+    def run_node(self, n: fx.Node):
+        if n.op == "call_module":
+            self._fit_module(n)
+        elif ir.is_join(n) and self._mismatched(n):
+            if self.dry_run:  # the join will read a projected shortcut of the main path's width
+                shortcut, main = self._pick_shortcut(n, n.args[0], n.args[1])
+                saved = self.env[shortcut]
+                self.env[shortcut] = self.env[main]
+                try:
+                    return super().run_node(n)
+                finally:
+                    self.env[shortcut] = saved
+            self._fit_join(n)
+        return super().run_node(n)
+
+    def fetch_attr(self, target: str):
+        return self.rebuilt.get(target) or super().fetch_attr(target)
+
+    def call_module(self, target, args, kwargs):
+        try:
+            return super().call_module(target, args, kwargs)
+        except ReversoError:
+            raise
+        except Exception as err:
+            module = self.fetch_attr(target)
+            if self.registry.lookup(module) is None and any(True for _ in module.parameters()):
+                raise unknown_layer_error(module, target) from err
+            raise
+
+    # -- layers ------------------------------------------------------------------------------
+    def _fit_module(self, n: fx.Node) -> None:
+        module = self.fetch_attr(n.target)
+        rule = self.registry.lookup(module)
+        x = self._first_tensor(n)
+        if rule is None or x is None or x.dim() < 2:
+            return
+        actual = int(x.shape[rule.channel_dim])
+        if actual != rule.in_width(module):
+            new = self.registry.rebuild(module, actual, where=n.target)
+            if self.dry_run:
+                self.rebuilt[n.target] = new
+            else:
+                ir.set_module(self.module, n.target, new)
+                self.changed = True
+
+    def _first_tensor(self, n: fx.Node):
+        for a in n.args:
+            if isinstance(a, fx.Node):
+                v = self.env.get(a)
+                if isinstance(v, torch.Tensor):
+                    return v
+        return None
+
+    # -- joins -------------------------------------------------------------------------------
+    def _mismatched(self, n: fx.Node) -> bool:
+        """Two feature maps of different widths (neither broadcasting) meet at a join."""
+        va, vb = self.env[n.args[0]], self.env[n.args[1]]
+        return (
+            va.dim() == 4
+            and vb.dim() == 4
+            and va.shape[1] != vb.shape[1]
+            and 1 not in (va.shape[1], vb.shape[1])
+        )
+
+    def _fit_join(self, n: fx.Node) -> None:
+        a, b = n.args[0], n.args[1]
+        shortcut, main = self._pick_shortcut(n, a, b)
+        width = int(self.env[main].shape[1])
+        source = self._projection_source(shortcut, n)
+        cin = int(self.env[source].shape[1])
+        nodes = ir.unit_members(self.module, ir.unit_of(n)) if ir.unit_of(n) is not None else [n]
+        prefix = module_prefix(nodes)
+        current = source
+        # one graph node per layer, so that later repairs can re-width each of them
+        for i, layer in enumerate(self.factory.projection(cin, width)):
+            current = ir.add_module_node(
+                self.module,
+                f"{prefix}.shortcut" + (f"_{i}" if i else ""),
+                layer,
+                (current,),
+                before=n,
+                meta_from=n,
+            )
+            ir.mark(current, ir.Role.PROJECTION)
+            self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
+            current.meta["val"] = self.env[current]
+        n.replace_input_with(shortcut, current)
+        self.changed = True
+
+    def _pick_shortcut(self, n: fx.Node, a: fx.Node, b: fx.Node) -> tuple[fx.Node, fx.Node]:
+        """The input to adapt: the one that lost the join's previous width, else the one without convs."""
+        before = channels(n)  # shape from the last propagation, before this repair
+        wa, wb = self.env[a].shape[1], self.env[b].shape[1]
+        if before is not None and (wa == before) != (wb == before):
+            return (b, a) if wa == before else (a, b)
+        conv_a, conv_b = self._has_spatial_conv(a, n), self._has_spatial_conv(b, n)
+        if conv_a != conv_b:
+            return (b, a) if conv_a else (a, b)
+        raise UnsupportedTopologyError(
+            f"join {ir.describe(self.module, n)} now adds tensors of {wa} and {wb} channels and neither is a "
+            "plain shortcut that a projection could adapt"
+        )
+
+    def _has_spatial_conv(self, node: fx.Node, join: fx.Node) -> bool:
+        """Whether a spatial conv lies on the branch between the join's unit entry and ``node``."""
+        unit = ir.unit_of(join)
+        stack, seen = [node], set()
+        while stack:
+            x = stack.pop()
+            if x in seen or ir.unit_of(x) != unit:
+                continue
+            seen.add(x)
+            if ir.is_spatial_conv(self.module, x):
+                return True
+            stack.extend(x.all_input_nodes)
+        return False
+
+    def _projection_source(self, shortcut: fx.Node, join: fx.Node) -> fx.Node:
+        """Pre-activation nets project the block's pre-activation (norm-act of its input)."""
+        if not self.ctx.report.preact:
+            return shortcut
+        unit = ir.unit_of(join)
+        current = None
+        for user in shortcut.users:
+            if ir.unit_of(user) == unit and ir.is_norm(self.module, user):
+                current = user
+                break
+        while current is not None:
+            nxt = [
+                u
+                for u in current.users
+                if ir.unit_of(u) == unit and ir.is_activation(self.module, u)
+            ]
+            if not nxt:
+                break
+            current = nxt[0]
+        return current if current is not None and self.env.get(current) is not None else shortcut

@@ -1,0 +1,256 @@
+"""Grad-CAM and the top-down paper's weakly supervised localisation protocol (Exp 3).
+
+Grad-CAM (Selvaraju et al.): on a conv layer's output ``A`` (default: the last conv the model
+runs), weights ``w_k`` = spatial mean of the gradient of the top-1 class score with respect to
+``A_k``; CAM = ReLU(sum_k w_k A_k), upsampled bilinearly to the input size and divided by its
+maximum, so it lies in [0, 1].
+
+Localisation (evaluation.md section 4): the object mask is the set of pixels above ``t = 0.2``,
+the prediction the set of pixels where the CAM is above ``cam_threshold`` (default also 0.2);
+precision and recall count true positive, false positive and false negative pixels over all images
+that every compared model classifies correctly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reverso.errors import OptionError
+from reverso.ir.modes import evaluating
+from reverso.nn import NJetConv2d
+from reverso.study.plotting import TEXT_WIDTH, new_figure, save_figure, styled
+
+CONVS = (nn.Conv2d, NJetConv2d)
+
+
+@dataclass
+class CAM:
+    maps: torch.Tensor  # (N, H, W) in [0, 1], at the input's size
+    layer: str
+    predictions: torch.Tensor  # the class each map explains (top-1 unless given)
+    where: str = ""  # the layer in words, for titles: "last conv (3x3), 64 ch at 7x7"
+
+
+def last_conv(model: nn.Module, example: torch.Tensor) -> str:
+    """The name of the last conv layer ``model`` runs on ``example`` (in execution order)."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, CONVS)}
+    ran: list[str] = []
+    handles = [m.register_forward_hook(lambda m, i, o: ran.append(names[m])) for m in names]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if not ran:
+        raise OptionError(f"{type(model).__name__} runs no conv layer; pass layer= explicitly")
+    return ran[-1]
+
+
+def gradcam(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    layer: str | nn.Module | None = None,
+    target: torch.Tensor | None = None,
+    normalize=None,
+) -> CAM:
+    """Grad-CAM maps of ``images`` (N, C, H, W) on ``layer`` (a module name or module; default
+    the last conv), for the ``target`` classes (default: the predicted ones)."""
+    if images.dim() != 4:
+        raise OptionError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    prepare = normalize or (lambda x: x)
+    with evaluating(model):
+        name, module = _layer(model, layer, prepare(images[:1]))
+        store: dict[str, torch.Tensor] = {}
+
+        def keep(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise OptionError(f"layer {name!r} does not output a feature map (N, C, H, W)")
+            store["a"] = output
+            return output.clone()  # later in-place ops (ReLU(inplace=True)) leave A untouched
+
+        handle = module.register_forward_hook(keep)
+        try:
+            with torch.enable_grad():
+                x = prepare(images).detach().requires_grad_(True)  # a graph even if frozen
+                logits = model(x)
+                chosen = logits.argmax(1) if target is None else target.to(logits.device)
+                if "a" not in store:
+                    raise OptionError(f"layer {name!r} did not run in the forward pass")
+                score = logits.gather(1, chosen.view(-1, 1)).sum()
+                (grad,) = torch.autograd.grad(score, store["a"])
+        finally:
+            handle.remove()
+        activations = store["a"].detach()
+        if activations.shape[-2:] == (1, 1):
+            raise OptionError(
+                f"layer {name!r} outputs a 1x1 map (it runs after global pooling): a CAM needs "
+                "space; pass layer= an earlier conv"
+            )
+        where = _in_words(module, activations, "last conv" if layer is None else f"layer {name}")
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * activations).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
+        return CAM((cam / peak).clamp(0, 1).cpu(), name, chosen.detach().cpu(), where)
+
+
+def _in_words(module: nn.Module, activations: torch.Tensor, role: str) -> str:
+    kernel = getattr(module, "kernel_size", None)
+    if isinstance(kernel, (tuple, list)):
+        kernel = "x".join(str(k) for k in kernel)
+    kind = f" ({kernel})" if isinstance(kernel, str) else f" ({type(module).__name__})"
+    c, h, w = activations.shape[1:]
+    return f"{role}{kind}, {c} ch at {h}x{w}"
+
+
+def _layer(model: nn.Module, layer, example) -> tuple[str, nn.Module]:
+    modules = dict(model.named_modules())
+    if layer is None:
+        name = last_conv(model, example)
+        return name, modules[name]
+    if isinstance(layer, nn.Module):
+        name = next((n for n, m in modules.items() if m is layer), None)
+        if name is None:
+            raise OptionError(f"the given layer {type(layer).__name__} is not part of the model")
+        return name, layer
+    if layer not in modules:
+        convs = [n for n, m in modules.items() if isinstance(m, CONVS)]
+        raise OptionError(f"no layer {layer!r} in the model; its conv layers are {convs[-6:]} ...")
+    return layer, modules[layer]
+
+
+@dataclass
+class Localization:
+    precision: float
+    recall: float
+    tp: int
+    fp: int
+    fn: int
+    images: int
+
+    def __str__(self) -> str:
+        return (
+            f"precision {self.precision:.3f}, recall {self.recall:.3f} over {self.images} images "
+            f"(TP {self.tp}, FP {self.fp}, FN {self.fn} pixels)"
+        )
+
+
+def localization(
+    maps: torch.Tensor, images: torch.Tensor, *, t: float = 0.2, cam_threshold: float = 0.2
+) -> Localization:
+    """Pixel precision and recall of CAMs (N, H, W) against object masks ``images > t``."""
+    if images.dim() == 4:
+        images = images.max(1).values  # an object pixel is bright in any channel
+    if maps.shape != images.shape:
+        raise OptionError(
+            f"maps {tuple(maps.shape)} and images {tuple(images.shape)} differ in size"
+        )
+    target, predicted = images > t, maps > cam_threshold
+    tp = int((predicted & target).sum())
+    fp = int((predicted & ~target).sum())
+    fn = int((~predicted & target).sum())
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    return Localization(precision, recall, tp, fp, fn, len(maps))
+
+
+def compare_localization(
+    models: dict[str, nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    layers: dict[str, str] | None = None,
+    t: float = 0.2,
+    cam_threshold: float = 0.2,
+    normalize=None,
+) -> tuple[dict[str, Localization], dict[str, CAM], torch.Tensor]:
+    """Localisation of several models on the images that all of them classify correctly.
+
+    Returns (localisation per model, CAMs per model on those images, their indices).
+    """
+    layers = layers or {}
+    cams = {
+        name: gradcam(m, images, layer=layers.get(name), normalize=normalize)
+        for name, m in models.items()
+    }
+    both = torch.ones(len(labels), dtype=torch.bool)
+    for cam in cams.values():
+        both &= cam.predictions == labels.cpu()
+    index = both.nonzero().flatten()
+    if len(index) == 0:
+        raise OptionError("no image is classified correctly by every model; train them first")
+    picked = {
+        name: dataclasses.replace(cam, maps=cam.maps[index], predictions=cam.predictions[index])
+        for name, cam in cams.items()
+    }
+    results = {
+        name: localization(cam.maps, images[index].cpu(), t=t, cam_threshold=cam_threshold)
+        for name, cam in picked.items()
+    }
+    return results, picked, index
+
+
+@styled
+def save_overlays(
+    images: torch.Tensor,
+    cams: dict[str, CAM],
+    path: str | Path,
+    *,
+    count: int = 6,
+    labels: torch.Tensor | None = None,
+    classes: list[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """A grid: one row per image, the input then each model's CAM over it, with the true class
+    (``labels``) and each model's prediction; .png, .pdf or .svg by the suffix of ``path``."""
+
+    def name_of(k: int) -> str:
+        return classes[k] if classes is not None and 0 <= k < len(classes) else str(k)
+
+    count = min(count, len(images))
+    cols = 1 + len(cams)
+    side = min(1.6, (TEXT_WIDTH - 0.9) / cols)
+    fig, axes = new_figure(count, cols, size=(side * cols + 0.8, side * count + 0.9))
+    overlay = None
+    for row in range(count):
+        image = images[row].detach().cpu()
+        grey = image.shape[0] == 1
+        shown = (image[0] if grey else image.permute(1, 2, 0)).numpy()
+        cmap = "gray" if grey else None
+        axes[row, 0].imshow(shown, cmap=cmap)
+        if labels is not None:
+            axes[row, 0].set_ylabel(f"true: {name_of(int(labels[row]))}")
+        for col, (name, cam) in enumerate(cams.items(), start=1):
+            ax = axes[row, col]
+            ax.imshow(shown, cmap=cmap)
+            overlay = ax.imshow(cam.maps[row].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            predicted = int(cam.predictions[row])
+            right = labels is None or predicted == int(labels[row])
+            ax.set_xlabel(
+                f"predicted: {name_of(predicted)}", color="black" if right else "firebrick"
+            )
+            if row == 0:
+                where = (cam.where or cam.layer).replace(", ", "\n")
+                ax.set_title(f"{name}\n{where}")
+        if row == 0:
+            axes[row, 0].set_title("input")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if overlay is not None:
+        bar = fig.colorbar(overlay, ax=list(axes[:, -1]), shrink=min(1.0, 3 / count), pad=0.02)
+        bar.solids.set(alpha=1)
+        bar.set_label("Grad-CAM (1 = the map's maximum)")
+    fig.suptitle(title or "Grad-CAM: where each model looks for the class it predicts")
+    return save_figure(fig, path)

@@ -1,0 +1,225 @@
+"""Datasets read from a local copy (``root``) with torchvision's file layouts, never downloaded:
+MNIST, Fashion-MNIST, CIFAR-10 and Imagenette-style image folders.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reverso.errors import DatasetError
+from reverso.study.images import Data, TensorImages
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def mnist(root: str | Path) -> Data:
+    """MNIST from ``root/MNIST/raw/`` (the four unzipped IDX files, torchvision's layout)."""
+    return _idx_dataset("mnist", "MNIST", root, [str(i) for i in range(10)])
+
+
+def fashion_mnist(root: str | Path) -> Data:
+    """Fashion-MNIST from ``root/FashionMNIST/raw/`` (the four unzipped IDX files)."""
+    from torchvision.datasets import FashionMNIST
+
+    return _idx_dataset("fashion_mnist", "FashionMNIST", root, list(FashionMNIST.classes))
+
+
+def _idx_dataset(name: str, folder: str, root, classes: list[str]) -> Data:
+    import torchvision.datasets as tvd
+
+    root = Path(root).expanduser()
+    raw = root / folder / "raw"
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{name}: looked in {raw} for the unzipped IDX files {', '.join(MNIST_FILES)}; "
+            f"missing {', '.join(missing)}. Put the four files there (gunzip the downloads) and "
+            f"pass root={root}."
+        )
+    cls = getattr(tvd, folder)
+    splits = {}
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except Exception as err:  # torchvision asserts on bad magic numbers and sizes
+            raise DatasetError(
+                f"{name}: the IDX files in {raw} are corrupt or not IDX files ({err!r}); "
+                "replace them with the original files"
+            ) from err
+        images, labels = ds.data, ds.targets
+        if images.dim() != 3 or len(images) != len(labels) or images.dtype != torch.uint8:
+            raise DatasetError(
+                f"{name}: {raw} holds {tuple(images.shape)} {images.dtype} images and {len(labels)} "
+                "labels; expected N uint8 images of H x W and N labels"
+            )
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+            raise DatasetError(f"{name}: labels in {raw} outside 0..{len(classes) - 1}")
+        splits[train] = TensorImages(images[:, None], labels)
+    size = tuple(splits[True].images.shape[1:])
+    return Data(name, splits[True], splits[False], size, classes, root=root)
+
+
+CIFAR_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+
+def cifar10(root: str | Path, *, pixel_mean: bool = True) -> Data:
+    """CIFAR-10 from ``root``: the binary version (``cifar-10-batches-bin/``, read without pickle)
+    or the Python version (``cifar-10-batches-py/``, read by torchvision's CIFAR10). With
+    ``pixel_mean`` the training set's per-pixel mean is subtracted (the paper's protocol)."""
+    root = Path(root).expanduser()
+    if (root / "cifar-10-batches-bin").is_dir():
+        train, test = _cifar_binary(root / "cifar-10-batches-bin")
+    elif (root / "cifar-10-batches-py").is_dir():
+        train, test = _cifar_python(root)
+    else:
+        raise DatasetError(
+            f"cifar10: looked in {root} for cifar-10-batches-bin/ (data_batch_1.bin ... "
+            "test_batch.bin) or cifar-10-batches-py/ (data_batch_1 ... test_batch, batches.meta); "
+            "found neither. Extract cifar-10-binary.tar.gz or cifar-10-python.tar.gz there."
+        )
+    mean = train.images.float().mean(0) / 255.0 if pixel_mean else None
+    return Data("cifar10", train, test, (3, 32, 32), CIFAR_CLASSES, mean, 5e-4, root)
+
+
+def _cifar_binary(folder: Path) -> tuple[TensorImages, TensorImages]:
+    """Records of 1 label byte and 3,072 pixel bytes (R, G, B planes of 32x32)."""
+    record = 1 + 3 * 32 * 32
+
+    def read(names):
+        images, labels = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise DatasetError(f"cifar10: missing {path}")
+            raw = np.fromfile(path, dtype=np.uint8)
+            if raw.size == 0 or raw.size % record:
+                raise DatasetError(
+                    f"cifar10: {path} has {raw.size} bytes, not a whole number of "
+                    f"{record}-byte records (label + 32x32x3 pixels); the file is corrupt"
+                )
+            raw = raw.reshape(-1, record)
+            if raw[:, 0].max() > 9:
+                raise DatasetError(f"cifar10: {path} has labels above 9; the file is corrupt")
+            labels.append(torch.from_numpy(raw[:, 0].astype(np.int64)))
+            images.append(torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).copy()))
+        return TensorImages(torch.cat(images), torch.cat(labels))
+
+    return read([f"data_batch_{i}.bin" for i in range(1, 6)]), read(["test_batch.bin"])
+
+
+def _cifar_python(root: Path) -> tuple[TensorImages, TensorImages]:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    class LocalCIFAR10(CIFAR10):
+        """torchvision's reader; a file that differs from the official one is a warning (copies
+        repacked by users are common), a missing file an error."""
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            for name, md5 in (*self.train_list, *self.test_list):
+                if not (folder / name).is_file():
+                    raise DatasetError(f"cifar10: missing {folder / name}")
+                if not check_integrity(str(folder / name), md5):
+                    warnings.warn(
+                        f"{folder / name} is not the official CIFAR-10 file (md5 differs)",
+                        stacklevel=2,
+                    )
+            return True
+
+        def _load_meta(self) -> None:
+            self.classes = CIFAR_CLASSES
+
+    splits = []
+    for train in (True, False):
+        try:
+            ds = LocalCIFAR10(str(root), train=train, download=False)
+            images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+            labels = torch.tensor(ds.targets, dtype=torch.long)
+        except DatasetError:
+            raise
+        except Exception as err:
+            raise DatasetError(
+                f"cifar10: could not read the batches in {root / 'cifar-10-batches-py'} ({err!r}); "
+                "each must be a pickled dict with 'data' (N x 3072 uint8) and 'labels'"
+            ) from err
+        if images.dtype != torch.uint8 or len(images) != len(labels) or int(labels.max()) > 9:
+            raise DatasetError(
+                f"cifar10: the batches in {root} do not hold 32x32x3 uint8 images with labels 0-9"
+            )
+        splits.append(TensorImages(images, labels))
+    return splits[0], splits[1]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+
+
+def image_folder(
+    root: str | Path, size: int = 128, *, train: str = "train", test: str = "val"
+) -> Data:
+    """An Imagenette-style folder: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``,
+    read with torchvision's ImageFolder; images are resized (shorter side) and centre-cropped to
+    ``size`` and converted to RGB in [0, 1]."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser()
+    transform = transforms.Compose(
+        [
+            transforms.Lambda(lambda im: im.convert("RGB")),
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+        ]
+    )
+    splits = {}
+    for split in (train, test):
+        folder = root / split
+        if not folder.is_dir():
+            raise DatasetError(
+                f"image folder: looked for {folder}/<class>/<image> but {folder} does not exist; "
+                f"expected {root}/{train}/ and {root}/{test}/ with one sub-folder per class"
+            )
+        try:
+            splits[split] = ImageFolder(str(folder), transform=transform, loader=_open_image)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DatasetError(
+                f"image folder: {folder} has no class sub-folders with images "
+                f"({', '.join(IMAGE_SUFFIXES)}): {err}"
+            ) from err
+    if splits[train].classes != splits[test].classes:
+        raise DatasetError(
+            f"image folder: {root / train} and {root / test} have different classes: "
+            f"{splits[train].classes} vs {splits[test].classes}"
+        )
+    return Data(
+        "image_folder",
+        splits[train],
+        splits[test],
+        (3, size, size),
+        splits[train].classes,
+        root=root,
+    )
+
+
+def _open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"image folder: {path} is not a readable image ({err})") from err

@@ -1,0 +1,258 @@
+"""Theoretical receptive fields of every node of a model (top-down paper, section 3.2).
+
+Per layer with kernel k and stride s: ``r_i = r_{i-1} + (k - 1) m_{i-1}``, ``m_i = m_{i-1} s``
+(r: receptive field in input pixels, m: the jump, the input distance between neighbouring
+outputs), from ``r_0 = m_0 = 1``. Dilation d counts as ``k_eff = d (k - 1) + 1``; upsampling by u
+divides the jump and adds nothing; a Gaussian blur counts as a kernel of width 6 sigma. Where
+paths with different receptive fields meet (a merge, a residual add, a concat) the node keeps the
+smallest and the largest. Global pooling sees the whole input (infinite receptive field).
+
+Two rule sets:
+
+* ``rule="paper"`` (default): exactly the paper's rules above, which reproduce its worked example.
+* ``rule="exact"``: the discrete support of what actually runs. A blur counts with all its taps
+  (a sampled Gaussian has ``2 ceil(3 sigma) + 1`` taps, one more than 6 sigma), and an
+  interpolating upsampler (bilinear, or reverso's "blur" mode) reads two coarse pixels per axis, so
+  it adds one coarse jump before dividing it. Under these rules no input gradient of a unit falls
+  outside its receptive field, which :func:`reverso.testing.check_erf_within_receptive_field`
+  checks.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from reverso import ir
+from reverso.errors import OptionError
+from reverso.frontend.tracing import trace
+from reverso.ir.shapes import is_feature_map
+from reverso.nn import BlurPool2d, GaussianBlur2d, ImagePyramid, Merge, NJetConv2d, Upsample
+
+
+@dataclass(frozen=True)
+class RF:
+    """Receptive field (smallest and largest, in input pixels), jump and level of a node."""
+
+    min: float
+    max: float
+    jump: float
+
+    @property
+    def level(self) -> int:
+        return round(math.log2(self.jump)) if self.jump > 0 else 0
+
+    def through(self, kernel: float, stride: float = 1.0) -> RF:
+        """After a layer with this (effective) kernel and stride."""
+        grow = (kernel - 1) * self.jump
+        return RF(self.min + grow, self.max + grow, self.jump * stride)
+
+    def upsampled(self, factor: float) -> RF:
+        return RF(self.min, self.max, self.jump / factor)
+
+
+INPUT = RF(1.0, 1.0, 1.0)
+GLOBAL = RF(math.inf, math.inf, math.inf)
+
+
+def meet(rfs: list[RF]) -> RF:
+    """Paths with different receptive fields combined: keep the min and the max."""
+    return RF(min(r.min for r in rfs), max(r.max for r in rfs), min(r.jump for r in rfs))
+
+
+@dataclass
+class RFReport:
+    """Receptive field of every node, in graph order; ``report[name]`` looks one up."""
+
+    rows: dict[str, tuple[str, RF]]  # node name -> (what it is, RF)
+
+    def __getitem__(self, name: str) -> RF:
+        return self.rows[name][1]
+
+    def convs(self) -> list[tuple[str, RF]]:
+        """The conv layers in order, with their output receptive fields."""
+        return [(n, rf) for n, (kind, rf) in self.rows.items() if kind.startswith("conv")]
+
+    def __str__(self) -> str:
+        lines = [f"{'node':<36} {'op':<24} {'rf min':>8} {'rf max':>8} {'jump':>6} {'level':>5}"]
+        for name, (kind, rf) in self.rows.items():
+            if math.isinf(rf.max):
+                lines.append(f"{name:<36} {kind:<24} {'all':>8} {'all':>8} {'-':>6} {'-':>5}")
+            else:
+                lines.append(
+                    f"{name:<36} {kind:<24} {rf.min:>8.1f} {rf.max:>8.1f} {rf.jump:>6.3g} {rf.level:>5}"
+                )
+        return "\n".join(lines)
+
+
+RULES = ("paper", "exact")
+
+
+def receptive_fields(
+    model: nn.Module | fx.GraphModule | str, input_size=None, *, rule: str = "paper"
+) -> RFReport:
+    """Receptive field, jump and level of every node of ``model`` (traced if needed).
+
+    ``model`` may be a bottom-up model (or timm name), a :class:`~reverso.TopDownNet` (its
+    feature nodes, then its head's as ``head.<node>``) or a GraphModule with shapes.
+    """
+    from reverso.convert.network import TopDownNet
+
+    if rule not in RULES:
+        raise OptionError(f"rule must be one of {RULES}, got {rule!r}")
+    if isinstance(model, TopDownNet):
+        rows = _walk(model.features, {}, rule).rows
+        head = _walk(model.head.pre_logits, {"x": list(rows.values())[-1][1]}, rule).rows
+        return RFReport(rows | {f"head.{k}": v for k, v in head.items()})
+    gm = model if isinstance(model, fx.GraphModule) else trace(model, input_size)
+    return _walk(gm, {}, rule)
+
+
+def _walk(gm: fx.GraphModule, inputs: dict[str, RF], rule: str) -> RFReport:
+    rfs: dict[fx.Node, RF | tuple] = {}
+    rows: dict[str, tuple[str, RF]] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            rfs[n] = inputs.get(n.name, INPUT)
+            continue
+        if n.op == "output":
+            continue
+        kind, rf = _node_rf(gm, n, rfs, rule == "exact")
+        rfs[n] = rf
+        if isinstance(rf, RF):
+            rows[n.name] = (kind, rf)
+    return RFReport(rows)
+
+
+def _inputs(n: fx.Node, rfs) -> list[RF]:
+    return [rfs[a] for a in n.all_input_nodes if isinstance(rfs.get(a), RF) and a.op != "get_attr"]
+
+
+def _node_rf(gm: fx.GraphModule, n: fx.Node, rfs, exact: bool) -> tuple[str, RF | tuple]:
+    ins = _inputs(n, rfs)
+    if n.op == "get_attr":
+        return "parameter", RF(0.0, 0.0, 1.0)
+    if (
+        n.op == "call_function"
+        and n.target is operator.getitem
+        and isinstance(rfs.get(n.args[0]), tuple)
+    ):
+        return "pyramid level", rfs[n.args[0]][n.args[1]]
+    if not ins:
+        return "constant", RF(0.0, 0.0, 1.0)
+    base = meet(ins)
+    m = ir.module_of(gm, n)
+    if m is not None:
+        return _module_rf(m, n, base, rfs, exact)
+    if n.op == "call_function":
+        window = ir.window_of(gm, n)
+        if window is not None:
+            return "pool", base.through(window.extent, window.step)
+        if n.target is F.interpolate:
+            return "upsample", _interpolated(n, base, exact)
+        if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            return "global", GLOBAL
+    source = ir.feature_input(n)
+    if source is not None and not is_feature_map(n) and n.meta.get("val") is not None:
+        return "global", GLOBAL  # flatten, a spatial mean: every input pixel counts
+    return ("join" if len(ins) > 1 else "pointwise"), base
+
+
+def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[str, RF | tuple]:
+    if isinstance(m, NJetConv2d):
+        support = 2 * m.support_radius() + 1
+        return f"conv {support}x{support} (N-Jet)", base.through(support, m.stride)
+    if isinstance(m, nn.Conv2d):
+        w = ir.module_window(m)
+        return f"conv {m.kernel_size[0]}x{m.kernel_size[1]}", base.through(w.extent, w.step)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        w = ir.module_window(m)
+        return "pool", base.through(w.extent, w.step)
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return "global", GLOBAL
+    if isinstance(m, GaussianBlur2d):
+        return "gaussian blur", base.through(m.taps.numel() if exact else m.width)
+    if isinstance(m, BlurPool2d) or hasattr(m, "filt_size"):  # reverso's or timm's BlurPool2d
+        size = getattr(m, "filter_size", getattr(m, "filt_size", 1))
+        return "blurpool", base.through(size, _first(m.stride))
+    if isinstance(m, Upsample):  # upsample(x, like): only x's pixels flow through
+        return "upsample", _upsampled(rfs[n.args[0]], m.factor, exact and m.mode != "nearest")
+    if isinstance(m, nn.Upsample):
+        factor = float(_first(m.scale_factor or 1))
+        return "upsample", _upsampled(base, factor, exact and m.mode != "nearest")
+    if isinstance(m, ImagePyramid):
+        return "pyramid", tuple(_pyramid_level(m, level, exact) for level in m.levels)
+    if isinstance(m, Merge):
+        return "merge", _merge_rf(m, rfs[n.args[0]], rfs[n.args[1]], exact)
+    if isinstance(m, nn.Linear):
+        return "linear", GLOBAL if base.max == math.inf else base
+    if any(isinstance(c, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) for c in m.modules()):
+        return "block (its convs in order)", _sequence_rf(m, base)
+    return "layer", base
+
+
+def _pyramid_level(pyramid: ImagePyramid, level: int, exact: bool) -> RF:
+    """A pyramid level's receptive field: its blur as a kernel, at the level's jump."""
+    if level == 0:
+        return INPUT
+    if pyramid.kind == "cascade":  # per x2 step: blur (sigma 2/3, 6 sigma = 4 wide), subsample
+        rf = INPUT
+        for _ in range(level):
+            rf = rf.through(pyramid.taps_step.numel() if exact else 6 * 2 / 3, 2)
+        return rf
+    factor = 2**level
+    taps = getattr(pyramid, f"taps_{level}").numel()
+    width = 6 * factor / 2 if pyramid.kind == "gaussian" and not exact else taps
+    return INPUT.through(width, factor)
+
+
+def _merge_rf(merge: Merge, coarse: RF, image: RF, exact: bool) -> RF:
+    lateral = _sequence_rf(merge.lateral, image)
+    if merge.project is not None:
+        coarse = _sequence_rf(merge.project, coarse)
+    if merge.upsample is not None:
+        up = merge.upsample
+        coarse = _upsampled(coarse, up.factor, exact and up.mode != "nearest")
+    joined = meet([coarse, lateral])
+    return _sequence_rf(merge.fuse, joined) if merge.fuse is not None else joined
+
+
+def _sequence_rf(block: nn.Module, rf: RF) -> RF:
+    """The convs and pools of a block applied one after the other, in registration order."""
+    inside_window: set[int] = set()  # the parallel convs of a MixedConv2d count once
+    for m in block.modules():
+        if id(m) in inside_window:
+            continue
+        window = ir.module_window(m)
+        if window is not None:
+            rf = rf.through(window.extent, window.step)
+            inside_window.update(id(c) for c in m.modules())
+    return rf
+
+
+def _upsampled(rf: RF, factor: float, interpolating: bool) -> RF:
+    """Upsampling by ``factor``; an interpolating upsampler first reads two coarse pixels."""
+    return (rf.through(2) if interpolating else rf).upsampled(factor)
+
+
+def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
+    mode = n.kwargs.get("mode", n.args[3] if len(n.args) > 3 else "nearest")
+    taps = {"bilinear": 2, "linear": 2, "bicubic": 4}.get(mode, 1) if exact else 1
+    source = n.args[0]
+    scale = n.kwargs.get("scale_factor") or (n.args[2] if len(n.args) > 2 else None)
+    if scale:
+        factor = float(_first(scale))
+    elif is_feature_map(source) and is_feature_map(n):  # size=: the ratio of the sizes
+        factor = n.meta["val"].shape[-1] / source.meta["val"].shape[-1]
+    else:
+        return base
+    return base.through(taps).upsampled(factor)
+
+
+def _first(v):
+    return v[0] if isinstance(v, (tuple, list)) else v

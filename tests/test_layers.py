@@ -1,0 +1,84 @@
+"""The package's layers: dependencies run one way, and every source file stays readable.
+
+Each module belongs to a layer; no module imports (at the top or inside a function) from a layer
+above its own. The built-in passes (``passes/``, installed as ``reverso.passes``) sit between the
+pass machinery and the conversions that run them.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the layers, lowest first: a module may import its own layer and those before it
+LAYERS = [
+    {"errors", "names", "settings", "lazy", "models", "nn"},
+    {"ir"},
+    {"rewrite"},
+    {"frontend"},
+    {"analysis"},
+    {"planner"},
+    {"compiler"},
+    {"passes"},
+    {"convert"},
+    {"study"},
+    {"testing", "cli", "demo", "__init__", "__main__"},
+]
+LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def sources() -> list[tuple[str, Path]]:
+    """(the module's top-level name inside reverso, its file) for every source file."""
+    found = [("passes", p) for p in sorted((ROOT / "passes").rglob("*.py"))]
+    for path in sorted((ROOT / "reverso").rglob("*.py")):
+        part = path.relative_to(ROOT / "reverso").parts[0]
+        found.append((part.removesuffix(".py"), path))
+    return found
+
+
+def imported(path: Path, top: str) -> list[tuple[str, int]]:
+    """The reverso layers a file imports from (absolute and relative imports), with lines."""
+    tree = ast.parse(path.read_text())
+    package = [top] if path.name == "__init__.py" or top == "passes" else []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: inside the module's own package (or one above)
+                base = package if node.level == 1 else []
+                module = ".".join([*base, node.module or ""]).strip(".")
+                first = (module or (node.names[0].name if not base else top)).split(".")[0]
+                names.append((first if module else top, node.lineno))
+            elif node.module and node.module.split(".")[0] == "reverso":
+                parts = node.module.split(".")
+                first = parts[1] if len(parts) > 1 else node.names[0].name
+                names.append((first, node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "reverso" and len(parts) > 1:
+                    names.append((parts[1], node.lineno))
+    return names
+
+
+@pytest.mark.parametrize(("top", "path"), sources(), ids=lambda v: str(v))
+def test_no_module_imports_a_layer_above_its_own(top, path):
+    assert top in LEVEL, f"{path}: module {top!r} has no layer; add it to LAYERS"
+    for name, line in imported(path, top):
+        if name not in LEVEL:
+            continue  # a name the package's __init__ exports lazily
+        assert LEVEL[name] <= LEVEL[top], (
+            f"{path.relative_to(ROOT)}:{line} imports reverso.{name} (layer {LEVEL[name]}) "
+            f"from layer {LEVEL[top]} ({top})"
+        )
+
+
+@pytest.mark.parametrize(("top", "path"), sources(), ids=lambda v: str(v))
+def test_files_and_functions_stay_short(top, path):
+    text = path.read_text()
+    assert text.count("\n") <= 400, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 80, f"{path.relative_to(ROOT)}: {node.name} has {length} lines"
