@@ -25,7 +25,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import PassError
 from reverso.ir.shapes import tensor_shape
 from reverso.nn import ImagePyramid, Upsample
-from reverso.rewrite.units import UnitView, module_prefix, unit_view
+from reverso.rewrite.units import UnitView, append_to_unit, module_prefix, unit_view
 
 
 class DownsampleToUpsample(Pass):
@@ -110,18 +110,9 @@ class DownsampleToUpsample(Pass):
         fine = self.fine_region(gm, view)
         prefix = module_prefix(view.nodes)
         if view.exit not in fine:  # no spatial conv at all: upsample the unit's output
-            users = [u for u in view.exit.users if u not in view.node_set]
-            up = ir.add_module_node(
-                gm,
-                f"{prefix}.upsample",
-                Upsample(ctx.options.upsample, slot.up),
-                (view.exit, like),
-                after=view.exit,
-                meta_from=view.exit,
-            )
-            ir.mark(up, ir.Role.UPSAMPLE, transition=index)
-            for u in users:
-                u.replace_input_with(view.exit, up)
+            up = Upsample(ctx.options.upsample, slot.up)
+            node = append_to_unit(gm, view, f"{prefix}.upsample", up, (view.exit, like))
+            ir.mark(node, ir.Role.UPSAMPLE, transition=index)
             return
         ups: dict[fx.Node, fx.Node] = {}
         for n in [x for x in gm.graph.nodes if x in fine]:

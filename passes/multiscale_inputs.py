@@ -24,7 +24,7 @@ from reverso.ir.shapes import ShapeProp, channels
 from reverso.nn import Merge
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.repair import propagate_as_repaired
-from reverso.rewrite.units import module_prefix, unit_view
+from reverso.rewrite.units import append_to_unit, module_prefix, unit_view
 
 
 class MultiscaleInputs(Pass):
@@ -67,17 +67,8 @@ class MultiscaleInputs(Pass):
                 view = unit_view(gm, slot.units[0])
                 width = channels(view.exit)
                 merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
-                users = [u for u in view.exit.users if u not in view.node_set]
-                node = ir.add_module_node(
-                    gm,
-                    f"{module_prefix(view.nodes)}.merge",
-                    merge,
-                    (view.exit, image),
-                    after=view.exit,
-                    meta_from=view.exit,
-                )
-                for u in users:
-                    u.replace_input_with(view.exit, node)
+                name = f"{module_prefix(view.nodes)}.merge"
+                node = append_to_unit(gm, view, name, merge, (view.exit, image))
             ir.mark(node, ir.Role.MERGE, transition=index)
             node.meta["val"] = ShapeProp.meta_module(merge)(
                 node.args[0].meta["val"], image.meta["val"]

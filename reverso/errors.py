@@ -50,3 +50,19 @@ class PassError(ReversoError):
         super().__init__(message)
         self.pass_name = pass_name
         self.node = node
+
+
+def failed_node(err: BaseException) -> str | None:
+    """The graph node shape propagation was running when ``err`` was raised (see ShapeProp)."""
+    return getattr(err, "_reverso_node", None)
+
+
+def failure(err: BaseException) -> str:
+    """`` at node 'x': RuntimeError: first line`` for messages about a torch failure."""
+    node = failed_node(err)
+    lines = str(err).strip().splitlines()
+    return (
+        (f" at node '{node}'" if node else "")
+        + f": {type(err).__name__}: "
+        + (lines[0] if lines else "")
+    )

@@ -4,6 +4,11 @@ The command line's ``--help`` lists them without importing the modules that defi
 import torch, timm and foolbox, which takes seconds); a test checks each tuple against its table.
 """
 
+#: the top-down options (``reverso.topdown(arrangement=, merge=, upsample=, pyramid=)``)
+ARRANGEMENTS = ("td", "uni", "rev")
+MERGES = ("add", "concat", "add_concat")
+UPSAMPLE_MODES = ("nearest", "bilinear", "blur")
+PYRAMIDS = ("gaussian", "binomial", "cascade")
 #: reference models of the papers (``reverso.models.MODELS``)
 MODELS = ("lenet_fc", "nin_light", "nin", "resnet32_preact", "resnet18_imagenette")
 #: datasets ``reverso.data.load`` knows (``reverso.data.DATASETS``)

@@ -18,16 +18,8 @@ def example():
 
 def test_swap_activations_and_dropout_after_merges(example):
     td = example.build(ResNet32(), (3, 32, 32), p=0.2)
-    assert td.recipe["passes"] == [
-        "filter_arrangement",
-        "reverse_stages",
-        "stride_one",
-        "downsample_to_upsample",
-        "drop_projections",
-        "multiscale_inputs",
-        "dropout_after_merges",
-        "swap_activations",
-    ]
+    default = reverso.default_pipeline().names
+    assert td.recipe["passes"] == [*default, "dropout_after_merges", "swap_activations"]
     activations = [m for m in td.modules() if isinstance(m, ir.ACTIVATIONS)]
     assert activations and all(isinstance(m, nn.SiLU) for m in activations)  # inside merges too
     gm = td.features

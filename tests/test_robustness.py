@@ -9,7 +9,6 @@ from torch import nn
 
 import reverso
 from reverso.study.attacks import ATTACKS
-from reverso.study.data import load
 from reverso.study.figures import plot_robustness
 from reverso.study.robustness import AttackResult, robustness
 from reverso.study.train import train
@@ -70,11 +69,6 @@ def test_accuracy_loss_curve_and_area_from_known_norms():
     # loss 0 on [0, 1), 0.25 on [1, 2), 0.5 on [2, 4]: mean (0 + 0.25 + 1.0) / 4
     assert r.area() == pytest.approx(0.3125, abs=2e-3)
     assert r.area(upto=2.0) == pytest.approx(0.125, abs=2e-3)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load("mnist5k")
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +148,11 @@ def test_bad_arguments(trained, mnist):
         robustness(td, mnist, attacks="contrast", levels=(7,))
     with pytest.raises(reverso.OptionError, match=r"\[0, 1\]"):
         robustness(bu, (torch.full((2, 1, 28, 28), 3.0), torch.zeros(2)), attacks="contrast")
+
+
+def test_attacking_leaves_every_layer_in_its_own_mode():
+    model = LeNetFC().train()
+    model.c1.bn.eval()  # frozen by the user
+    images, labels = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+    robustness(model, (images, labels), attacks="contrast", samples=4, progress=False)
+    assert model.training and model.c2.bn.training and not model.c1.bn.training

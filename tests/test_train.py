@@ -10,13 +10,8 @@ from torch import nn
 import reverso
 import reverso.settings
 from reverso.errors import ReversoError
-from reverso.study.data import Data, TensorImages, load
+from reverso.study.data import Data, TensorImages
 from reverso.study.train import evaluate, train
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load("mnist5k")
 
 
 @pytest.fixture(scope="module")

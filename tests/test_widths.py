@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import reverso
+from reverso import ir
 from reverso.rewrite.widths import REGISTRY
 
 
@@ -179,3 +180,49 @@ def test_a_classifier_reverso_cannot_read_is_refused_not_miscounted(own_conv_reg
     )  # fmt: skip
     with pytest.raises(reverso.UnsupportedTopologyError, match=r"would output \(2, 8\) where"):
         reverso.topdown(model, input_size=(3, 32, 32))
+
+
+class DenseLayer(nn.Module):
+    """``cat(x, conv(x))``: the output width follows the input width."""
+
+    def __init__(self, c, growth):
+        super().__init__()
+        self.conv = nn.Conv2d(c, growth, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([x, torch.relu(self.conv(x))], 1)
+
+
+def dense_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), DenseLayer(8, 4), nn.MaxPool2d(2), DenseLayer(12, 4),
+        nn.MaxPool2d(2), DenseLayer(16, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 10),
+    )  # fmt: skip
+
+
+def test_merges_read_the_widths_width_repair_will_give(monkeypatch):
+    # after the first merge the dense layer it feeds grows by its input's change, so the second
+    # merge must be built for the width the repair (run after the pass) will leave
+    td = reverso.topdown(dense_net(), input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    import reverso.passes.multiscale_inputs as pass_module
+
+    monkeypatch.setattr(pass_module, "propagate_as_repaired", lambda gm, ctx: None)
+    with pytest.raises(reverso.ReversoError):
+        reverso.topdown(dense_net(), input_size=(3, 32, 32))
+
+
+def test_the_dry_run_of_width_repair_changes_nothing():
+    from reverso.convert.topdown import compile_context, working_copy
+    from reverso.planner.options import TopDownOptions
+    from reverso.rewrite.repair import propagate_as_repaired
+
+    ctx = compile_context(dense_net(), (3, 32, 32), TopDownOptions())
+    gm = working_copy(ctx.bu)
+    named = ir.by_name(gm)
+    ir.set_module(gm, "0", nn.Conv2d(3, 6, 3, padding=1))  # the dense layer now receives 6, not 8
+    modules, code = dict(gm.named_modules()), gm.code
+    propagate_as_repaired(gm, ctx)
+    assert dict(gm.named_modules()) == modules and gm.code == code  # nothing rebuilt or inserted
+    assert gm.get_submodule("1.conv").in_channels == 8  # still the old layer...
+    assert ir.channels(named["cat"]) == 6 + 4  # ...but the shapes are those after the repair

@@ -61,6 +61,14 @@ def _data(args):
     return load(args.data, args.root, **kwargs)
 
 
+def _models(args) -> dict:
+    """The MODEL arguments of a comparison, loaded, by their short labels."""
+    return {
+        label: _load_model(spec, args)
+        for spec, label in zip(args.models, _named(args.models), strict=True)
+    }
+
+
 def _named(specs: list[str]) -> list[str]:
     """Short labels for the models of a comparison."""
     return [Path(s).stem if s.endswith(".safetensors") else _title(s) for s in specs]
@@ -197,8 +205,7 @@ def _attack(args) -> int:
     check_figure_path(args.output)
     data = _data(args)
     reports = {}
-    for spec, label in zip(args.models, _named(args.models), strict=True):
-        model = _load_model(spec, args)
+    for label, model in _models(args).items():
         report = robustness(model, data, attacks=args.attacks, repeats=args.repeats, samples=args.samples,
                             budget=args.budget, levels=args.levels, name=label)  # fmt: skip
         print(report)
@@ -215,10 +222,7 @@ def _gradcam(args) -> int:
     check_figure_path(args.output)
     data = _data(args)
     images, labels = data.test_tensors(args.samples)
-    models = {
-        label: _load_model(spec, args)
-        for spec, label in zip(args.models, _named(args.models), strict=True)
-    }
+    models = _models(args)
     layers = dict.fromkeys(models, args.layer) if args.layer else None
     results, cams, index = compare_localization(models, images, labels, layers=layers, t=args.threshold,
                                                 cam_threshold=args.threshold, normalize=data.normalize)  # fmt: skip

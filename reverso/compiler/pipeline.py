@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from reverso.compiler import catalogue
 from reverso.compiler.base import Pass
-from reverso.errors import OptionError, PassError, ReversoError
+from reverso.errors import OptionError, PassError, ReversoError, failed_node, failure
 from reverso.ir.shapes import fingerprint, propagate, tensor_shape
 from reverso.rewrite.repair import repair_widths
 
@@ -125,14 +125,15 @@ class Pipeline:
         step = 0
         self._dump(step, "input", gm)
         for p in self.passes:
-            result = _run_pass(p, gm, ctx)
+            result = _attributed(f"pass '{p.name}'", p.name, p, gm, ctx)
             gm = result.graph_module
             ctx.history.append((p.name, result.modified))
             step += 1
             if p.changes_widths and result.modified:
                 check_graph(gm, ctx, after=p.name, propagate_shapes=False)
                 self._dump(step, p.name, gm, shapes_current=False)
-                changed = _repair(gm, ctx, after=p.name)
+                what = f"width repair after pass '{p.name}'"
+                changed = _attributed(what, p.name, repair_widths, gm, ctx)
                 ctx.history.append((WIDTH_REPAIR, changed))
                 step += 1
                 self._dump(step, WIDTH_REPAIR, gm)
@@ -150,41 +151,18 @@ class Pipeline:
         (self.dump_dir / f"{i:02d}_{name}.py").write_text(text)
 
 
-def _run_pass(p: Pass, gm: fx.GraphModule, ctx: CompileContext):
+def _attributed(what: str, pass_name: str, step, *args):
+    """Run one step; a failure names ``what`` ran (the pass, or the repair after it) and where."""
     try:
-        return p(gm, ctx)
+        return step(*args)
     except ReversoError as err:
-        err.args = (f"pass '{p.name}': {err}", *err.args[1:])
-        err.pass_name = p.name
+        err.args = (f"{what}: {err}", *err.args[1:])
+        err.pass_name = pass_name
         raise
     except Exception as err:
         raise PassError(
-            f"pass '{p.name}' failed: {type(err).__name__}: {err}", pass_name=p.name
+            f"{what} failed{failure(err)}", pass_name=pass_name, node=failed_node(err)
         ) from err
-
-
-def _repair(gm: fx.GraphModule, ctx: CompileContext, *, after: str) -> bool:
-    """Width repair after ``after``; its failures name both."""
-    try:
-        return repair_widths(gm, ctx)
-    except ReversoError as err:
-        err.args = (f"width repair after pass '{after}': {err}", *err.args[1:])
-        err.pass_name = after
-        raise
-    except Exception as err:
-        node = getattr(err, "_reverso_node", None)
-        raise PassError(
-            f"width repair after pass '{after}' failed"
-            + (f" at node '{node}'" if node else "")
-            + f": {type(err).__name__}: {_first_line(err)}",
-            pass_name=after,
-            node=node,
-        ) from err
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def check_graph(
@@ -201,13 +179,10 @@ def check_graph(
     try:
         propagate(gm, ctx.example_input())
     except Exception as err:
-        node = getattr(err, "_reverso_node", None)
-        where = f" at node '{node}'" if node else ""
         raise PassError(
-            f"pass '{after}' left a graph that fails shape propagation{where}: "
-            f"{type(err).__name__}: {_first_line(err)}",
+            f"pass '{after}' left a graph that fails shape propagation{failure(err)}",
             pass_name=after,
-            node=node,
+            node=failed_node(err),
         ) from err
 
 

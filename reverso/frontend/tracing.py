@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from reverso.errors import InputSizeError, OptionError, TraceError
+from reverso.errors import InputSizeError, OptionError, TraceError, failure
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import check_input_size, propagate
 from reverso.rewrite.widths import REGISTRY
@@ -181,11 +181,8 @@ def propagate_checked(
     try:
         propagate(gm, example_input(input_size, dtype=dtype))
     except Exception as err:
-        node = getattr(err, "_reverso_node", None)
         raise InputSizeError(
-            f"the model failed on an input of size {input_size}"
-            + (f" at node '{node}'" if node else "")
-            + f": {type(err).__name__}: {_first_line(err)}."
+            f"the model failed on an input of size {input_size}{failure(err)}."
             + size_hint(gm, input_size, dtype)
         ) from err
 
@@ -258,8 +255,3 @@ def size_hint(gm: fx.GraphModule, input_size, dtype=torch.float32) -> str:
         " No larger square input works either: the model may expect one fixed size (a flatten "
         "into a Linear layer, say); pass input_size=(C, H, W) of the size it was built for."
     )
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else ""

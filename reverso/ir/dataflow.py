@@ -73,26 +73,31 @@ def main_chain(G: nx.DiGraph, source: fx.Node, sink: fx.Node) -> list[fx.Node]:
     return chain[::-1]
 
 
-def descendants_within(start: Iterable[fx.Node], within: set[fx.Node]) -> set[fx.Node]:
+def reachable(start: Iterable[fx.Node], step, within: set[fx.Node]) -> set[fx.Node]:
+    """The nodes reached from ``start`` by ``step`` (``users`` downstream, ``inputs`` upstream)
+    without leaving ``within``; ``start`` itself included when it lies within."""
     out, stack = set(), list(start)
     while stack:
         n = stack.pop()
         if n in out or n not in within:
             continue
         out.add(n)
-        stack.extend(n.users)
+        stack.extend(step(n))
     return out
+
+
+def users(n: fx.Node):
+    return n.users
+
+
+def inputs(n: fx.Node):
+    return n.all_input_nodes
+
+
+def descendants_within(start: Iterable[fx.Node], within: set[fx.Node]) -> set[fx.Node]:
+    return reachable(start, users, within)
 
 
 def has_ancestor_in(node: fx.Node, candidates: set[fx.Node], inside: set[fx.Node]) -> bool:
     """Whether one of ``candidates`` lies upstream of ``node`` without leaving ``inside``."""
-    stack, seen = list(node.all_input_nodes), set()
-    while stack:
-        n = stack.pop()
-        if n in seen or n not in inside:
-            continue
-        if n in candidates:
-            return True
-        seen.add(n)
-        stack.extend(n.all_input_nodes)
-    return False
+    return bool(reachable(node.all_input_nodes, inputs, inside) & candidates)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .upsample import Upsample
+from reverso.names import MERGES
 
-MERGES = ("add", "concat", "add_concat")
+from .upsample import Upsample
 
 
 class Merge(nn.Module):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filters import FixedBuffers, binomial_taps, gaussian_taps
+from reverso.names import PYRAMIDS
 
-PYRAMIDS = ("gaussian", "binomial", "cascade")
+from .filters import FixedBuffers, binomial_taps, gaussian_taps
 
 
 def pyramid_taps(kind: str, factor: int) -> torch.Tensor:

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .filters import FixedBuffers, triangle_taps
+from reverso.names import UPSAMPLE_MODES
 
-UPSAMPLE_MODES = ("nearest", "bilinear", "blur")
+from .filters import FixedBuffers, triangle_taps
 
 
 class Upsample(FixedBuffers, nn.Module):

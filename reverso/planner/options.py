@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reverso.errors import OptionError
-from reverso.nn import MERGES, PYRAMIDS, UPSAMPLE_MODES
-
-ARRANGEMENTS = ("td", "uni", "rev")
+from reverso.names import ARRANGEMENTS, MERGES, PYRAMIDS, UPSAMPLE_MODES
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,16 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
     return UnitView(index, nodes, entry, exits[0])
 
 
+def append_to_unit(gm: fx.GraphModule, view: UnitView, name: str, module, args: tuple) -> fx.Node:
+    """Add a call to ``module`` after the unit's exit, inside the unit, and make everything that
+    read the exit outside the unit read the new node instead."""
+    users = [u for u in view.exit.users if u not in view.node_set]
+    node = ir.add_module_node(gm, name, module, args, after=view.exit, meta_from=view.exit)
+    for u in users:
+        u.replace_input_with(view.exit, node)
+    return node
+
+
 def module_prefix(nodes: list[fx.Node]) -> str:
     """The unit's common module path ('layer2.0'), for naming the layers passes add to it."""
     return ".".join(ir.module_path(nodes)) or "unit"

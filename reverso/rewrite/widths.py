@@ -200,6 +200,11 @@ REGISTRY.register(
 )
 
 
+#: LayerNorm subclasses that normalise the channels of NCHW maps (dimension 1), as timm's and
+#: torchvision's LayerNorm2d do
+_CHANNELS_FIRST_LAYERNORM = _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm)
+
+
 def _register_timm() -> None:
     try:
         import timm.layers as tl
@@ -209,7 +214,7 @@ def _register_timm() -> None:
     for name in ("LayerNorm2d", "LayerNormAct2d", "RmsNorm2d"):
         cls = getattr(tl, name, None)
         if cls is not None and issubclass(cls, nn.LayerNorm):
-            REGISTRY.register(cls, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm))
+            REGISTRY.register(cls, _CHANNELS_FIRST_LAYERNORM)
     try:
         from timm.models.vgg import ConvMlp
 
@@ -284,7 +289,7 @@ def _register_torchvision() -> None:
     except ImportError:  # pragma: no cover
         return
     # channels-first like timm's, though it subclasses nn.LayerNorm
-    REGISTRY.register(LayerNorm2d, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm))
+    REGISTRY.register(LayerNorm2d, _CHANNELS_FIRST_LAYERNORM)
 
 
 def _register_reverso_layers() -> None:

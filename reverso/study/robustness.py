@@ -26,6 +26,7 @@ from torch import nn
 
 from reverso import ir
 from reverso.errors import OptionError
+from reverso.ir.modes import evaluating
 from reverso.settings import smoke, smoke_cap
 from reverso.study.attacks import ATTACKS, BUDGETS, minimal_perturbations
 from reverso.study.data import Data
@@ -107,9 +108,6 @@ def robustness(
     ``samples`` limits the number of test images; ``levels`` (top-down nets only) perturbs just
     those pyramid levels.
     """
-    import foolbox
-    from tqdm.auto import tqdm
-
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -123,8 +121,28 @@ def robustness(
         capped = smoke_cap("robustness", repeats=(repeats, 1), samples=(samples or 10**9, 16))
         repeats, samples = capped["repeats"], capped["samples"]
     images, labels, normalize = _inputs(data, samples)
-    device = next(model.parameters()).device
-    net = _Evaluated(model, normalize, levels).to(device).eval()
+    with evaluating(model):  # every submodule's own mode comes back afterwards
+        net = _Evaluated(model, normalize, levels).to(next(model.parameters()).device)
+        norms, correct = _smallest_perturbations(
+            net, images, labels, attacks, repeats, budget, seed, batch_size, progress
+        )
+    report = RobustnessReport(name or type(model).__name__, levels=net.levels)
+    upto = math.sqrt(images[0].numel())
+    for attack in attacks:
+        report.results[attack] = AttackResult(
+            attack, norms[attack].cpu(), float(correct.double().mean()), upto
+        )
+    return report
+
+
+def _smallest_perturbations(net, images, labels, attacks, repeats, budget, seed, batch_size,
+                            progress) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """Each image's smallest successful perturbation per attack (0 for misclassified ones, inf
+    where every attempt failed), and which images were classified correctly."""
+    import foolbox
+    from tqdm.auto import tqdm
+
+    device = next(net.parameters()).device
     images, labels = images.to(device), labels.to(device)
     fmodel = foolbox.PyTorchModel(net, bounds=(0.0, 1.0), device=device)
     predictions = []
@@ -133,8 +151,6 @@ def robustness(
             net.clean = batch
             predictions.append(net(batch).argmax(1))
     correct = torch.cat(predictions) == labels
-    report = RobustnessReport(name or type(model).__name__, levels=net.levels)
-    upto = math.sqrt(images[0].numel())
     jobs = [(a, r) for a in attacks for r in range(repeats if ATTACKS[a].random else 1)]
     bar = tqdm(jobs, desc="attacks", disable=not progress, leave=False)
     norms: dict[str, torch.Tensor] = {}
@@ -151,11 +167,7 @@ def robustness(
             )
         norms[attack] = torch.minimum(norms.get(attack, found), found)
     net.clean = None
-    for attack in attacks:
-        report.results[attack] = AttackResult(
-            attack, norms[attack].cpu(), float(correct.double().mean()), upto
-        )
-    return report
+    return norms, correct
 
 
 def _inputs(data, samples):
