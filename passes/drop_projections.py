@@ -40,7 +40,7 @@ class DropProjections(Pass):
                 ):
                     continue
                 conv = gm.get_submodule(convs[0].target)
-                if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+                if conv.in_channels != conv.out_channels or ir.stride_of(gm, convs[0]) != 1:
                     continue
                 start = chain[-1].all_input_nodes[0]
                 for c in chain:  # the chain runs from the join backwards

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, WidthError
+from reverso.ir import module_window
 from reverso.nn.gaussian import radius_for
 from reverso.nn.njet import NJetConv2d
 
@@ -93,7 +94,7 @@ class NJet(Pass):
         return PassResult(gm, bool(report.layers))
 
     def ensures(self, gm, ctx) -> None:
-        left = [n for n, m in gm.named_modules() if type(m) is nn.Conv2d and max(m.kernel_size) > 1]
+        left = [n for n, m in gm.named_modules() if type(m) is nn.Conv2d and _is_spatial(m)]
         if left:
             raise AssertionError(f"spatial convs left: {left}")
 
@@ -117,7 +118,7 @@ def swap_spatial_convs(
         (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
         for parent_name, parent in list(root.named_modules())
         for child_name, child in list(parent.named_children())
-        if isinstance(child, nn.Conv2d) and max(child.kernel_size) > 1
+        if isinstance(child, nn.Conv2d) and _is_spatial(child)
     ]
     bar = tqdm(convs, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
     for parent, child_name, name, child in bar:
@@ -150,12 +151,12 @@ def njet_from_conv(
         raise WidthError(
             f"conv '{name}' pads with {conv.padding_mode!r}; N-Jet convs pad with zeros"
         )
-    if conv.stride[0] != conv.stride[1] or conv.dilation[0] != conv.dilation[1]:
+    window = module_window(conv)
+    if len(set(window.stride)) != 1 or len(set(window.dilation)) != 1:
         raise WidthError(
             f"conv '{name}' has different strides or dilations per axis; N-Jet convs need equal ones"
         )
-    dilation = conv.dilation[0]
-    extent = max(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
+    dilation, extent = window.dilation[0], window.extent
     if init == "project":  # the scale whose basis fits the kernel best, then its coefficients
         errors = {
             scale: _projection(_layer_like(conv, scale, extent, order=order, learn_sigma=learn_sigma,
@@ -182,6 +183,10 @@ def njet_from_conv(
     return layer, NJetLayerReport(name, extent, chosen, error)
 
 
+def _is_spatial(conv: nn.Conv2d) -> bool:
+    return module_window(conv).extent > 1
+
+
 def _layer_like(
     conv: nn.Conv2d,
     sigma: float,
@@ -204,7 +209,7 @@ def _layer_like(
         order=order,
         sigma=sigma,
         learn_sigma=learn_sigma,
-        stride=conv.stride[0],
+        stride=module_window(conv).step,
         groups=1 if probe else conv.groups,
         bias=conv.bias is not None,
         sigma_max=sigma_max,
@@ -225,14 +230,14 @@ def _size_preserving_padding(conv: nn.Conv2d, size: int) -> tuple[int, int, int,
     """
     if type(conv).__name__ == "Conv2dSame":  # timm's dynamic 'same' padding: ceil(H / stride)
         return ((size - 1) // 2, size // 2) * 2
-    pads = []
+    window, pads = module_window(conv), []
     for axis in (1, 0):  # x (left/right), then y (top/bottom)
-        k_eff = conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
-        if isinstance(conv.padding, str):  # "same" (stride 1) or "valid"
-            low = (k_eff - 1) // 2 if conv.padding == "same" else 0
-            total = size - 1 if conv.padding == "same" else size - k_eff
+        k_eff = window.dilation[axis] * (window.kernel[axis] - 1) + 1
+        if isinstance(window.padding, str):  # "same" (stride 1) or "valid"
+            low = (k_eff - 1) // 2 if window.padding == "same" else 0
+            total = size - 1 if window.padding == "same" else size - k_eff
         else:
-            low = conv.padding[axis]
+            low = window.padding[axis]
             total = 2 * low - k_eff + size
         left = low + (size - 1) // 2 - k_eff // 2
         pads += [left, total - left]

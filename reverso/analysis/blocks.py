@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 
 from reverso.analysis.segments import Segments
+from reverso.frontend.tracing import traced_root
 from reverso.ir import (
     descendants_within,
     is_add,
@@ -68,7 +69,7 @@ class BlockModules:
     """The module paths the owner rule needs: layer counts and the residual blocks' modules."""
 
     def __init__(self, gm: fx.GraphModule, segments: Segments, levels):
-        self.root = gm.meta.get("root", gm)  # the original model keeps the module types
+        self.root = traced_root(gm)  # the original model keeps the module types
         self.layer_count: dict[str, int] = {}
         for n in gm.graph.nodes:
             if n.op == "call_module" and (is_conv(gm, n) or is_linear(gm, n)):

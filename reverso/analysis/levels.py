@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.fx as fx
 
 from reverso.analysis.probe import Probe
 from reverso.analysis.segments import Segments
 from reverso.errors import InputSizeError, UnsupportedTopologyError
-from reverso.frontend.tracing import size_hint
+from reverso.frontend.tracing import size_hint, traced_dtype
 from reverso.ir import describe, feature_input, has_stride, stalled_stride, stride_of
 from reverso.ir.shapes import level_of, spatial
 
@@ -82,5 +81,5 @@ def check_strides_survive(gm: fx.GraphModule, input_size) -> None:
         f"input_size {tuple(input_size)} is too small for this model: at node "
         f"{describe(gm, n)} (stride {stride_of(gm, n)}) the feature map is already "
         f"{h}x{w} and cannot be downsampled further."
-        + size_hint(gm, tuple(input_size), gm.meta.get("dtype", torch.float32))
+        + size_hint(gm, tuple(input_size), traced_dtype(gm))
     )

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from reverso.errors import UnsupportedTopologyError
-from reverso.frontend.tracing import example_input
+from reverso.frontend.tracing import example_input, traced_dtype
 from reverso.ir.shapes import propagate
 
 
@@ -60,7 +60,7 @@ def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx
     first = {n: n.meta.get("val") for n in gm.graph.nodes}
     c, h, w = input_size
     try:
-        propagate(gm, example_input((c, 2 * h, 2 * w), dtype=gm.meta.get("dtype", torch.float32)))
+        propagate(gm, example_input((c, 2 * h, 2 * w), dtype=traced_dtype(gm)))
         second = {n: n.meta.get("val") for n in gm.graph.nodes}
     except Exception:
         second = None  # models that accept one input size only: every 4D value is a map

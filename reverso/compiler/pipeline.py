@@ -19,7 +19,7 @@ import torch.fx as fx
 from reverso.compiler import catalogue
 from reverso.compiler.base import Pass
 from reverso.errors import OptionError, PassError, ReversoError, failed_node, failure
-from reverso.ir.shapes import fingerprint, propagate, tensor_shape
+from reverso.ir.shapes import propagate, shapes_current, tensor_shape
 from reverso.rewrite.repair import repair_widths
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def check_graph(
     except Exception as err:
         raise PassError(f"pass '{after}' left a malformed graph: {err}", pass_name=after) from err
     gm.recompile()
-    if not propagate_shapes or gm.meta.get("shapes_of") == fingerprint(gm):
+    if not propagate_shapes or shapes_current(gm):
         return  # width repair propagates next, or the pass ended with a propagation of this graph
     try:
         propagate(gm, ctx.example_input())

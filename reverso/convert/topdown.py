@@ -32,7 +32,7 @@ from reverso.convert.network import TopDownNet, emit
 from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.frontend.provenance import SourceModel, qualified_name, source_of
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
-from reverso.ir.shapes import fingerprint
+from reverso.ir.shapes import mark_shapes_current
 from reverso.passes import NJet, default_pipeline
 from reverso.planner.context import CompileContext, prototypes_of
 from reverso.planner.options import TopDownOptions
@@ -136,7 +136,7 @@ def working_copy(bu: fx.GraphModule) -> fx.GraphModule:
     for n in graph.nodes:
         ir.copy_tags(n, n)  # a record of its own (node copies share their meta's values)
     gm = fx.GraphModule(bu, graph, class_name=type(bu).__name__)
-    gm.meta["shapes_of"] = fingerprint(gm)  # the copied nodes carry the traced shapes
+    mark_shapes_current(gm)  # the copied nodes carry the traced shapes
     return gm
 
 

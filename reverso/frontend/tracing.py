@@ -128,6 +128,17 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def traced_root(gm: fx.GraphModule) -> nn.Module:
+    """The model ``gm`` was traced from (its containers keep their types; the GraphModule's are
+    plain Modules), or ``gm`` itself."""
+    return gm.meta.get("root", gm)
+
+
+def traced_dtype(gm: fx.GraphModule) -> torch.dtype:
+    """The floating dtype of the model ``gm`` was traced from."""
+    return gm.meta.get("dtype", torch.float32)
+
+
 def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:
     """Trace ``model`` with torch.fx and propagate shapes into ``node.meta["val"]``.
 
@@ -144,7 +155,7 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
     gm.meta["dtype"] = model_dtype(model)
-    propagate_checked(gm, input_size, gm.meta["dtype"])
+    propagate_checked(gm, input_size, traced_dtype(gm))
     return gm
 
 

@@ -259,6 +259,16 @@ class Fingerprint:
     __hash__ = None
 
 
+def mark_shapes_current(gm: fx.GraphModule) -> None:
+    """Record that every node's ``meta["val"]`` now holds the shape of this very graph."""
+    gm.meta["shapes_of"] = fingerprint(gm)
+
+
+def shapes_current(gm: fx.GraphModule) -> bool:
+    """Whether the graph is unchanged since its shapes were last propagated."""
+    return gm.meta.get("shapes_of") == fingerprint(gm)
+
+
 def fingerprint(gm: fx.GraphModule) -> Fingerprint:
     """Equal fingerprints mean the shapes stored in the nodes are still those of the graph."""
     return Fingerprint(gm)
@@ -269,7 +279,7 @@ def propagate(gm: fx.GraphModule, *inputs: torch.Tensor) -> None:
     meta_inputs = [x.to(META) if isinstance(x, torch.Tensor) else x for x in inputs]
     with evaluating(gm), torch.no_grad():
         ShapeProp(gm).run(*meta_inputs)
-    gm.meta["shapes_of"] = fingerprint(gm)
+    mark_shapes_current(gm)
 
 
 def tensor_shape(node: fx.Node) -> torch.Size | None:

@@ -16,7 +16,7 @@ import torch.fx as fx
 from reverso import ir
 from reverso.errors import ReversoError, UnsupportedTopologyError
 from reverso.ir.modes import evaluating
-from reverso.ir.shapes import ShapeProp, channels, fingerprint
+from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.units import module_prefix
 from reverso.rewrite.widths import unknown_layer_error
@@ -30,7 +30,7 @@ def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     if fixer.changed:
         gm.graph.lint()
         gm.recompile()
-    gm.meta["shapes_of"] = fingerprint(gm)  # every node's shape is now up to date
+    mark_shapes_current(gm)  # every node's shape is now up to date
     return fixer.changed
 
 

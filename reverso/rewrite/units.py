@@ -1,8 +1,8 @@
 """Units in a graph that is being rewritten.
 
 The analysis tags every node of the bottom-up graph with the unit it belongs to
-(``node.meta["reverso"]["unit"]``); copies and the nodes passes insert keep that tag, so a pass
-finds a unit's nodes, its entry and its exit in the current graph without re-analysing.
+(:func:`reverso.ir.unit_of`); copies and the nodes passes insert keep that tag, so a pass finds a
+unit's nodes, its entry and its exit in the current graph without re-analysing.
 """
 
 from __future__ import annotations
