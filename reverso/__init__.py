@@ -65,8 +65,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "train": ("study.train", "train"),
 }
 _SUBMODULES = (
-    "analysis", "cli", "compiler", "convert", "frontend", "ir", "models", "names", "nn",
-    "passes", "planner", "rewrite", "settings", "study", "testing",
+    "analysis", "cli", "compiler", "convert", "demo", "frontend", "ir", "models", "names", "nn",
+    "passes", "planner", "rewrite", "settings", "study", "support", "testing",
 )  # fmt: skip
 #: short names for the study tools' modules: ``reverso.data.mnist5k()``
 _ALIASES = {"data": "study.data"}

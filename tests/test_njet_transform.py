@@ -9,7 +9,7 @@ from torch import nn
 import reverso
 from reverso.nn import NJetConv2d
 from reverso.study.data import mnist5k
-from reverso.study.support import SWEEP
+from reverso.support import SWEEP
 
 
 @pytest.mark.parametrize("name", SWEEP)

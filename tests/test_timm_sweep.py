@@ -5,7 +5,7 @@ import math
 import pytest
 
 import reverso
-from reverso.study.support import SWEEP, check_timm_model
+from reverso.support import SWEEP, check_timm_model
 
 
 @pytest.mark.parametrize("name", SWEEP)

@@ -5,8 +5,7 @@ effective and theoretical receptive fields, shift consistency, summaries and fig
 * :mod:`~reverso.study.train`: seeded training runs; :mod:`~reverso.study.robustness`: attacks;
 * :mod:`~reverso.study.gradcam`, :mod:`~reverso.study.erf`, :mod:`~reverso.study.receptive`,
   :mod:`~reverso.study.shift`: what a network looks at, and how far;
-* :mod:`~reverso.study.summary`: stage tables; :mod:`~reverso.study.plotting`: the figure style;
-* :mod:`~reverso.study.support`: the timm support sweep.
+* :mod:`~reverso.study.summary`: stage tables; :mod:`~reverso.study.plotting`: the figure style.
 """
 
 from reverso.lazy import submodules
