@@ -1,0 +1,218 @@
+"""The catalogue sweep: convert a model in a process of its own and classify what happened.
+
+Each model is built untrained (``num_classes=10``), converted with the default options, then run
+forward and backward on a batch of 4 and given one SGD step. The outcome is one of
+:data:`OUTCOMES`; a refusal that wraps a torch error is checked against the model itself: if the
+bottom-up model runs eagerly at that size, the refusal hides a bug and counts as an internal
+error. The child process watches its own memory (``memory_gb``) and time (``timeout_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+OUTCOMES = ("converts", "refused", "internal error", "out of memory", "timeout")
+
+
+@dataclass
+class Outcome:
+    source: str  # "timm" | "torchvision"
+    model: str
+    outcome: str = "internal error"
+    message: str = ""
+    size: int = 0
+    bu_params: int = 0
+    td_params: int = 0
+    convert_s: float = 0.0
+    convert_peak_mb: float = 0.0  # resident memory the conversion added at its peak
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
+
+    @property
+    def param_mb(self) -> float:
+        """Parameter bytes of the bottom-up and the emitted network (float32)."""
+        return 4 * (self.bu_params + self.td_params) / 2**20
+
+
+def smallest_timm_models(jobs: int = 1) -> list[str]:
+    """The smallest model (by parameters, built on the meta device) of every timm module."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import timm
+
+    with ProcessPoolExecutor(jobs) as pool:
+        chosen = pool.map(smallest_of_module, timm.list_modules())
+    return [name for name in chosen if name is not None]
+
+
+def smallest_of_module(module: str) -> str | None:
+    import timm
+    import torch
+
+    sizes = {}
+    for name in timm.list_models(module=module):
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, num_classes=10)
+        except Exception:  # a model timm itself cannot build is not ours to judge
+            continue
+        sizes[name] = sum(p.numel() for p in model.parameters())
+    return min(sizes, key=sizes.get) if sizes else None
+
+
+def torchvision_models() -> list[str]:
+    """Every torchvision classification model."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def build(source: str, name: str):
+    import torch
+
+    torch.manual_seed(0)
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=10)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
+def input_side(model, default: int) -> int:
+    """``default``, or the size a model that takes one fixed size was built for."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg["input_size"][-1] if cfg.get("fixed_input_size") else default
+
+
+def check(source: str, name: str, side: int) -> Outcome:
+    """Convert one model in this process and classify the outcome."""
+    import torch
+    import torch.nn.functional as F
+
+    from reverso.convert.topdown import topdown
+
+    result = Outcome(source, name)
+    model = build(source, name)
+    result.size = input_side(model, side)
+    result.bu_params = sum(p.numel() for p in model.parameters())
+    size = (3, result.size, result.size)
+    memory = _Memory()
+    start = time.perf_counter()
+    try:
+        with memory:
+            td = topdown(model, input_size=size)
+    except Exception as err:
+        result.outcome, result.message = classify(err, model, size), _first_line(err)
+        return result
+    result.convert_s, result.convert_peak_mb = time.perf_counter() - start, memory.peak_mb
+    result.td_params = sum(p.numel() for p in td.parameters())
+    x, y = torch.rand(4, *size, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10
+    try:
+        td.train()
+        loss = F.cross_entropy(td(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(td.parameters(), 1.0)
+        torch.optim.SGD(td.parameters(), lr=0.003).step()
+        with torch.no_grad():
+            after = F.cross_entropy(td(x), y)
+    except Exception as err:
+        result.message = f"the converted network fails: {_first_line(err)}"
+        return result
+    result.loss_before, result.loss_after = float(loss), float(after)
+    finite = all(torch.isfinite(torch.tensor(v)) for v in (result.loss_before, result.loss_after))
+    result.outcome = "converts" if finite else "internal error"
+    result.message = "" if finite else "non-finite loss"
+    return result
+
+
+def classify(err: BaseException, model, size) -> str:
+    """``refused`` for a diagnosis, ``internal error`` for a bug (see the module's docstring)."""
+    from reverso.errors import ReversoError
+
+    if not isinstance(err, ReversoError):
+        return "internal error"
+    cause = err.__cause__
+    if cause is None or isinstance(cause, ReversoError):
+        return "refused"
+    import torch
+
+    try:  # a wrapped torch error: does the model itself run at this size?
+        with torch.no_grad():
+            model.eval()(torch.rand(2, *size))
+    except Exception:
+        return "refused"
+    return "internal error"
+
+
+def check_isolated(
+    source: str, name: str, side: int, *, memory_gb: float = 12.0, timeout_s: float = 600.0
+) -> Outcome:
+    """:func:`check` in a child process that stops itself past ``memory_gb`` of resident memory."""
+    command = [sys.executable, "-m", "reverso.sweep", source, name, str(side), str(memory_gb)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return Outcome(source, name, "timeout", f"no result within {timeout_s:.0f} s", side)
+    lines = done.stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Outcome(source, name, "internal error", f"the process died: {tail}", side)
+    return Outcome(**json.loads(lines[-1]))
+
+
+class _Memory:
+    """Peak resident memory added while the block runs, polled every 20 ms."""
+
+    def __init__(self):
+        self.peak_mb = 0.0
+
+    def __enter__(self):
+        self.base, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.02):
+            self.peak_mb = max(self.peak_mb, _rss_mb() - self.base)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _rss_mb() - self.base)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _watch(limit_mb: float, report: Outcome) -> None:
+    """Stop this process with an ``out of memory`` outcome once it holds ``limit_mb``."""
+    while True:
+        if _rss_mb() > limit_mb:
+            report.outcome, report.message = "out of memory", f"over {limit_mb / 1024:.0f} GB"
+            print(json.dumps(dataclasses.asdict(report)), flush=True)
+            os._exit(0)
+        time.sleep(0.05)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+if __name__ == "__main__":  # the child of check_isolated: SOURCE NAME SIDE MEMORY_GB
+    source, name, side, memory_gb = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    pending = Outcome(source, name, size=side)
+    threading.Thread(target=_watch, args=(memory_gb * 1024, pending), daemon=True).start()
+    print(json.dumps(dataclasses.asdict(check(source, name, side))), flush=True)
