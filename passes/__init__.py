@@ -2,7 +2,7 @@
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'reverse_stages', 'stride_one', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias']
+['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
 
@@ -29,8 +29,8 @@ from .stride_one import StrideOne
 #: the top-down pipeline, in the order it runs
 DEFAULT = (
     FilterArrangement,
+    StrideOne,  # before the reordering: the graph between passes never downsamples a tiny map
     ReverseStages,
-    StrideOne,
     DownsampleToUpsample,
     DropProjections,
     MultiscaleInputs,

@@ -136,10 +136,12 @@ def check(source: str, name: str, side: int) -> Outcome:
 
 def classify(err: BaseException, model, size) -> str:
     """``refused`` for a diagnosis, ``internal error`` for a bug (see the module's docstring)."""
-    from reverso.errors import ReversoError
+    from reverso.errors import ReversoError, TraceError
 
     if not isinstance(err, ReversoError):
         return "internal error"
+    if isinstance(err, TraceError):  # Python torch.fx cannot trace: the model's, named with the fix
+        return "refused"
     cause = err.__cause__
     if cause is None or isinstance(cause, ReversoError):
         return "refused"

@@ -12,8 +12,8 @@ from reverso import ir
 def test_default_pipeline_lists_the_builtin_passes_by_name():
     assert reverso.passes.available() == [
         "filter_arrangement",
-        "reverse_stages",
         "stride_one",
+        "reverse_stages",
         "downsample_to_upsample",
         "drop_projections",
         "multiscale_inputs",
@@ -30,7 +30,7 @@ def test_insert_replace_remove_by_name():
     noop = reverso.Pass.from_function(lambda gm, ctx: gm, name="noop")
     pipe = reverso.default_pipeline()
     pipe.insert_before("reverse_stages", noop)
-    assert pipe.names[1] == "noop"
+    assert pipe.names[pipe.names.index("reverse_stages") - 1] == "noop"
     pipe.remove("noop").insert_after("multiscale_inputs", noop)
     assert pipe.names[-1] == "noop"
     pipe.replace("noop", reverso.Pass.from_function(lambda gm, ctx: gm, name="noop2"))
@@ -107,9 +107,9 @@ def test_dump_dir_writes_every_intermediate_graph_as_code(tmp_path):
     assert files == [
         "00_input.py",
         "01_filter_arrangement.py",  # td: nothing to do, so no repair either
-        "02_reverse_stages.py",
-        "03_width_repair.py",
-        "04_stride_one.py",  # every transition of LeNetFC is a standalone pool: nothing to do
+        "02_stride_one.py",  # every transition of LeNetFC is a standalone pool: nothing to do
+        "03_reverse_stages.py",
+        "04_width_repair.py",
         "05_downsample_to_upsample.py",
         "06_width_repair.py",
         "07_drop_projections.py",
@@ -122,7 +122,7 @@ def test_dump_dir_writes_every_intermediate_graph_as_code(tmp_path):
     # reversing the stages leaves the first top-down conv expecting its bottom-up width; the
     # repair step, dumped on its own, rebuilds it
     before, after = (
-        (tmp_path / f).read_text() for f in ("02_reverse_stages.py", "03_width_repair.py")
+        (tmp_path / f).read_text() for f in ("03_reverse_stages.py", "04_width_repair.py")
     )
     assert "Conv2d(16, 32, kernel_size=(3, 3)" in before and "Conv2d(32, 10," in before
     assert "Conv2d(1, 32, kernel_size=(3, 3)" in after and "Conv2d(6, 10," in after
@@ -173,7 +173,7 @@ def test_passes_given_as_a_list_and_wrong_types():
     td = reverso.topdown(
         LeNetFC(),
         input_size=(1, 28, 28),
-        passes=["filter_arrangement", "reverse_stages", "stride_one", "downsample_to_upsample"],
+        passes=["filter_arrangement", "stride_one", "reverse_stages", "downsample_to_upsample"],
     )
     assert not any(isinstance(m, reverso.nn.Merge) for m in td.modules())  # no merges: an ablation
     assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)

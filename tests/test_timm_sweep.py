@@ -5,7 +5,8 @@ import math
 import pytest
 
 import reverso
-from reverso.support import SWEEP, check_timm_model
+from reverso.support import REPRESENTATIVE, SWEEP, check_timm_model
+from reverso.sweep import Outcome, check, classify
 
 
 @pytest.mark.parametrize("name", SWEEP)
@@ -38,3 +39,33 @@ def test_vit_at_the_wrong_size_says_which_size_it_needs():
 
     with pytest.raises(reverso.InputSizeError, match="input_size"):
         reverso.topdown(timm.create_model("vit_tiny_patch16_224"), input_size=(3, 64, 64))
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVE)
+def test_one_model_per_failure_class_of_the_catalogue_converts(name):
+    result = check("timm", name, 96)
+    assert result.outcome == "converts", result.message
+    assert result.loss_after < result.loss_before
+
+
+def test_a_refusal_that_wraps_a_torch_error_is_counted_as_a_bug():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    wrapped = reverso.PassError("pass 'x' failed: RuntimeError: boom")
+    wrapped.__cause__ = RuntimeError("boom")
+    assert classify(wrapped, model, (3, 8, 8)) == "internal error"  # the model runs at 8x8
+    assert classify(wrapped, model, (3, 2, 2)) == "refused"  # it cannot take 2x2 at all
+    assert classify(reverso.NoDownsamplingError("no strides"), model, (3, 8, 8)) == "refused"
+    assert classify(KeyError("x"), model, (3, 8, 8)) == "internal error"
+    assert Outcome("timm", "m", bu_params=2**18, td_params=2**18).param_mb == 2.0
+
+
+@pytest.mark.slow
+def test_the_whole_catalogue_has_no_internal_errors(tmp_path):
+    """The full sweep (about 30 minutes on 2 cores): every timm module and torchvision model."""
+    from reverso.support import sweep_catalogue
+
+    outcomes = sweep_catalogue(96, jobs=2, memory_gb=12)
+    bugs = [f"{o.model}: {o.message}" for o in outcomes if o.outcome == "internal error"]
+    assert not bugs, "\n".join(bugs)

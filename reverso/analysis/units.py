@@ -71,7 +71,10 @@ class _Builder:
         owner = self.blocks.owner(nodes)
         block = self.segments.is_block(nodes)
         standalone_pool = is_pool(gm, exit_) and strided_here and not block
-        if not standalone_pool and self.same_block(owner):
+        # a second downsampling after the one the last unit holds starts a unit of its own: the
+        # two become sequential transitions (a stem of two strided convs)
+        sequential = strided_here and bool(self.units) and self._strided(self.units[-1])
+        if not standalone_pool and not sequential and self.same_block(owner):
             self.extend_last(nodes, exit_, block=block or width_defining(gm, exit_))
             self.units[-1].residual |= block and is_residual(nodes, levels)
         elif block:
@@ -85,6 +88,10 @@ class _Builder:
             self.extend_last(nodes, exit_)
         else:
             self.pending += nodes  # attaches forward: the next unit's entry stays where it is
+
+    def _strided(self, unit: Unit) -> bool:
+        named = {n.name for n in self.strided}
+        return any(name in named for name in unit.nodes)
 
     def _attaches_backward(self, previous: Unit) -> bool:
         """Norms/activations after a layer or pool close it (conv-norm-act); after a residual

@@ -7,7 +7,7 @@ This is the file to read first. Each step is one call:
    (and tags every node, :mod:`reverso.ir.tags`);
 3. :func:`~reverso.planner.plan.make_plan` lays those out in top-down order (levels, laterals);
 4. the :class:`~reverso.compiler.pipeline.Pipeline` of passes rewrites a copy of the graph
-   (``filter_arrangement`` -> ``reverse_stages`` -> ``stride_one`` -> ``downsample_to_upsample``
+   (``filter_arrangement`` -> ``stride_one`` -> ``reverse_stages`` -> ``downsample_to_upsample``
    -> ``drop_projections`` -> ``multiscale_inputs``), checking shapes after each pass and
    running width repair after the passes that change widths;
 5. :func:`~reverso.convert.network.emit` wraps the result as a

@@ -161,6 +161,11 @@ def is_join(node: fx.Node) -> bool:
     return sum(isinstance(a, fx.Node) and tensor_shape(a) is not None for a in node.args[:2]) == 2
 
 
+def is_split(node: fx.Node) -> bool:
+    """``torch.split(x, sizes, dim)`` or ``x.split(sizes, dim)``."""
+    return _calls(node, {torch.split, torch.functional.split, torch.Tensor.split}, {"split"})
+
+
 def is_cat(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _CAT
 

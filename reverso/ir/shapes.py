@@ -233,10 +233,17 @@ class ShapeProp(fx.Interpreter):
 
 
 def _plain(args, kwargs) -> bool:
-    """Rules handle positional tensors/numbers only (no out=, no alpha=, ...)."""
+    """Rules handle positional tensors/numbers only (no out=, no alpha=, ...), with a tensor among
+    them: arithmetic on sizes (``x.shape[1] - k``, ``h * w``) runs as itself, giving numbers."""
     if kwargs and set(kwargs) - {"dim"}:
         return False
-    return all(isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    tensors += [
+        t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)
+    ]
+    return bool(tensors) and all(
+        isinstance(a, (torch.Tensor, int, float, list, tuple)) for a in args
+    )
 
 
 class Fingerprint:

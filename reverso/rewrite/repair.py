@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from reverso import ir
-from reverso.errors import ReversoError, UnsupportedTopologyError
+from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.layers import LayerFactory
@@ -65,7 +65,39 @@ class _Repair(ShapeProp):
                 finally:
                     self.env[shortcut] = saved
             self._fit_join(n)
+        elif ir.is_split(n):
+            sizes = self._split_sizes(n)
+            if sizes is not None:
+                if self.dry_run:  # run with the sizes the repair will write, then put them back
+                    saved, n.args = n.args, (n.args[0], sizes, *n.args[2:])
+                    try:
+                        return super().run_node(n)
+                    finally:
+                        n.args = saved
+                n.args = (n.args[0], sizes, *n.args[2:])
+                self.changed = True
         return super().run_node(n)
+
+    def _split_sizes(self, n: fx.Node) -> list[int] | None:
+        """Constant channel split sizes scaled to the width the split now receives (None if they
+        still add up or are no constants); refuses a split that would leave a part empty."""
+        x, sizes = self.env.get(n.args[0]), n.args[1] if len(n.args) > 1 else None
+        dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
+        constant = isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes)
+        if not constant or not isinstance(x, torch.Tensor) or dim not in (1, 1 - x.dim()):
+            return None
+        width, total = int(x.shape[1]), sum(sizes)
+        if width == total:
+            return None
+        scaled = [round(s * width / total) for s in sizes[:-1]]
+        scaled.append(width - sum(scaled))
+        if min(scaled) < 1:
+            raise WidthError(
+                f"the channel split {ir.describe(self.module, n)} cuts {total} channels into "
+                f"{list(sizes)}; it now receives {width}, too few to keep every part. Convert with "
+                "wider layers (arrangement=<int>) or make the split sizes follow x.shape[1]"
+            )
+        return scaled
 
     def fetch_attr(self, target: str):
         return self.rebuilt.get(target) or super().fetch_attr(target)
@@ -89,6 +121,12 @@ class _Repair(ShapeProp):
         if rule is None or x is None or x.dim() < 2:
             return
         actual = int(x.shape[rule.channel_dim])
+        if actual == 0:
+            raise WidthError(
+                f"layer {ir.describe(self.module, n)} now receives no channels at all (it read "
+                f"{rule.in_width(module)}); the value feeding it, '{n.args[0]}', is cut from a "
+                "narrower input than the model was built for"
+            )
         if actual != rule.in_width(module):
             new = self.registry.rebuild(module, actual, where=n.target)
             if self.dry_run:

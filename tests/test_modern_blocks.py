@@ -1,0 +1,118 @@
+"""Patterns of modern CNNs, written by hand as a user would: each converts, or is refused with
+the node named (never a torch error dressed as a refusal)."""
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+import reverso
+
+
+class ShapeSplit(nn.Module):
+    """A block that computes its split sizes and a scale from the input's shape."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c // 2, c // 2, 3, padding=1)
+
+    def forward(self, x):
+        k = x.shape[1] // 2
+        a, b = torch.split(x, [k, x.shape[1] - k], dim=1)
+        h, w = x.size(2), x.size(3)
+        return torch.cat([self.conv(a) * (h * w) / (h * w), b], 1)
+
+
+class PartialConv(nn.Module):
+    """FasterNet's partial conv: constant split sizes from __init__, a conv on the first part."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.sizes = [c // 4, c - c // 4]
+        self.conv = nn.Conv2d(c // 4, c // 4, 3, padding=1)
+
+    def forward(self, x):
+        a, b = torch.split(x, self.sizes, dim=1)
+        return torch.cat([self.conv(a), b], 1)
+
+
+def conv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def net(block, widths=(16, 32, 64)):
+    a, b, c = widths
+    return nn.Sequential(
+        conv(3, a), block(a), conv(a, b, 2), block(b), conv(b, c, 2), block(c),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [ShapeSplit, PartialConv])
+def test_split_blocks_convert_when_their_widths_change(block):
+    model = net(block)
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # the reversed order feeds each block another width: the constant split follows it
+    splits = [n for n in td.features.graph.nodes if reverso.ir.is_split(n)]
+    assert splits
+    for n in splits:
+        sizes = [s.meta["val"] if isinstance(s, torch.fx.Node) else s for s in n.args[1]]
+        assert sum(sizes) == reverso.ir.channels(n.args[0])
+
+
+def test_arithmetic_on_sizes_propagates_as_numbers():
+    gm = reverso.trace(net(ShapeSplit), (3, 32, 32))
+    sub = next(n for n in gm.graph.nodes if n.name == "sub")
+    assert sub.meta["val"] == 8  # 16 channels - 16 // 2
+
+
+def test_a_stem_of_two_strided_convs_becomes_two_transitions():
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = conv(3, 16, 2), conv(16, 32, 2)
+
+        def forward(self, x):
+            return self.conv2(self.conv1(x))
+
+    model = nn.Sequential(
+        Stem(), conv(32, 32), conv(32, 64, 2), conv(64, 64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    report = reverso.analyze(model, (3, 32, 32))
+    stem_units = [u for u in report.units if u.nodes[0].startswith("_0_")]
+    assert len(stem_units) == 2 and all(u.is_transition for u in stem_units)
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_layer_left_without_channels_is_refused_by_name():
+    class QuarterSplit(nn.Module):  # convolves a quarter of its input: 3 // 4 = 0 of the image's
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c // 4, c // 4, 3, padding=1)
+
+        def forward(self, x):
+            k = x.shape[1] // 4
+            a, b = torch.split(x, [k, x.shape[1] - k], dim=1)
+            return torch.cat([self.conv(a), b], 1)
+
+    # no residual joins, so the last group comes first and reads the image
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), QuarterSplit(16), nn.MaxPool2d(2), QuarterSplit(16),
+        nn.MaxPool2d(2), QuarterSplit(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+    with pytest.raises(reverso.WidthError, match="receives no channels") as info:
+        reverso.topdown(model, input_size=(3, 32, 32))
+    assert "'5.conv'" in str(info.value)
+
+
+def test_unpadded_convs_at_a_small_size_convert():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(32, 32, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    td = reverso.topdown(model, input_size=(3, 64, 64))
+    assert td(torch.rand(2, 3, 64, 64)).shape == (2, 10)
