@@ -80,6 +80,12 @@ class DownsampleToUpsample(Pass):
         if not pools:
             return
         pool = pools[0]
+        # the rest of an anti-aliased pool (its dense pool, its ceil-mode padding) belongs to the
+        # downsampling too: only the unit's pointwise layers (a Dropout) stay
+        for n in view.nodes:
+            if n is not pool and not ir.is_pointwise(gm, n) and _single_map_input(n):
+                n.replace_all_uses_with(n.args[0])
+                gm.graph.erase_node(n)
         if slot.up == 1:  # the model's very first op: the top-down net reads that level directly
             pool.replace_all_uses_with(pool.args[0])
             gm.graph.erase_node(pool)
@@ -146,3 +152,9 @@ def _is_feature_path(node: fx.Node) -> bool:
         return False
     shape = tensor_shape(node)
     return len(shape) == 4 if shape is not None else "val" not in node.meta
+
+
+def _single_map_input(n: fx.Node) -> bool:
+    """A layer whose first argument is its only data input (a pool, a pad)."""
+    data = [a for a in n.all_input_nodes if a.op != "get_attr"]
+    return bool(n.args) and isinstance(n.args[0], fx.Node) and data == [n.args[0]]

@@ -42,6 +42,8 @@ class DropProjections(Pass):
                 conv = gm.get_submodule(convs[0].target)
                 if conv.in_channels != conv.out_channels or ir.stride_of(gm, convs[0]) != 1:
                     continue
+                if not _fits(view.entry, branch, chain):
+                    continue  # the block's input is not what the join adds (a DLA tree's)
                 start = chain[-1].all_input_nodes[0]
                 for c in chain:  # the chain runs from the join backwards
                     if ir.role_of(c) is ir.Role.UPSAMPLE:
@@ -53,6 +55,15 @@ class DropProjections(Pass):
                 first.replace_input_with(start, view.entry)
                 return True
         return False
+
+
+def _fits(entry: fx.Node, branch: fx.Node, chain: list[fx.Node]) -> bool:
+    """Whether the block's input, upsampled where the chain upsamples, has the shape the
+    projection gave the join (shapes are those the repair after the last pass left)."""
+    upsampled = any(ir.role_of(c) is ir.Role.UPSAMPLE for c in chain)
+    return ir.channels(entry) == ir.channels(branch) and (
+        upsampled or ir.spatial(entry) == ir.spatial(branch)
+    )
 
 
 def _has_spatial_conv_before(gm, node: fx.Node, inside: set[fx.Node]) -> bool:

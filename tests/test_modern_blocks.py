@@ -116,3 +116,37 @@ def test_unpadded_convs_at_a_small_size_convert():
     )  # fmt: skip
     td = reverso.topdown(model, input_size=(3, 64, 64))
     assert td(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+
+
+COMPOSITIONS = {
+    "topdown(antialias(m))": lambda m, s: reverso.topdown(reverso.antialias(m, input_size=s), input_size=s),
+    "topdown(njet(m))": lambda m, s: reverso.topdown(reverso.njet(m, input_size=s), input_size=s),
+    "antialias(topdown(m))": lambda m, s: reverso.antialias(reverso.topdown(m, input_size=s), input_size=s),
+    "njet(topdown(m))": lambda m, s: reverso.njet(reverso.topdown(m, input_size=s), input_size=s),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("composition", COMPOSITIONS)
+@pytest.mark.parametrize("make", ["lenet_fc", "resnet18"])
+def test_reversos_own_rewrites_compose(composition, make):
+    import timm
+
+    model = (
+        reverso.models.create("lenet_fc")
+        if make == "lenet_fc"
+        else timm.create_model("resnet18", num_classes=10)
+    )
+    size = (1, 28, 28) if make == "lenet_fc" else (3, 64, 64)
+    net = COMPOSITIONS[composition](model, size)
+    x = torch.rand(2, *size)
+    out = net(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_an_anti_aliased_pool_is_one_standalone_transition():
+    aa = reverso.antialias(reverso.models.create("lenet_fc"), input_size=(1, 28, 28))
+    report = reverso.analyze(aa, (1, 28, 28))
+    assert [t.kind for t in report.transitions] == ["standalone", "standalone"]
+    assert [len(report.units[t.unit].nodes) for t in report.transitions] == [2, 2]  # dense + blur

@@ -138,9 +138,18 @@ def is_pointwise(gm, node) -> bool:
 
 
 def is_pool(gm, node) -> bool:
-    """A (non-adaptive) spatial pooling op."""
+    """A (non-adaptive) spatial pooling op: max/avg pooling, or any layer that declares a stride
+    and learns nothing (a blur pool: a fixed filter, then subsampling)."""
     window = window_of(gm, node)
-    return window is not None and window.kind != "conv"
+    if window is not None:
+        return window.kind != "conv"
+    m = module_of(gm, node)
+    return (
+        m is not None
+        and hasattr(m, "stride")
+        and not isinstance(m, nn.Conv2d)
+        and next(m.parameters(), None) is None
+    )
 
 
 def _calls(node: fx.Node, functions: set, methods: set) -> bool:

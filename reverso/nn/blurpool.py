@@ -44,6 +44,11 @@ class BlurPool2d(FixedBuffers, nn.Module):
         self.padding = (left, filter_size - 1 - left) * 2  # (left, right, top, bottom)
         self.register_fixed_buffers()
 
+    def at_stride_one(self, padding: str = "same") -> BlurPool2d:
+        """The blur alone (its padding keeps the size at stride 1): what is left of this
+        downsampling when a rewrite runs it at stride 1."""
+        return type(self)(self.channels, self.filter_size, 1, self.pad_mode)
+
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         taps = binomial_taps(self.filter_size).float()
         return {"filt": (taps[:, None] * taps[None, :]).expand(self.channels, 1, -1, -1).clone()}

@@ -7,6 +7,7 @@ structured receptive field layer (Jacobsen et al., RFNN).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -152,6 +153,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
         return torch.einsum("ocf,fyx->ocyx", self.alpha, self.basis())
 
     # -- forward -------------------------------------------------------------------------------
+    def at_stride_one(self, padding: str = "same") -> NJetConv2d:
+        """A copy (same weights and scales) at stride 1; ``padding="same"`` keeps the size."""
+        new = copy.deepcopy(self)
+        new.stride = 1
+        if padding == "same":
+            new.padding = (self.radius,) * 4
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.safe_subsampling:
             x = self._subsample(x)

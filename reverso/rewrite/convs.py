@@ -106,8 +106,12 @@ def conv_at_stride_one(conv: nn.Conv2d, *, padding: str = "same") -> nn.Conv2d:
 
 
 def at_stride_one(module: nn.Module, *, padding: str = "same") -> nn.Module | None:
-    """A copy of a conv, or of a conv-like module (timm's MixedConv2d), whose strided convs run at
-    stride 1 (see :func:`conv_at_stride_one`); None if it holds no strided conv."""
+    """A copy of a conv, of a conv-like module (timm's MixedConv2d) whose strided convs run at
+    stride 1 (see :func:`conv_at_stride_one`), or what a layer's own ``at_stride_one(padding)``
+    gives (reverso's BlurPool2d and NJetConv2d; your layers can define it too); None if it holds
+    no strided conv."""
+    if callable(getattr(module, "at_stride_one", None)):
+        return module.at_stride_one(padding)
     if isinstance(module, nn.Conv2d):
         return conv_at_stride_one(module, padding=padding)
     strided = [

@@ -41,7 +41,8 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
             external = a not in inside and a.op != "get_attr" and a not in entries
             if external and carries_data and not ir.is_global(a):
                 entries.append(a)
-    exits = [n for n in nodes if any(u not in inside for u in n.users)]
+    # sizes read from a map (``x.shape``) are no outputs: a unit that needs them recomputes them
+    exits = [n for n in nodes if any(u not in inside and _carries_data(u) for u in n.users)]
     # pyramid levels only feed upsampling sizes and laterals, unless the unit reads the image itself
     data = [a for a in entries if ir.role_of(a) is not ir.Role.PYRAMID]
     entries = data or entries[:1]
@@ -52,6 +53,11 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
         )
     entry = entries[0] if entries else nodes[0]
     return UnitView(index, nodes, entry, exits[0])
+
+
+def _carries_data(n: fx.Node) -> bool:
+    """A tensor (or one the pass that inserted it has not shaped yet), not a size."""
+    return "val" not in n.meta or ir.carries_tensor(n)
 
 
 def append_to_unit(gm: fx.GraphModule, view: UnitView, name: str, module, args: tuple) -> fx.Node:
@@ -94,13 +100,31 @@ def reorder_units(gm: fx.GraphModule, order: list[int], head: list[int]) -> fx.G
                 return local[a]
             if a.op == "placeholder":
                 return env[a]
+            if not _carries_data(a):  # a size another unit computed: compute it here again
+                local[a] = graph.node_copy(a, lambda b: size_source(b, view, local))
+                return local[a]
             raise UnsupportedTopologyError(
                 f"node '{a.name}' is used in unit {view.index} ({view.nodes[0].name} .. {view.exit.name}) "
                 "but belongs to another unit; units that read each other's results cannot be reordered"
             )
 
+        def size_source(b: fx.Node, view=view, local=local) -> fx.Node:
+            """What a recomputed size reads: sizes recursively, and for a map of another unit
+            this unit's input when it has the very same shape (so the size is the same)."""
+            if b in local or b.op == "placeholder" or not _carries_data(b):
+                return lookup(b)
+            if ir.tensor_shape(b) == ir.tensor_shape(view.entry):
+                return local[view.entry]
+            raise UnsupportedTopologyError(
+                f"unit {view.index} ({view.nodes[0].name} .. {view.exit.name}) reads the size of "
+                f"'{b.name}', a map of another unit with another shape than its own input; the "
+                "units cannot be reordered"
+            )
+
         for n in view.nodes:
-            new = graph.node_copy(n, lookup)
+            if n in local:  # a size copied earlier for a node of this unit
+                continue
+            new = graph.node_copy(n, lookup if _carries_data(n) else size_source)
             ir.copy_tags(new, n)
             local[n] = new
         current = result = local[view.exit]
