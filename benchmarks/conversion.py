@@ -7,6 +7,10 @@ parameters, and filling them dominates. The script therefore also times conversi
 ``torch.nn.init`` disabled (tensors allocated, not filled): that is the compiler's own cost.
 
     python benchmarks/conversion.py [--model resnet50] [--size 224] [--repeats 7] [--merge add]
+
+``--memory resnet50 densenet121 inception_v3`` instead reports, for each model, the peak resident
+memory its conversion adds (measured in a process of its own, ``reverso.sweep``) beside the
+parameter bytes of the bottom-up and the emitted networks (goal: a small multiple).
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--merge", default="add_concat")
+    parser.add_argument("--memory", nargs="+", metavar="MODEL", help="peak memory of these instead")
     args = parser.parse_args(argv)
+    if args.memory:
+        return memory_rows(args.memory, args.size)
     model = timm.create_model(args.model, pretrained=False).eval()
     size = (3, args.size, args.size)
     x = torch.rand(1, *size)
@@ -99,6 +106,21 @@ def main(argv=None) -> dict:
         f"{conv_no_init * 1e3:.0f} ms ({result['ratio_without_init']:.1f}x) |"
     )
     return result
+
+
+def memory_rows(models: list[str], size: int) -> list[dict]:
+    """Peak conversion memory beside the networks' parameter bytes, one process per model."""
+    from reverso.sweep import check_isolated
+
+    rows = []
+    for name in models:
+        r = check_isolated("timm", name, size)
+        ratio = r.convert_peak_mb / r.param_mb if r.param_mb else float("nan")
+        rows.append({"model": name, "outcome": r.outcome, "peak_mb": r.convert_peak_mb,
+                     "param_mb": r.param_mb, "ratio": ratio})  # fmt: skip
+        print(f"| {name} {size}px | {r.bu_params / 1e6:.1f}M -> {r.td_params / 1e6:.1f}M | "
+              f"{r.param_mb:,.0f} MB | {r.convert_peak_mb:,.0f} MB | {ratio:.2f}x |", flush=True)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ def test_conversion_benchmark_runs():
     assert result["convert_s"] > 0 and result["baseline_s"] > 0
 
 
+def test_conversion_memory_is_reported_beside_the_parameter_bytes():
+    (row,) = load_script("benchmarks", "conversion").main(["--memory", "resnet18", "--size", "64"])
+    assert row["outcome"] == "converts" and row["param_mb"] > 100  # 11M + 20M float32 parameters
+    assert 0 < row["peak_mb"] < 4 * row["param_mb"]
+
+
 def test_hand_written_td_resnet32_is_the_emitted_network():
     # main() asserts that the hand-written network reproduces the emitted one's outputs
     result = load_script("benchmarks", "td_resnet32").main(["--batch", "2", "--iters", "1"])
