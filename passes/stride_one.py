@@ -9,6 +9,7 @@ left to ``downsample_to_upsample``, which turns each into an upsampling at its p
 from __future__ import annotations
 
 import torch.fx as fx
+import torch.nn.functional as F
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
@@ -44,6 +45,8 @@ class StrideOne(Pass):
             elif ir.is_pool(gm, n):
                 n.replace_all_uses_with(n.args[0])
                 gm.graph.erase_node(n)
+            elif n.op == "call_function" and n.target is F.conv2d:  # a functional (blur) conv
+                _conv2d_at_stride_one(n)
             else:
                 raise UnsupportedTopologyError(
                     f"node {ir.describe(gm, n)} downsamples by {ir.stride_tag(n)} with an op that reverso "
@@ -51,3 +54,12 @@ class StrideOne(Pass):
                     "module you can rewrite, or replace it before converting."
                 )
         return bool(strided)
+
+
+def _conv2d_at_stride_one(n: fx.Node) -> None:
+    """``F.conv2d(x, w, b, stride, padding, ...)`` at stride 1, its padding kept (a blur pool
+    pads its input first so that the blur keeps the size at stride 1)."""
+    if "stride" in n.kwargs or len(n.args) < 4:
+        n.kwargs = {**n.kwargs, "stride": 1}
+    else:
+        n.args = (*n.args[:3], 1, *n.args[4:])

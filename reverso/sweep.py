@@ -135,22 +135,25 @@ def check(source: str, name: str, side: int) -> Outcome:
 
 
 def classify(err: BaseException, model, size) -> str:
-    """``refused`` for a diagnosis, ``internal error`` for a bug (see the module's docstring)."""
-    from reverso.errors import ReversoError, TraceError
+    """``refused`` for a diagnosis, ``internal error`` for a bug (see the module's docstring).
+
+    Topology, width and tracing errors are raised by rules that name the construct; a
+    ``PassError`` or ``InputSizeError`` around a torch error is checked against the model
+    itself: if it runs eagerly at that size, the failure is reverso's."""
+    from reverso.errors import InputSizeError, PassError, ReversoError
 
     if not isinstance(err, ReversoError):
         return "internal error"
-    if isinstance(err, TraceError):  # Python torch.fx cannot trace: the model's, named with the fix
-        return "refused"
     cause = err.__cause__
-    if cause is None or isinstance(cause, ReversoError):
+    wrapped = cause is not None and not isinstance(cause, ReversoError)
+    if not (wrapped and isinstance(err, (PassError, InputSizeError))):
         return "refused"
     import torch
 
     try:  # a wrapped torch error: does the model itself run at this size?
         with torch.no_grad():
             model.eval()(torch.rand(2, *size))
-    except Exception:
+    except Exception:  # the model cannot take this input: a fair refusal
         return "refused"
     return "internal error"
 

@@ -150,3 +150,73 @@ def test_an_anti_aliased_pool_is_one_standalone_transition():
     report = reverso.analyze(aa, (1, 28, 28))
     assert [t.kind for t in report.transitions] == ["standalone", "standalone"]
     assert [len(report.units[t.unit].nodes) for t in report.transitions] == [2, 2]  # dense + blur
+
+
+class FunctionalBlurPool(nn.Module):
+    """Anti-aliased downsampling written by hand: pad, then a fixed depthwise filter, stride 2."""
+
+    def __init__(self, c):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :] / 16).expand(c, 1, 3, 3).clone()
+        self.register_buffer("filt", kernel)
+
+    def forward(self, x):
+        x = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return torch.nn.functional.conv2d(x, self.filt, stride=2, groups=x.shape[1])
+
+
+def test_a_functional_blur_pool_downsamples_and_its_filter_follows_the_width():
+    model = nn.Sequential(
+        conv(3, 16), FunctionalBlurPool(16), conv(16, 32), FunctionalBlurPool(32), conv(32, 64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    report = reverso.analyze(model, (3, 32, 32))
+    assert len(report.transitions) == 2
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    filters = [b for name, b in td.named_buffers() if name.endswith("filt")]
+    assert filters and all(bool((f == f[:1]).all()) for f in filters)  # still one blur per channel
+    widths = sorted(int(f.shape[0]) for f in filters)
+    assert widths != [16, 32]  # the reversed order fed them other widths
+
+
+class LayerScaleBlock(nn.Module):
+    """A residual block with a learned per-channel gain (ConvNeXt's layer scale)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = conv(c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.1))
+
+    def forward(self, x):
+        return x + self.conv(x) * self.gamma.reshape(1, -1, 1, 1)
+
+
+def test_layer_scale_follows_a_uniform_width():
+    model = nn.Sequential(
+        conv(3, 16), LayerScaleBlock(16), conv(16, 32, 2), LayerScaleBlock(32), conv(32, 64, 2),
+        LayerScaleBlock(64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    td = reverso.topdown(model, input_size=(3, 32, 32), arrangement=24)
+    gains = [p for name, p in td.named_parameters() if name.endswith("gamma")]
+    assert [tuple(g.shape) for g in gains] == [(24,)] * 3
+    assert all(torch.allclose(g, torch.full((24,), 0.1)) for g in gains)  # the mean of the old
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_fixed_size_position_embedding_is_refused_by_name():
+    class PosEmbed(nn.Module):
+        def __init__(self, c, side):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(1, c, side, side))
+
+        def forward(self, x):
+            return x + self.pos
+
+    model = nn.Sequential(
+        conv(3, 16, 2), PosEmbed(16, 16), conv(16, 32, 2), conv(32, 32),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    with pytest.raises(reverso.UnsupportedTopologyError, match="fixed to the model's resolution"):
+        reverso.topdown(model, input_size=(3, 32, 32))

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from reverso.errors import UnsupportedTopologyError
+from reverso.errors import UnsupportedTopologyError, failed_node
 from reverso.frontend.tracing import example_input, traced_dtype
+from reverso.ir import by_name, describe, fixed_inputs
 from reverso.ir.shapes import propagate
 
 
@@ -62,7 +63,8 @@ def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx
     try:
         propagate(gm, example_input((c, 2 * h, 2 * w), dtype=traced_dtype(gm)))
         second = {n: n.meta.get("val") for n in gm.graph.nodes}
-    except Exception:
+    except Exception as err:
+        _refuse_fixed_size(gm, err)
         second = None  # models that accept one input size only: every 4D value is a map
     finally:
         for n, v in first.items():
@@ -93,3 +95,17 @@ def _grown(a, b) -> set[int] | None:
     if not isinstance(b, torch.Tensor) or a.dim() != b.dim():
         return set()
     return {i for i in range(1, a.dim()) if b.shape[i] > a.shape[i]}
+
+
+def _refuse_fixed_size(gm: fx.GraphModule, err: Exception) -> None:
+    """A model that fails at twice its size where it adds a tensor of its own (a position
+    embedding, a fixed mask) to the data works at one resolution only: no top-down form."""
+    node = by_name(gm).get(failed_node(err))
+    fixed = fixed_inputs(node) if node is not None else []
+    if fixed:
+        raise UnsupportedTopologyError(
+            f"node {describe(gm, node)} combines the data with '{fixed[0].name}', a tensor of the "
+            "model's own whose size is fixed to the model's resolution, so the model takes one "
+            "input size only; a top-down network runs its layers at other resolutions. Convert a "
+            "model whose layers take any input size"
+        ) from err

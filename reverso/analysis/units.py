@@ -84,7 +84,8 @@ class _Builder:
             self.new_unit("pool", nodes, exit_, None)
         elif strided_here or _has_weights(gm, exit_):
             self.new_unit("layer", nodes, exit_, owner)
-        elif is_pool(gm, exit_):  # a dense pool (an anti-aliased pool's first half) opens the next
+        elif not all(is_pointwise(gm, n) for n in nodes if n in self.segments.dataflow):
+            # a pad, a slice, a dense pool: preparing the next layer's input, they open its unit
             self.pending += nodes
         elif self.units and not self.pending and self._attaches_backward(self.units[-1]):
             self.extend_last(nodes, exit_)

@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING
 
 import torch.fx as fx
 
+from reverso import ir
 from reverso.compiler import catalogue
 from reverso.compiler.base import Pass
-from reverso.errors import OptionError, PassError, ReversoError, failed_node, failure
+from reverso.errors import (
+    OptionError,
+    PassError,
+    ReversoError,
+    UnsupportedTopologyError,
+    failed_node,
+    failure,
+)
 from reverso.ir.shapes import propagate, shapes_current, tensor_shape
 from reverso.rewrite.repair import repair_widths
 
@@ -160,8 +168,25 @@ def _attributed(what: str, pass_name: str, step, *args):
         err.pass_name = pass_name
         raise
     except Exception as err:
+        _refuse_fixed_resolution(args[0], err, what)
         raise PassError(
             f"{what} failed{failure(err)}", pass_name=pass_name, node=failed_node(err)
+        ) from err
+
+
+def _refuse_fixed_resolution(gm, err: Exception, what: str) -> None:
+    """A node that failed while combining data with a tensor of the model's own (a position
+    embedding, an attention bias, a fixed-size mask) works at one resolution only: the top-down
+    net runs it at another, so the model has no top-down form. Refuse it by name."""
+    node = ir.by_name(gm).get(failed_node(err)) if isinstance(gm, fx.GraphModule) else None
+    fixed = ir.fixed_inputs(node) if node is not None else []
+    if fixed:
+        raise UnsupportedTopologyError(
+            f"{what}: node {ir.describe(gm, node)} combines a feature map with "
+            f"'{fixed[0].name}', a tensor of the model's own whose size is fixed to the model's "
+            f"resolution ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]}). The "
+            "top-down network runs this layer at another resolution, so the model has no top-down "
+            "form; convert a model whose layers take any input size"
         ) from err
 
 
@@ -179,6 +204,7 @@ def check_graph(
     try:
         propagate(gm, ctx.example_input())
     except Exception as err:
+        _refuse_fixed_resolution(gm, err, f"pass '{after}'")
         raise PassError(
             f"pass '{after}' left a graph that fails shape propagation{failure(err)}",
             pass_name=after,

@@ -29,9 +29,10 @@ from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
 from reverso.convert.network import TopDownNet, emit
-from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.errors import OptionError, PassError, UnsupportedTopologyError
 from reverso.frontend.provenance import SourceModel, qualified_name, source_of
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.ir.modes import evaluating
 from reverso.ir.shapes import mark_shapes_current
 from reverso.passes import NJet, default_pipeline
 from reverso.planner.context import CompileContext, prototypes_of
@@ -80,6 +81,7 @@ def topdown(
     gm = pipeline.run(working_copy(ctx.bu), ctx)
     check_same_output(ctx.bu, gm, type(model).__name__)
     net = emit(gm, ctx, source=source_of(model))
+    check_runs(net, ctx)
     net.reverso_source_model = SourceModel.of(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
@@ -124,6 +126,28 @@ def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None
             "classifier an nn.Conv2d or nn.Linear after the last downsampling, or convert the "
             "model's feature extractor and add the head yourself"
         )
+
+
+def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
+    """One real forward (a batch of one, eval mode, no gradients): shapes were checked on meta
+    tensors, whose kernels skip some of the checks real ones make. A failure here is reverso's."""
+    ref = next(net.parameters(), None)
+    if ref is not None and ref.device.type == "meta":
+        return
+    meta = ctx.example_input()
+    x = torch.rand(
+        (1, *meta.shape[1:]), dtype=meta.dtype, device=ref.device if ref is not None else None
+    )
+    try:
+        with evaluating(net), torch.no_grad():
+            net(x)
+    except Exception as err:
+        raise PassError(
+            f"the converted network fails on a real input of size {tuple(ctx.input_size)}: "
+            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
+            "Its shapes checked out on meta tensors, so this is a bug of reverso's: please report "
+            "it with the model"
+        ) from err
 
 
 def working_copy(bu: fx.GraphModule) -> fx.GraphModule:

@@ -101,3 +101,19 @@ def descendants_within(start: Iterable[fx.Node], within: set[fx.Node]) -> set[fx
 def has_ancestor_in(node: fx.Node, candidates: set[fx.Node], inside: set[fx.Node]) -> bool:
     """Whether one of ``candidates`` lies upstream of ``node`` without leaving ``inside``."""
     return bool(reachable(node.all_input_nodes, inputs, inside) & candidates)
+
+
+def fixed_inputs(node: fx.Node) -> list[fx.Node]:
+    """The tensor inputs of ``node`` computed from the model's own parameters and buffers alone
+    (no path from a placeholder), when the node also reads data: a position embedding, a bias."""
+    tensors = [a for a in node.all_input_nodes if carries_tensor(a)]
+    fixed = [a for a in tensors if not _reads_data(a, {})]
+    return fixed if fixed and len(fixed) < len(tensors) else []
+
+
+def _reads_data(node: fx.Node, memo: dict) -> bool:
+    if node not in memo:
+        memo[node] = node.op == "placeholder" or any(
+            _reads_data(a, memo) for a in node.all_input_nodes
+        )
+    return memo[node]

@@ -209,6 +209,8 @@ class ShapeProp(fx.Interpreter):
             return torch.utils._pytree.tree_map(_to_meta, module(*real[0], **real[1]))
 
     def call_function(self, target, args, kwargs):
+        if target is torch.nn.functional.conv2d:
+            _check_conv2d(*args, **kwargs)  # meta kernels do not check the groups
         rule = FUNCTION_RULES.get(target)
         if rule is not None and _plain(args, kwargs):
             return rule(*args, **kwargs)
@@ -230,6 +232,16 @@ class ShapeProp(fx.Interpreter):
         if clone is None:
             clone = cls._clones[module] = meta_clone(module)
         return clone
+
+
+def _check_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> None:
+    """What ``F.conv2d`` checks on real tensors: input channels = weight's * groups."""
+    tensors = isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() == 4
+    if tensors and (x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups):
+        raise RuntimeError(
+            f"conv2d with groups={groups} and a weight of shape {tuple(weight.shape)} cannot "
+            f"take an input of {x.shape[1]} channels"
+        )
 
 
 def _plain(args, kwargs) -> bool:

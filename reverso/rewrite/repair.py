@@ -56,6 +56,9 @@ class _Repair(ShapeProp):
         if n.op == "call_module":
             self._fit_module(n)
         elif ir.is_join(n) and self._mismatched(n):
+            if any(isinstance(a, fx.Node) and self._constant_chain(a) for a in n.args[:2]):
+                self._fit_constants(n)  # a per-channel gain or bias takes the map's width
+                return super().run_node(n)
             if self.dry_run:  # the join will read a projected shortcut of the main path's width
                 shortcut, main = self._pick_shortcut(n, n.args[0], n.args[1])
                 saved = self.env[shortcut]
@@ -76,7 +79,66 @@ class _Repair(ShapeProp):
                         n.args = saved
                 n.args = (n.args[0], sizes, *n.args[2:])
                 self.changed = True
-        return super().run_node(n)
+        try:
+            return super().run_node(n)
+        except RuntimeError:
+            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
+                raise
+            return super().run_node(n)
+
+    def _fit_constants(self, n: fx.Node) -> bool:
+        """A parameter or buffer the op combines with a feature map of another width (a fixed
+        depthwise filter, a layer-scale gain) takes the map's width: a per-channel tensor whose
+        channels are all equal is repeated (exact for fixed filters), any other one gets the mean
+        of its channels (a neutral start, as fresh weights elsewhere). Returns whether it did."""
+        maps = [v for a in n.all_input_nodes if (v := self.env.get(a)) is not None
+                and isinstance(v, torch.Tensor) and v.dim() == 4 and a.op != "get_attr"]  # fmt: skip
+        if not maps:
+            return False
+        width, fitted = int(maps[0].shape[1]), False
+        for a in n.all_input_nodes:
+            chain = self._constant_chain(a)
+            if not chain:
+                continue
+            value = self.fetch_attr(chain[0].target)
+            dim = _channel_dim(value)
+            if dim is None or value.shape[dim] == width:
+                continue
+            self._resize_attr(chain[0].target, value, dim, width)
+            self.env[chain[0]] = self.fetch_attr(chain[0].target).detach().to("meta")
+            for step in chain[1:]:  # the reshapes between the tensor and the op, again
+                self.env[step] = super().run_node(step)
+            fitted = True
+        return fitted
+
+    def _constant_chain(self, a: fx.Node) -> list[fx.Node]:
+        """``[get_attr, reshape, ...]`` from a parameter or buffer to ``a`` through single-input
+        ops (``gamma.reshape(1, -1, 1, 1)``), or [] when ``a`` does not come from one."""
+        chain = [a]
+        while chain[0].op != "get_attr":
+            inputs = chain[0].all_input_nodes
+            if chain[0].op not in ("call_function", "call_method") or len(inputs) != 1:
+                return []
+            chain.insert(0, inputs[0])
+        return chain
+
+    def _resize_attr(self, target: str, value: torch.Tensor, dim: int, width: int) -> None:
+        first = value.narrow(dim, 0, 1)
+        same = bool((value == first).all()) if value.device.type != "meta" else False
+        fill = first if same else value.mean(dim, keepdim=True)
+        new = fill.expand(*[width if d == dim else s for d, s in enumerate(value.shape)]).clone()
+        if isinstance(value, torch.nn.Parameter):
+            new = torch.nn.Parameter(new, value.requires_grad)
+        if self.dry_run:
+            self.rebuilt[target] = new
+            return
+        owner_path, _, name = target.rpartition(".")
+        owner = self.module.get_submodule(owner_path) if owner_path else self.module
+        if name in owner._buffers:
+            owner._buffers[name] = new
+        else:
+            setattr(owner, name, new)
+        self.changed = True
 
     def _split_sizes(self, n: fx.Node) -> list[int] | None:
         """Constant channel split sizes scaled to the width the split now receives (None if they
@@ -227,3 +289,14 @@ class _Repair(ShapeProp):
                 break
             current = nxt[0]
         return current if current is not None and self.env.get(current) is not None else shortcut
+
+
+def _channel_dim(value) -> int | None:
+    """The channel dimension of a per-channel tensor: a gain or bias (one dimension longer than
+    1) or a depthwise kernel (C, 1, k, k); None for anything else (a full weight)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    if value.dim() == 4 and value.shape[1] == 1:
+        return 0
+    long = [d for d, s in enumerate(value.shape) if s > 1]
+    return long[0] if len(long) == 1 else None

@@ -35,6 +35,8 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
     inside = set(nodes)
     entries = []
     for n in nodes:
+        if not _carries_data(n):
+            continue  # a size read from another unit's map is recomputed, not an input
         for a in n.all_input_nodes:
             # nodes a pass just inserted have no shape yet; they carry data all the same
             carries_data = "val" not in a.meta or ir.carries_tensor(a)
