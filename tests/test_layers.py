@@ -24,7 +24,8 @@ LAYERS = [
     {"passes"},
     {"convert"},
     {"study"},
-    {"testing", "cli", "demo", "support", "sweep", "__init__", "__main__"},
+    {"sweep"},
+    {"testing", "cli", "demo", "support", "__init__", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

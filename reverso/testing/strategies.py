@@ -22,14 +22,14 @@ from torch import nn
 
 @dataclass(frozen=True)
 class UnitSpec:
-    kind: str  # "plain" | "residual"
+    kind: str  # "plain" | "residual" | "layer_scale" (residual, per-channel gain) | "partial"
     width: int
     kernel: int
 
 
 @dataclass(frozen=True)
 class TransitionSpec:
-    kind: str  # "max" | "avg" | "conv" (a strided conv / strided first block)
+    kind: str  # "max" | "avg" | "conv" (a strided conv / strided first block) | "blur"
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class CNNSpec:
     head: str  # "gap_linear" | "conv1x1"
     num_classes: int
     input_size: tuple[int, int, int] = field(default=(3, 32, 32))
+    double_stem: bool = False  # a second strided conv right after a strided stem
+    norm_kind: str = "batch"  # "batch" | "group"
 
     def build(self, seed: int = 0) -> nn.Module:
         """The model as an ordinary nn.Module (weights from ``seed``)."""
@@ -63,10 +65,20 @@ class Act(nn.Module):
         return self.act(x)
 
 
-def conv_unit(cin: int, cout: int, k: int, stride: int, norm: bool, act: str) -> nn.Sequential:
+def norm_layer(width: int, kind: str = "batch") -> nn.Module:
+    return (
+        nn.BatchNorm2d(width)
+        if kind == "batch"
+        else nn.GroupNorm(2 if width % 2 == 0 else 1, width)
+    )
+
+
+def conv_unit(
+    cin: int, cout: int, k: int, stride: int, norm: bool, act: str, norm_kind: str = "batch"
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)]
     if norm:
-        layers.append(nn.BatchNorm2d(cout))
+        layers.append(norm_layer(cout, norm_kind))
     layers.append(nn.ReLU() if act == "relu" else nn.SiLU())
     return nn.Sequential(*layers)
 
@@ -93,6 +105,50 @@ class ResidualUnit(nn.Module):
         return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + skip)
 
 
+class LayerScaleUnit(ResidualUnit):
+    """A residual unit whose branch is scaled by a learned per-channel gain (ConvNeXt)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__(cin, cout, k, stride, norm, act)
+        self.gamma = nn.Parameter(torch.full((cout,), 0.5))
+
+    def forward(self, x):
+        skip = x if self.shortcut is None else self.shortcut(x)
+        branch = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(branch * self.gamma.reshape(1, -1, 1, 1) + skip)
+
+
+class PartialUnit(nn.Module):
+    """FasterNet's partial conv: a conv on a constant quarter of the channels, then a 1x1 conv."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__()
+        quarter = max(1, cin // 4)
+        self.sizes = [quarter, cin - quarter] if cin > quarter else [cin]
+        self.partial = nn.Conv2d(quarter, quarter, k, 1, k // 2)
+        self.mix = conv_unit(cin, cout, 1, stride, norm, act)
+
+    def forward(self, x):
+        first, *rest = torch.split(x, self.sizes, dim=1)
+        return self.mix(torch.cat([self.partial(first), *rest], 1))
+
+
+class BlurDown(nn.Module):
+    """A hand-written blur pool: reflect-pad, then a fixed [1 2 1] x [1 2 1] filter, stride 2."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("filt", (taps[:, None] * taps / 16).expand(width, 1, 3, 3).clone())
+
+    def forward(self, x):
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(x, self.filt, stride=2, groups=x.shape[1])
+
+
+UNITS = {"residual": ResidualUnit, "layer_scale": LayerScaleUnit, "partial": PartialUnit}
+
+
 class RandomCNN(nn.Module):
     def __init__(self, spec: CNNSpec):
         super().__init__()
@@ -102,19 +158,22 @@ class RandomCNN(nn.Module):
             trans = spec.transitions[gi - 1] if gi > 0 else None
             if trans is not None and trans.kind in ("max", "avg"):
                 layers.append(nn.MaxPool2d(2) if trans.kind == "max" else nn.AvgPool2d(2))
+            elif trans is not None and trans.kind == "blur":
+                layers.append(BlurDown(cin))
             for ui, unit in enumerate(group):
                 stride = 2 if trans is not None and trans.kind == "conv" and ui == 0 else 1
                 if gi == 0 and ui == 0 and spec.stem_stride:
                     stride = 2
-                if unit.kind == "residual":
+                if unit.kind in UNITS:
                     layers.append(
-                        ResidualUnit(cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
+                        UNITS[unit.kind](cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
                     )
                 else:
-                    layers.append(
-                        conv_unit(cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
-                    )
+                    layers.append(conv_unit(cin, unit.width, unit.kernel, stride, spec.norm,
+                                            spec.act, spec.norm_kind))  # fmt: skip
                 cin = unit.width
+                if gi == 0 and ui == 0 and spec.stem_stride and spec.double_stem:
+                    layers.append(conv_unit(cin, cin, 3, 2, spec.norm, spec.act, spec.norm_kind))
         self.body = nn.Sequential(*layers)
         if spec.head == "conv1x1":
             self.head = nn.Sequential(
@@ -130,9 +189,11 @@ class RandomCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def units(*, widths=None, kernels=None, residual: bool = True):
-    """Plain (conv-norm-act) or residual units with random widths (2-24) and kernels (1, 3, 5)."""
-    kinds = st.sampled_from(["plain", "residual"]) if residual else st.just("plain")
+def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = True):
+    """Plain (conv-norm-act), residual, layer-scale residual and partial-conv units with random
+    widths (2-24) and kernels (1, 3, 5)."""
+    kinds = ["plain", "residual", *(["layer_scale", "partial"] if modern else [])]
+    kinds = st.sampled_from(kinds) if residual else st.just("plain")
     widths = widths if widths is not None else st.integers(2, 24)
     kernels = kernels if kernels is not None else st.sampled_from([1, 3, 5])
     return st.builds(UnitSpec, kind=kinds, width=widths, kernel=kernels)
@@ -142,23 +203,26 @@ def groups(*, max_units: int = 3, residual: bool = True):
     return st.lists(units(residual=residual), min_size=1, max_size=max_units).map(tuple)
 
 
-def transitions():
-    return st.builds(TransitionSpec, kind=st.sampled_from(["max", "avg", "conv"]))
+def transitions(*, modern: bool = True):
+    kinds = ["max", "avg", "conv", *(["blur"] if modern else [])]
+    return st.builds(TransitionSpec, kind=st.sampled_from(kinds))
 
 
 @st.composite
 def bottom_up_cnns(
     draw, *, max_transitions: int = 4, max_units: int = 3, residual: bool = True
 ) -> CNNSpec:
-    """Random bottom-up CNNs: 1-4 transitions (max/avg pooling or strided convs), plain and
-    residual units with kernels 1/3/5 and random widths, with/without BN, ReLU/SiLU, and a
-    GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
+    """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
+    pools), plain, residual, layer-scale and partial-conv units with kernels 1/3/5 and random
+    widths, a stem of one or two strided convs, with/without BatchNorm or GroupNorm, ReLU/SiLU,
+    and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
     n_trans = draw(st.integers(1, max_transitions))
     gs = tuple(draw(groups(max_units=max_units, residual=residual)) for _ in range(n_trans + 1))
     ts = tuple(draw(transitions()) for _ in range(n_trans))
     in_chans = draw(st.sampled_from([1, 3]))
     stem_stride = draw(st.booleans())
-    factor = 2 ** (n_trans + stem_stride)
+    double_stem = stem_stride and draw(st.booleans())
+    factor = 2 ** (n_trans + stem_stride + double_stem)
     h = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
     w = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
     return CNNSpec(
@@ -171,4 +235,6 @@ def bottom_up_cnns(
         head=draw(st.sampled_from(["gap_linear", "conv1x1"])),
         num_classes=draw(st.integers(2, 10)),
         input_size=(in_chans, h, w),
+        double_stem=double_stem,
+        norm_kind=draw(st.sampled_from(["batch", "group"])),
     )
