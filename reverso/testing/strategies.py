@@ -22,7 +22,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class UnitSpec:
-    kind: str  # "plain" | "residual" | "layer_scale" (residual, per-channel gain) | "partial"
+    kind: str  # "plain" | "residual" | "layer_scale" (residual, gain) | "partial" | "shuffle"
     width: int
     kernel: int
 
@@ -146,7 +146,30 @@ class BlurDown(nn.Module):
         return nn.functional.conv2d(x, self.filt, stride=2, groups=x.shape[1])
 
 
-UNITS = {"residual": ResidualUnit, "layer_scale": LayerScaleUnit, "partial": PartialUnit}
+class ShuffleUnit(nn.Module):
+    """ShuffleNet's pattern: a grouped 1x1 conv (2 groups), a channel shuffle through a 5D view,
+    then a conv unit."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__()
+        even = cin + cin % 2
+        self.widen = nn.Conv2d(cin, even, 1)
+        self.grouped = nn.Conv2d(even, even, 1, groups=2)
+        self.out = conv_unit(even, cout, k, stride, norm, act)
+
+    def forward(self, x):
+        x = self.grouped(self.widen(x))
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.out(x)
+
+
+UNITS = {
+    "residual": ResidualUnit,
+    "layer_scale": LayerScaleUnit,
+    "partial": PartialUnit,
+    "shuffle": ShuffleUnit,
+}
 
 
 class RandomCNN(nn.Module):
@@ -192,7 +215,7 @@ class RandomCNN(nn.Module):
 def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = True):
     """Plain (conv-norm-act), residual, layer-scale residual and partial-conv units with random
     widths (2-24) and kernels (1, 3, 5)."""
-    kinds = ["plain", "residual", *(["layer_scale", "partial"] if modern else [])]
+    kinds = ["plain", "residual", *(["layer_scale", "partial", "shuffle"] if modern else [])]
     kinds = st.sampled_from(kinds) if residual else st.just("plain")
     widths = widths if widths is not None else st.integers(2, 24)
     kernels = kernels if kernels is not None else st.sampled_from([1, 3, 5])
@@ -213,7 +236,7 @@ def bottom_up_cnns(
     draw, *, max_transitions: int = 4, max_units: int = 3, residual: bool = True
 ) -> CNNSpec:
     """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
-    pools), plain, residual, layer-scale and partial-conv units with kernels 1/3/5 and random
+    pools), plain, residual, layer-scale, partial-conv and channel-shuffle units with kernels 1/3/5 and random
     widths, a stem of one or two strided convs, with/without BatchNorm or GroupNorm, ReLU/SiLU,
     and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
     n_trans = draw(st.integers(1, max_transitions))
