@@ -153,6 +153,10 @@ REFUSAL_REASONS = (
     ("single input and output", "units that read each other's values",
      "a limitation: such units cannot be reordered yet"),
     ("groups=", "grouped convs at the image's width", "right: 3 image channels cannot be grouped"),
+    ("does not know how to rebuild", "a leaf layer without a width rule",
+     "a limitation: the layer needs a width rule (reverso.register_width_rule)"),
+    ("failed on an input of size", "the model itself fails at this size",
+     "right at this size: the message names the size that works, if any"),
 )  # fmt: skip
 
 
