@@ -70,7 +70,9 @@ class FilterArrangement(Pass):
         width = ctx.plan.uni_width
         body = set(ctx.report.body)
         for n in gm.graph.nodes:
-            if ir.unit_of(n) in body and ir.is_conv(gm, n) and not ir.is_global(n):
+            if ir.unit_of(n) not in body or not ir.is_conv(gm, n) or ir.is_global(n):
+                continue
+            if width_defining(gm, n):  # depthwise convs follow their input (after the repair)
                 out = gm.get_submodule(n.target).out_channels
                 if out != width:
                     raise AssertionError(

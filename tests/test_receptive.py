@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from golden_models import LeNetFC, ResNet32
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from torch import nn
 
 import reverso
@@ -140,6 +140,9 @@ def test_gradients_stay_inside_the_exact_receptive_field_of_top_down_nets(upsamp
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bottom_up_cnns(max_transitions=3))
 def test_gradients_stay_inside_the_exact_receptive_field(spec):
+    # GroupNorm's statistics span the whole map, so its gradients reach every pixel: the
+    # receptive field (the convs' and pools' geometry) bounds them only for per-pixel norms
+    assume(not (spec.norm and spec.norm_kind == "group"))
     model = spec.build()
     check_erf_within_receptive_field(model, spec.input_size)
     try:

@@ -84,4 +84,24 @@ def window_of(gm: fx.GraphModule, node: fx.Node) -> Window | None:
             bool(bound.get("ceil_mode", False)),
             bool(bound.get("count_include_pad", True)),
         )
+    if node.op == "call_function" and node.target is F.conv2d:
+        return _conv2d_window(node)
     return module_window(gm.get_submodule(node.target)) if node.op == "call_module" else None
+
+
+def _conv2d_window(node: fx.Node) -> Window | None:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``: the kernel from the
+    weight's shape (known once shapes were propagated)."""
+    names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+    bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    weight = bound["weight"].meta.get("val") if isinstance(bound["weight"], fx.Node) else None
+    if not isinstance(weight, torch.Tensor):
+        return None
+    padding = bound.get("padding", 0)
+    return Window(
+        "conv",
+        pair(tuple(weight.shape[-2:])),
+        pair(bound.get("stride", 1)),
+        padding if isinstance(padding, str) else pair(padding),
+        pair(bound.get("dilation", 1)),
+    )

@@ -24,6 +24,7 @@ import math
 import operator
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -130,7 +131,14 @@ def _walk(gm: fx.GraphModule, inputs: dict[str, RF], rule: str) -> RFReport:
 
 
 def _inputs(n: fx.Node, rfs) -> list[RF]:
-    return [rfs[a] for a in n.all_input_nodes if isinstance(rfs.get(a), RF) and a.op != "get_attr"]
+    """The receptive fields of the node's data inputs (values computed from the model's own
+    parameters alone, such as a reshaped layer-scale gain, see no pixel)."""
+    constant = set(ir.fixed_inputs(n))
+    return [
+        rfs[a]
+        for a in n.all_input_nodes
+        if isinstance(rfs.get(a), RF) and a.op != "get_attr" and a not in constant
+    ]
 
 
 def _node_rf(gm: fx.GraphModule, n: fx.Node, rfs, exact: bool) -> tuple[str, RF | tuple]:
@@ -152,14 +160,16 @@ def _node_rf(gm: fx.GraphModule, n: fx.Node, rfs, exact: bool) -> tuple[str, RF 
     if n.op == "call_function":
         window = ir.window_of(gm, n)
         if window is not None:
-            return "pool", base.through(window.extent, window.step)
+            kind = "pool" if window.kind != "conv" else f"conv {window.extent}x{window.extent}"
+            return kind, base.through(window.extent, window.step)
         if n.target is F.interpolate:
             return "upsample", _interpolated(n, base, exact)
         if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return "global", GLOBAL
     source = ir.feature_input(n)
-    if source is not None and not is_feature_map(n) and n.meta.get("val") is not None:
-        return "global", GLOBAL  # flatten, a spatial mean: every input pixel counts
+    if source is not None and not is_feature_map(n) and isinstance(n.meta.get("val"), torch.Tensor):
+        return "global", GLOBAL  # flatten, a spatial mean: every input pixel counts (a split
+    # of a map into a tuple of maps is no such value)
     return ("join" if len(ins) > 1 else "pointwise"), base
 
 

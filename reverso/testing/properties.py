@@ -17,7 +17,7 @@ from reverso.convert.network import TopDownNet
 from reverso.convert.topdown import topdown
 from reverso.errors import ReversoError
 from reverso.ir.modes import evaluating, keeping_modes
-from reverso.ir.shapes import spatial
+from reverso.ir.shapes import level_of, spatial
 from reverso.nn import Merge
 
 
@@ -75,17 +75,18 @@ def check_coarse_entry(td: TopDownNet) -> None:
 
 
 def check_resolution_never_decreases(td: TopDownNet) -> None:
-    """Along the top-down main path the feature maps never get coarser."""
+    """Along the top-down main path the feature maps never get coarser: their level
+    (log2 of the input size over theirs, rounded) never rises. A pad, or an unpadded conv that
+    trims a few pixels, keeps the level."""
     chain = _main_path(td.features)
-    sizes = [
-        (n.name, spatial(n))
+    full = spatial(next(n for n in td.features.graph.nodes if n.op == "placeholder"))
+    levels = [
+        (n.name, spatial(n), level_of(spatial(n), full))
         for n in chain
         if n.op != "placeholder" and spatial(n) is not None and ir.role_of(n) is not ir.Role.PYRAMID
     ]
-    for (a, sa), (b, sb) in itertools.pairwise(sizes):
-        assert sb[0] >= sa[0] and sb[1] >= sa[1], (
-            f"resolution decreases from '{a}' {sa} to '{b}' {sb}"
-        )
+    for (a, sa, la), (b, sb, lb) in itertools.pairwise(levels):
+        assert lb <= la, f"resolution decreases from '{a}' {sa} to '{b}' {sb}"
 
 
 def check_one_merge_per_transition(td: TopDownNet) -> None:
