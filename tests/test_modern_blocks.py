@@ -10,14 +10,16 @@ import reverso
 
 
 class ShapeSplit(nn.Module):
-    """A block that computes its split sizes and a scale from the input's shape."""
+    """A block that computes its split sizes (a ``parts``-th of the channels) and a scale from
+    the input's shape."""
 
-    def __init__(self, c):
+    def __init__(self, c, parts=2):
         super().__init__()
-        self.conv = nn.Conv2d(c // 2, c // 2, 3, padding=1)
+        self.parts = parts
+        self.conv = nn.Conv2d(c // parts, c // parts, 3, padding=1)
 
     def forward(self, x):
-        k = x.shape[1] // 2
+        k = x.shape[1] // self.parts
         a, b = torch.split(x, [k, x.shape[1] - k], dim=1)
         h, w = x.size(2), x.size(3)
         return torch.cat([self.conv(a) * (h * w) / (h * w), b], 1)
@@ -88,20 +90,13 @@ def test_a_stem_of_two_strided_convs_becomes_two_transitions():
 
 
 def test_a_layer_left_without_channels_is_refused_by_name():
-    class QuarterSplit(nn.Module):  # convolves a quarter of its input: 3 // 4 = 0 of the image's
-        def __init__(self, c):
-            super().__init__()
-            self.conv = nn.Conv2d(c // 4, c // 4, 3, padding=1)
-
-        def forward(self, x):
-            k = x.shape[1] // 4
-            a, b = torch.split(x, [k, x.shape[1] - k], dim=1)
-            return torch.cat([self.conv(a), b], 1)
+    def quarter(c):  # convolves a quarter of its input: 3 // 4 = 0 of the image's channels
+        return ShapeSplit(c, parts=4)
 
     # no residual joins, so the last group comes first and reads the image
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), QuarterSplit(16), nn.MaxPool2d(2), QuarterSplit(16),
-        nn.MaxPool2d(2), QuarterSplit(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(3, 16, 3, padding=1), quarter(16), nn.MaxPool2d(2), quarter(16),
+        nn.MaxPool2d(2), quarter(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
     )  # fmt: skip
     with pytest.raises(reverso.WidthError, match="receives no channels") as info:
         reverso.topdown(model, input_size=(3, 32, 32))
