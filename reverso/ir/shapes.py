@@ -214,9 +214,14 @@ class ShapeProp(fx.Interpreter):
         rule = FUNCTION_RULES.get(target)
         if rule is not None and _plain(args, kwargs):
             return rule(*args, **kwargs)
-        return super().call_function(target, args, kwargs)
+        # a tensor the graph creates (torch.arange(n), torch.ones(k)) lives on the CPU: move it
+        # to the meta device, where every other value of the propagation lives
+        result = super().call_function(target, args, kwargs)
+        return torch.utils._pytree.tree_map(_to_meta, result)
 
     def call_method(self, target, args, kwargs):
+        if target in ("to", "cpu", "cuda") and isinstance(args[0], torch.Tensor):
+            return _meta_to(args[0], *args[1:], **kwargs)  # shapes stay on the meta device
         rule = METHOD_RULES.get(target)
         if rule is not None and _plain(args, kwargs):
             return rule(*args, **kwargs)
@@ -232,6 +237,17 @@ class ShapeProp(fx.Interpreter):
         if clone is None:
             clone = cls._clones[module] = meta_clone(module)
         return clone
+
+
+def _meta_to(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``x.to(...)`` on the meta device: the dtype it asks for, never another device."""
+    dtype = kwargs.get("dtype")
+    for a in args:
+        if isinstance(a, torch.dtype):
+            dtype = a
+        elif isinstance(a, torch.Tensor):
+            dtype = a.dtype
+    return _to_meta(x).to(dtype=dtype or x.dtype)
 
 
 def _check_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> None:
