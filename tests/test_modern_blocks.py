@@ -215,3 +215,16 @@ def test_a_fixed_size_position_embedding_is_refused_by_name():
     )  # fmt: skip
     with pytest.raises(reverso.UnsupportedTopologyError, match="fixed to the model's resolution"):
         reverso.topdown(model, input_size=(3, 32, 32))
+
+
+def test_tensors_the_graph_creates_propagate_with_the_rest():
+    class Coords(nn.Module):  # adds a ramp built from the input's width (a coordinate channel)
+        def forward(self, x):
+            return x + torch.arange(x.shape[-1]).to(x.dtype) / x.shape[-1]
+
+    model = nn.Sequential(
+        conv(3, 16), Coords(), conv(16, 32, 2), Coords(), conv(32, 32, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
