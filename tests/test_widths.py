@@ -226,3 +226,30 @@ def test_the_dry_run_of_width_repair_changes_nothing():
     assert dict(gm.named_modules()) == modules and gm.code == code  # nothing rebuilt or inserted
     assert gm.get_submodule("1.conv").in_channels == 8  # still the old layer...
     assert ir.channels(named["cat"]) == 6 + 4  # ...but the shapes are those after the repair
+
+
+class Gain(nn.Module):
+    """A per-channel scale and shift that nobody registered, kept whole as a leaf."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((c,), 2.0))
+        self.bias = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def test_an_unregistered_per_channel_layer_is_rebuilt_without_a_rule():
+    def conv(cin, cout, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), Gain(cout), nn.ReLU())
+
+    model = nn.Sequential(
+        conv(3, 16), conv(16, 32, 2), conv(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    td = reverso.topdown(model, input_size=(3, 32, 32), arrangement=24, leaf_modules=[Gain])
+    gains = [m for m in td.modules() if isinstance(m, Gain)]
+    assert gains and all(g.weight.shape == (24,) and torch.all(g.weight == 2.0) for g in gains)
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert REGISTRY.lookup(nn.PReLU()) is None  # one shared slope: no width to change

@@ -56,7 +56,7 @@ class WidthRegistry:
             rule = self._rules.get(cls)
             if rule is not None:
                 return rule
-        return None
+        return per_channel_rule(module)
 
     def leaf_types(self) -> tuple[type, ...]:
         return tuple(self._rules)
@@ -75,6 +75,51 @@ class WidthRegistry:
         new = rule.rebuild(module, int(in_width), int(out_width))
         return placed_like(new, module)
 
+
+def _per_channel_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Its parameters and saved buffers (fixed filters, non-persistent, are no channels);
+    none at all for a layer that learns nothing."""
+    params = list(module.parameters())
+    saved = [
+        b
+        for m in module.modules()
+        for name, b in m._buffers.items()
+        if b is not None and b.dim() > 0 and name not in m._non_persistent_buffers_set
+    ]
+    return [*params, *saved] if params else []
+
+
+def per_channel_rule(module: nn.Module) -> WidthRule | None:
+    """The rule of a layer nobody registered whose parameters and buffers are all vectors of one
+    length C > 1 (a scale, a bias, running statistics): it keeps its width, and a rebuild gives
+    every vector the new width, each starting at its mean. None for any other layer."""
+    tensors = _per_channel_tensors(module)
+    sizes = {t.numel() for t in tensors}
+    if not tensors or any(t.dim() != 1 for t in tensors) or len(sizes) != 1 or sizes == {1}:
+        return None
+    return _PER_CHANNEL
+
+
+def _rebuild_per_channel(module: nn.Module, width: int, _: int = 0) -> nn.Module:
+    new = copy.deepcopy(module)
+    for m in new.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in list(table.items()):
+                if t is None or t.dim() != 1 or name in m._non_persistent_buffers_set:
+                    continue
+                fresh = t.detach().float().mean().to(t.dtype).expand(width).clone()
+                table[name] = (
+                    nn.Parameter(fresh, t.requires_grad) if isinstance(t, nn.Parameter) else fresh
+                )
+    return new
+
+
+_PER_CHANNEL = WidthRule(
+    lambda m: _per_channel_tensors(m)[0].numel(),
+    lambda m: _per_channel_tensors(m)[0].numel(),
+    _rebuild_per_channel,
+    preserves_width=lambda m: True,
+)
 
 REGISTRY = WidthRegistry()
 
