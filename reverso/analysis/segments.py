@@ -8,7 +8,7 @@ The head starts at the first main-path node that is no longer a scaling feature 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
@@ -25,10 +25,16 @@ class Segments:
     index: dict[fx.Node, int | None]  # segment of every node (None: dead code)
     dataflow: set[fx.Node]  # nodes data flows through from the input
     head_start: int  # index in ``chain`` of the first node of the head
+    members: dict[int, list[fx.Node]] = field(default_factory=dict)  # segment -> its nodes
+
+    def __post_init__(self):
+        for n, s in self.index.items():  # graph order
+            if s is not None and n.op != "output":
+                self.members.setdefault(s, []).append(n)
 
     def nodes(self, s: int) -> list[fx.Node]:
         """The nodes of segment ``s`` in graph order (the output node excluded)."""
-        return [n for n, i in self.index.items() if i == s and n.op != "output"]
+        return self.members.get(s, [])
 
     def is_block(self, nodes: list[fx.Node]) -> bool:
         """More than one node carries data: a multi-branch block."""

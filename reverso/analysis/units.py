@@ -36,6 +36,7 @@ class _Builder:
 
     def __init__(self, gm: fx.GraphModule, segments: Segments, strided, preact: bool, blocks):
         self.gm, self.segments, self.strided = gm, segments, strided
+        self.strided_names = {n.name for n in strided}
         self.preact, self.blocks = preact, blocks
         self.units: list[Unit] = []
         self.owners: list[str | None] = []  # the block module each unit lies in
@@ -93,8 +94,7 @@ class _Builder:
             self.pending += nodes  # attaches forward: the next unit's entry stays where it is
 
     def _strided(self, unit: Unit) -> bool:
-        named = {n.name for n in self.strided}
-        return any(name in named for name in unit.nodes)
+        return any(name in self.strided_names for name in unit.nodes)
 
     def _attaches_backward(self, previous: Unit) -> bool:
         """Norms/activations after a layer or pool close it (conv-norm-act); after a residual
@@ -129,9 +129,10 @@ def build_units(gm, probe: Probe, segments: Segments, levels, strided) -> tuple[
             "the model has no convolutional body before its head (the first node, "
             f"{describe(gm, segments.chain[1])}, already leaves feature-map form)"
         )
+    named = by_name(gm)
     for i, u in enumerate(units):
         u.index = i
-        _measure(gm, u, levels, strided)
+        _measure(gm, named, u, levels, strided)
     return units, preact
 
 
@@ -149,10 +150,9 @@ def _move_fc_classifier(gm, units: list[Unit], head: Unit, num_classes: int) -> 
     return units
 
 
-def _measure(gm: fx.GraphModule, u: Unit, levels, strided) -> None:
+def _measure(gm: fx.GraphModule, named, u: Unit, levels, strided) -> None:
     """Levels, widths, size, strided nodes and parameters of a unit; refuses units that
     upsample, downsample twice in sequence, or downsample inside reshaped tensors."""
-    named = by_name(gm)
     nodes, entry, exit_ = [named[n] for n in u.nodes], named[u.entry], named[u.exit]
     u.in_level, u.in_width = levels.get(entry, 0), channels(entry) or 0
     if u.kind == "head":

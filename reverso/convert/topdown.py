@@ -31,7 +31,7 @@ from reverso.compiler.pipeline import Pipeline
 from reverso.convert.network import TopDownNet, emit
 from reverso.errors import OptionError, PassError, UnsupportedTopologyError
 from reverso.frontend.provenance import SourceModel, qualified_name, source_of
-from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import mark_shapes_current
 from reverso.passes import NJet, default_pipeline
@@ -134,10 +134,8 @@ def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
     ref = next(net.parameters(), None)
     if ref is not None and ref.device.type == "meta":
         return
-    meta = ctx.example_input()
-    x = torch.rand(
-        (1, *meta.shape[1:]), dtype=meta.dtype, device=ref.device if ref is not None else None
-    )
+    device = ref.device if ref is not None else None
+    x = torch.rand((1, *ctx.input_size), dtype=model_dtype(ctx.model), device=device)
     try:
         with evaluating(net), torch.no_grad():
             net(x)

@@ -103,11 +103,13 @@ def has_ancestor_in(node: fx.Node, candidates: set[fx.Node], inside: set[fx.Node
     return bool(reachable(node.all_input_nodes, inputs, inside) & candidates)
 
 
-def fixed_inputs(node: fx.Node) -> list[fx.Node]:
+def fixed_inputs(node: fx.Node, memo: dict | None = None) -> list[fx.Node]:
     """The tensor inputs of ``node`` computed from the model's own parameters and buffers alone
-    (no path from a placeholder), when the node also reads data: a position embedding, a bias."""
+    (no path from a placeholder), when the node also reads data: a position embedding, a bias.
+    A caller walking a whole graph passes one ``memo`` for every node."""
+    memo = {} if memo is None else memo
     tensors = [a for a in node.all_input_nodes if carries_tensor(a)]
-    fixed = [a for a in tensors if not _reads_data(a, {})]
+    fixed = [a for a in tensors if not _reads_data(a, memo)]
     return fixed if fixed and len(fixed) < len(tensors) else []
 
 

@@ -117,23 +117,24 @@ def receptive_fields(
 def _walk(gm: fx.GraphModule, inputs: dict[str, RF], rule: str) -> RFReport:
     rfs: dict[fx.Node, RF | tuple] = {}
     rows: dict[str, tuple[str, RF]] = {}
+    reads_data: dict = {}  # shared by every node's look for parameter-only inputs
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             rfs[n] = inputs.get(n.name, INPUT)
             continue
         if n.op == "output":
             continue
-        kind, rf = _node_rf(gm, n, rfs, rule == "exact")
+        kind, rf = _node_rf(gm, n, rfs, rule == "exact", reads_data)
         rfs[n] = rf
         if isinstance(rf, RF):
             rows[n.name] = (kind, rf)
     return RFReport(rows)
 
 
-def _inputs(n: fx.Node, rfs) -> list[RF]:
+def _inputs(n: fx.Node, rfs, reads_data: dict) -> list[RF]:
     """The receptive fields of the node's data inputs (values computed from the model's own
     parameters alone, such as a reshaped layer-scale gain, see no pixel)."""
-    constant = set(ir.fixed_inputs(n))
+    constant = set(ir.fixed_inputs(n, reads_data))
     return [
         rfs[a]
         for a in n.all_input_nodes
@@ -141,8 +142,10 @@ def _inputs(n: fx.Node, rfs) -> list[RF]:
     ]
 
 
-def _node_rf(gm: fx.GraphModule, n: fx.Node, rfs, exact: bool) -> tuple[str, RF | tuple]:
-    ins = _inputs(n, rfs)
+def _node_rf(
+    gm: fx.GraphModule, n: fx.Node, rfs, exact: bool, reads_data: dict
+) -> tuple[str, RF | tuple]:
+    ins = _inputs(n, rfs, reads_data)
     if n.op == "get_attr":
         return "parameter", RF(0.0, 0.0, 1.0)
     if (
