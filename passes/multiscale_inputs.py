@@ -48,7 +48,7 @@ class MultiscaleInputs(Pass):
             if slot.kind == "transition":
                 (up,) = ir.nodes_with_role(gm, ir.Role.UPSAMPLE, transition=index)
                 low = up.args[0]
-                c_low, c_r = channels(low), self.next_width(gm, plan, index, channels(low))
+                c_low, c_r = channels(low), self.next_width(gm, ctx, index, channels(low))
                 merge = self.merge(
                     ctx,
                     factory,
@@ -80,10 +80,12 @@ class MultiscaleInputs(Pass):
         gm.delete_all_unused_submodules()
         return PassResult(gm, True)
 
-    def next_width(self, gm: fx.GraphModule, plan, index: int, default: int) -> int:
-        """Width of the group a standalone merge feeds (its first unit's output width)."""
-        if index + 1 < len(plan.slots) and plan.slots[index + 1].kind == "group":
-            return channels(unit_view(gm, plan.slots[index + 1].units[0]).exit)
+    def next_width(self, gm: fx.GraphModule, ctx, index: int, default: int) -> int:
+        """Width of the group a standalone merge feeds (the width its first unit opens with)."""
+        slots = ctx.plan.slots
+        if index + 1 < len(slots) and slots[index + 1].kind == "group":
+            unit = slots[index + 1].units[0]
+            return ctx.opening_width(unit, channels(unit_view(gm, unit).exit))
         return default
 
     def merge(

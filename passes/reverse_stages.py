@@ -40,7 +40,8 @@ class ReverseStages(Pass):
         first_group = next((s for s in plan.slots if s.kind == "group"), None)
         if not plan.stem or first_group is None:
             return
-        width = channels(unit_view(gm, first_group.units[0]).exit)
+        unit = first_group.units[0]
+        width = ctx.opening_width(unit, channels(unit_view(gm, unit).exit))
         stem = set(plan.stem)
         last = None
         for n in gm.graph.nodes:

@@ -228,3 +228,52 @@ def test_tensors_the_graph_creates_propagate_with_the_rest():
     )  # fmt: skip
     td = reverso.topdown(model, input_size=(3, 32, 32))
     assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+class DenseBlock(nn.Module):
+    """Each layer reads the concatenation of everything before it (DenseNet)."""
+
+    def __init__(self, c, growth=4, layers=2):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(
+                nn.BatchNorm2d(c + i * growth),
+                nn.ReLU(),
+                nn.Conv2d(c + i * growth, growth, 3, padding=1),
+            )
+            for i in range(layers)
+        )
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+
+def test_dense_blocks_keep_their_own_input_width():
+    """A dense block's output grows from its input, so the group's own width is what it reads:
+    the stem and each merge deliver the block's bottom-up input width, and the top-down net is
+    about as large as the bottom-up one (not inflated by every earlier block's growth)."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        DenseBlock(16),  # 16 -> 24
+        nn.Conv2d(24, 12, 1),
+        nn.AvgPool2d(2),
+        DenseBlock(12),  # 12 -> 20
+        nn.Conv2d(20, 10, 1),
+        nn.AvgPool2d(2),
+        DenseBlock(10),  # 10 -> 18
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(18, 5),
+    )
+    report = reverso.analyze(net, input_size=(3, 16, 16))
+    blocks = [u for u in report.units if u.kind == "block"]
+    assert [(u.grows, u.own_width) for u in blocks] == [(True, 16), (True, 12), (True, 10)]
+    td = reverso.topdown(net, input_size=(3, 16, 16))
+    first_convs = {n: m.in_channels for n, m in td.named_modules() if n.endswith("layers.0.2")}
+    assert sorted(first_convs.values()) == [10, 12, 16]  # each block reads its own BU width
+    bu_params = sum(p.numel() for p in net.parameters())
+    assert sum(p.numel() for p in td.parameters()) < 4 * bu_params
+    td(torch.randn(2, 3, 16, 16)).sum().backward()

@@ -24,6 +24,7 @@ class Unit:
     out_width: int = 0
     out_size: tuple[int, int] = (0, 0)
     residual: bool = False
+    grows: bool = False  # its output concatenates its input (a dense block): width in + k
     strided: dict[str, int] = field(default_factory=dict)  # node -> downsampling factor
     params: int = 0
     role: str = ""  # "stem", "G1", "T1", "head", ... (set once groups are known)
@@ -31,6 +32,11 @@ class Unit:
     @property
     def factor(self) -> int:
         return 2 ** (self.out_level - self.in_level)
+
+    @property
+    def own_width(self) -> int:
+        """The width that defines the unit: what it reads if it grows, else what it outputs."""
+        return self.in_width if self.grows else self.out_width
 
     @property
     def is_transition(self) -> bool:

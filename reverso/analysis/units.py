@@ -22,12 +22,13 @@ from reverso.ir import (
     conv_kernel,
     descendants_within,
     describe,
+    is_cat,
     is_conv,
     is_pointwise,
     is_pool,
     module_of,
 )
-from reverso.ir.shapes import channels, spatial
+from reverso.ir.shapes import channels, is_feature_map, spatial
 from reverso.rewrite.widths import width_defining
 
 
@@ -161,6 +162,7 @@ def _measure(gm: fx.GraphModule, named, u: Unit, levels, strided) -> None:
         u.out_level, u.out_width, u.out_size = levels[exit_], channels(exit_), spatial(exit_)
     u.strided = {n.name: strided[n] for n in nodes if n in strided}
     u.params = _params_of(gm, nodes)
+    u.grows = u.kind != "head" and _grows(gm, set(nodes), entry, exit_)
     if u.kind == "head":
         return
     if u.is_transition and not u.strided:
@@ -172,6 +174,23 @@ def _measure(gm: fx.GraphModule, named, u: Unit, levels, strided) -> None:
     _check_single_transition(gm, u, nodes, strided)
     if u.out_level < u.in_level:
         raise UnsupportedTopologyError(f"unit ending at '{u.exit}' upsamples; cannot reverse it")
+
+
+def _grows(gm: fx.GraphModule, nodes: set[fx.Node], entry: fx.Node, exit_: fx.Node) -> bool:
+    """Whether the unit's output concatenates its input along channels (a dense block), so that
+    its output width follows its input width: walking back from the exit through layers that do
+    not set a width, a channel concatenation reads the entry."""
+    stack, seen = [exit_], set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in nodes or width_defining(gm, n):
+            continue
+        seen.add(n)
+        if is_cat(n) and n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0) in (1, -3):
+            if entry in n.all_input_nodes:
+                return True
+        stack.extend(a for a in n.all_input_nodes if is_feature_map(a))
+    return False
 
 
 def _check_single_transition(gm, u: Unit, nodes: list[fx.Node], strided) -> None:

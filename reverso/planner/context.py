@@ -52,6 +52,15 @@ class CompileContext(Context):
             self._bu_nodes = ir.by_name(self.bu)
         return self._bu_nodes[name]
 
+    def opening_width(self, unit: int, exit_width: int) -> int:
+        """The width a group opening with bottom-up unit ``unit`` must receive (spec section 3,
+        "every group keeps its own widths"): the unit's output width (``exit_width``, as the
+        graph has it now), or for a unit that grows from its input (a dense block) the width it
+        reads in the bottom-up net, or the ``uni`` width."""
+        if not self.report.units[unit].grows:
+            return exit_width
+        return self.plan.uni_width or self.report.units[unit].in_width
+
     _bu_nodes: dict[str, fx.Node] | None = field(default=None, init=False, repr=False)
 
 
