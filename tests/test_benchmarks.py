@@ -14,7 +14,9 @@ def test_conversion_benchmark_runs():
 def test_conversion_memory_is_reported_beside_the_parameter_bytes():
     (row,) = load_script("benchmarks", "conversion").main(["--memory", "resnet18", "--size", "64"])
     assert row["outcome"] == "converts" and row["param_mb"] > 100  # 11M + 20M float32 parameters
-    assert row["peak_mb"] > 0 and row["ratio"] > 0  # the target (a small multiple) is the script's to report
+    assert (
+        row["peak_mb"] > 0 and row["ratio"] > 0
+    )  # the target (a small multiple) is the script's to report
 
 
 def test_hand_written_td_resnet32_is_the_emitted_network():

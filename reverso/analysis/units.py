@@ -186,9 +186,9 @@ def _grows(gm: fx.GraphModule, nodes: set[fx.Node], entry: fx.Node, exit_: fx.No
         if n in seen or n not in nodes or width_defining(gm, n):
             continue
         seen.add(n)
-        if is_cat(n) and n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0) in (1, -3):
-            if entry in n.all_input_nodes:
-                return True
+        dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0) if is_cat(n) else None
+        if dim in (1, -3) and entry in n.all_input_nodes:
+            return True
         stack.extend(a for a in n.all_input_nodes if is_feature_map(a))
     return False
 
