@@ -46,8 +46,16 @@ parameters are the bottom-up and top-down networks' float32 bytes.
 """
 
 #: one timm model per failure class the catalogue sweep found, converted in the default test run:
-#: arithmetic on sizes, constant channel splits, a stem of two strided convs, unpadded convs
-REPRESENTATIVE = ("edgenext_xx_small", "fasternet_t0", "hgnetv2_b0", "inception_v3")
+#: arithmetic on sizes, constant channel splits, a stem of two strided convs, unpadded convs, a
+#: body that ends in channels-last blocks, dense blocks
+REPRESENTATIVE = (
+    "edgenext_xx_small",
+    "fasternet_t0",
+    "hgnetv2_b0",
+    "inception_v3",
+    "test_mambaout",
+    "densenet121",
+)
 
 #: timm models whose topology cannot be reversed (they must be refused with a clear message)
 UNSUPPORTED = ("hrnet_w18_small", "vit_tiny_patch16_224")
@@ -136,6 +144,12 @@ def support_table(results: list[SupportResult]) -> str:
 REFUSAL_REASONS = (
     ("only downsampling is its first layer", "a patch embedding is the only downsampling",
      "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
+    ("downsamples only in its first layers", "a patch embedding is the only downsampling",
+     "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
+    ("still grow with the input, after the body's last feature map",
+     "layers on tokens or reshaped maps after the last feature map",
+     "a limitation: reverso places layers on NCHW feature maps (and on channels-last maps "
+     "that end the body)"),
     ("no spatial downsampling", "no downsampling at all", "right: nothing to reverse"),
     ("no convolutional body", "no feature maps before the head", "right: nothing to reverse"),
     ("across resolutions", "cross-resolution fusion",
@@ -171,11 +185,14 @@ def refusal_reasons(outcomes) -> str:
     """The refusals grouped by reason, each with why it is right (or that it is a limitation)."""
     lines = ["| reason | verdict | models |", "|---|---|---|"]
     rest = [r for r in outcomes if r.outcome == "refused"]
+    rows: dict[tuple[str, str], list[str]] = {}  # patterns of one reason share a row
     for pattern, reason, verdict in REFUSAL_REASONS:
         hits = [r for r in rest if pattern in r.message]
         rest = [r for r in rest if r not in hits]
         if hits:
-            lines.append(f"| {reason} | {verdict} | {', '.join(r.model for r in hits)} |")
+            rows.setdefault((reason, verdict), []).extend(r.model for r in hits)
+    for (reason, verdict), models in rows.items():
+        lines.append(f"| {reason} | {verdict} | {', '.join(models)} |")
     if rest:
         lines.append(f"| other | see the table | {', '.join(r.model for r in rest)} |")
     return "\n".join(lines)

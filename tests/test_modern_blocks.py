@@ -277,3 +277,80 @@ def test_dense_blocks_keep_their_own_input_width():
     bu_params = sum(p.numel() for p in net.parameters())
     assert sum(p.numel() for p in td.parameters()) < 4 * bu_params
     td(torch.randn(2, 3, 16, 16)).sum().backward()
+
+
+class ChannelsLastBlock(nn.Module):
+    """A residual MLP on NHWC maps (MambaOut, ConvNeXt-style): LayerNorm and Linear on the last dim."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
+
+    def forward(self, x):
+        return x + self.fc(self.norm(x))
+
+
+class ChannelsLastNet(nn.Module):
+    """Strided convs on NCHW maps, blocks on NHWC maps; the last stage's blocks stay NHWC and
+    the head pools them directly (no permute back)."""
+
+    def __init__(self, widths=(8, 16, 24)):
+        super().__init__()
+        self.downs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip((3, *widths), widths)
+        )
+        self.blocks = nn.ModuleList(ChannelsLastBlock(c) for c in widths)
+        self.norm = nn.LayerNorm(widths[-1])
+        self.fc = nn.Linear(widths[-1], 5)
+
+    def forward(self, x):
+        for i, (down, block) in enumerate(zip(self.downs, self.blocks)):
+            x = block(down(x).permute(0, 2, 3, 1))
+            if i < len(self.blocks) - 1:
+                x = x.permute(0, 3, 1, 2)
+        return self.fc(self.norm(x.mean((1, 2))))
+
+
+def test_a_body_that_ends_in_channels_last_blocks_keeps_them_in_the_body():
+    net = ChannelsLastNet()
+    report = reverso.analyze(net, input_size=(3, 32, 32))
+    head = report.units[report.head[0]]
+    assert not any("blocks" in n for n in head.nodes)  # the last stage's blocks are body
+    assert report.levels == 3
+    td = reverso.topdown(net, input_size=(3, 32, 32))
+    # the last bottom-up stage runs first, at the coarsest level (4x4), with its own width
+    seen = []
+    for m in td.modules():
+        if isinstance(m, nn.LayerNorm) and type(m) is nn.LayerNorm:
+            m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[1:])))
+    td(torch.randn(1, 3, 32, 32))
+    assert seen[0] == (4, 4, 24) and seen[-2] == (16, 16, 8)  # the last is the head's
+    # merges are built on NCHW maps: their norm is channels-first, not the model's NHWC LayerNorm
+    merge_norms = [m for n, m in td.named_modules() if "merge" in n and "Norm" in type(m).__name__]
+    assert merge_norms and all(type(m).__name__ == "LayerNorm2d" for m in merge_norms)
+    td(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+class TokenTransformer(nn.Module):
+    """A convolutional patch embedding (three strided convs), then layers on tokens (XCiT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.GELU(),
+            nn.Conv2d(16, 16, 3, 2, 1),
+        )
+        self.mix = nn.Linear(16, 16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.fc(self.mix(tokens).mean(1))
+
+
+def test_layers_on_tokens_after_a_patch_embedding_are_refused_as_nothing_to_reverse():
+    with pytest.raises(reverso.NoDownsamplingError, match="patch embedding.*'mix'.*tokens"):
+        reverso.topdown(TokenTransformer(), input_size=(3, 32, 32))

@@ -7,7 +7,7 @@ reshaped maps (channels-last, a channel shuffle's 5D view, tokens) grow elsewher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -25,6 +25,7 @@ class Probe:
     result: fx.Node  # the logits node the output returns
     scaling: set[fx.Node]  # values whose size follows the input size
     maps: set[fx.Node]  # among them, the NCHW feature maps
+    channels_last: set[fx.Node] = field(default_factory=set)  # 4D maps growing in dims 1, 2
 
     @property
     def num_classes(self) -> int:
@@ -51,13 +52,18 @@ def probe(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Probe:
             "the model returns a tuple/dict instead of one logits tensor; wrap it so that "
             "forward returns the class scores only"
         )
-    scaling, maps = scaling_values(gm, input_size)
-    return Probe(images[0], output, result, scaling, maps)
+    scaling, maps, channels_last = _scaling_values(gm, input_size)
+    return Probe(images[0], output, result, scaling, maps, channels_last)
 
 
 def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx.Node]]:
     """Values whose size follows the input size, and among them the NCHW feature maps.
     The nodes' shapes are left as they were."""
+    scaling, maps, _ = _scaling_values(gm, input_size)
+    return scaling, maps
+
+
+def _scaling_values(gm: fx.GraphModule, input_size):
     first = {n: n.meta.get("val") for n in gm.graph.nodes}
     c, h, w = input_size
     try:
@@ -70,7 +76,7 @@ def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx
         for n, v in first.items():
             n.meta["val"] = v
 
-    scaling, maps = set(), set()
+    scaling, maps, channels_last = set(), set(), set()
     for n, a in first.items():
         b = second.get(n) if second is not None else None
         parts = (
@@ -83,7 +89,9 @@ def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx
             scaling.add(n)
             if isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {2, 3}:
                 maps.add(n)
-    return scaling, maps
+            elif isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {1, 2}:
+                channels_last.add(n)
+    return scaling, maps, channels_last
 
 
 def _grown(a, b) -> set[int] | None:
@@ -109,3 +117,23 @@ def _refuse_fixed_size(gm: fx.GraphModule, err: Exception) -> None:
             "input size only; a top-down network runs its layers at other resolutions. Convert a "
             "model whose layers take any input size"
         ) from err
+
+
+def close_channels_last_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -> bool:
+    """A body that ends in channels-last layers (blocks on NHWC maps read by the global pooling,
+    as in MambaOut) gets an NCHW map to end on: the pooling reads ``x.permute(0, 3, 1, 2)``
+    permuted back, so the last channels-last layers form a body unit instead of joining the
+    head. Returns whether the graph changed (probe it again then)."""
+    tail = [a for a in head_start.all_input_nodes if a in probe.channels_last]
+    if len(tail) != 1:
+        return False
+    (last,) = tail
+    with gm.graph.inserting_after(last):
+        nchw = gm.graph.call_method("permute", (last, 0, 3, 1, 2))
+    with gm.graph.inserting_after(nchw):
+        back = gm.graph.call_method("permute", (nchw, 0, 2, 3, 1))
+    nchw.meta["val"] = last.meta["val"].permute(0, 3, 1, 2)
+    back.meta["val"] = last.meta["val"]
+    head_start.replace_input_with(last, back)
+    gm.recompile()
+    return True

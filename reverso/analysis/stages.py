@@ -13,14 +13,24 @@ import torch.fx as fx
 
 from reverso.analysis.probe import Probe
 from reverso.analysis.report import Group, StageReport, Transition, Unit
-from reverso.errors import NoDownsamplingError
-from reverso.ir import by_name, is_activation, is_conv, is_norm, is_spatial_conv, module_of
+from reverso.errors import NoDownsamplingError, UnsupportedTopologyError
+from reverso.ir import (
+    by_name,
+    describe,
+    is_activation,
+    is_conv,
+    is_norm,
+    is_spatial_conv,
+    module_of,
+)
 from reverso.ir.shapes import is_feature_map
+from reverso.rewrite.widths import REGISTRY
 
 
 def build_report(gm, input_size, probe: Probe, levels, units: list[Unit], preact) -> StageReport:
     body, head = units[:-1], units[-1]
     _check_something_to_reverse(gm, body, head)
+    _check_head_is_global(gm, probe, body, head)
     stem = _stem(body)
     items = _groups_and_transitions(body, len(stem))
     _name_roles(units, stem, items)
@@ -64,6 +74,31 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
                 if tokens
                 else "."
             )
+        )
+
+
+def _check_head_is_global(gm: fx.GraphModule, probe: Probe, body: list[Unit], head: Unit) -> None:
+    """The head may hold no layer that works on values still growing with the input (tokens,
+    reshaped maps): the top-down net would run it at its finest level, not at the coarsest."""
+    named = by_name(gm)
+    for name in head.nodes:
+        n = named[name]
+        if n.op != "call_module" or not any(True for _ in gm.get_submodule(n.target).parameters()):
+            continue
+        if not any(a in probe.scaling and a not in probe.maps for a in n.all_input_nodes):
+            continue
+        if all(u.is_transition for u in body):
+            raise NoDownsamplingError(
+                f"the model downsamples only in its first layers ('{body[0].nodes[0]}' .. "
+                f"'{body[-1].exit}', a patch embedding); from {describe(gm, n)} on it works on "
+                "tokens at one resolution up to its head, so nothing is left to reverse (a "
+                "transformer with a convolutional stem)"
+            )
+        raise UnsupportedTopologyError(
+            f"layer {describe(gm, n)} works on tokens or reshaped maps that still grow with the "
+            f"input, after the body's last feature map '{body[-1].exit}'; a top-down network "
+            "would run it at its finest level instead of the coarsest. Return to NCHW feature "
+            "maps before the global pooling"
         )
 
 
@@ -131,7 +166,10 @@ def _prototypes(gm, body_nodes: list[fx.Node]) -> dict[str, str]:
         if isinstance(m, torch.nn.Conv2d) and m.groups == 1:
             protos.setdefault("conv", n.name)
         if n.op == "call_module" and is_norm(gm, n) and is_feature_map(n):
-            protos.setdefault("norm", n.name)
+            # a norm of NCHW channels; a LayerNorm of channels-last maps (MambaOut) is kept apart
+            rule = REGISTRY.lookup(gm.get_submodule(n.target))
+            last = rule is not None and rule.channel_dim == -1
+            protos.setdefault("norm_last" if last else "norm", n.name)
         if is_activation(gm, n) and is_feature_map(n):
             protos.setdefault("act", n.name)
     return protos

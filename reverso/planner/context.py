@@ -72,6 +72,9 @@ def prototypes_of(bu: fx.GraphModule, report: StageReport) -> dict[str, nn.Modul
         node = named[name]
         if node.op == "call_module":
             protos[key] = copy.deepcopy(bu.get_submodule(node.target))
+    last = protos.pop("norm_last", None)
+    if "norm" not in protos and last is not None:  # new layers run on NCHW maps
+        protos["norm"] = channels_first_layernorm(last)
     act_node = named.get(report.prototypes.get("act", ""))
     if "act" not in protos and act_node is not None:
         act = activations.module_for(act_node.target)  # functional: F.relu, x.sigmoid()
@@ -83,3 +86,11 @@ def prototypes_of(bu: fx.GraphModule, report: StageReport) -> dict[str, nn.Modul
                 protos["act"] = copy.deepcopy(m)
                 break
     return protos
+
+
+def channels_first_layernorm(ln: nn.LayerNorm) -> nn.Module:
+    """The NCHW counterpart of a channels-last LayerNorm (its width, eps and affine): timm's
+    LayerNorm2d, which normalises dimension 1."""
+    from timm.layers import LayerNorm2d
+
+    return LayerNorm2d(ln.normalized_shape[-1], eps=ln.eps, affine=ln.elementwise_affine)
