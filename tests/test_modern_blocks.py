@@ -297,14 +297,15 @@ class ChannelsLastNet(nn.Module):
     def __init__(self, widths=(8, 16, 24)):
         super().__init__()
         self.downs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip((3, *widths), widths)
+            nn.Conv2d(a, b, 3, stride=2, padding=1)
+            for a, b in zip((3, *widths), widths, strict=True)
         )
         self.blocks = nn.ModuleList(ChannelsLastBlock(c) for c in widths)
         self.norm = nn.LayerNorm(widths[-1])
         self.fc = nn.Linear(widths[-1], 5)
 
     def forward(self, x):
-        for i, (down, block) in enumerate(zip(self.downs, self.blocks)):
+        for i, (down, block) in enumerate(zip(self.downs, self.blocks, strict=True)):
             x = block(down(x).permute(0, 2, 3, 1))
             if i < len(self.blocks) - 1:
                 x = x.permute(0, 3, 1, 2)
@@ -352,5 +353,5 @@ class TokenTransformer(nn.Module):
 
 
 def test_layers_on_tokens_after_a_patch_embedding_are_refused_as_nothing_to_reverse():
-    with pytest.raises(reverso.NoDownsamplingError, match="patch embedding.*'mix'.*tokens"):
+    with pytest.raises(reverso.NoDownsamplingError, match=r"patch embedding.*'mix'.*tokens"):
         reverso.topdown(TokenTransformer(), input_size=(3, 32, 32))
