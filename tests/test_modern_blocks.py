@@ -298,7 +298,7 @@ class ChannelsLastNet(nn.Module):
         super().__init__()
         self.downs = nn.ModuleList(
             nn.Conv2d(a, b, 3, stride=2, padding=1)
-            for a, b in zip((3, *widths), widths, strict=True)
+            for a, b in zip((3, *widths[:-1]), widths, strict=True)
         )
         self.blocks = nn.ModuleList(ChannelsLastBlock(c) for c in widths)
         self.norm = nn.LayerNorm(widths[-1])
