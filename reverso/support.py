@@ -146,7 +146,7 @@ REFUSAL_REASONS = (
      "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
     ("downsamples only in its first layers", "a patch embedding is the only downsampling",
      "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
-    ("still grow with the input, after the body's last feature map",
+    ("grow with the input, after the body's last feature map",
      "layers on tokens or reshaped maps after the last feature map",
      "a limitation: reverso places layers on NCHW feature maps (and on channels-last maps "
      "that end the body)"),

@@ -54,6 +54,41 @@ def test_trace_keeps_timm_notrace_modules_and_registered_layers_whole():
     }
 
 
+def test_a_timm_notrace_block_that_downsamples_is_traced_through_when_it_traces():
+    """NFNet's NormFreeBlock is a timm notrace module with a strided conv inside: the compiler
+    must reach that stride, so it is opened; one that cannot trace stays whole."""
+    from timm.layers import get_notrace_modules
+    from timm.models.nfnet import NormFreeBlock
+
+    model = timm.create_model("test_nfnet", num_classes=10).eval()
+    gm = reverso.trace(model, (3, 64, 64))
+    leaves = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    assert NormFreeBlock in get_notrace_modules()
+    opened = [m for m in model.modules() if isinstance(m, NormFreeBlock) and m.conv2.stride[0] > 1]
+    assert opened and not any(m in leaves for m in opened)
+    assert any(isinstance(m, NormFreeBlock) for m in leaves)  # the others stay whole
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+
+    class StridedNoTrace(NetWithBadBlock):  # a notrace block that downsamples but cannot trace
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.pool(x) if x.sum() > 0 else -self.pool(x)
+
+    from timm.layers import register_notrace_module
+
+    register_notrace_module(StridedNoTrace)
+    net = nn.Sequential(StridedNoTrace(), nn.Conv2d(8, 8, 1))
+    assert StridedNoTrace in {
+        type(reverso.trace(net, (8, 16, 16)).get_submodule(n.target))
+        for n in reverso.trace(net, (8, 16, 16)).graph.nodes
+        if n.op == "call_module"
+    }
+
+
 def test_untraceable_module_is_named_with_the_remedy():
     with pytest.raises(reverso.TraceError) as info:
         reverso.trace(NetWithBadBlock(), (3, 16, 16))

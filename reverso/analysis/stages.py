@@ -30,7 +30,7 @@ from reverso.rewrite.widths import REGISTRY
 def build_report(gm, input_size, probe: Probe, levels, units: list[Unit], preact) -> StageReport:
     body, head = units[:-1], units[-1]
     _check_something_to_reverse(gm, body, head)
-    _check_head_is_global(gm, probe, body, head)
+    _check_head_is_global(gm, probe, levels, body, head)
     stem = _stem(body)
     items = _groups_and_transitions(body, len(stem))
     _name_roles(units, stem, items)
@@ -77,29 +77,53 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
         )
 
 
-def _check_head_is_global(gm: fx.GraphModule, probe: Probe, body: list[Unit], head: Unit) -> None:
-    """The head may hold no layer that works on values still growing with the input (tokens,
-    reshaped maps): the top-down net would run it at its finest level, not at the coarsest."""
+def _check_head_is_global(
+    gm: fx.GraphModule, probe: Probe, levels, body: list[Unit], head: Unit
+) -> None:
+    """The head may hold no layer that works on values still growing with the input (feature
+    maps, tokens, reshaped maps) but its norms, activations and a 1x1 conv classifier: the
+    top-down net would run such a layer at its finest level instead of where it ran."""
     named = by_name(gm)
-    for name in head.nodes:
-        n = named[name]
-        if n.op != "call_module" or not any(True for _ in gm.get_submodule(n.target).parameters()):
-            continue
-        if not any(a in probe.scaling and a not in probe.maps for a in n.all_input_nodes):
-            continue
-        if all(u.is_transition for u in body):
-            raise NoDownsamplingError(
-                f"the model downsamples only in its first layers ('{body[0].nodes[0]}' .. "
-                f"'{body[-1].exit}', a patch embedding); from {describe(gm, n)} on it works on "
-                "tokens at one resolution up to its head, so nothing is left to reverse (a "
-                "transformer with a convolutional stem)"
-            )
-        raise UnsupportedTopologyError(
-            f"layer {describe(gm, n)} works on tokens or reshaped maps that still grow with the "
-            f"input, after the body's last feature map '{body[-1].exit}'; a top-down network "
-            "would run it at its finest level instead of the coarsest. Return to NCHW feature "
-            "maps before the global pooling"
+    nodes = [named[name] for name in head.nodes]
+    n = next((n for n in nodes if _works_on_scaling_values(gm, probe, n)), None)
+    if n is None:
+        return
+    if all(u.is_transition for u in body) and not any(a in probe.maps for a in n.all_input_nodes):
+        raise NoDownsamplingError(
+            f"the model downsamples only in its first layers ('{body[0].nodes[0]}' .. "
+            f"'{body[-1].exit}', a patch embedding); from {describe(gm, n)} on it works on "
+            "tokens at one resolution up to its head, so nothing is left to reverse (a "
+            "transformer with a convolutional stem)"
         )
+    for m in nodes:
+        ins = {levels[a] for a in m.all_input_nodes if a in levels}
+        if len(ins) > 1:
+            raise UnsupportedTopologyError(
+                f"node {describe(gm, m)} combines feature maps across resolutions (levels "
+                f"{sorted(ins)}) before the head, and the layers from {describe(gm, n)} on feed "
+                "it: multi-scale fusion cannot be reversed into a single coarse-to-fine path"
+            )
+    raise UnsupportedTopologyError(
+        f"layer {describe(gm, n)} works on feature maps, tokens or reshaped maps that still "
+        f"grow with the input, after the body's last feature map '{body[-1].exit}' (the value "
+        "the head starts from no longer scales with the input); a top-down network would run "
+        "it at its finest level instead of where it ran. Return to NCHW feature maps before "
+        "the global pooling"
+    )
+
+
+def _works_on_scaling_values(gm: fx.GraphModule, probe: Probe, n: fx.Node) -> bool:
+    """A layer with parameters that maps a value growing with the input to another one, other
+    than a norm, an activation or a 1x1 conv that outputs the class scores."""
+    if n.op != "call_module" or is_norm(gm, n) or is_activation(gm, n):
+        return False
+    module = gm.get_submodule(n.target)
+    if not any(True for _ in module.parameters()):
+        return False
+    if isinstance(module, torch.nn.Conv2d) and module.out_channels == probe.num_classes:
+        return False
+    # a layer that reduces a growing value to a fixed size (timm's ConvMlp) is the head's start
+    return n in probe.scaling and any(a in probe.scaling for a in n.all_input_nodes)
 
 
 def _stem(body: list[Unit]) -> list[Unit]:

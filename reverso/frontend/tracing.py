@@ -49,17 +49,33 @@ class ReversoTracer(fx.Tracer):
         from reverso.nn import LAYERS
 
         self.leaf_types = (
-            timm_modules
-            + REGISTRY.leaf_types()
+            REGISTRY.leaf_types()
             + LAYERS  # reverso's own layers
             + tuple(t for t in leaf_modules if isinstance(t, type))
         )
+        self.timm_leaves = timm_modules
         self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+        self._opened: dict[int, bool] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
+        if isinstance(m, self.timm_leaves):
+            return not self._opens(m)
         return super().is_leaf_module(m, module_qualified_name)
+
+    def _opens(self, m: nn.Module) -> bool:
+        """Whether a timm "notrace" block is traced through after all: one that downsamples
+        (a strided conv or pool inside, which the compiler must reach, as in NFNet's
+        NormFreeBlock) and that traces on its own. Any other stays whole."""
+        if id(m) not in self._opened:
+            strided = any(
+                max(_pair(getattr(sub, "stride", 1))) > 1
+                for sub in m.modules()
+                if isinstance(sub, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
+            )
+            self._opened[id(m)] = strided and _traces(m, self)
+        return self._opened[id(m)]
 
     def call_module(self, m, forward, args, kwargs):
         try:
@@ -69,6 +85,23 @@ class ReversoTracer(fx.Tracer):
                 name = self.path_of_module(m) if m is not self.root else ""
                 err._reverso_module = (name, type(m).__name__)
             raise
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _traces(m: nn.Module, parent: ReversoTracer) -> bool:
+    """Whether ``m``'s own forward traces with ``parent``'s leaves (``m`` itself opened)."""
+    tracer = ReversoTracer()
+    tracer.leaf_types, tracer.leaf_names = parent.leaf_types, set()
+    tracer.timm_leaves, tracer._opened = parent.timm_leaves, {**parent._opened, id(m): True}
+    try:
+        with evaluating(m):
+            tracer.trace(m)
+    except Exception:
+        return False
+    return True
 
 
 def resolve_model(model) -> nn.Module:
