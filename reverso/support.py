@@ -152,6 +152,9 @@ REFUSAL_REASONS = (
      "that end the body)"),
     ("no spatial downsampling", "no downsampling at all", "right: nothing to reverse"),
     ("no convolutional body", "no feature maps before the head", "right: nothing to reverse"),
+    ("come back to their input's resolution", "cross-resolution fusion",
+     "right for multi-resolution fusion (HRNet) and windowed attention that merges windows; "
+     "a limitation where a gate pools and broadcasts back to its own level inside a unit"),
     ("across resolutions", "cross-resolution fusion",
      "right for multi-resolution fusion (HRNet) and windowed attention that merges windows; "
      "a limitation where a gate pools and broadcasts back to its own level inside a unit"),

@@ -4,6 +4,7 @@ the node named (never a torch error dressed as a refusal)."""
 import pytest
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 import reverso
@@ -355,3 +356,59 @@ class TokenTransformer(nn.Module):
 def test_layers_on_tokens_after_a_patch_embedding_are_refused_as_nothing_to_reverse():
     with pytest.raises(reverso.NoDownsamplingError, match=r"patch embedding.*'mix'.*tokens"):
         reverso.topdown(TokenTransformer(), input_size=(3, 32, 32))
+
+
+class PooledGate(nn.Module):
+    """A gate that pools x4, convolves and comes back to the block's own resolution."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.pool, self.conv = nn.AvgPool2d(4), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        gate = F.interpolate(self.conv(self.pool(x)), size=x.shape[-2:], mode="nearest")
+        return x * torch.sigmoid(gate)
+
+
+class ReducedAttention(nn.Module):
+    """PVT's spatial-reduction attention: keys and values from a strided conv of the map."""
+
+    def __init__(self, c, ratio=2):
+        super().__init__()
+        self.q, self.kv = nn.Linear(c, c), nn.Linear(c, 2 * c)
+        self.sr = nn.Conv2d(c, c, ratio, stride=ratio)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q = self.q(x.flatten(2).transpose(1, 2))
+        k, v = self.kv(self.sr(x).flatten(2).transpose(1, 2)).chunk(2, dim=-1)
+        out = torch.softmax(q @ k.transpose(1, 2) / c**0.5, -1) @ v
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_reductions_inside_a_block_are_neither_transitions_nor_cross_resolution():
+    """A strided op deeper than the map its block ends on (pooled gates, attention with reduced
+    keys and values) belongs to the block: it keeps its stride in the top-down net."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        PooledGate(8),
+        ReducedAttention(8),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        PooledGate(16),
+        ReducedAttention(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    report = reverso.analyze(net, input_size=(3, 32, 32))
+    assert [list(report.units[t.unit].strided) for t in report.transitions] == [["_1"], ["_4"]]
+    td = reverso.topdown(net, input_size=(3, 32, 32))
+    strides = {
+        n: m.stride for n, m in td.named_modules() if isinstance(m, (nn.Conv2d, nn.AvgPool2d))
+    }
+    assert strides["features.3.sr"] == (2, 2) and strides["features.6.sr"] == (2, 2)
+    assert all(s in (4, (4, 4)) for n, s in strides.items() if n.endswith("pool"))
+    out = td(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 5) and all(torch.isfinite(p.grad).all() for p in td.parameters())

@@ -40,7 +40,9 @@ def _step(gm: fx.GraphModule, n: fx.Node, base: fx.Node) -> int:
     if stride > 1 or has_stride(gm, n):
         return round(math.log2(stride)) if spatial(n) != spatial(base) else 0
     ratio = (spatial(base)[0] / spatial(n)[0] + spatial(base)[1] / spatial(n)[1]) / 2
-    return math.floor(math.log2(ratio) + 0.4) if ratio > 1 else (-1 if ratio < 0.75 else 0)
+    if ratio >= 0.75:
+        return math.floor(math.log2(ratio) + 0.4) if ratio > 1 else 0
+    return -max(1, round(math.log2(1 / ratio)))  # an upsampling by its factor
 
 
 def downsampling_nodes(
@@ -57,6 +59,11 @@ def downsampling_nodes(
         if not ins:
             continue
         step = levels[n] - max(levels[a] for a in ins)
+        exit_level = levels.get(segments.chain[segments.index[n]])
+        if exit_level is not None and max(levels[a] for a in [n, *ins]) > exit_level:
+            # an internal reduction: deeper than the map its segment ends on (attention that
+            # reduces its keys and values, a gate that pools and comes back), not a transition
+            continue
         if step > 0:
             strided[n] = 2**step
         elif step < 0 or any(levels[a] != levels[ins[0]] for a in ins):

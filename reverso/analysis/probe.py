@@ -14,7 +14,7 @@ import torch.fx as fx
 
 from reverso.errors import UnsupportedTopologyError, failed_node
 from reverso.frontend.tracing import example_input, traced_dtype
-from reverso.ir import by_name, describe, fixed_inputs
+from reverso.ir import by_name, descendants_within, describe, fixed_inputs
 from reverso.ir.shapes import propagate
 
 
@@ -77,7 +77,11 @@ def _scaling_values(gm: fx.GraphModule, input_size):
             n.meta["val"] = v
 
     scaling, maps, channels_last = set(), set(), set()
+    # without the second size, the values data flows into from the input stand for the maps
+    data = descendants_within(_inputs(gm)[:1], set(first))
     for n, a in first.items():
+        if second is None and n not in data:
+            continue  # a parameter's view (a layer-scale gain) is no map
         b = second.get(n) if second is not None else None
         parts = (
             list(zip(a, b or [None] * len(a), strict=True))
@@ -92,6 +96,11 @@ def _scaling_values(gm: fx.GraphModule, input_size):
             elif isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {1, 2}:
                 channels_last.add(n)
     return scaling, maps, channels_last
+
+
+def _inputs(gm: fx.GraphModule) -> list[fx.Node]:
+    """The image placeholder (the first one; optional arguments are fixed at trace time)."""
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
 
 
 def _grown(a, b) -> set[int] | None:

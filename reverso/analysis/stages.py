@@ -17,13 +17,15 @@ from reverso.errors import NoDownsamplingError, UnsupportedTopologyError
 from reverso.ir import (
     by_name,
     describe,
+    feature_input,
     is_activation,
     is_conv,
     is_norm,
     is_spatial_conv,
     module_of,
+    stride_of,
 )
-from reverso.ir.shapes import is_feature_map
+from reverso.ir.shapes import is_feature_map, spatial
 from reverso.rewrite.widths import REGISTRY
 
 
@@ -53,6 +55,17 @@ def build_report(gm, input_size, probe: Probe, levels, units: list[Unit], preact
 
 def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit) -> None:
     transitions = [u for u in body if u.is_transition]
+    named = by_name(gm)
+    internal = [n for u in body for n in u.nodes if stride_of(gm, named[n]) > 1]
+    if not transitions and internal:
+        ups = [n for u in body for n in u.nodes if _upsamples(named[n])]
+        back = f" and back up at {describe(gm, named[ups[0]])}" if ups else ""
+        raise NoDownsamplingError(
+            f"the model downsamples only inside blocks that come back to their input's "
+            f"resolution (down at {describe(gm, named[internal[0]])}{back}), as a U-Net does: such "
+            "cross-resolution paths cannot be reversed into a single coarse-to-fine path, and no "
+            "downsampling between stages is left to mirror"
+        )
     if not transitions:
         raise NoDownsamplingError(
             "the model has no spatial downsampling to mirror: every layer of its convolutional "
@@ -75,6 +88,14 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
                 else "."
             )
         )
+
+
+def _upsamples(n: fx.Node) -> bool:
+    """A feature map larger than the feature map it is made from."""
+    source = feature_input(n)
+    if source is None or not is_feature_map(n) or not is_feature_map(source):
+        return False
+    return spatial(n)[0] > spatial(source)[0] or spatial(n)[1] > spatial(source)[1]
 
 
 def _check_head_is_global(
