@@ -59,7 +59,12 @@ class ReverseStages(Pass):
             )
 
     def ensures(self, gm, ctx) -> None:
-        order = [ir.unit_of(n) for n in gm.graph.nodes if ir.unit_of(n) is not None]
+        # sizes (``x.shape``) sit where they are first computed; the units' data runs in order
+        order = [
+            ir.unit_of(n)
+            for n in gm.graph.nodes
+            if ir.unit_of(n) is not None and ("val" not in n.meta or ir.carries_tensor(n))
+        ]
         seen = []
         for u in order:
             if not seen or seen[-1] != u:

@@ -170,6 +170,9 @@ REFUSAL_REASONS = (
     ("single input and output", "units that read each other's values",
      "a limitation: such units cannot be reordered yet"),
     ("groups=", "grouped convs at the image's width", "right: 3 image channels cannot be grouped"),
+    ("does not re-width such layers together", "layers whose widths are tied through reshapes",
+     "a limitation: an attention's head width read from its input's shape is not re-widthed "
+     "with its Linear layers yet (arrangement='rev', which keeps every width, converts it)"),
     ("does not know how to rebuild", "a leaf layer without a width rule",
      "a limitation: the layer needs a width rule (reverso.register_width_rule)"),
     ("failed on an input of size", "the model itself fails at this size",

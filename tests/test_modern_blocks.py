@@ -412,3 +412,22 @@ def test_reductions_inside_a_block_are_neither_transitions_nor_cross_resolution(
     out = td(torch.randn(2, 3, 32, 32))
     out.sum().backward()
     assert out.shape == (2, 5) and all(torch.isfinite(p.grad).all() for p in td.parameters())
+
+
+def test_a_reshape_tied_to_another_width_is_refused_by_name_and_rev_keeps_widths():
+    """The attention reshapes its output by its input's width (``x.shape``): when the top-down
+    order feeds it another width, its Linear layers no longer agree with that reshape. The
+    repair refuses at the reshape, before torch fails, and names the arrangement that works."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        ReducedAttention(8),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        ReducedAttention(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    with pytest.raises(reverso.WidthError, match=r"'reshape'.*arrangement='rev'"):
+        reverso.topdown(net, input_size=(3, 32, 32))
+    td = reverso.topdown(net, input_size=(3, 32, 32), arrangement="rev")
+    td(torch.randn(2, 3, 32, 32)).sum().backward()

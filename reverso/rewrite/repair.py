@@ -79,12 +79,38 @@ class _Repair(ShapeProp):
                         n.args = saved
                 n.args = (n.args[0], sizes, *n.args[2:])
                 self.changed = True
+        self._check_reshape(n)
         try:
             return super().run_node(n)
         except RuntimeError:
             if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
                 raise
             return super().run_node(n)
+
+    def _check_reshape(self, n: fx.Node) -> None:
+        """A view/reshape whose sizes (read from other values' shapes, as attention reads its
+        head width from ``x.shape[-1]``) no longer fit its input after a width change: the layers
+        between are tied to each other's widths in a way reverso does not re-width."""
+        if not (n.op == "call_method" and n.target in ("view", "reshape")) or len(n.args) < 2:
+            return
+        x = self.env.get(n.args[0]) if isinstance(n.args[0], fx.Node) else None
+        sizes = self.map_nodes_to_values(n.args[1:], n)
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+            sizes = tuple(sizes[0])
+        if not isinstance(x, torch.Tensor) or not all(isinstance(v, int) for v in sizes):
+            return
+        known = 1
+        for v in sizes:
+            known *= v if v != -1 else 1
+        fits = x.numel() % known == 0 if -1 in sizes else x.numel() == known
+        if not fits:
+            raise WidthError(
+                f"{ir.describe(self.module, n)} reshapes a value of shape {tuple(x.shape)} into "
+                f"{tuple(sizes)}, sizes it reads from other values' shapes: after the width change "
+                "the layers before it no longer agree with them (an attention whose qkv width is "
+                "tied to its input's width, say), and reverso does not re-width such layers "
+                "together. Convert with arrangement='rev', which keeps every width"
+            )
 
     def _fit_constants(self, n: fx.Node) -> bool:
         """A parameter or buffer the op combines with a feature map of another width (a fixed

@@ -44,7 +44,11 @@ def unit_view(gm: fx.GraphModule, index: int) -> UnitView:
             if external and carries_data and not ir.is_global(a):
                 entries.append(a)
     # sizes read from a map (``x.shape``) are no outputs: a unit that needs them recomputes them
-    exits = [n for n in nodes if any(u not in inside and _carries_data(u) for u in n.users)]
+    exits = [
+        n
+        for n in nodes
+        if _carries_data(n) and any(u not in inside and _carries_data(u) for u in n.users)
+    ]
     # pyramid levels only feed upsampling sizes and laterals, unless the unit reads the image itself
     data = [a for a in entries if ir.role_of(a) is not ir.Role.PYRAMID]
     entries = data or entries[:1]
@@ -104,6 +108,8 @@ def reorder_units(gm: fx.GraphModule, order: list[int], head: list[int]) -> fx.G
                 return env[a]
             if not _carries_data(a):  # a size another unit computed: compute it here again
                 local[a] = graph.node_copy(a, lambda b: size_source(b, view, local))
+                ir.copy_tags(local[a], a)
+                ir.tags_of(local[a]).unit = view.index  # the copy belongs to this unit
                 return local[a]
             raise UnsupportedTopologyError(
                 f"node '{a.name}' is used in unit {view.index} ({view.nodes[0].name} .. {view.exit.name}) "
