@@ -144,8 +144,6 @@ def support_table(results: list[SupportResult]) -> str:
 REFUSAL_REASONS = (
     ("only downsampling is its first layer", "a patch embedding is the only downsampling",
      "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
-    ("downsamples only in its first layers", "a patch embedding is the only downsampling",
-     "right: a transformer keeps one resolution after its stem, so nothing is left to reverse"),
     ("grow with the input, after the body's last feature map",
      "layers on tokens or reshaped maps after the last feature map",
      "a limitation: reverso places layers on NCHW feature maps (and on channels-last maps "

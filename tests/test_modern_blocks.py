@@ -354,7 +354,10 @@ class TokenTransformer(nn.Module):
 
 
 def test_layers_on_tokens_after_a_patch_embedding_are_refused_as_nothing_to_reverse():
-    with pytest.raises(reverso.NoDownsamplingError, match=r"patch embedding.*'mix'.*tokens"):
+    with pytest.raises(
+        reverso.NoDownsamplingError,
+        match=r"only downsampling is its first layers.*patch embedding.*tokens",
+    ):
         reverso.topdown(TokenTransformer(), input_size=(3, 32, 32))
 
 
@@ -386,6 +389,18 @@ class ReducedAttention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+class TransposedBranch(nn.Module):
+    """LowFormer's attention path: a strided conv down, a transposed conv back up, a residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.down = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(c, c, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.up(self.down(x))[..., : x.shape[2], : x.shape[3]]
+
+
 def test_reductions_inside_a_block_are_neither_transitions_nor_cross_resolution():
     """A strided op deeper than the map its block ends on (pooled gates, attention with reduced
     keys and values) belongs to the block: it keeps its stride in the top-down net."""
@@ -397,6 +412,7 @@ def test_reductions_inside_a_block_are_neither_transitions_nor_cross_resolution(
         nn.Conv2d(8, 16, 3, stride=2, padding=1),
         PooledGate(16),
         ReducedAttention(16),
+        TransposedBranch(16),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(16, 5),
@@ -431,3 +447,33 @@ def test_a_reshape_tied_to_another_width_is_refused_by_name_and_rev_keeps_widths
         reverso.topdown(net, input_size=(3, 32, 32))
     td = reverso.topdown(net, input_size=(3, 32, 32), arrangement="rev")
     td(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+class TokenTailNet(nn.Module):
+    """Strided convs, then the last stage on tokens (Twins): flatten, a residual MLP, mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.down2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.mix = ChannelsLastBlock(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(torch.relu(self.down1(x))))
+        tokens = self.down2(x).flatten(2).transpose(1, 2)
+        return self.fc(self.mix(tokens).mean(1))
+
+
+def test_a_body_that_ends_in_layers_on_tokens_keeps_them_in_the_body():
+    net = TokenTailNet()
+    report = reverso.analyze(net, input_size=(3, 32, 32))
+    assert not any("mix" in n for n in report.units[report.head[0]].nodes)
+    td = reverso.topdown(net, input_size=(3, 32, 32))
+    seen = []
+    td.get_submodule("features.mix.fc").register_forward_hook(
+        lambda m, i, o: seen.append(tuple(i[0].shape))
+    )
+    td(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert seen == [(2, 64, 16)]  # 8x8 tokens at the coarsest level, first in the top-down net

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from reverso.analysis.levels import check_strides_survive, downsampling_nodes, measure_levels
-from reverso.analysis.probe import close_channels_last_tail, probe
+from reverso.analysis.probe import close_reshaped_tail, probe
 from reverso.analysis.report import Group, StageReport, Transition, Unit
 from reverso.analysis.segments import find_segments
 from reverso.analysis.stages import build_report
@@ -40,7 +40,7 @@ def analyze_graph(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Stage
     """Analyse a traced GraphModule whose nodes carry shapes for ``input_size``; tags its nodes."""
     values = probe(gm, input_size)
     segments = find_segments(gm, values)
-    if close_channels_last_tail(gm, values, segments.chain[segments.head_start]):
+    if close_reshaped_tail(gm, values, segments.chain[segments.head_start]):
         values = probe(gm, input_size)
         segments = find_segments(gm, values)
     levels = measure_levels(gm, values, tuple(input_size)[1:])

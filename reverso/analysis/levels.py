@@ -36,13 +36,13 @@ def measure_levels(gm: fx.GraphModule, probe: Probe, input_hw) -> dict[fx.Node, 
 
 
 def _step(gm: fx.GraphModule, n: fx.Node, base: fx.Node) -> int:
+    ratio = (spatial(base)[0] / spatial(n)[0] + spatial(base)[1] / spatial(n)[1]) / 2
+    if ratio < 0.75:  # an upsampling by its factor (interpolation, a transposed conv's stride)
+        return -max(1, round(math.log2(1 / ratio)))
     stride = stride_of(gm, n)
     if stride > 1 or has_stride(gm, n):
         return round(math.log2(stride)) if spatial(n) != spatial(base) else 0
-    ratio = (spatial(base)[0] / spatial(n)[0] + spatial(base)[1] / spatial(n)[1]) / 2
-    if ratio >= 0.75:
-        return math.floor(math.log2(ratio) + 0.4) if ratio > 1 else 0
-    return -max(1, round(math.log2(1 / ratio)))  # an upsampling by its factor
+    return math.floor(math.log2(ratio) + 0.4) if ratio > 1 else 0
 
 
 def downsampling_nodes(

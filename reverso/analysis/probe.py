@@ -26,6 +26,7 @@ class Probe:
     scaling: set[fx.Node]  # values whose size follows the input size
     maps: set[fx.Node]  # among them, the NCHW feature maps
     channels_last: set[fx.Node] = field(default_factory=set)  # 4D maps growing in dims 1, 2
+    tokens: set[fx.Node] = field(default_factory=set)  # (B, N, C) values growing in dim 1
 
     @property
     def num_classes(self) -> int:
@@ -52,14 +53,14 @@ def probe(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Probe:
             "the model returns a tuple/dict instead of one logits tensor; wrap it so that "
             "forward returns the class scores only"
         )
-    scaling, maps, channels_last = _scaling_values(gm, input_size)
-    return Probe(images[0], output, result, scaling, maps, channels_last)
+    scaling, maps, channels_last, tokens = _scaling_values(gm, input_size)
+    return Probe(images[0], output, result, scaling, maps, channels_last, tokens)
 
 
 def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx.Node]]:
     """Values whose size follows the input size, and among them the NCHW feature maps.
     The nodes' shapes are left as they were."""
-    scaling, maps, _ = _scaling_values(gm, input_size)
+    scaling, maps, _, _ = _scaling_values(gm, input_size)
     return scaling, maps
 
 
@@ -76,7 +77,7 @@ def _scaling_values(gm: fx.GraphModule, input_size):
         for n, v in first.items():
             n.meta["val"] = v
 
-    scaling, maps, channels_last = set(), set(), set()
+    scaling, maps, channels_last, tokens = set(), set(), set(), set()
     # without the second size, the values data flows into from the input stand for the maps
     data = descendants_within(_inputs(gm)[:1], set(first))
     for n, a in first.items():
@@ -95,7 +96,9 @@ def _scaling_values(gm: fx.GraphModule, input_size):
                 maps.add(n)
             elif isinstance(a, torch.Tensor) and a.dim() == 4 and dims[0] == {1, 2}:
                 channels_last.add(n)
-    return scaling, maps, channels_last
+            elif isinstance(a, torch.Tensor) and a.dim() == 3 and dims[0] == {1}:
+                tokens.add(n)
+    return scaling, maps, channels_last, tokens
 
 
 def _inputs(gm: fx.GraphModule) -> list[fx.Node]:
@@ -128,21 +131,58 @@ def _refuse_fixed_size(gm: fx.GraphModule, err: Exception) -> None:
         ) from err
 
 
-def close_channels_last_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -> bool:
-    """A body that ends in channels-last layers (blocks on NHWC maps read by the global pooling,
-    as in MambaOut) gets an NCHW map to end on: the pooling reads ``x.permute(0, 3, 1, 2)``
-    permuted back, so the last channels-last layers form a body unit instead of joining the
-    head. Returns whether the graph changed (probe it again then)."""
-    tail = [a for a in head_start.all_input_nodes if a in probe.channels_last]
+def close_reshaped_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -> bool:
+    """A body that ends in layers on channels-last maps or on tokens which the global pooling
+    reads directly (MambaOut's NHWC blocks, Twins' last stage) gets an NCHW map to end on: the
+    pooling reads that value turned into a map and back, so those layers form a body unit
+    instead of joining the head. Returns whether the graph changed (probe it again then)."""
+    tail = [a for a in head_start.all_input_nodes if a in probe.channels_last | probe.tokens]
     if len(tail) != 1:
         return False
     (last,) = tail
-    with gm.graph.inserting_after(last):
-        nchw = gm.graph.call_method("permute", (last, 0, 3, 1, 2))
-    with gm.graph.inserting_after(nchw):
-        back = gm.graph.call_method("permute", (nchw, 0, 2, 3, 1))
-    nchw.meta["val"] = last.meta["val"].permute(0, 3, 1, 2)
-    back.meta["val"] = last.meta["val"]
+    graph, value = gm.graph, last.meta["val"]
+    if last in probe.channels_last:
+        with graph.inserting_after(last):
+            nchw = graph.call_method("permute", (last, 0, 3, 1, 2))
+        with graph.inserting_after(nchw):
+            back = graph.call_method("permute", (nchw, 0, 2, 3, 1))
+        nchw.meta["val"] = value.permute(0, 3, 1, 2)
+    else:
+        grid = _token_grid(probe, last)
+        if grid is None:
+            return False
+        with graph.inserting_after(last):  # each call goes after the one before
+            h = graph.call_method("size", (grid, 2))
+        with graph.inserting_after(h):
+            w = graph.call_method("size", (grid, 3))
+        with graph.inserting_after(w):
+            t = graph.call_method("transpose", (last, 1, 2))
+        with graph.inserting_after(t):
+            nchw = graph.call_method("unflatten", (t, 2, (h, w)))
+        with graph.inserting_after(nchw):
+            flat = graph.call_method("flatten", (nchw, 2))
+        with graph.inserting_after(flat):
+            back = graph.call_method("transpose", (flat, 1, 2))
+        h.meta["val"], w.meta["val"] = grid.meta["val"].shape[2], grid.meta["val"].shape[3]
+        t.meta["val"] = value.transpose(1, 2)
+        nchw.meta["val"] = t.meta["val"].unflatten(2, tuple(grid.meta["val"].shape[2:]))
+        flat.meta["val"] = nchw.meta["val"].flatten(2)
+    back.meta["val"] = value
     head_start.replace_input_with(last, back)
     gm.recompile()
     return True
+
+
+def _token_grid(probe: Probe, tokens: fx.Node) -> fx.Node | None:
+    """The nearest feature map before ``tokens`` with as many pixels as there are tokens."""
+    count = tokens.meta["val"].shape[1]
+    stack, seen = [tokens], set()
+    while stack:
+        n = stack.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in probe.maps and n.meta["val"].shape[2] * n.meta["val"].shape[3] == count:
+            return n
+        stack.extend(n.all_input_nodes)
+    return None

@@ -72,22 +72,23 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
             f"body (from '{body[0].nodes[0]}' to '{body[-1].exit}') keeps the input resolution. "
             "A top-down network needs a bottom-up model with strides or pooling."
         )
-    if body[0].is_transition and len(transitions) == 1:
-        u, named = body[0], by_name(gm)
-        tokens = any(
-            isinstance(v := named[n].meta.get("val"), torch.Tensor) and v.dim() == 3
-            for n in head.nodes
-        )
-        raise NoDownsamplingError(
-            f"the model's only downsampling is its first layer ('{u.exit}', x{u.factor}); the "
-            f"top-down network reads that level directly, so nothing is left to reverse. "
-            f"The body ends at '{body[-1].exit}', after which the head starts at '{head.nodes[0]}'"
-            + (
-                " and works on tokens rather than feature maps (a transformer, as in ViT)."
-                if tokens
-                else "."
-            )
-        )
+    stem = next((i for i, u in enumerate(body) if not u.is_transition), len(body))
+    if stem == 0 or any(u.is_transition for u in body[stem:]):
+        return
+    # every downsampling happens in the first layers (a patch embedding), then one resolution
+    later = [named[n] for u in [*body[stem:], head] for n in u.nodes]
+    tokens = any(isinstance(v := n.meta.get("val"), torch.Tensor) and v.dim() == 3 for n in later)
+    where = (
+        f"its first layer ('{body[0].exit}', x{body[0].factor})"
+        if stem == 1
+        else f"its first layers ('{body[0].nodes[0]}' .. '{body[stem - 1].exit}', a patch embedding)"
+    )
+    raise NoDownsamplingError(
+        f"the model's only downsampling is {where}; the top-down network reads that level "
+        f"directly, so nothing is left to reverse. The body ends at '{body[-1].exit}', after "
+        f"which the head starts at '{head.nodes[0]}'"
+        + (" and works on tokens rather than feature maps (a transformer)." if tokens else ".")
+    )
 
 
 def _upsamples(n: fx.Node) -> bool:
@@ -109,13 +110,6 @@ def _check_head_is_global(
     n = next((n for n in nodes if _works_on_scaling_values(gm, probe, n)), None)
     if n is None:
         return
-    if all(u.is_transition for u in body) and not any(a in probe.maps for a in n.all_input_nodes):
-        raise NoDownsamplingError(
-            f"the model downsamples only in its first layers ('{body[0].nodes[0]}' .. "
-            f"'{body[-1].exit}', a patch embedding); from {describe(gm, n)} on it works on "
-            "tokens at one resolution up to its head, so nothing is left to reverse (a "
-            "transformer with a convolutional stem)"
-        )
     for m in nodes:
         ins = {levels[a] for a in m.all_input_nodes if a in levels}
         if len(ins) > 1:

@@ -35,7 +35,10 @@ def stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
     window = window_of(gm, n)
     if window is not None:
         return window.step
-    stride = getattr(module_of(gm, n), "stride", 1)
+    module = module_of(gm, n)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return 1  # its stride upsamples
+    stride = getattr(module, "stride", 1)
     return int(max(pair(stride)) if stride else 1)
 
 
