@@ -477,3 +477,31 @@ def test_a_body_that_ends_in_layers_on_tokens_keeps_them_in_the_body():
     )
     td(torch.randn(2, 3, 32, 32)).sum().backward()
     assert seen == [(2, 64, 16)]  # 8x8 tokens at the coarsest level, first in the top-down net
+
+
+def test_a_space_to_depth_stem_becomes_its_stride_one_neighbourhood():
+    """TResNet's stem moves 4x4 blocks into channels (timm's SpaceToDepth): reverso traces it as
+    its own SpaceToDepth, a downsampling; the top-down net ends with it at stride 1."""
+    from timm.layers import SpaceToDepth as TimmSpaceToDepth
+
+    from reverso.nn import NeighbourhoodToDepth
+
+    net = nn.Sequential(
+        TimmSpaceToDepth(4),
+        nn.Conv2d(48, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
+    report = reverso.analyze(net, input_size=(3, 32, 32))
+    assert [report.units[t.unit].factor for t in report.transitions] == [4, 2]
+    td = reverso.topdown(net, input_size=(3, 32, 32))
+    last = [m for m in td.modules() if isinstance(m, NeighbourhoodToDepth)]
+    assert len(last) == 1 and last[0].block_size == 4
+    assert isinstance(net[0], TimmSpaceToDepth)  # the user's model is untouched
+    out = td(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 5)

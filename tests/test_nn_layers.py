@@ -188,3 +188,26 @@ def test_fixed_filters_survive_meta_construction_and_to_empty(build):
     for name, value in layer.named_buffers():
         if name not in reference.state_dict():  # persistent ones come from a checkpoint
             assert value.dtype == buffers[name].dtype and torch.equal(value, buffers[name]), name
+
+
+def test_space_to_depth_is_the_codes_permutation_and_inverts_exactly():
+    from timm.layers import SpaceToDepth as TimmSpaceToDepth
+
+    from reverso.nn import NeighbourhoodToDepth, SpaceToDepth
+
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    for b in (2, 4):
+        s = SpaceToDepth(b)
+        y = s(x)
+        assert y.shape == (2, 3 * b * b, 8 // b, 12 // b)
+        # the i-RevNet code's order: out[n, (hi*b + wi)*C + c, h, w] = x[n, c, h*b + hi, w*b + wi]
+        hi, wi, c = 1, b - 1, 2
+        assert torch.equal(y[:, (hi * b + wi) * 3 + c], x[:, c, hi::b, wi::b])
+        assert torch.equal(s.inverse()(y), x)  # bit-exact
+        assert torch.equal(y.flatten().sort().values, x.flatten().sort().values)  # a permutation
+        # at stride 1: every pixel's neighbourhood; the block grid of it is the strided version
+        p = (b - 1) // 2
+        assert torch.equal(NeighbourhoodToDepth(b)(x)[..., p::b, p::b], y)
+    assert torch.equal(SpaceToDepth(4)(x.float()), TimmSpaceToDepth(4)(x.float()))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SpaceToDepth(4)(torch.randn(1, 3, 6, 8))

@@ -8,7 +8,7 @@ their own leaves with ``leaf_modules=`` (classes or qualified module names).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -54,12 +54,15 @@ class ReversoTracer(fx.Tracer):
             + tuple(t for t in leaf_modules if isinstance(t, type))
         )
         self.timm_leaves = timm_modules
+        self.translated = tuple(_translations())
         self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
         self._opened: dict[int, bool] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
+        if isinstance(m, self.translated):
+            return True  # swapped for reverso's own layer after tracing
         if isinstance(m, self.timm_leaves):
             return not self._opens(m)
         return super().is_leaf_module(m, module_qualified_name)
@@ -85,6 +88,30 @@ class ReversoTracer(fx.Tracer):
                 name = self.path_of_module(m) if m is not self.root else ""
                 err._reverso_module = (name, type(m).__name__)
             raise
+
+
+def _translations() -> dict[type, Callable[[nn.Module], nn.Module]]:
+    """Layers of other libraries that reverso replaces by its own equivalent (same function, same
+    values) in the traced graph, so that the passes know what they do: timm's SpaceToDepth (the
+    TResNet stem) is reverso's :class:`~reverso.nn.SpaceToDepth`, a downsampling with a stride."""
+    from reverso.nn import SpaceToDepth
+
+    table: dict[type, Callable[[nn.Module], nn.Module]] = {}
+    try:
+        from timm.layers import SpaceToDepth as TimmSpaceToDepth
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return table
+    table[TimmSpaceToDepth] = lambda m: SpaceToDepth(m.bs)
+    return table
+
+
+def _translate(gm: fx.GraphModule) -> None:
+    """Swap the traced graph's translated layers (in the graph only, never in the model)."""
+    table = _translations()
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and type(m := gm.get_submodule(n.target)) in table:
+            parent, _, name = n.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, name, table[type(m)](m))
 
 
 def _pair(v) -> tuple:
@@ -188,6 +215,7 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
     gm.meta["dtype"] = model_dtype(model)
+    _translate(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
     return gm
 

@@ -141,18 +141,26 @@ def is_pointwise(gm, node) -> bool:
 
 
 def is_pool(gm, node) -> bool:
-    """A (non-adaptive) spatial pooling op: max/avg pooling, or any layer that declares a stride
-    and learns nothing (a blur pool: a fixed filter, then subsampling)."""
+    """A (non-adaptive) spatial pooling op: max/avg pooling, or any layer that declares a stride,
+    learns nothing and keeps the channels (a blur pool: a fixed filter, then subsampling; not a
+    space-to-depth, which moves pixels into channels)."""
     window = window_of(gm, node)
     if window is not None:
         return window.kind != "conv"
     m = module_of(gm, node)
+    source = feature_input(node)
     return (
         m is not None
         and hasattr(m, "stride")
         and not isinstance(m, nn.Conv2d)
         and next(m.parameters(), None) is None
+        and (source is None or channels_of(node) == channels_of(source))
     )
+
+
+def channels_of(node: fx.Node) -> int | None:
+    shape = tensor_shape(node)
+    return shape[1] if shape is not None and len(shape) == 4 else None
 
 
 def _calls(node: fx.Node, functions: set, methods: set) -> bool:

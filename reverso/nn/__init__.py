@@ -12,6 +12,7 @@ from .filters import (
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
+from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
 from .upsample import UPSAMPLE_MODES, Upsample
 
 #: reverso's own layers: always traced as leaves
@@ -24,6 +25,9 @@ LAYERS = (
     CeilModePad,
     ValidAvgPool2d,
     GaussianBlur2d,
+    SpaceToDepth,
+    DepthToSpace,
+    NeighbourhoodToDepth,
 )
 
 __all__ = [
@@ -32,11 +36,14 @@ __all__ = [
     "PYRAMIDS",
     "UPSAMPLE_MODES",
     "BlurPool2d",
+    "DepthToSpace",
     "FixedBuffers",
     "GaussianBlur2d",
     "ImagePyramid",
     "Merge",
     "NJetConv2d",
+    "NeighbourhoodToDepth",
+    "SpaceToDepth",
     "Upsample",
     "binomial_taps",
     "blur_subsample",
