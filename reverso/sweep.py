@@ -10,6 +10,7 @@ error. The child process watches its own memory (``memory_gb``) and time (``time
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -115,6 +116,8 @@ def check(source: str, name: str, side: int) -> Outcome:
         return result
     result.convert_s, result.convert_peak_mb = time.perf_counter() - start, memory.peak_mb
     result.td_params = sum(p.numel() for p in td.parameters())
+    del model  # the training step needs the top-down network only (the largest are GBs)
+    gc.collect()
     x, y = torch.rand(4, *size, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10
     try:
         td.train()
