@@ -505,3 +505,38 @@ def test_a_space_to_depth_stem_becomes_its_stride_one_neighbourhood():
     out = td(torch.randn(2, 3, 32, 32))
     out.sum().backward()
     assert out.shape == (2, 5)
+
+
+class StridedResidual(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=2)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + self.shortcut(x))
+
+
+def test_one_strided_block_per_stage_is_no_patch_embedding():
+    """Every body unit but the last downsamples, as in a tiny ResNet with one block per stage:
+    that is not a patch embedding followed by one resolution, and it converts."""
+    net = nn.Sequential(
+        StridedResidual(3, 8),
+        StridedResidual(8, 16),
+        nn.Conv2d(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    td = reverso.topdown(net, input_size=(3, 16, 16))
+    td(torch.randn(2, 3, 16, 16)).sum().backward()
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    with pytest.raises(reverso.NoDownsamplingError, match="first layers"):
+        reverso.topdown(plain, input_size=(3, 16, 16))

@@ -75,6 +75,10 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
     stem = next((i for i, u in enumerate(body) if not u.is_transition), len(body))
     if stem == 0 or any(u.is_transition for u in body[stem:]):
         return
+    if stem > 1 and any(u.kind == "block" for u in body[:stem]):
+        return  # strided blocks, one per stage (a small ResNet), not a patch embedding
+    if any(stride_of(gm, named[n]) > 1 for n in head.nodes):
+        return  # the head downsamples further: the head check names what reverso cannot place
     # every downsampling happens in the first layers (a patch embedding), then one resolution
     later = [named[n] for u in [*body[stem:], head] for n in u.nodes]
     tokens = any(isinstance(v := n.meta.get("val"), torch.Tensor) and v.dim() == 3 for n in later)
