@@ -15,8 +15,10 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
+from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import check_input_size, propagate
+from reverso.ir.windows import pair
 from reverso.rewrite.widths import REGISTRY
 
 
@@ -73,7 +75,7 @@ class ReversoTracer(fx.Tracer):
         NormFreeBlock) and that traces on its own. Any other stays whole."""
         if id(m) not in self._opened:
             strided = any(
-                max(_pair(getattr(sub, "stride", 1))) > 1
+                max(pair(getattr(sub, "stride", 1))) > 1
                 for sub in m.modules()
                 if isinstance(sub, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d))
             )
@@ -110,12 +112,7 @@ def _translate(gm: fx.GraphModule) -> None:
     table = _translations()
     for n in gm.graph.nodes:
         if n.op == "call_module" and type(m := gm.get_submodule(n.target)) in table:
-            parent, _, name = n.target.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, name, table[type(m)](m))
-
-
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+            set_module(gm, n.target, table[type(m)](m))
 
 
 def _traces(m: nn.Module, parent: ReversoTracer) -> bool:

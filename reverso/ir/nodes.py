@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.ir import activations
-from reverso.ir.shapes import is_feature_map, tensor_shape
+from reverso.ir.shapes import channels, is_feature_map, tensor_shape
 from reverso.ir.windows import pair, window_of
 
 
@@ -154,13 +154,8 @@ def is_pool(gm, node) -> bool:
         and hasattr(m, "stride")
         and not isinstance(m, nn.Conv2d)
         and next(m.parameters(), None) is None
-        and (source is None or channels_of(node) == channels_of(source))
+        and (source is None or channels(node) == channels(source))
     )
-
-
-def channels_of(node: fx.Node) -> int | None:
-    shape = tensor_shape(node)
-    return shape[1] if shape is not None and len(shape) == 4 else None
 
 
 def _calls(node: fx.Node, functions: set, methods: set) -> bool:
