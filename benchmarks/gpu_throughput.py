@@ -70,13 +70,19 @@ def main(argv=None) -> list[dict]:
     for compiled in [False] if args.no_compile else [False, True]:
         for label, model in (("bottom-up", bu), ("top-down", td)):
             m = torch.compile(model) if compiled else model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
             ips = throughput(
                 m, device, args.batch, args.size, args.iters, autocast=True, classes=classes
             )
-            rows.append({"model": label, "compiled": compiled, "images_per_s": ips})
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
+            rows.append(
+                {"model": label, "compiled": compiled, "images_per_s": ips, "peak_mb": peak}
+            )
             print(
                 f"| {name} | {args.model} {label} | {'compile' if compiled else 'eager'} | bf16+channels_last | "
-                f"{ips:,.0f} img/s |",
+                f"{ips:,.0f} img/s | {peak:,.0f} MB |",
                 flush=True,
             )
     return rows
