@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
+from reverso.frontend.inline import inline_downsampling_functions
 from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import check_input_size, propagate
@@ -33,6 +34,9 @@ def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
     for name in ("DropPath", "DropBlock2d"):
         if hasattr(tl, name):
             modules.append(getattr(tl, name))
+    from torchvision.ops import StochasticDepth  # torchvision's drop path, likewise
+
+    modules.append(StochasticDepth)
     return tuple(modules), tuple(tl.get_notrace_functions())
 
 
@@ -214,6 +218,8 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm.meta["dtype"] = model_dtype(model)
     _translate(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
+    if inline_downsampling_functions(gm):
+        propagate_checked(gm, input_size, traced_dtype(gm))
     return gm
 
 
