@@ -115,21 +115,27 @@ class DownsampleToUpsample(Pass):
         """Insert upsamplings so that everything from the unit's first spatial conv on runs fine."""
         fine = self.fine_region(gm, view)
         prefix = module_prefix(view.nodes)
-        if view.exit not in fine:  # no spatial conv at all: upsample the unit's output
+        crossings = [
+            (n, a)
+            for n in gm.graph.nodes
+            if n in fine
+            for a in n.all_input_nodes
+            if a not in fine and _is_feature_path(a)
+        ]
+        if view.exit not in fine or not crossings:
+            # no spatial conv at all, or the fine part starts on reshaped values (the strided
+            # slices of a channels-last patch merging): the unit runs coarse, its output is upsampled
             up = Upsample(ctx.options.upsample, slot.up)
             node = append_to_unit(gm, view, f"{prefix}.upsample", up, (view.exit, like))
             ir.mark(node, ir.Role.UPSAMPLE, transition=index)
             return
         ups: dict[fx.Node, fx.Node] = {}
-        for n in [x for x in gm.graph.nodes if x in fine]:
-            for a in list(n.all_input_nodes):
-                if a in fine or not _is_feature_path(a):
-                    continue
-                if a not in ups:
-                    ups[a] = self.add_upsample(
-                        gm, ctx, f"{prefix}.upsample", a, like, slot.up, n, index
-                    )
-                n.replace_input_with(a, ups[a])
+        for n, a in crossings:
+            if a not in ups:
+                ups[a] = self.add_upsample(
+                    gm, ctx, f"{prefix}.upsample", a, like, slot.up, n, index
+                )
+            n.replace_input_with(a, ups[a])
 
     def fine_region(self, gm: fx.GraphModule, view: UnitView) -> set[fx.Node]:
         """Nodes of the unit that run at the finer level: from the (formerly strided or first)
@@ -142,6 +148,10 @@ class DownsampleToUpsample(Pass):
         if not starts:
             convs = [n for n in view.nodes if ir.is_spatial_conv(gm, n)]
             starts = [c for c in convs if not ir.has_ancestor_in(c, set(convs) - {c}, inside)]
+        if not starts and not any(ir.stride_tag(n) for n in view.nodes):
+            return set(
+                inside
+            )  # no stride and no spatial conv (a block of Linear layers): all of it
         return ir.descendants_within(starts, inside)
 
 

@@ -4,7 +4,9 @@ For each up-transition at level l a *lateral* reads pyramid level l: a fresh cop
 that opens level l in the bottom-up net (its kernel size; in_channels = image channels; out
 width C_r), followed by that conv's norm and activation in post-activation nets (bare in
 pre-activation nets). C_r is the width of what the merge feeds: the next group's width after a
-standalone transition, the up-unit's own width at the end of an up-unit.
+standalone transition, the up-unit's own width at the end of an up-unit (the group's first unit
+with a width-defining layer: a parameter-free opening such as a patch merging's strided slices
+is merged after the layer that narrows it).
 
 The merge (``merge=``: "add", "concat" or "add_concat") replaces a standalone upsampling (it
 projects the coarse path with a 1x1 conv block at the low resolution when widths differ, then
@@ -25,6 +27,7 @@ from reverso.nn import Merge
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.repair import propagate_as_repaired
 from reverso.rewrite.units import append_to_unit, module_prefix, unit_view
+from reverso.rewrite.widths import width_defining
 
 
 class MultiscaleInputs(Pass):
@@ -64,7 +67,7 @@ class MultiscaleInputs(Pass):
                 up.replace_all_uses_with(node)
                 gm.graph.erase_node(up)
             else:
-                view = unit_view(gm, slot.units[0])
+                view = unit_view(gm, self.merge_unit(gm, slot))
                 width = channels(view.exit)
                 merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
                 name = f"{module_prefix(view.nodes)}.merge"
@@ -79,6 +82,15 @@ class MultiscaleInputs(Pass):
                 propagate_as_repaired(gm, ctx)
         gm.delete_all_unused_submodules()
         return PassResult(gm, True)
+
+    def merge_unit(self, gm: fx.GraphModule, slot) -> int:
+        """The up-slot's unit the merge follows: its first unit with a layer that sets a width,
+        so that parameter-free openings (the strided slices and norm of a patch merging, a
+        space-to-depth) are not merged at their widened output."""
+        for unit in slot.units:
+            if any(width_defining(gm, n) for n in unit_view(gm, unit).nodes):
+                return unit
+        return slot.units[0]
 
     def next_width(self, gm: fx.GraphModule, ctx, index: int, default: int) -> int:
         """Width of the group a standalone merge feeds (the width its first unit opens with)."""

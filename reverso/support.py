@@ -157,7 +157,8 @@ REFUSAL_REASONS = (
      "right for multi-resolution fusion (HRNet) and windowed attention that merges windows; "
      "a limitation where a gate pools and broadcasts back to its own level inside a unit"),
     ("inside reshaped tensors", "downsampling inside token or channels-last layouts",
-     "a limitation: patch merging and space-to-depth are not mirrored yet"),
+     "a limitation: patch merging written as view/permute/view or on tokens is not mirrored yet "
+     "(strided slices, pixel_unshuffle and SpaceToDepth are)"),
     ("fixed to the model's resolution", "a tensor fixed to the model's resolution",
      "right: such a layer runs at one resolution only"),
     ("Wrong image height", "one fixed input size", "right: the model asserts its input size"),

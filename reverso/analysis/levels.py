@@ -21,27 +21,27 @@ from reverso.ir.shapes import level_of, spatial
 
 
 def measure_levels(gm: fx.GraphModule, probe: Probe, input_hw) -> dict[fx.Node, int]:
-    """The level of every feature map."""
+    """The level of every feature map, NCHW or channels-last."""
     levels = {probe.input: 0}
     for n in gm.graph.nodes:
-        if n not in probe.maps or n is probe.input:
+        if n not in probe.maps | probe.channels_last or n is probe.input:
             continue
         sources = [a for a in n.all_input_nodes if a in levels]
-        if not sources:  # e.g. a map rebuilt from channels-last values: measure it
-            levels[n] = level_of(spatial(n), input_hw)
+        if not sources:  # e.g. a map rebuilt from token values: measure it
+            levels[n] = level_of(probe.hw(n), input_hw)
             continue
         base = max(sources, key=lambda a: levels[a])
-        levels[n] = levels[base] + _step(gm, n, base)
+        levels[n] = levels[base] + _step(gm, n, probe.hw(n), probe.hw(base))
     return levels
 
 
-def _step(gm: fx.GraphModule, n: fx.Node, base: fx.Node) -> int:
-    ratio = (spatial(base)[0] / spatial(n)[0] + spatial(base)[1] / spatial(n)[1]) / 2
+def _step(gm: fx.GraphModule, n: fx.Node, size, base_size) -> int:
+    ratio = (base_size[0] / size[0] + base_size[1] / size[1]) / 2
     if ratio < 0.75:  # an upsampling by its factor (interpolation, a transposed conv's stride)
         return -max(1, round(math.log2(1 / ratio)))
     stride = stride_of(gm, n)
     if stride > 1 or has_stride(gm, n):
-        return round(math.log2(stride)) if spatial(n) != spatial(base) else 0
+        return round(math.log2(stride)) if size != base_size else 0
     return math.floor(math.log2(ratio) + 0.4) if ratio > 1 else 0
 
 

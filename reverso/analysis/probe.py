@@ -7,6 +7,7 @@ reshaped maps (channels-last, a channel shuffle's 5D view, tokens) grow elsewher
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +15,15 @@ import torch.fx as fx
 
 from reverso.errors import UnsupportedTopologyError, failed_node
 from reverso.frontend.tracing import example_input, traced_dtype
-from reverso.ir import by_name, descendants_within, describe, fixed_inputs
-from reverso.ir.shapes import propagate
+from reverso.ir import (
+    by_name,
+    dataflow_graph,
+    descendants_within,
+    describe,
+    fixed_inputs,
+    main_chain,
+)
+from reverso.ir.shapes import propagate, spatial
 
 
 @dataclass
@@ -31,6 +39,11 @@ class Probe:
     @property
     def num_classes(self) -> int:
         return int(self.result.meta["val"].shape[-1])
+
+    def hw(self, n: fx.Node) -> tuple[int, int]:
+        """The spatial size of a feature map, NCHW or channels-last."""
+        shape = n.meta["val"].shape
+        return (int(shape[1]), int(shape[2])) if n in self.channels_last else spatial(n)
 
 
 def probe(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Probe:
@@ -129,6 +142,47 @@ def _refuse_fixed_size(gm: fx.GraphModule, err: Exception) -> None:
             "input size only; a top-down network runs its layers at other resolutions. Convert a "
             "model whose layers take any input size"
         ) from err
+
+
+def cut_channels_last(gm: fx.GraphModule, probe: Probe) -> bool:
+    """Every channels-last value on the main path (Swin's and MambaOut's NHWC blocks) gets an
+    NCHW map beside it: the value is turned into a map and back, so the compiler cuts units
+    there as it does in NCHW nets, and merges and upsamplings find a map at every boundary.
+    Returns whether the graph changed (probe it again then)."""
+    chain = main_chain(dataflow_graph(gm), probe.input, probe.output)
+    cuts = [n for n in chain if n in probe.channels_last and not _only_sliced(n)]
+    for n in cuts:
+        _round_trip(gm.graph, n, (0, 3, 1, 2), (0, 2, 3, 1))
+    if cuts:
+        gm.recompile()
+    return bool(cuts)
+
+
+def _only_sliced(n: fx.Node) -> bool:
+    """A value read only by strided slices (the even-size padding before a patch merging)
+    belongs to that downsampling's unit."""
+    return all(
+        u.target is operator.getitem
+        and isinstance(u.args[1], tuple)
+        and any(isinstance(i, slice) and (i.step or 1) > 1 for i in u.args[1])
+        for u in n.users
+    )
+
+
+def _round_trip(graph: fx.Graph, n: fx.Node, there, back) -> fx.Node:
+    """Insert ``n.permute(there).permute(back)`` and let ``n``'s users read it; returns the
+    permuted value (the map)."""
+    value = n.meta["val"]
+    users = list(n.users)
+    with graph.inserting_after(n):
+        mapped = graph.call_method("permute", (n, *there))
+    with graph.inserting_after(mapped):
+        restored = graph.call_method("permute", (mapped, *back))
+    mapped.meta["val"] = value.permute(*there)
+    restored.meta["val"] = value
+    for u in users:
+        u.replace_input_with(n, restored)
+    return mapped
 
 
 def close_reshaped_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -> bool:

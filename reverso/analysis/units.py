@@ -168,8 +168,10 @@ def _measure(gm: fx.GraphModule, named, u: Unit, levels, strided) -> None:
     if u.is_transition and not u.strided:
         raise UnsupportedTopologyError(
             f"unit {u.nodes[0]} .. {u.exit} downsamples (x{u.factor}) inside reshaped tensors "
-            "(channels-last or token layouts, as in Swin's patch merging) rather than with a "
-            "strided conv or pooling on a feature map; reverso cannot mirror that downsampling"
+            "(a patch merging on tokens, or a space-to-depth written as view/permute/view) rather "
+            "than with a strided conv, pooling, strided slices or pixel_unshuffle; reverso cannot "
+            "mirror that downsampling. Write it as strided slices x[..., 0::2, 0::2, :] and "
+            "torch.cat, or as F.pixel_unshuffle"
         )
     _check_single_transition(gm, u, nodes, strided)
     if u.out_level < u.in_level:

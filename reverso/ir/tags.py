@@ -79,6 +79,11 @@ def is_global(node: fx.Node) -> bool:
     return TAG in node.meta and tags_of(node).scope is Scope.GLOBAL
 
 
+def is_map(node: fx.Node) -> bool:
+    """An NCHW feature map, as the analysis tagged it."""
+    return TAG in node.meta and tags_of(node).scope is Scope.MAP
+
+
 def is_reshaped(node: fx.Node) -> bool:
     return TAG in node.meta and tags_of(node).scope is Scope.RESHAPED
 

@@ -77,12 +77,19 @@ class DepthToSpace(nn.Module):
 
 class NeighbourhoodToDepth(nn.Module):
     """Space-to-depth at stride 1: (B, C, H, W) -> (B, C b^2, H, W), each pixel's b x b
-    neighbourhood (zero-padded [floor((b-1)/2), ceil((b-1)/2)]) in :class:`SpaceToDepth`'s
-    channel order: ``out[..., p::b, p::b] == SpaceToDepth(b)(x)`` with p = floor((b-1)/2)."""
+    neighbourhood (zero-padded [floor((b-1)/2), ceil((b-1)/2)]) stacked into channels:
+    ``out[..., p::b, p::b] == SpaceToDepth(b)(x)`` with p = floor((b-1)/2).
 
-    def __init__(self, block_size: int = 2):
+    ``order="tf"`` is :class:`SpaceToDepth`'s channel order (block position outer, channel
+    inner); ``order="torch"`` is ``F.pixel_unshuffle``'s (channel outer), so that
+    ``out[..., p::b, p::b] == F.pixel_unshuffle(x, b)``."""
+
+    def __init__(self, block_size: int = 2, order: str = "tf"):
         super().__init__()
+        if order not in ("tf", "torch"):
+            raise ValueError(f"order must be 'tf' or 'torch', got {order!r}")
         self.block_size = _check_block(block_size)
+        self.order = order
         self.stride = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +97,9 @@ class NeighbourhoodToDepth(nn.Module):
         b = self.block_size
         lo = (b - 1) // 2
         patches = F.unfold(F.pad(x, (lo, b - 1 - lo, lo, b - 1 - lo)), b)  # (n, c*b*b, h*w)
+        if self.order == "torch":
+            return patches.reshape(n, c * b * b, h, w)
         return patches.reshape(n, c, b * b, h, w).transpose(1, 2).reshape(n, b * b * c, h, w)
 
     def extra_repr(self) -> str:
-        return f"block_size={self.block_size}"
+        return f"block_size={self.block_size}, order={self.order!r}"

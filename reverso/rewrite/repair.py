@@ -5,7 +5,11 @@ meta tensors. A layer whose input width no longer matches is re-instantiated thr
 registry (fresh weights, same type and configuration). An elementwise join whose two inputs now
 disagree (an identity shortcut next to a main path of another width) gets a 1x1 projection on
 its shortcut, in the model's own style (conv-norm, or a bare conv of the pre-activation in
-pre-activation nets). Anything else that breaks is reported with the node and the remedy.
+pre-activation nets). A unit whose layers cannot change width (attention written with
+functions over its own full weights, as torchvision's Swin does; a residual block on
+channels-last values) keeps its width: an entry projection maps what it now receives to what it
+read bottom-up. Anything else that breaks is
+reported with the node and the remedy.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ class _Repair(ShapeProp):
         self.changed = False
         self.dry_run = dry_run
         self.rebuilt: dict[str, torch.nn.Module] = {}  # the dry run's layers, by target
+        self.rigid = rigid_units(gm)
 
     def run_node(self, n: fx.Node):
+        if ir.unit_of(n) in self.rigid:
+            self._adapt_entry(n)
         if n.op == "call_module":
             self._fit_module(n)
         elif ir.is_join(n) and self._mismatched(n):
@@ -231,6 +238,35 @@ class _Repair(ShapeProp):
                     return v
         return None
 
+    def _adapt_entry(self, n: fx.Node) -> None:
+        """A map entering a rigid unit with another width than the unit read bottom-up passes
+        through a 1x1 projection first (one per unit, shared by all the unit's readers)."""
+        if ir.role_of(n) is ir.Role.PROJECTION:
+            return  # the projection itself (re-widthed as any layer)
+        unit = ir.unit_of(n)
+        want = self.ctx.report.units[unit].in_width
+        for a in n.all_input_nodes:
+            v = self.env.get(a)
+            if ir.unit_of(a) == unit or not ir.is_map(a) or not isinstance(v, torch.Tensor):
+                continue
+            if v.dim() != 4 or v.shape[1] == want:
+                continue
+            if self.dry_run:  # as the projection will deliver it
+                self.env[a] = v.new_empty(v.shape[0], want, *v.shape[2:])
+                continue
+            readers = [u for u in a.users if ir.unit_of(u) == unit]
+            current = a
+            for i, layer in enumerate(self.factory.projection(int(v.shape[1]), want)):
+                name = f"{module_prefix([n])}.entry" + (f"_{i}" if i else "")
+                current = ir.add_module_node(self.module, name, layer, (current,), before=n,
+                                             meta_from=n)  # fmt: skip
+                ir.mark(current, ir.Role.PROJECTION)
+                self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
+                current.meta["val"] = self.env[current]
+            for r in readers:
+                r.replace_input_with(a, current)
+            self.changed = True
+
     # -- joins -------------------------------------------------------------------------------
     def _mismatched(self, n: fx.Node) -> bool:
         """Two feature maps of different widths (neither broadcasting) meet at a join."""
@@ -326,3 +362,22 @@ def _channel_dim(value) -> int | None:
         return 0
     long = [d for d, s in enumerate(value.shape) if s > 1]
     return long[0] if len(long) == 1 else None
+
+
+def rigid_units(gm: fx.GraphModule) -> set[int]:
+    """Units that keep their own width when their input's changes: those holding a function or
+    method that reads a full weight of the model's own (a 2D or larger parameter that is no
+    per-channel gain: no width rule rebuilds such a layer), and residual blocks on channels-last
+    values (a shortcut projection works on NCHW maps)."""
+    rigid = set()
+    for n in gm.graph.nodes:
+        unit = ir.unit_of(n)
+        if unit is None or n.op not in ("call_function", "call_method"):
+            continue
+        if ir.is_join(n) and any(ir.is_reshaped(a) for a in n.all_input_nodes):
+            rigid.add(unit)
+        for a in n.all_input_nodes:
+            value = a.meta.get("val") if a.op == "get_attr" else None
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and _channel_dim(value) is None:
+                rigid.add(unit)
+    return rigid

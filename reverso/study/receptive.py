@@ -33,7 +33,16 @@ from reverso import ir
 from reverso.errors import OptionError
 from reverso.frontend.tracing import trace
 from reverso.ir.shapes import is_feature_map
-from reverso.nn import BlurPool2d, GaussianBlur2d, ImagePyramid, Merge, NJetConv2d, Upsample
+from reverso.nn import (
+    BlurPool2d,
+    GaussianBlur2d,
+    ImagePyramid,
+    Merge,
+    NeighbourhoodToDepth,
+    NJetConv2d,
+    SpaceToDepth,
+    Upsample,
+)
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,12 @@ def _node_rf(
             return kind, base.through(window.extent, window.step)
         if n.target is F.interpolate:
             return "upsample", _interpolated(n, base, exact)
+        if n.target in (F.pixel_unshuffle, torch.pixel_unshuffle):
+            block = int(n.args[1] if len(n.args) > 1 else n.kwargs["downscale_factor"])
+            return "space-to-depth", base.through(block, block)
+        step = _slice_step(n)
+        if step > 1:
+            return "strided slice", base.through(1, step)
         if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return "global", GLOBAL
     source = ir.feature_input(n)
@@ -188,6 +203,8 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         return "pool", base.through(w.extent, w.step)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return "global", GLOBAL
+    if isinstance(m, (SpaceToDepth, NeighbourhoodToDepth)):  # a b x b window, stride b or 1
+        return "space-to-depth", base.through(m.block_size, m.stride)
     if isinstance(m, GaussianBlur2d):
         return "gaussian blur", base.through(m.taps.numel() if exact else m.width)
     if isinstance(m, BlurPool2d) or hasattr(m, "filt_size"):  # reverso's or timm's BlurPool2d
@@ -265,6 +282,13 @@ def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
     else:
         return base
     return base.through(taps).upsampled(factor)
+
+
+def _slice_step(n: fx.Node) -> int:
+    """The largest step of a strided slice ``x[..., s::k, ...]`` (1 for any other node)."""
+    if n.target is not operator.getitem or not isinstance(n.args[1], tuple):
+        return 1
+    return max((i.step or 1 for i in n.args[1] if isinstance(i, slice)), default=1)
 
 
 def _first(v):

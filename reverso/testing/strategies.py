@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
@@ -30,6 +31,7 @@ class UnitSpec:
 @dataclass(frozen=True)
 class TransitionSpec:
     kind: str  # "max" | "avg" | "conv" (a strided conv / strided first block) | "blur"
+    #  | "unshuffle" (F.pixel_unshuffle) | "slices" (four strided slices concatenated)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,23 @@ UNITS = {
 }
 
 
+class SpaceToDepthDown(nn.Module):
+    """Space-to-depth downsampling, x4 channels: F.pixel_unshuffle, or Swin's patch merging
+    written on NCHW maps (four strided slices, concatenated along channels)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, w % 2, 0, h % 2))  # odd sizes, as torchvision's Swin pads them
+        if self.kind == "unshuffle":
+            return F.pixel_unshuffle(x, 2)
+        parts = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]
+        return torch.cat(parts, 1)
+
+
 class RandomCNN(nn.Module):
     def __init__(self, spec: CNNSpec):
         super().__init__()
@@ -184,6 +203,9 @@ class RandomCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2) if trans.kind == "max" else nn.AvgPool2d(2))
             elif trans is not None and trans.kind == "blur":
                 layers.append(BlurDown(cin))
+            elif trans is not None and trans.kind in ("unshuffle", "slices"):
+                layers.append(SpaceToDepthDown(trans.kind))
+                cin *= 4
             for ui, unit in enumerate(group):
                 stride = 2 if trans is not None and trans.kind == "conv" and ui == 0 else 1
                 if gi == 0 and ui == 0 and spec.stem_stride:
@@ -230,7 +252,7 @@ def groups(*, max_units: int = 3, residual: bool = True):
 
 
 def transitions(*, modern: bool = True):
-    kinds = ["max", "avg", "conv", *(["blur"] if modern else [])]
+    kinds = ["max", "avg", "conv", *(["blur", "unshuffle", "slices"] if modern else [])]
     return st.builds(TransitionSpec, kind=st.sampled_from(kinds))
 
 
