@@ -146,7 +146,11 @@ class DownsampleToUpsample(Pass):
             if ir.stride_tag(n):
                 starts += [n] if ir.is_spatial_conv(gm, n) else [u for u in n.users if u in inside]
         if not starts:
-            convs = [n for n in view.nodes if ir.is_spatial_conv(gm, n)]
+            # a strided conv that was no transition reduces inside its block (an attention's
+            # keys and values) and runs where its block's input does
+            convs = [
+                n for n in view.nodes if ir.is_spatial_conv(gm, n) and ir.stride_of(gm, n) == 1
+            ]
             starts = [c for c in convs if not ir.has_ancestor_in(c, set(convs) - {c}, inside)]
         if not starts and not any(ir.stride_tag(n) for n in view.nodes):
             return set(

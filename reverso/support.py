@@ -47,7 +47,7 @@ parameters are the bottom-up and top-down networks' float32 bytes.
 
 #: one timm model per failure class the catalogue sweep found, converted in the default test run:
 #: arithmetic on sizes, constant channel splits, a stem of two strided convs, unpadded convs, a
-#: body that ends in channels-last blocks, dense blocks
+#: body that ends in channels-last blocks, dense blocks, an attention tied to its input width
 REPRESENTATIVE = (
     "edgenext_xx_small",
     "fasternet_t0",
@@ -55,6 +55,7 @@ REPRESENTATIVE = (
     "inception_v3",
     "test_mambaout",
     "densenet121",
+    "davit_tiny",
 )
 
 #: timm models whose topology cannot be reversed (they must be refused with a clear message)
@@ -164,6 +165,9 @@ REFUSAL_REASONS = (
     ("Wrong image height", "one fixed input size", "right: the model asserts its input size"),
     ("Input height", "one fixed input size", "right: the model asserts its input size"),
     ("could not trace", "untraceable Python", "right: torch.fx cannot trace it (leaf_modules=)"),
+    ("once the top-down net runs its block at another resolution", "query pooling inside a block",
+     "a limitation: a block that pools its queries and reshapes by the pooled size is not "
+     "mirrored yet"),
     ("downsamples twice in sequence", "two downsamplings inside one block",
      "a limitation: reverso mirrors one transition per multi-branch block"),
     ("single input and output", "units that read each other's values",

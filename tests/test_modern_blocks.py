@@ -430,10 +430,11 @@ def test_reductions_inside_a_block_are_neither_transitions_nor_cross_resolution(
     assert out.shape == (2, 5) and all(torch.isfinite(p.grad).all() for p in td.parameters())
 
 
-def test_a_reshape_tied_to_another_width_is_refused_by_name_and_rev_keeps_widths():
+def test_a_reshape_tied_to_another_width_keeps_its_unit_at_its_width():
     """The attention reshapes its output by its input's width (``x.shape``): when the top-down
     order feeds it another width, its Linear layers no longer agree with that reshape. The
-    repair refuses at the reshape, before torch fails, and names the arrangement that works."""
+    repair finds that at the reshape, before torch fails, and keeps the attention's unit at its
+    bottom-up width behind a 1x1 entry projection; ``rev`` keeps every width anyway."""
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1),
         ReducedAttention(8),
@@ -443,8 +444,12 @@ def test_a_reshape_tied_to_another_width_is_refused_by_name_and_rev_keeps_widths
         nn.Flatten(),
         nn.Linear(16, 5),
     )
-    with pytest.raises(reverso.WidthError, match=r"'reshape'.*arrangement='rev'"):
-        reverso.topdown(net, input_size=(3, 32, 32))
+    td = reverso.topdown(net, input_size=(3, 32, 32))
+    widths = {n: m.in_features for n, m in td.named_modules() if isinstance(m, nn.Linear)}
+    bu = {n: m.in_features for n, m in net.named_modules() if isinstance(m, nn.Linear)}
+    assert all(widths[f"features.{n}"] == w for n, w in bu.items() if f"features.{n}" in widths)
+    assert any(name.endswith("entry") for name, _ in td.named_modules())
+    td(torch.randn(2, 3, 32, 32)).sum().backward()
     td = reverso.topdown(net, input_size=(3, 32, 32), arrangement="rev")
     td(torch.randn(2, 3, 32, 32)).sum().backward()
 

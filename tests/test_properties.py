@@ -6,6 +6,7 @@ from golden_models import LeNetFC, ResNet32
 from hypothesis import HealthCheck, given, settings
 
 from reverso.testing import bottom_up_cnns, check_topdown
+from reverso.testing.strategies import CNNSpec, TransitionSpec, UnitSpec
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -15,6 +16,29 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(H
 def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     # conversion succeeds or raises ReversoError (check_topdown returns None then); anything else fails
     check_topdown(spec.build(), spec.input_size)
+
+
+@pytest.mark.parametrize("unit", ["gated", "selective", "layer_scale", "partial"])
+@pytest.mark.parametrize("transition", ["unshuffle", "slices", "blur"])
+def test_every_modern_pattern_converts_with_all_properties(unit, transition):
+    """Each of the strategy's modern patterns, deterministically (odd sizes, LayerNorm2d)."""
+    spec = CNNSpec(
+        3,
+        ((UnitSpec(unit, 6, 3),), (UnitSpec(unit, 8, 3), UnitSpec("residual", 8, 3))),
+        (TransitionSpec(transition),),
+        stem_stride=True,
+        norm=True,
+        act="relu",
+        head="gap_linear",
+        num_classes=5,
+        input_size=(3, 17, 20),
+        norm_kind="layernorm2d",
+    )
+    td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])
+    assert td is not None
+    x = torch.rand(2, *spec.input_size)
+    td(x).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))

@@ -109,12 +109,20 @@ class WithMystery(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_unknown_layer_that_must_change_width_says_how_to_register():
-    # in the top-down net `scale` opens the first group and reads the 3-channel image instead of 4 channels
-    with pytest.raises(reverso.WidthError) as info:
+def test_unknown_layer_keeps_its_width_behind_an_entry_projection():
+    # in the top-down net `scale` opens the first group and reads the 3-channel image instead of
+    # 4 channels: reverso cannot rebuild it, so a 1x1 projection gives it the 4 channels it reads
+    td = reverso.topdown(WithMystery(), input_size=(3, 16, 16), leaf_modules=[Mystery])
+    (mystery,) = [m for m in td.modules() if isinstance(m, Mystery)]
+    assert mystery.weight.shape[0] == 4
+    entries = [m for name, m in td.named_modules() if name.endswith("entry")]
+    assert entries and all(m.out_channels == 4 for m in entries)
+    td(torch.rand(2, 3, 16, 16)).sum().backward()
+
+
+def test_unknown_layer_kept_at_its_width_says_how_to_register():
+    with pytest.warns(UserWarning, match=r"reverso.register_width_rule\(Mystery"):
         reverso.topdown(WithMystery(), input_size=(3, 16, 16), leaf_modules=[Mystery])
-    message = str(info.value)
-    assert "Mystery" in message and "reverso.register_width_rule(Mystery" in message
 
 
 def test_registered_user_layer_is_rebuilt(monkeypatch):

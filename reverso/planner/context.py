@@ -31,6 +31,8 @@ class Context:
     registry: WidthRegistry = field(default=REGISTRY, kw_only=True)
     history: list[tuple[str, bool]] = field(default_factory=list, kw_only=True)
     state: dict = field(default_factory=dict, kw_only=True)  # free space for user passes
+    #: units width repair keeps at their own width, behind an entry projection
+    fixed_width: set[int] = field(default_factory=set, kw_only=True)
 
     def example_input(self) -> torch.Tensor:
         return example_input(self.input_size, dtype=model_dtype(self.model))

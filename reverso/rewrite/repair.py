@@ -22,28 +22,53 @@ from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.layers import LayerFactory
+from reverso.rewrite.rigid import channel_dim, rigid_units, warn_kept_width
 from reverso.rewrite.units import module_prefix
 from reverso.rewrite.widths import unknown_layer_error
 
 
 def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     """Re-widths layers and shortcuts in place; returns whether anything changed."""
-    fixer = _Repair(gm, ctx)
-    with evaluating(gm), torch.no_grad():
-        fixer.run(ctx.example_input())
-    if fixer.changed:
+    changed = False
+    while True:
+        fixer = _Repair(gm, ctx)
+        try:
+            with evaluating(gm), torch.no_grad():
+                fixer.run(ctx.example_input())
+        except _KeepWidth as retry:  # that unit keeps its width: walk again with its projection
+            ctx.fixed_width.add(retry.unit)
+            changed = True
+            continue
+        finally:
+            changed |= fixer.changed
+        break
+    if changed:
         gm.graph.lint()
         gm.recompile()
     mark_shapes_current(gm)  # every node's shape is now up to date
-    return fixer.changed
+    return changed
+
+
+class _KeepWidth(Exception):
+    """A unit turned out to be tied to its own width (a reshape reads it from a shape)."""
+
+    def __init__(self, unit: int):
+        super().__init__(unit)
+        self.unit = unit
 
 
 def propagate_as_repaired(gm: fx.GraphModule, ctx) -> None:
     """Fill every node's shape with the one it will have once width repair has run, changing
     nothing else: for a pass that reads widths downstream of its own earlier edits (the
     pipeline runs the repair itself, after the pass, as a step of its own)."""
-    with evaluating(gm), torch.no_grad():
-        _Repair(gm, ctx, dry_run=True).run(ctx.example_input())
+    while True:
+        try:
+            with evaluating(gm), torch.no_grad():
+                _Repair(gm, ctx, dry_run=True).run(ctx.example_input())
+        except _KeepWidth as retry:
+            ctx.fixed_width.add(retry.unit)
+            continue
+        return
 
 
 class _Repair(ShapeProp):
@@ -55,7 +80,11 @@ class _Repair(ShapeProp):
         self.changed = False
         self.dry_run = dry_run
         self.rebuilt: dict[str, torch.nn.Module] = {}  # the dry run's layers, by target
-        self.rigid = rigid_units(gm)
+        # units that keep their own width (entry projections): only with an analysis to read
+        # their bottom-up widths from
+        report = getattr(ctx, "report", None)
+        self.rigid = rigid_units(gm, ctx.registry) if report else {}
+        self.rigid.update({u: "" for u in ctx.fixed_width if report and u not in self.rigid})
 
     def run_node(self, n: fx.Node):
         if ir.unit_of(n) in self.rigid:
@@ -109,8 +138,19 @@ class _Repair(ShapeProp):
         known = 1
         for v in sizes:
             known *= v if v != -1 else 1
+        if known == 0 and x.numel() > 0:  # a size read as H // k came out 0: not a width
+            raise UnsupportedTopologyError(
+                f"{ir.describe(self.module, n)} reshapes a value of shape {tuple(x.shape)} into "
+                f"{tuple(sizes)}, sizes it computes from other values' shapes, which come out 0 "
+                "once the top-down net runs its block at another resolution (a block that pools "
+                "its queries and reshapes by the pooled size, as Hiera's): the block's "
+                "downsampling cannot be mirrored"
+            )
         fits = x.numel() % known == 0 if -1 in sizes else x.numel() == known
         if not fits:
+            unit = ir.unit_of(n)
+            if unit is not None and getattr(self.ctx, "report", None) and unit not in self.rigid:
+                raise _KeepWidth(unit)
             raise WidthError(
                 f"{ir.describe(self.module, n)} reshapes a value of shape {tuple(x.shape)} into "
                 f"{tuple(sizes)}, sizes it reads from other values' shapes: after the width change "
@@ -134,7 +174,7 @@ class _Repair(ShapeProp):
             if not chain:
                 continue
             value = self.fetch_attr(chain[0].target)
-            dim = _channel_dim(value)
+            dim = channel_dim(value)
             if dim is None or value.shape[dim] == width:
                 continue
             self._resize_attr(chain[0].target, value, dim, width)
@@ -255,17 +295,11 @@ class _Repair(ShapeProp):
                 self.env[a] = v.new_empty(v.shape[0], want, *v.shape[2:])
                 continue
             readers = [u for u in a.users if ir.unit_of(u) == unit]
-            current = a
-            for i, layer in enumerate(self.factory.projection(int(v.shape[1]), want)):
-                name = f"{module_prefix([n])}.entry" + (f"_{i}" if i else "")
-                current = ir.add_module_node(self.module, name, layer, (current,), before=n,
-                                             meta_from=n)  # fmt: skip
-                ir.mark(current, ir.Role.PROJECTION)
-                self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
-                current.meta["val"] = self.env[current]
+            current = self._project(a, int(v.shape[1]), want, f"{module_prefix([n])}.entry", n)
             for r in readers:
                 r.replace_input_with(a, current)
-            self.changed = True
+            if self.rigid[unit]:
+                warn_kept_width(self.module, n, self.rigid[unit], int(v.shape[1]), want)
 
     # -- joins -------------------------------------------------------------------------------
     def _mismatched(self, n: fx.Node) -> bool:
@@ -285,23 +319,21 @@ class _Repair(ShapeProp):
         source = self._projection_source(shortcut, n)
         cin = int(self.env[source].shape[1])
         nodes = ir.unit_members(self.module, ir.unit_of(n)) if ir.unit_of(n) is not None else [n]
-        prefix = module_prefix(nodes)
+        current = self._project(source, cin, width, f"{module_prefix(nodes)}.shortcut", n)
+        n.replace_input_with(shortcut, current)
+
+    def _project(self, source: fx.Node, cin: int, width: int, name: str, before: fx.Node):
+        """A 1x1 projection of ``source`` inserted before ``before``, one graph node per layer
+        (so that later repairs can re-width each of them); returns its output node."""
         current = source
-        # one graph node per layer, so that later repairs can re-width each of them
         for i, layer in enumerate(self.factory.projection(cin, width)):
-            current = ir.add_module_node(
-                self.module,
-                f"{prefix}.shortcut" + (f"_{i}" if i else ""),
-                layer,
-                (current,),
-                before=n,
-                meta_from=n,
-            )
+            current = ir.add_module_node(self.module, name + (f"_{i}" if i else ""), layer,
+                                         (current,), before=before, meta_from=before)  # fmt: skip
             ir.mark(current, ir.Role.PROJECTION)
             self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
             current.meta["val"] = self.env[current]
-        n.replace_input_with(shortcut, current)
         self.changed = True
+        return current
 
     def _pick_shortcut(self, n: fx.Node, a: fx.Node, b: fx.Node) -> tuple[fx.Node, fx.Node]:
         """The input to adapt: the one that lost the join's previous width, else the one without convs."""
@@ -351,33 +383,3 @@ class _Repair(ShapeProp):
                 break
             current = nxt[0]
         return current if current is not None and self.env.get(current) is not None else shortcut
-
-
-def _channel_dim(value) -> int | None:
-    """The channel dimension of a per-channel tensor: a gain or bias (one dimension longer than
-    1) or a depthwise kernel (C, 1, k, k); None for anything else (a full weight)."""
-    if not isinstance(value, torch.Tensor):
-        return None
-    if value.dim() == 4 and value.shape[1] == 1:
-        return 0
-    long = [d for d, s in enumerate(value.shape) if s > 1]
-    return long[0] if len(long) == 1 else None
-
-
-def rigid_units(gm: fx.GraphModule) -> set[int]:
-    """Units that keep their own width when their input's changes: those holding a function or
-    method that reads a full weight of the model's own (a 2D or larger parameter that is no
-    per-channel gain: no width rule rebuilds such a layer), and residual blocks on channels-last
-    values (a shortcut projection works on NCHW maps)."""
-    rigid = set()
-    for n in gm.graph.nodes:
-        unit = ir.unit_of(n)
-        if unit is None or n.op not in ("call_function", "call_method"):
-            continue
-        if ir.is_join(n) and any(ir.is_reshaped(a) for a in n.all_input_nodes):
-            rigid.add(unit)
-        for a in n.all_input_nodes:
-            value = a.meta.get("val") if a.op == "get_attr" else None
-            if isinstance(value, torch.Tensor) and value.dim() >= 2 and _channel_dim(value) is None:
-                rigid.add(unit)
-    return rigid

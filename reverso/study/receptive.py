@@ -147,8 +147,18 @@ def _inputs(n: fx.Node, rfs, reads_data: dict) -> list[RF]:
     return [
         rfs[a]
         for a in n.all_input_nodes
-        if isinstance(rfs.get(a), RF) and a.op != "get_attr" and a not in constant
+        if isinstance(rfs.get(a), RF)
+        and a.op != "get_attr"
+        and a not in constant
+        and not _is_size(a)  # x.shape[-2:] handed to an interpolation carries no pixel
     ]
+
+
+def _is_size(a: fx.Node) -> bool:
+    value = a.meta.get("val")
+    return isinstance(value, (int, torch.Size)) or (
+        isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)
+    )
 
 
 def _node_rf(

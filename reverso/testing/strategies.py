@@ -24,6 +24,7 @@ from torch import nn
 @dataclass(frozen=True)
 class UnitSpec:
     kind: str  # "plain" | "residual" | "layer_scale" (residual, gain) | "partial" | "shuffle"
+    #  | "gated" (a gate pooled and interpolated back) | "selective" (selective kernels)
     width: int
     kernel: int
 
@@ -50,7 +51,7 @@ class CNNSpec:
     num_classes: int
     input_size: tuple[int, int, int] = field(default=(3, 32, 32))
     double_stem: bool = False  # a second strided conv right after a strided stem
-    norm_kind: str = "batch"  # "batch" | "group"
+    norm_kind: str = "batch"  # "batch" | "group" | "layernorm2d"
 
     def build(self, seed: int = 0) -> nn.Module:
         """The model as an ordinary nn.Module (weights from ``seed``)."""
@@ -68,6 +69,10 @@ class Act(nn.Module):
 
 
 def norm_layer(width: int, kind: str = "batch") -> nn.Module:
+    if kind == "layernorm2d":  # timm's channels-first LayerNorm (ConvNeXt, EdgeNeXt)
+        from timm.layers import LayerNorm2d
+
+        return LayerNorm2d(width)
     return (
         nn.BatchNorm2d(width)
         if kind == "batch"
@@ -167,11 +172,45 @@ class ShuffleUnit(nn.Module):
         return self.out(x)
 
 
+class GatedUnit(nn.Module):
+    """A conv unit whose output is gated by a map computed at half its resolution (pool, 1x1
+    conv, sigmoid, interpolated back): a down-then-up path inside one unit."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__()
+        self.body = conv_unit(cin, cout, k, stride, norm, act)
+        self.gate = nn.Conv2d(cout, cout, 1)
+
+    def forward(self, x):
+        x = self.body(x)
+        gate = self.gate(F.avg_pool2d(x, 2, ceil_mode=True)).sigmoid()
+        return x * F.interpolate(gate, size=x.shape[-2:], mode="nearest")
+
+
+class SelectiveKernelUnit(nn.Module):
+    """SKNet's selective kernel: two branches (k and k + 2), their sum pooled into a softmax
+    over the branches that weighs them (nodes with several consumers inside one unit)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, norm: bool, act: str):
+        super().__init__()
+        self.small = conv_unit(cin, cout, k, stride, norm, act)
+        self.large = conv_unit(cin, cout, k + 2, stride, norm, act)
+        self.attend = nn.Conv2d(cout, 2 * cout, 1)
+
+    def forward(self, x):
+        a, b = self.small(x), self.large(x)
+        weights = self.attend((a + b).mean((2, 3), keepdim=True))
+        weights = weights.unflatten(1, (2, -1)).softmax(1)
+        return a * weights[:, 0] + b * weights[:, 1]
+
+
 UNITS = {
     "residual": ResidualUnit,
     "layer_scale": LayerScaleUnit,
     "partial": PartialUnit,
     "shuffle": ShuffleUnit,
+    "gated": GatedUnit,
+    "selective": SelectiveKernelUnit,
 }
 
 
@@ -240,7 +279,11 @@ def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = Tr
     widths (2-24) and kernels (1, 3, 5)."""
     # ShuffleUnit is built on request (UnitSpec(kind="shuffle", ...)) but not drawn: a channel
     # shuffle whose width reverso changes to an odd number cannot be rewritten yet
-    kinds = ["plain", "residual", *(["layer_scale", "partial"] if modern else [])]
+    kinds = [
+        "plain",
+        "residual",
+        *(["layer_scale", "partial", "gated", "selective"] if modern else []),
+    ]
     kinds = st.sampled_from(kinds) if residual else st.just("plain")
     widths = widths if widths is not None else st.integers(2, 24)
     kernels = kernels if kernels is not None else st.sampled_from([1, 3, 5])
@@ -261,8 +304,9 @@ def bottom_up_cnns(
     draw, *, max_transitions: int = 4, max_units: int = 3, residual: bool = True
 ) -> CNNSpec:
     """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
-    pools), plain, residual, layer-scale and partial-conv units with kernels 1/3/5 and random
-    widths, a stem of one or two strided convs, with/without BatchNorm or GroupNorm, ReLU/SiLU,
+    pools, pixel_unshuffle, strided-slice patch merging), plain, residual, layer-scale,
+    partial-conv, gated and selective-kernel units with kernels 1/3/5 and random widths, a stem
+    of one or two strided convs, with/without BatchNorm, GroupNorm or LayerNorm2d, ReLU/SiLU,
     and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
     n_trans = draw(st.integers(1, max_transitions))
     gs = tuple(draw(groups(max_units=max_units, residual=residual)) for _ in range(n_trans + 1))
@@ -284,5 +328,5 @@ def bottom_up_cnns(
         num_classes=draw(st.integers(2, 10)),
         input_size=(in_chans, h, w),
         double_stem=double_stem,
-        norm_kind=draw(st.sampled_from(["batch", "group"])),
+        norm_kind=draw(st.sampled_from(["batch", "group", "layernorm2d"])),
     )
