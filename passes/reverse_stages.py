@@ -17,7 +17,8 @@ import torch.fx as fx
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
 from reverso.ir.shapes import channels
-from reverso.rewrite.units import reorder_units, unit_view
+from reverso.rewrite.layers import LayerFactory
+from reverso.rewrite.units import append_to_unit, module_prefix, reorder_units, unit_view
 from reverso.rewrite.widths import width_defining
 
 
@@ -48,6 +49,18 @@ class ReverseStages(Pass):
             if ir.unit_of(n) in stem and width_defining(gm, n):
                 last = n
         if last is None:
+            return
+        inside = {n for n in gm.graph.nodes if ir.unit_of(n) in stem}
+        if any(ir.is_add(n) for n in ir.descendants_within(list(last.users), inside)):
+            # the stem's last layer feeds a residual sum (a transformer block before the first
+            # map): it is tied to its shortcut, so a 1x1 projection after the stem gives the width
+            view = unit_view(gm, plan.stem[-1])
+            cin = channels(view.exit)
+            if cin != width:
+                factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
+                name = f"{module_prefix(view.nodes)}.widen"
+                node = append_to_unit(gm, view, name, factory.projection(cin, width), (view.exit,))
+                ir.mark(node, ir.Role.PROJECTION)
             return
         module = gm.get_submodule(last.target)
         rule = ctx.registry.lookup(module)

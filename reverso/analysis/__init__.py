@@ -20,6 +20,7 @@ from reverso.analysis.levels import check_strides_survive, downsampling_nodes, m
 from reverso.analysis.probe import close_reshaped_tail, cut_channels_last, probe
 from reverso.analysis.report import Group, StageReport, Transition, Unit
 from reverso.analysis.segments import find_segments
+from reverso.analysis.sizes import rebase_image_sizes
 from reverso.analysis.stages import build_report
 from reverso.analysis.tagging import tag_graph
 from reverso.analysis.units import build_units
@@ -39,7 +40,7 @@ def analyze(model, input_size=None, *, leaf_modules=()) -> StageReport:
 def analyze_graph(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> StageReport:
     """Analyse a traced GraphModule whose nodes carry shapes for ``input_size``; tags its nodes."""
     values = probe(gm, input_size)
-    if cut_channels_last(gm, values):
+    if rebase_image_sizes(gm, values) | cut_channels_last(gm, values):
         values = probe(gm, input_size)
     segments = find_segments(gm, values)
     if close_reshaped_tail(gm, values, segments.chain[segments.head_start]):

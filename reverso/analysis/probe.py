@@ -35,6 +35,7 @@ class Probe:
     maps: set[fx.Node]  # among them, the NCHW feature maps
     channels_last: set[fx.Node] = field(default_factory=set)  # 4D maps growing in dims 1, 2
     tokens: set[fx.Node] = field(default_factory=set)  # (B, N, C) values growing in dim 1
+    grown: dict[fx.Node, object] = field(default_factory=dict)  # values at twice the size
 
     @property
     def num_classes(self) -> int:
@@ -66,14 +67,14 @@ def probe(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Probe:
             "the model returns a tuple/dict instead of one logits tensor; wrap it so that "
             "forward returns the class scores only"
         )
-    scaling, maps, channels_last, tokens = _scaling_values(gm, input_size)
-    return Probe(images[0], output, result, scaling, maps, channels_last, tokens)
+    scaling, maps, channels_last, tokens, grown = _scaling_values(gm, input_size)
+    return Probe(images[0], output, result, scaling, maps, channels_last, tokens, grown)
 
 
 def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx.Node]]:
     """Values whose size follows the input size, and among them the NCHW feature maps.
     The nodes' shapes are left as they were."""
-    scaling, maps, _, _ = _scaling_values(gm, input_size)
+    scaling, maps, *_ = _scaling_values(gm, input_size)
     return scaling, maps
 
 
@@ -111,7 +112,7 @@ def _scaling_values(gm: fx.GraphModule, input_size):
                 channels_last.add(n)
             elif isinstance(a, torch.Tensor) and a.dim() == 3 and dims[0] == {1}:
                 tokens.add(n)
-    return scaling, maps, channels_last, tokens
+    return scaling, maps, channels_last, tokens, second or {}
 
 
 def _inputs(gm: fx.GraphModule) -> list[fx.Node]:

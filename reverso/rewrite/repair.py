@@ -281,25 +281,31 @@ class _Repair(ShapeProp):
     def _adapt_entry(self, n: fx.Node) -> None:
         """A map entering a rigid unit with another width than the unit read bottom-up passes
         through a 1x1 projection first (one per unit, shared by all the unit's readers)."""
-        if ir.role_of(n) is ir.Role.PROJECTION:
-            return  # the projection itself (re-widthed as any layer)
+        if ir.role_of(n) is not None:
+            return  # layers the passes added (projections, merges, upsamplings) fit themselves
         unit = ir.unit_of(n)
         want = self.ctx.report.units[unit].in_width
         for a in n.all_input_nodes:
             v = self.env.get(a)
-            if ir.unit_of(a) == unit or not ir.is_map(a) or not isinstance(v, torch.Tensor):
+            image = a.op == "placeholder" or ir.role_of(a) is ir.Role.PYRAMID
+            if ir.unit_of(a) == unit or not isinstance(v, torch.Tensor):
                 continue
-            if v.dim() != 4 or v.shape[1] == want:
+            if image and not ir.carries_tensor(n):
+                continue  # a unit reading the image's size: no projection for that
+            dim = 1 if ir.is_map(a) and v.dim() == 4 else None
+            if dim is None or v.dim() not in (3, 4) or v.shape[dim] == want:
                 continue
+            cin = int(v.shape[dim])
             if self.dry_run:  # as the projection will deliver it
-                self.env[a] = v.new_empty(v.shape[0], want, *v.shape[2:])
+                self.env[a] = v.new_empty(*v.shape[:dim], want, *v.shape[dim:][1:])
                 continue
-            readers = [u for u in a.users if ir.unit_of(u) == unit]
-            current = self._project(a, int(v.shape[1]), want, f"{module_prefix([n])}.entry", n)
+            readers = [u for u in a.users if ir.unit_of(u) == unit]  # shape reads too
+            name = f"{module_prefix([n])}.entry"
+            current = self._project(a, cin, want, name, n, last=dim == -1)
             for r in readers:
                 r.replace_input_with(a, current)
             if self.rigid[unit]:
-                warn_kept_width(self.module, n, self.rigid[unit], int(v.shape[1]), want)
+                warn_kept_width(self.module, n, self.rigid[unit], cin, want)
 
     # -- joins -------------------------------------------------------------------------------
     def _mismatched(self, n: fx.Node) -> bool:
@@ -322,11 +328,13 @@ class _Repair(ShapeProp):
         current = self._project(source, cin, width, f"{module_prefix(nodes)}.shortcut", n)
         n.replace_input_with(shortcut, current)
 
-    def _project(self, source: fx.Node, cin: int, width: int, name: str, before: fx.Node):
+    def _project(self, source, cin: int, width: int, name: str, before, *, last: bool = False):
         """A 1x1 projection of ``source`` inserted before ``before``, one graph node per layer
-        (so that later repairs can re-width each of them); returns its output node."""
+        (so that later repairs can re-width each of them); a Linear layer for values with their
+        channels last. Returns its output node."""
         current = source
-        for i, layer in enumerate(self.factory.projection(cin, width)):
+        layers = [torch.nn.Linear(cin, width)] if last else self.factory.projection(cin, width)
+        for i, layer in enumerate(layers):
             current = ir.add_module_node(self.module, name + (f"_{i}" if i else ""), layer,
                                          (current,), before=before, meta_from=before)  # fmt: skip
             ir.mark(current, ir.Role.PROJECTION)
