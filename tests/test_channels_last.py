@@ -149,3 +149,86 @@ def test_channels_last_patch_merging_converts_and_trains():
     loss = F.cross_entropy(td(x), y)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
+
+
+class ReshapedMerge(nn.Module):
+    """timm's Swin patch merging: reshape, permute and flatten on NHWC values, beside a window
+    partition (the same reshape and a permute that moves windows into the batch)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.reduction = nn.LayerNorm(4 * c), nn.Linear(4 * c, 2 * c, bias=False)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class Windows(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        win = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 2, 2, c)
+        win = self.fc(win).view(b, h // 2, w // 2, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+        return x + win.reshape(b, h, w, c)
+
+
+class ReshapedSwin(nn.Module):
+    def __init__(self, widths=(8, 16, 32)):
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], 2, stride=2)
+        layers = []
+        for i, c in enumerate(widths):
+            layers += ([ReshapedMerge(widths[i - 1])] if i else []) + [Windows(c)]
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], 10)
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def test_reshaped_patch_merging_becomes_strided_slices_and_converts():
+    from reverso.frontend.tracing import trace
+
+    model = ReshapedSwin().eval()
+    gm = trace(model, (3, 32, 32))
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(gm(x), model(x))  # the same values
+    assert sum(n.target is torch.cat for n in gm.graph.nodes) == 2  # the mergings, not windows
+    td = check_topdown(model, (3, 32, 32), other_sizes=[(64, 48)])
+    assert td is not None
+    td(x).sum().backward()
+
+
+class StrictSize(nn.Module):
+    """Asserts its input size (as timm's strict patch embeddings do); ``pos`` adds a position
+    embedding of that size."""
+
+    def __init__(self, pos: bool):
+        super().__init__()
+        widths = [(3, 8, 2), (8, 8, 1), (8, 16, 2), (16, 16, 1)]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=s, padding=1) for a, b, s in widths)
+        self.pos = nn.Parameter(torch.zeros(1, 8, 16, 16)) if pos else None
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] == 32, "input height must be 32")
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i == 1 and self.pos is not None:
+                x = x + self.pos
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_model_that_only_asserts_its_size_is_probed_past_the_assertion():
+    td = reverso.topdown(StrictSize(pos=False), input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    # its layers take any size: the assertion, which pinned the bottom-up size, is gone
+    assert not any(n.target is torch._assert for n in td.features.graph.nodes)
+    assert td(torch.rand(2, 3, 48, 48)).shape == (2, 5)
+    with pytest.raises(reverso.UnsupportedTopologyError, match="fixed to the model's resolution"):
+        reverso.topdown(StrictSize(pos=True), input_size=(3, 32, 32))

@@ -27,11 +27,12 @@ def test_hrnet_is_refused_for_its_cross_resolution_branches():
     assert "fuse_layers" in result.message  # names the node that makes it so
 
 
-def test_vit_is_refused_for_having_no_spatial_downsampling():
+def test_vit_is_refused_for_its_position_embedding():
+    # probed past its input-size assertion, ViT adds a position embedding of one size
     result = check_timm_model("vit_tiny_patch16_224", input_size=(3, 224, 224))
     assert result.status == "refused"
-    assert result.message.startswith("NoDownsamplingError")
-    assert "patch_embed" in result.message and "tokens" in result.message
+    assert result.message.startswith("UnsupportedTopologyError")
+    assert "pos_embed" in result.message and "one input size" in result.message
 
 
 def test_vit_at_the_wrong_size_says_which_size_it_needs():

@@ -86,7 +86,9 @@ def _scaling_values(gm: fx.GraphModule, input_size):
         second = {n: n.meta.get("val") for n in gm.graph.nodes}
     except Exception as err:
         _refuse_fixed_size(gm, err)
-        second = None  # models that accept one input size only: every 4D value is a map
+        # a model that only asserts its input size is probed past its assertions; without a
+        # second size every 4D value stands for a map
+        second = _past_size_checks(gm, (c, 2 * h, 2 * w), err)
     finally:
         for n, v in first.items():
             n.meta["val"] = v
@@ -113,6 +115,35 @@ def _scaling_values(gm: fx.GraphModule, input_size):
             elif isinstance(a, torch.Tensor) and a.dim() == 3 and dims[0] == {1}:
                 tokens.add(n)
     return scaling, maps, channels_last, tokens, second or {}
+
+
+def _past_size_checks(gm: fx.GraphModule, size, err: Exception) -> dict | None:
+    """When the larger probe stops at ``torch._assert`` (a patch embedding that checks the
+    image size), probe again with the assertions skipped. If the layers then run, the
+    assertions only pinned the bottom-up size: they are removed (the top-down net runs its
+    layers at every level). If a layer fails, the model is refused when that layer combines the
+    data with a tensor fixed to the model's resolution (a position embedding)."""
+    checks = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch._assert]
+    if failed_node(err) not in {n.name for n in checks}:
+        return None
+    for n in checks:
+        n.target = _skip_check
+    try:
+        propagate(gm, example_input(size, dtype=traced_dtype(gm)))
+    except Exception as again:
+        for n in checks:
+            n.target = torch._assert
+        _refuse_fixed_size(gm, again)
+        return None
+    grown = {n: n.meta.get("val") for n in gm.graph.nodes}
+    for n in checks:
+        gm.graph.erase_node(n)
+    gm.recompile()
+    return grown
+
+
+def _skip_check(*args, **kwargs) -> None:
+    return None
 
 
 def _inputs(gm: fx.GraphModule) -> list[fx.Node]:

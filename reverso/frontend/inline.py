@@ -10,7 +10,9 @@ compiler sees the strided ops; a function that does not trace stays whole.
 from __future__ import annotations
 
 import inspect
+import operator
 
+import torch
 import torch.fx as fx
 
 from reverso.ir.shapes import tensor_shape
@@ -76,3 +78,73 @@ def _inline(graph: fx.Graph, call: fx.Node, sub: fx.Graph) -> None:
                 env[s].meta["stack_trace"] = call.meta.get("stack_trace")
     call.replace_all_uses_with(result)
     graph.erase_node(call)
+
+
+def slice_reshaped_patch_merging(gm: fx.GraphModule) -> bool:
+    """Patch merging written as ``x.reshape(B, H/b, b, W/b, b, C).permute(0, 1, 3, 4, 2, 5)
+    .flatten(3)`` on channels-last values (timm's Swin) becomes the same values as b^2 strided
+    slices ``x[:, i::b, j::b, :]`` concatenated along channels, which the compiler mirrors.
+    Returns whether the graph changed (propagate shapes again then)."""
+    changed = False
+    for n in list(gm.graph.nodes):
+        match = _patch_merging(n)
+        if match is None:
+            continue
+        x, block, rows_outer = match
+        pairs = [(i, j) for i in range(block) for j in range(block)]
+        if not rows_outer:
+            pairs = [(i, j) for j in range(block) for i in range(block)]
+        graph = gm.graph
+        with graph.inserting_before(n):
+            parts = [
+                graph.call_function(
+                    operator.getitem,
+                    (x, (slice(None), slice(i, None, block), slice(j, None, block), slice(None))),
+                )
+                for i, j in pairs
+            ]
+            cat = graph.call_function(torch.cat, (parts, -1))
+        n.replace_all_uses_with(cat)
+        permute = n.args[0]
+        graph.erase_node(n)
+        reshape = permute.args[0]
+        graph.erase_node(permute)
+        graph.erase_node(reshape)
+        changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return changed
+
+
+def _patch_merging(n: fx.Node):
+    """(x, b, whether the row offset varies slowest) when ``n`` is ``flatten(3)`` of
+    ``reshape(x, B, H/b, b, W/b, b, C).permute(0, 1, 3, p, q, 5)`` with {p, q} = {2, 4}."""
+    if not (n.op == "call_method" and n.target == "flatten" and n.args[1:] in ((3,), (-3,))):
+        return None
+    permute = n.args[0]
+    if not (
+        isinstance(permute, fx.Node) and permute.target == "permute" and len(permute.users) == 1
+    ):
+        return None
+    order = tuple(permute.args[1:]) if len(permute.args) > 2 else tuple(permute.args[1])
+    if order not in ((0, 1, 3, 4, 2, 5), (0, 1, 3, 2, 4, 5)):  # then flatten: not windows
+        return None
+    reshape = permute.args[0]
+    if not (isinstance(reshape, fx.Node) and reshape.target in ("reshape", "view")):
+        return None
+    x = reshape.args[0]
+    inner, outer = tensor_shape(reshape), tensor_shape(x) if isinstance(x, fx.Node) else None
+    if (
+        inner is None
+        or outer is None
+        or len(inner) != 6
+        or len(outer) != 4
+        or len(reshape.users) != 1
+    ):
+        return None
+    b, h, w, c = outer
+    block = inner[2]
+    if inner != (b, h // block, block, w // block, block, c) or inner[4] != block or block < 2:
+        return None
+    return x, block, order[3] == 2

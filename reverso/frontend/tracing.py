@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
-from reverso.frontend.inline import inline_downsampling_functions
+from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
 from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import check_input_size, propagate
@@ -218,7 +218,7 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm.meta["dtype"] = model_dtype(model)
     _translate(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
-    if inline_downsampling_functions(gm):
+    if inline_downsampling_functions(gm) | slice_reshaped_patch_merging(gm):
         propagate_checked(gm, input_size, traced_dtype(gm))
     return gm
 
