@@ -6,7 +6,7 @@ Goal: at most 1.5x Conv2d 3x3 at sigma = 1, nearly flat in sigma (the naive rout
 sigma^2). reverso never reads sigma in forward: the grid is allocated for sigma_max (2 sigma for a
 learnable sigma) and masked, so a learnable layer pays for the largest support it may grow to.
 
-    python benchmarks/njet.py [--iters 12] [--channels 64] [--size 32] [--batch 16]
+    python benchmarks/njet.py [--device cuda] [--iters 12] [--channels 64] [--size 32] [--batch 16]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class NaiveNJet(nn.Module):
     def forward(self, x):
         sigma = torch.exp2(self.scale)
         radius = math.ceil(2 * sigma.item())  # host synchronisation
-        grid = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
         weight = torch.einsum(
             "ocf,fyx->ocyx", self.alpha, gaussian_basis_2d(sigma, self.order, grid)
         )
@@ -47,13 +47,17 @@ class NaiveNJet(nn.Module):
 
 
 def step(module, x) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     module(x).sum().backward()
+    sync()
     return time.perf_counter() - start
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=12)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
@@ -61,12 +65,15 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     c = args.channels
-    x = torch.rand(args.batch, c, args.size, args.size, requires_grad=True)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    x = torch.rand(args.batch, c, args.size, args.size, device=device, requires_grad=True)
     layers = {"Conv2d 3x3": nn.Conv2d(c, c, 3, padding=1)}
     for sigma in (1, 2, 4):
         layers[f"N-Jet sigma={sigma} learnable"] = NJetConv2d(c, c, sigma=sigma)
         layers[f"N-Jet sigma={sigma} fixed"] = NJetConv2d(c, c, sigma=sigma, learn_sigma=False)
         layers[f"naive sigma={sigma}"] = NaiveNJet(c, sigma)
+    layers = {k: m.to(device) for k, m in layers.items()}
     times = {k: [] for k in layers}
     for module in layers.values():
         for _ in range(2):
@@ -84,7 +91,7 @@ def main(argv=None) -> list[dict]:
             else ""
         )
         rows.append({"layer": name, "ms": t * 1e3, "ratio": t / base, "detail": detail})
-        print(f"| {name} | {detail} | {t * 1e3:.1f} ms | {t / base:.2f}x |", flush=True)
+        print(f"| {where} | {name} | {detail} | {t * 1e3:.2f} ms | {t / base:.2f}x |", flush=True)
     return rows
 
 
