@@ -16,6 +16,7 @@ import torch.fx as fx
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
+from reverso.errors import WidthError
 from reverso.ir.shapes import channels
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.units import append_to_unit, module_prefix, reorder_units, unit_view
@@ -51,25 +52,26 @@ class ReverseStages(Pass):
         if last is None:
             return
         inside = {n for n in gm.graph.nodes if ir.unit_of(n) in stem}
-        if any(ir.is_add(n) for n in ir.descendants_within(list(last.users), inside)):
-            # the stem's last layer feeds a residual sum (a transformer block before the first
-            # map): it is tied to its shortcut, so a 1x1 projection after the stem gives the width
-            view = unit_view(gm, plan.stem[-1])
-            cin = channels(view.exit)
-            if cin != width:
-                factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
-                name = f"{module_prefix(view.nodes)}.widen"
-                node = append_to_unit(gm, view, name, factory.projection(cin, width), (view.exit,))
-                ir.mark(node, ir.Role.PROJECTION)
-            return
         module = gm.get_submodule(last.target)
         rule = ctx.registry.lookup(module)
-        if rule.out_width(module) != width:
-            ir.set_module(
-                gm,
-                last.target,
-                ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target),
-            )
+        if rule.out_width(module) == width:
+            return
+        # the stem's last layer feeds a residual sum (a transformer block before the first
+        # map): it is tied to its shortcut, so a 1x1 projection after the stem gives the width
+        if not any(ir.is_add(n) for n in ir.descendants_within(list(last.users), inside)):
+            try:
+                new = ctx.registry.rebuild(module, rule.in_width(module), width, where=last.target)
+                ir.set_module(gm, last.target, new)
+                return
+            except WidthError:  # a grouped conv that cannot take that width: project after it
+                pass
+        view = unit_view(gm, plan.stem[-1])
+        factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
+        projection = factory.projection(channels(view.exit), width)
+        node = append_to_unit(
+            gm, view, f"{module_prefix(view.nodes)}.widen", projection, (view.exit,)
+        )
+        ir.mark(node, ir.Role.PROJECTION)
 
     def ensures(self, gm, ctx) -> None:
         # sizes (``x.shape``) sit where they are first computed; the units' data runs in order

@@ -18,7 +18,7 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     check_topdown(spec.build(), spec.input_size)
 
 
-@pytest.mark.parametrize("unit", ["gated", "selective", "layer_scale", "partial"])
+@pytest.mark.parametrize("unit", ["gated", "selective", "layer_scale", "partial", "shuffle"])
 @pytest.mark.parametrize("transition", ["unshuffle", "slices", "blur"])
 def test_every_modern_pattern_converts_with_all_properties(unit, transition):
     """Each of the strategy's modern patterns, deterministically (odd sizes, LayerNorm2d)."""

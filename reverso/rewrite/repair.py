@@ -22,26 +22,14 @@ from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.layers import LayerFactory
-from reverso.rewrite.rigid import channel_dim, rigid_units, warn_kept_width
+from reverso.rewrite.rigid import KeepWidth, channel_dim, rigid_units, warn_kept_width
 from reverso.rewrite.units import module_prefix
 from reverso.rewrite.widths import unknown_layer_error
 
 
 def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     """Re-widths layers and shortcuts in place; returns whether anything changed."""
-    changed = False
-    while True:
-        fixer = _Repair(gm, ctx)
-        try:
-            with evaluating(gm), torch.no_grad():
-                fixer.run(ctx.example_input())
-        except _KeepWidth as retry:  # that unit keeps its width: walk again with its projection
-            ctx.fixed_width.add(retry.unit)
-            changed = True
-            continue
-        finally:
-            changed |= fixer.changed
-        break
+    changed = _walk(gm, ctx)
     if changed:
         gm.graph.lint()
         gm.recompile()
@@ -49,26 +37,26 @@ def repair_widths(gm: fx.GraphModule, ctx) -> bool:
     return changed
 
 
-class _KeepWidth(Exception):
-    """A unit turned out to be tied to its own width (a reshape reads it from a shape)."""
-
-    def __init__(self, unit: int):
-        super().__init__(unit)
-        self.unit = unit
-
-
 def propagate_as_repaired(gm: fx.GraphModule, ctx) -> None:
     """Fill every node's shape with the one it will have once width repair has run, changing
     nothing else: for a pass that reads widths downstream of its own earlier edits (the
     pipeline runs the repair itself, after the pass, as a step of its own)."""
+    _walk(gm, ctx, dry_run=True)
+
+
+def _walk(gm: fx.GraphModule, ctx, *, dry_run: bool = False) -> bool:
+    """Run the repair over the graph; a unit found tied to its own width joins
+    ``ctx.fixed_width`` and the walk starts again, now with that unit's entry projection."""
+    changed = False
     while True:
+        fixer = _Repair(gm, ctx, dry_run=dry_run)
         try:
             with evaluating(gm), torch.no_grad():
-                _Repair(gm, ctx, dry_run=True).run(ctx.example_input())
-        except _KeepWidth as retry:
+                fixer.run(ctx.example_input())
+            return changed or fixer.changed
+        except KeepWidth as retry:
             ctx.fixed_width.add(retry.unit)
-            continue
-        return
+            changed |= fixer.changed
 
 
 class _Repair(ShapeProp):
@@ -148,9 +136,7 @@ class _Repair(ShapeProp):
             )
         fits = x.numel() % known == 0 if -1 in sizes else x.numel() == known
         if not fits:
-            unit = ir.unit_of(n)
-            if unit is not None and getattr(self.ctx, "report", None) and unit not in self.rigid:
-                raise _KeepWidth(unit)
+            self._keep_width(n)
             raise WidthError(
                 f"{ir.describe(self.module, n)} reshapes a value of shape {tuple(x.shape)} into "
                 f"{tuple(sizes)}, sizes it reads from other values' shapes: after the width change "
@@ -158,6 +144,13 @@ class _Repair(ShapeProp):
                 "tied to its input's width, say), and reverso does not re-width such layers "
                 "together. Convert with arrangement='rev', which keeps every width"
             )
+
+    def _keep_width(self, n: fx.Node) -> None:
+        """``n`` cannot take the width it now receives: its unit keeps its own width (the repair
+        walks the graph again with that unit's entry projection), once per unit."""
+        unit = ir.unit_of(n)
+        if unit is not None and getattr(self.ctx, "report", None) and unit not in self.rigid:
+            raise KeepWidth(unit)
 
     def _fit_constants(self, n: fx.Node) -> bool:
         """A parameter or buffer the op combines with a feature map of another width (a fixed
@@ -263,7 +256,11 @@ class _Repair(ShapeProp):
                 "narrower input than the model was built for"
             )
         if actual != rule.in_width(module):
-            new = self.registry.rebuild(module, actual, where=n.target)
+            try:
+                new = self.registry.rebuild(module, actual, where=n.target)
+            except WidthError:  # a grouped conv that cannot take that width
+                self._keep_width(n)
+                raise
             if self.dry_run:
                 self.rebuilt[n.target] = new
             else:

@@ -53,6 +53,15 @@ def rigid_units(gm: fx.GraphModule, registry) -> dict[int, str]:
     return rigid
 
 
+class KeepWidth(Exception):
+    """A unit turned out to be tied to its own width (a reshape reads it from a shape, a grouped
+    conv cannot take the new width): width repair walks the graph again with its projection."""
+
+    def __init__(self, unit: int):
+        super().__init__(unit)
+        self.unit = unit
+
+
 def warn_kept_width(gm: fx.GraphModule, n: fx.Node, layer: str, got: int, want: int) -> None:
     """Say that a leaf layer without a width rule was kept at its width, and how to re-width it."""
     warnings.warn(

@@ -190,12 +190,15 @@ def _node_rf(
             block = int(n.args[1] if len(n.args) > 1 else n.kwargs["downscale_factor"])
             return "space-to-depth", base.through(block, block)
         step = _slice_step(n)
-        if step > 1:
-            return "strided slice", base.through(1, step)
+        if step > 1:  # one of the k^2 offsets a patch merging concatenates: its k x k window
+            return "strided slice", base.through(step, step)
         if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             return "global", GLOBAL
     source = ir.feature_input(n)
-    if source is not None and not is_feature_map(n) and isinstance(n.meta.get("val"), torch.Tensor):
+    value = n.meta.get("val")
+    if source is not None and not is_feature_map(n) and isinstance(value, torch.Tensor):
+        if value.dim() > 4 and tuple(value.shape[-2:]) == tuple(source.meta["val"].shape[-2:]):
+            return "reshaped", base  # a channel shuffle's 5D view keeps every pixel in place
         return "global", GLOBAL  # flatten, a spatial mean: every input pixel counts (a split
     # of a map into a tuple of maps is no such value)
     return ("join" if len(ins) > 1 else "pointwise"), base

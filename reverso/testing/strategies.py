@@ -275,15 +275,10 @@ class RandomCNN(nn.Module):
 
 
 def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = True):
-    """Plain (conv-norm-act), residual, layer-scale residual and partial-conv units with random
-    widths (2-24) and kernels (1, 3, 5)."""
-    # ShuffleUnit is built on request (UnitSpec(kind="shuffle", ...)) but not drawn: a channel
-    # shuffle whose width reverso changes to an odd number cannot be rewritten yet
-    kinds = [
-        "plain",
-        "residual",
-        *(["layer_scale", "partial", "gated", "selective"] if modern else []),
-    ]
+    """Plain (conv-norm-act), residual, layer-scale residual, partial-conv, gated,
+    selective-kernel and channel-shuffle units with random widths (2-24) and kernels (1, 3, 5)."""
+    modern_kinds = ["layer_scale", "partial", "gated", "selective", "shuffle"]
+    kinds = ["plain", "residual", *(modern_kinds if modern else [])]
     kinds = st.sampled_from(kinds) if residual else st.just("plain")
     widths = widths if widths is not None else st.integers(2, 24)
     kernels = kernels if kernels is not None else st.sampled_from([1, 3, 5])
@@ -305,7 +300,7 @@ def bottom_up_cnns(
 ) -> CNNSpec:
     """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
     pools, pixel_unshuffle, strided-slice patch merging), plain, residual, layer-scale,
-    partial-conv, gated and selective-kernel units with kernels 1/3/5 and random widths, a stem
+    partial-conv, gated, selective-kernel and channel-shuffle units with kernels 1/3/5 and random widths, a stem
     of one or two strided convs, with/without BatchNorm, GroupNorm or LayerNorm2d, ReLU/SiLU,
     and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
     n_trans = draw(st.integers(1, max_transitions))
