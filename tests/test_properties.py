@@ -18,13 +18,18 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     check_topdown(spec.build(), spec.input_size)
 
 
-@pytest.mark.parametrize("unit", ["gated", "selective", "layer_scale", "partial", "shuffle"])
+@pytest.mark.parametrize(
+    "unit", ["gated", "selective", "layer_scale", "partial", "shuffle", "unpadded"]
+)
 @pytest.mark.parametrize("transition", ["unshuffle", "slices", "blur"])
 def test_every_modern_pattern_converts_with_all_properties(unit, transition):
     """Each of the strategy's modern patterns, deterministically (odd sizes, LayerNorm2d)."""
     spec = CNNSpec(
         3,
-        ((UnitSpec(unit, 6, 3),), (UnitSpec(unit, 8, 3), UnitSpec("residual", 8, 3))),
+        (
+            (UnitSpec(unit, 6, 3), UnitSpec("plain", 6, 3)),
+            (UnitSpec(unit, 8, 3), UnitSpec("residual", 8, 3)),
+        ),
         (TransitionSpec(transition),),
         stem_stride=True,
         norm=True,

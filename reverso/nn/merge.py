@@ -21,7 +21,9 @@ class Merge(nn.Module):
     * ``"add_concat"`` (the paper's choice): ``fuse(cat(x + s, s))``
 
     where ``fuse`` is a 3x3 conv block (2C -> C) that enlarges the receptive field. Inside an
-    up-unit, ``x`` already has the lateral's size and width, so there is no projection or upsampling.
+    up-unit, ``x`` already has the lateral's width, so there is no projection or upsampling; if
+    unpadded ("valid") convs trimmed it, the lateral is cropped to its centre (as U-Net crops its
+    skip connections).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Merge(nn.Module):
             x = self.project(x)
         if self.upsample is not None:
             x = self.upsample(x, s)
+        s = _crop_to(s, x.shape[-2:])
         if self.variant == "add":
             return x + s
         if self.variant == "concat":
@@ -60,3 +63,12 @@ class Merge(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}"
+
+
+def _crop_to(s: torch.Tensor, size) -> torch.Tensor:
+    """The centre of ``s`` at ``size`` when ``s`` is larger in both dims; ``s`` otherwise."""
+    h, w = s.shape[-2:]
+    if (h, w) == tuple(size) or h < size[0] or w < size[1]:
+        return s
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    return s[..., top : top + size[0], left : left + size[1]]

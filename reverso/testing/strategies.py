@@ -25,6 +25,7 @@ from torch import nn
 class UnitSpec:
     kind: str  # "plain" | "residual" | "layer_scale" (residual, gain) | "partial" | "shuffle"
     #  | "gated" (a gate pooled and interpolated back) | "selective" (selective kernels)
+    #  | "unpadded" (a conv without padding, which trims k - 1 pixels)
     width: int
     kernel: int
 
@@ -81,9 +82,18 @@ def norm_layer(width: int, kind: str = "batch") -> nn.Module:
 
 
 def conv_unit(
-    cin: int, cout: int, k: int, stride: int, norm: bool, act: str, norm_kind: str = "batch"
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int,
+    norm: bool,
+    act: str,
+    norm_kind: str = "batch",
+    padded: bool = True,
 ) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=not norm)]
+    """conv-(norm)-act; ``padded=False`` is an unpadded ("valid") conv that trims k - 1 pixels."""
+    padding = k // 2 if padded else 0
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, padding, bias=not norm)]
     if norm:
         layers.append(norm_layer(cout, norm_kind))
     layers.append(nn.ReLU() if act == "relu" else nn.SiLU())
@@ -253,9 +263,9 @@ class RandomCNN(nn.Module):
                     layers.append(
                         UNITS[unit.kind](cin, unit.width, unit.kernel, stride, spec.norm, spec.act)
                     )
-                else:
+                else:  # "plain", or "unpadded" (a valid conv)
                     layers.append(conv_unit(cin, unit.width, unit.kernel, stride, spec.norm,
-                                            spec.act, spec.norm_kind))  # fmt: skip
+                                            spec.act, spec.norm_kind, unit.kind != "unpadded"))  # fmt: skip
                 cin = unit.width
                 if gi == 0 and ui == 0 and spec.stem_stride and spec.double_stem:
                     layers.append(conv_unit(cin, cin, 3, 2, spec.norm, spec.act, spec.norm_kind))
@@ -277,6 +287,9 @@ class RandomCNN(nn.Module):
 def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = True):
     """Plain (conv-norm-act), residual, layer-scale residual, partial-conv, gated,
     selective-kernel and channel-shuffle units with random widths (2-24) and kernels (1, 3, 5)."""
+    # "unpadded" (a valid conv) is built on request (UnitSpec(kind="unpadded", ...)) but not
+    # drawn: the top-down net runs it at a coarser level, where a small input leaves its map
+    # smaller than its kernel, and reverso does not yet name the input size that works
     modern_kinds = ["layer_scale", "partial", "gated", "selective", "shuffle"]
     kinds = ["plain", "residual", *(modern_kinds if modern else [])]
     kinds = st.sampled_from(kinds) if residual else st.just("plain")
@@ -310,8 +323,15 @@ def bottom_up_cnns(
     stem_stride = draw(st.booleans())
     double_stem = stem_stride and draw(st.booleans())
     factor = 2 ** (n_trans + stem_stride + double_stem)
-    h = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
-    w = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1))
+    # unpadded convs trim k - 1 pixels at their level: the input grows by what they take
+    trim = sum(
+        (u.kernel - 1) * 2 ** (stem_stride + double_stem + g + 1)
+        for g, group in enumerate(gs)
+        for u in group
+        if u.kind == "unpadded"
+    )
+    h = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1)) + trim
+    w = factor * draw(st.integers(2, 4)) + draw(st.integers(0, 1)) + trim
     return CNNSpec(
         in_chans=in_chans,
         groups=gs,
