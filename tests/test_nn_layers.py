@@ -211,3 +211,13 @@ def test_space_to_depth_is_the_codes_permutation_and_inverts_exactly():
     assert torch.equal(SpaceToDepth(4)(x.float()), TimmSpaceToDepth(4)(x.float()))
     with pytest.raises(ValueError, match="divisible by 4"):
         SpaceToDepth(4)(torch.randn(1, 3, 6, 8))
+
+
+def test_merge_crops_the_lateral_to_a_trimmed_map():
+    from reverso.nn import Merge
+
+    merge = Merge("add", nn.Identity())
+    x, image = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 10, 11)
+    torch.testing.assert_close(merge(x, image), x + image[..., 1:9, 1:9])
+    same = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(merge(x, same), x + same)
