@@ -7,7 +7,6 @@ reshaped maps (channels-last, a channel shuffle's 5D view, tokens) grow elsewher
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +21,7 @@ from reverso.ir import (
     describe,
     fixed_inputs,
     main_chain,
+    slice_step,
 )
 from reverso.ir.shapes import propagate, spatial
 
@@ -184,7 +184,7 @@ def cut_channels_last(gm: fx.GraphModule, probe: Probe) -> bool:
     chain = main_chain(dataflow_graph(gm), probe.input, probe.output)
     cuts = [n for n in chain if n in probe.channels_last and not _only_sliced(n)]
     for n in cuts:
-        _round_trip(gm.graph, n, (0, 3, 1, 2), (0, 2, 3, 1))
+        _round_trip(gm.graph, n, list(n.users))
     if cuts:
         gm.recompile()
     return bool(cuts)
@@ -193,28 +193,21 @@ def cut_channels_last(gm: fx.GraphModule, probe: Probe) -> bool:
 def _only_sliced(n: fx.Node) -> bool:
     """A value read only by strided slices (the even-size padding before a patch merging)
     belongs to that downsampling's unit."""
-    return all(
-        u.target is operator.getitem
-        and isinstance(u.args[1], tuple)
-        and any(isinstance(i, slice) and (i.step or 1) > 1 for i in u.args[1])
-        for u in n.users
-    )
+    return all(slice_step(u) > 1 for u in n.users)
 
 
-def _round_trip(graph: fx.Graph, n: fx.Node, there, back) -> fx.Node:
-    """Insert ``n.permute(there).permute(back)`` and let ``n``'s users read it; returns the
-    permuted value (the map)."""
+def _round_trip(graph: fx.Graph, n: fx.Node, readers: list[fx.Node]) -> None:
+    """Insert ``n.permute(0, 3, 1, 2).permute(0, 2, 3, 1)`` after the channels-last value ``n``
+    (an NCHW map, then ``n`` again) and let ``readers`` read it."""
     value = n.meta["val"]
-    users = list(n.users)
     with graph.inserting_after(n):
-        mapped = graph.call_method("permute", (n, *there))
+        mapped = graph.call_method("permute", (n, 0, 3, 1, 2))
     with graph.inserting_after(mapped):
-        restored = graph.call_method("permute", (mapped, *back))
-    mapped.meta["val"] = value.permute(*there)
+        restored = graph.call_method("permute", (mapped, 0, 2, 3, 1))
+    mapped.meta["val"] = value.permute(0, 3, 1, 2)
     restored.meta["val"] = value
-    for u in users:
+    for u in readers:
         u.replace_input_with(n, restored)
-    return mapped
 
 
 def close_reshaped_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -> bool:
@@ -228,31 +221,28 @@ def close_reshaped_tail(gm: fx.GraphModule, probe: Probe, head_start: fx.Node) -
     (last,) = tail
     graph, value = gm.graph, last.meta["val"]
     if last in probe.channels_last:
-        with graph.inserting_after(last):
-            nchw = graph.call_method("permute", (last, 0, 3, 1, 2))
-        with graph.inserting_after(nchw):
-            back = graph.call_method("permute", (nchw, 0, 2, 3, 1))
-        nchw.meta["val"] = value.permute(0, 3, 1, 2)
-    else:
-        grid = _token_grid(probe, last)
-        if grid is None:
-            return False
-        with graph.inserting_after(last):  # each call goes after the one before
-            h = graph.call_method("size", (grid, 2))
-        with graph.inserting_after(h):
-            w = graph.call_method("size", (grid, 3))
-        with graph.inserting_after(w):
-            t = graph.call_method("transpose", (last, 1, 2))
-        with graph.inserting_after(t):
-            nchw = graph.call_method("unflatten", (t, 2, (h, w)))
-        with graph.inserting_after(nchw):
-            flat = graph.call_method("flatten", (nchw, 2))
-        with graph.inserting_after(flat):
-            back = graph.call_method("transpose", (flat, 1, 2))
-        h.meta["val"], w.meta["val"] = grid.meta["val"].shape[2], grid.meta["val"].shape[3]
-        t.meta["val"] = value.transpose(1, 2)
-        nchw.meta["val"] = t.meta["val"].unflatten(2, tuple(grid.meta["val"].shape[2:]))
-        flat.meta["val"] = nchw.meta["val"].flatten(2)
+        _round_trip(graph, last, [head_start])
+        gm.recompile()
+        return True
+    grid = _token_grid(probe, last)
+    if grid is None:
+        return False
+    with graph.inserting_after(last):  # each call goes after the one before
+        h = graph.call_method("size", (grid, 2))
+    with graph.inserting_after(h):
+        w = graph.call_method("size", (grid, 3))
+    with graph.inserting_after(w):
+        t = graph.call_method("transpose", (last, 1, 2))
+    with graph.inserting_after(t):
+        nchw = graph.call_method("unflatten", (t, 2, (h, w)))
+    with graph.inserting_after(nchw):
+        flat = graph.call_method("flatten", (nchw, 2))
+    with graph.inserting_after(flat):
+        back = graph.call_method("transpose", (flat, 1, 2))
+    h.meta["val"], w.meta["val"] = grid.meta["val"].shape[2], grid.meta["val"].shape[3]
+    t.meta["val"] = value.transpose(1, 2)
+    nchw.meta["val"] = t.meta["val"].unflatten(2, tuple(grid.meta["val"].shape[2:]))
+    flat.meta["val"] = nchw.meta["val"].flatten(2)
     back.meta["val"] = value
     head_start.replace_input_with(last, back)
     gm.recompile()

@@ -46,6 +46,7 @@ from reverso.ir.nodes import (
     is_split,
     module_of,
     module_path,
+    slice_step,
     stalled_stride,
     stride_of,
 )
@@ -125,6 +126,7 @@ __all__ = [
     "pyramid_levels",
     "role_of",
     "set_module",
+    "slice_step",
     "spatial",
     "stalled_stride",
     "stride_of",

@@ -181,6 +181,13 @@ def is_split(node: fx.Node) -> bool:
     return _calls(node, {torch.split, torch.functional.split, torch.Tensor.split}, {"split"})
 
 
+def slice_step(node: fx.Node) -> int:
+    """The largest step of a strided slice ``x[..., s::k, ...]`` (1 for any other node)."""
+    if node.target is not operator.getitem or not isinstance(node.args[1], tuple):
+        return 1
+    return max((i.step or 1 for i in node.args[1] if isinstance(i, slice)), default=1)
+
+
 def is_cat(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _CAT
 

@@ -189,7 +189,7 @@ def _node_rf(
         if n.target in (F.pixel_unshuffle, torch.pixel_unshuffle):
             block = int(n.args[1] if len(n.args) > 1 else n.kwargs["downscale_factor"])
             return "space-to-depth", base.through(block, block)
-        step = _slice_step(n)
+        step = ir.slice_step(n)
         if step > 1:  # one of the k^2 offsets a patch merging concatenates: its k x k window
             return "strided slice", base.through(step, step)
         if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
@@ -295,13 +295,6 @@ def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
     else:
         return base
     return base.through(taps).upsampled(factor)
-
-
-def _slice_step(n: fx.Node) -> int:
-    """The largest step of a strided slice ``x[..., s::k, ...]`` (1 for any other node)."""
-    if n.target is not operator.getitem or not isinstance(n.args[1], tuple):
-        return 1
-    return max((i.step or 1 for i in n.args[1] if isinstance(i, slice)), default=1)
 
 
 def _first(v):
