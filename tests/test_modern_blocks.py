@@ -114,6 +114,24 @@ def test_unpadded_convs_at_a_small_size_convert():
     assert td(torch.rand(2, 3, 64, 64)).shape == (2, 10)
 
 
+def test_unpadded_conv_too_small_for_the_top_down_net_names_the_size_that_converts():
+    """The bottom-up net runs its 5x5 valid conv on the full 16x16 input; the top-down net runs it
+    on the pyramid's 4x4 level, where it cannot: the refusal names the smallest input (20x20,
+    whose 5x5 level fits the kernel), and that size converts."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 2),
+    )  # fmt: skip
+    with pytest.raises(
+        reverso.InputSizeError, match=r"found that converts is \(1, 20, 20\)"
+    ) as info:
+        reverso.topdown(model, input_size=(1, 16, 16))
+    assert "at node '_0'" in str(info.value) and info.value.__cause__ is None
+    td = reverso.topdown(model, input_size=(1, 20, 20))
+    assert td(torch.rand(2, 1, 20, 20)).shape == (2, 2)
+
+
 COMPOSITIONS = {
     "topdown(antialias(m))": lambda m, s: reverso.topdown(reverso.antialias(m, input_size=s), input_size=s),
     "topdown(njet(m))": lambda m, s: reverso.topdown(reverso.njet(m, input_size=s), input_size=s),

@@ -17,6 +17,7 @@ This is the file to read first. Each step is one call:
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -29,7 +30,13 @@ from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
 from reverso.convert.network import TopDownNet, emit
-from reverso.errors import OptionError, PassError, UnsupportedTopologyError
+from reverso.errors import (
+    InputSizeError,
+    OptionError,
+    PassError,
+    ReversoError,
+    UnsupportedTopologyError,
+)
 from reverso.frontend.provenance import SourceModel, qualified_name, source_of
 from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
@@ -77,11 +84,21 @@ def topdown(
             dump_dir=pipeline.dump_dir,
         )
     model = resolve_model(model)
-    ctx = compile_context(model, input_size, options, leaf_modules)
-    gm = pipeline.run(working_copy(ctx.bu), ctx)
-    check_same_output(ctx.bu, gm, type(model).__name__)
-    net = emit(gm, ctx, source=source_of(model))
-    check_runs(net, ctx)
+    input_size = resolve_input_size(model, input_size)
+
+    def convert(size) -> TopDownNet:
+        ctx = compile_context(model, size, options, leaf_modules)
+        gm = pipeline.run(working_copy(ctx.bu), ctx)
+        check_same_output(ctx.bu, gm, type(model).__name__)
+        net = emit(gm, ctx, source=source_of(model))
+        check_runs(net, ctx)
+        return net
+
+    try:
+        net = convert(input_size)
+    except PassError as err:
+        refuse_if_too_small(err, convert, input_size, type(model).__name__)
+        raise
     net.reverso_source_model = SourceModel.of(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
@@ -104,6 +121,42 @@ def compile_context(
         plan=make_plan(report, options, bu),
         prototypes=prototypes_of(bu, report),
     )
+
+
+def refuse_if_too_small(err: PassError, convert, input_size, name: str) -> None:
+    """A pass that fails on torch's size checks at ``input_size`` but converts a larger input is
+    no bug: the top-down net runs some layers at a coarser level than the bottom-up one (an
+    unpadded conv or pool deep in the bottom-up net meets the pyramid's smallest map). Raise an
+    :class:`InputSizeError` naming the smallest size found that converts (doubling, then
+    bisecting on the height with the aspect ratio kept); return if no larger size converts."""
+    c, h, w = input_size
+
+    def works(height: int) -> bool:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                convert((c, height, max(1, round(w * height / h))))
+        except ReversoError:
+            return False
+        return True
+
+    failing = h
+    working = next((h * 2**k for k in range(1, 4) if works(h * 2**k)), None)
+    if working is None:
+        return
+    for _ in range(6):  # bisect to within a pixel or two
+        if working - failing <= 1:
+            break
+        middle = (failing + working) // 2
+        failing, working = (failing, middle) if works(middle) else (middle, working)
+    size = (c, working, max(1, round(w * working / h)))
+    raise InputSizeError(
+        f"input_size {tuple(input_size)} is too small for the top-down form of {name}: a layer "
+        f"meets a map smaller than it needs ({str(err).splitlines()[0]}). The top-down net runs "
+        "the bottom-up net's first layers on its smallest pyramid level, where an unpadded conv "
+        f"or pool can run out of pixels. The smallest input size found that converts is {size}: "
+        f"pass input_size={size} or larger, and feed the converted net inputs at least that large"
+    ) from None
 
 
 def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None:

@@ -286,11 +286,9 @@ class RandomCNN(nn.Module):
 
 def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = True):
     """Plain (conv-norm-act), residual, layer-scale residual, partial-conv, gated,
-    selective-kernel and channel-shuffle units with random widths (2-24) and kernels (1, 3, 5)."""
-    # "unpadded" (a valid conv) is built on request (UnitSpec(kind="unpadded", ...)) but not
-    # drawn: the top-down net runs it at a coarser level, where a small input leaves its map
-    # smaller than its kernel, and reverso does not yet name the input size that works
-    modern_kinds = ["layer_scale", "partial", "gated", "selective", "shuffle"]
+    selective-kernel, channel-shuffle and unpadded ("valid") units with random widths (2-24) and
+    kernels (1, 3, 5)."""
+    modern_kinds = ["layer_scale", "partial", "gated", "selective", "shuffle", "unpadded"]
     kinds = ["plain", "residual", *(modern_kinds if modern else [])]
     kinds = st.sampled_from(kinds) if residual else st.just("plain")
     widths = widths if widths is not None else st.integers(2, 24)
@@ -313,7 +311,7 @@ def bottom_up_cnns(
 ) -> CNNSpec:
     """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
     pools, pixel_unshuffle, strided-slice patch merging), plain, residual, layer-scale,
-    partial-conv, gated, selective-kernel and channel-shuffle units with kernels 1/3/5 and random widths, a stem
+    partial-conv, gated, selective-kernel, channel-shuffle and unpadded units with kernels 1/3/5 and random widths, a stem
     of one or two strided convs, with/without BatchNorm, GroupNorm or LayerNorm2d, ReLU/SiLU,
     and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
     n_trans = draw(st.integers(1, max_transitions))
@@ -323,9 +321,12 @@ def bottom_up_cnns(
     stem_stride = draw(st.booleans())
     double_stem = stem_stride and draw(st.booleans())
     factor = 2 ** (n_trans + stem_stride + double_stem)
-    # unpadded convs trim k - 1 pixels at their level: the input grows by what they take
+    # unpadded convs trim k - 1 pixels at their level, which is deeper in the top-down net for
+    # the first groups: the input grows by what they take at the deeper of the two levels
+    # (smaller inputs are refused with the smallest size that converts)
+    stem = stem_stride + double_stem
     trim = sum(
-        (u.kernel - 1) * 2 ** (stem_stride + double_stem + g + 1)
+        (u.kernel - 1) * 2 ** (stem + max(g, n_trans - g) + 1)
         for g, group in enumerate(gs)
         for u in group
         if u.kind == "unpadded"
