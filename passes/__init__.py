@@ -2,7 +2,7 @@
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias']
+['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias', 'checkpoint']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
 
@@ -18,6 +18,7 @@ from reverso.compiler import catalogue
 from reverso.compiler.pipeline import Pipeline
 
 from .antialias import Antialias
+from .checkpoint import Checkpoint
 from .downsample_to_upsample import DownsampleToUpsample
 from .drop_projections import DropProjections
 from .filter_arrangement import FilterArrangement
@@ -37,7 +38,7 @@ DEFAULT = (
 )
 
 #: every built-in pass by name: the top-down pipeline, then the sibling rewrites
-BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias)}
+BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias, Checkpoint)}
 
 
 def available() -> list[str]:
@@ -59,6 +60,7 @@ __all__ = [
     "BUILTIN",
     "DEFAULT",
     "Antialias",
+    "Checkpoint",
     "DownsampleToUpsample",
     "DropProjections",
     "FilterArrangement",

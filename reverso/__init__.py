@@ -42,6 +42,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "WidthError": ("errors", "WidthError"),
     "analyze": ("analysis", "analyze"),
     "antialias": ("convert.transforms", "antialias"),
+    "checkpoint": ("convert.transforms", "checkpoint"),
     "default_pipeline": ("passes", "default_pipeline"),
     "erf": ("study.erf", "erf"),
     "evaluate": ("study.train", "evaluate"),
@@ -56,6 +57,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "remember_source": ("frontend.provenance", "remember_source"),
     "robustness": ("study.robustness", "robustness"),
     "save": ("convert.saving", "save"),
+    "saved_bytes": ("study.memory", "saved_bytes"),
     "shift_adversary_accuracy": ("study.shift", "shift_adversary_accuracy"),
     "shift_consistency": ("study.shift", "consistency"),
     "side_by_side": ("study.summary", "side_by_side"),
@@ -114,7 +116,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .convert.network import TopDownNet
     from .convert.saving import load, save
     from .convert.topdown import topdown
-    from .convert.transforms import antialias, njet
+    from .convert.transforms import antialias, checkpoint, njet
     from .errors import (
         DatasetError,
         FileFormatError,
@@ -137,6 +139,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .study.erf import ERF, erf
     from .study.figures import plot_erfs, plot_robustness, plot_training
     from .study.gradcam import gradcam
+    from .study.memory import saved_bytes
     from .study.receptive import RF, RFReport, receptive_fields
     from .study.robustness import RobustnessReport, robustness
     from .study.shift import consistency as shift_consistency

@@ -58,6 +58,8 @@ def topdown(
     passes: Pipeline | Iterable[Pass | str] | None = None,
     leaf_modules: Iterable[type | str] = (),
     njet: bool | dict = False,
+    memory: str | None = None,
+    merge_width: str = "unit",
 ) -> TopDownNet:
     """Compile a bottom-up CNN into its top-down counterpart.
 
@@ -75,8 +77,15 @@ def topdown(
         leaf_modules: module classes or qualified names torch.fx must not trace into.
         njet: also swap every spatial conv of the top-down net for an N-Jet conv (the ``njet``
             pass, last); a dict passes its options (``order``, ``sigma``, ``learn_sigma``, ...).
+        memory: ``"checkpoint"`` runs the net with activation checkpointing
+            (:func:`reverso.checkpoint`); ``"reversible"`` turns its residual runs into reversible
+            coupling blocks and checkpoints the rest (:func:`reverso.reversible`). Both trade
+            compute for the memory of training (docs/memory.md).
+        merge_width: ``"unit"`` (the paper's rule) fuses a merge at the width of the unit it
+            closes; ``"inner"`` at that unit's inner (bottleneck) width, projecting back with a
+            1x1 conv (far fewer parameters in bottleneck nets).
     """
-    options = TopDownOptions.create(arrangement, merge, upsample, pyramid)
+    options = TopDownOptions.create(arrangement, merge, upsample, pyramid, memory, merge_width)
     pipeline = _pipeline(passes)
     if njet and "njet" not in pipeline.names:
         pipeline = Pipeline(
@@ -99,6 +108,7 @@ def topdown(
     except PassError as err:
         refuse_if_too_small(err, convert, input_size, type(model).__name__)
         raise
+    net = with_memory(net, options.memory)
     net.reverso_source_model = SourceModel.of(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
@@ -120,6 +130,23 @@ def compile_context(
         report=report,
         plan=make_plan(report, options, bu),
         prototypes=prototypes_of(bu, report),
+    )
+
+
+def with_memory(net: nn.Module, memory: str | None, input_size=None) -> nn.Module:
+    """``net`` as it trains with ``memory`` (see :func:`topdown`)."""
+    from reverso.convert.transforms import checkpoint
+
+    if memory is None:
+        return net
+    if memory == "checkpoint":
+        return checkpoint(net, input_size)
+    if memory == "reversible":
+        from reverso.convert.reversible import reversible
+
+        return checkpoint(reversible(net, input_size), input_size)
+    raise OptionError(
+        f"memory={memory!r} is not supported; choose None, 'checkpoint' or 'reversible'"
     )
 
 

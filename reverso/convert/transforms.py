@@ -1,4 +1,5 @@
-"""The sibling rewrites as one call each: ``reverso.njet(model)`` and ``reverso.antialias(model)``."""
+"""The sibling rewrites as one call each: ``reverso.njet(model)``, ``reverso.antialias(model)``
+and ``reverso.checkpoint(model)``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from torch import nn
 from reverso import ir
 from reverso.compiler.pipeline import Pipeline
 from reverso.errors import ReversoError
+from reverso.frontend.provenance import SourceModel, source_of
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.ir.shapes import propagate
 from reverso.planner.context import Context
 
 #: timm-style attributes a rewritten model keeps
@@ -26,6 +29,7 @@ def njet(
     sigma: float = 1.0,
     learn_sigma: bool = True,
     init: str = "random",
+    memory: str | None = None,
     **layer_kwargs,
 ) -> nn.Module:
     """A copy of ``model`` with every spatial (k > 1) conv swapped for an ``NJetConv2d``.
@@ -34,9 +38,10 @@ def njet(
     dilated conv's dilation becomes its scale. ``init="project"`` fits each existing kernel in the
     basis (least squares, small search over sigma) so a trained model keeps working; the copy's
     ``njet_report`` lists every layer's sigma and relative reconstruction error. The copy keeps the
-    model's class and methods (a timm model stays a timm model).
+    model's class and methods (a timm model stays a timm model). ``memory="checkpoint"`` or
+    ``"reversible"`` then applies :func:`checkpoint` or :func:`reverso.reversible` as
+    :func:`reverso.topdown` does (a model that is not a TopDownNet becomes a GraphModule).
     """
-    from reverso.frontend.provenance import SourceModel, source_of
     from reverso.passes.njet import swap_spatial_convs
 
     model = resolve_model(model)
@@ -55,6 +60,10 @@ def njet(
         "kwargs": {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
         | layer_kwargs,
     }
+    if memory is not None:
+        from reverso.convert.topdown import with_memory
+
+        converted = with_memory(converted, memory, input_size)
     return converted
 
 
@@ -74,7 +83,7 @@ def antialias(
     reproduces the original outputs exactly. ``stem=True`` also anti-aliases the first strided conv.
     """
     from reverso.convert.topdown import working_copy
-    from reverso.frontend.provenance import SourceModel, qualified_name, source_of
+    from reverso.frontend.provenance import qualified_name
     from reverso.passes.antialias import Antialias
 
     model = resolve_model(model)
@@ -98,6 +107,59 @@ def antialias(
         "leaf_modules": [qualified_name(t) for t in leaf_modules],
     }
     return gm
+
+
+def checkpoint(
+    model: nn.Module | str, input_size=None, *, budget: float | None = None
+) -> nn.Module:
+    """``model`` with activation checkpointing: its graph cut into segments that keep only their
+    inputs for backward and run again during backward (the ``checkpoint`` pass,
+    :mod:`reverso.passes.checkpoint`).
+
+    By default the segments minimise the estimated peak of activation memory (about one extra
+    forward); with ``budget`` (bytes per sample, or for the batch when ``input_size`` is
+    ``(N, C, H, W)``) the plan that recomputes least within it. A :class:`~reverso.TopDownNet`
+    stays one (its ``features`` are cut); any other model comes back as a GraphModule whose code
+    shows the segments. Layers keep their names, so state_dicts load either way.
+    """
+    from reverso.convert.network import TopDownNet
+    from reverso.convert.topdown import working_copy
+    from reverso.passes.checkpoint import Checkpoint
+
+    model = resolve_model(model)
+    batch, size = _batch_and_size(model, input_size)
+    step = Pipeline([Checkpoint(budget=budget)])
+    if isinstance(model, TopDownNet):
+        net = copy.deepcopy(model)
+        ctx = Context(model, size)
+        ctx.state["batch"] = batch
+        propagate(net.features, ctx.example_input())
+        net.features = step.run(net.features, ctx)
+        return net
+    gm = ir.own_copy(working_copy(trace(model, size)), model)
+    ctx = Context(model, size)
+    ctx.state["batch"] = batch
+    gm = step.run(gm, ctx)
+    for name in MODEL_ATTRIBUTES:
+        if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
+            setattr(gm, name, copy.deepcopy(getattr(model, name)))
+    gm.reverso_source_model = SourceModel.of(model)
+    gm.reverso_recipe = {
+        "transform": "checkpoint",
+        "source": source_of(model),
+        "input_size": list(size),
+        "kwargs": {"budget": budget},
+    }
+    return gm
+
+
+def _batch_and_size(model: nn.Module, input_size) -> tuple[int, tuple[int, int, int]]:
+    """``(N, C, H, W)`` or ``(C, H, W)`` -> (N or 1, (C, H, W))."""
+    if input_size is not None and not isinstance(input_size, str) and len(input_size) == 4:
+        return int(input_size[0]), resolve_input_size(model, tuple(input_size[1:]))
+    if input_size is None and hasattr(model, "recipe"):  # a TopDownNet knows its size
+        input_size = model.recipe.get("input_size")
+    return 1, resolve_input_size(model, input_size)
 
 
 def _check_same_output(original: nn.Module, converted: nn.Module, input_size) -> None:

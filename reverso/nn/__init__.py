@@ -2,6 +2,7 @@
 
 from .blur import GaussianBlur2d
 from .blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
+from .checkpoint import CheckpointSegment, kept_running_stats
 from .filters import (
     FixedBuffers,
     binomial_taps,
@@ -28,6 +29,7 @@ LAYERS = (
     SpaceToDepth,
     DepthToSpace,
     NeighbourhoodToDepth,
+    CheckpointSegment,
 )
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "PYRAMIDS",
     "UPSAMPLE_MODES",
     "BlurPool2d",
+    "CheckpointSegment",
     "DepthToSpace",
     "FixedBuffers",
     "GaussianBlur2d",
@@ -49,6 +52,7 @@ __all__ = [
     "blur_subsample",
     "gaussian_taps",
     "init_non_persistent_buffers",
+    "kept_running_stats",
     "structured_receptive_field",
     "triangle_taps",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reverso.errors import OptionError
-from reverso.names import ARRANGEMENTS, MERGES, PYRAMIDS, UPSAMPLE_MODES
+from reverso.names import ARRANGEMENTS, MEMORY_MODES, MERGE_WIDTHS, MERGES, PYRAMIDS, UPSAMPLE_MODES
 
 
 @dataclass(frozen=True)
@@ -15,10 +15,18 @@ class TopDownOptions:
     merge: str = "add_concat"
     upsample: str = "nearest"
     pyramid: str = "gaussian"
+    memory: str | None = None  # None | "checkpoint" | "reversible": applied to the emitted net
+    merge_width: str = "unit"  # "unit" | "inner": the width a merge's fuse conv works at
 
     @classmethod
     def create(
-        cls, arrangement="td", merge="add_concat", upsample="nearest", pyramid="gaussian"
+        cls,
+        arrangement="td",
+        merge="add_concat",
+        upsample="nearest",
+        pyramid="gaussian",
+        memory=None,
+        merge_width="unit",
     ) -> TopDownOptions:
         width = None
         if isinstance(arrangement, bool) or not isinstance(arrangement, (str, int)):
@@ -34,9 +42,11 @@ class TopDownOptions:
             ("merge", merge, MERGES),
             ("upsample", upsample, UPSAMPLE_MODES),
             ("pyramid", pyramid, PYRAMIDS),
+            ("memory", memory, MEMORY_MODES),
+            ("merge_width", merge_width, MERGE_WIDTHS),
         ):
             if value not in allowed:
                 raise OptionError(
                     f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}"
                 )
-        return cls(arrangement, width, merge, upsample, pyramid)
+        return cls(arrangement, width, merge, upsample, pyramid, memory, merge_width)

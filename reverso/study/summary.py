@@ -5,8 +5,9 @@ top-down network it is the same piece at its new place (with its merge).
 
 Costs are measured by running the network once on one image (batch 1, eval mode, no grad):
 FLOPs with ``torch.utils.flop_counter`` (a multiply-add counts 2), activation memory as the bytes
-of every tensor the stage's operations produce (views and in-place ops excluded), which is what
-training keeps for the backward pass at most, per image.
+of every tensor the stage's operations produce (views and in-place ops excluded). The bytes saved
+for backward (what a training step really keeps, :func:`reverso.saved_bytes`) come from a second
+run in training mode on two images, per image.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from reverso.convert.network import TopDownNet
 from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import channels, level_of, spatial
+from reverso.study.memory import node_saved_bytes, saved_bytes
 
 
 @dataclass
@@ -38,6 +40,7 @@ class StageRow:
     params: int
     flops: int = 0
     activation_bytes: int = 0
+    saved_bytes: int = 0
 
 
 @dataclass
@@ -58,24 +61,29 @@ class Summary:
     def activation_bytes(self) -> int:
         return sum(r.activation_bytes for r in self.rows)
 
+    @property
+    def saved_bytes(self) -> int:
+        return sum(r.saved_bytes for r in self.rows)
+
     def __getitem__(self, name: str) -> StageRow:
         return next(r for r in self.rows if r.name == name)
 
     def lines(self) -> list[str]:
         out = [
             f"{'stage':<8} {'level':>5} {'resolution':>10} {'channels':>8} {'params':>11} "
-            f"{'FLOPs':>8} {'act. MB':>8}"
+            f"{'FLOPs':>8} {'act. MB':>8} {'saved MB':>8}"
         ]
         for r in self.rows:
             res = f"{r.resolution[0]}x{r.resolution[1]}" if r.resolution else "-"
             out.append(
                 f"{r.name:<8} {'-' if r.level is None else r.level:>5} {res:>10} "
                 f"{'-' if r.channels is None else r.channels:>8} {r.params:>11,} "
-                f"{_si(r.flops):>8} {r.activation_bytes / 2**20:>8.2f}"
+                f"{_si(r.flops):>8} {r.activation_bytes / 2**20:>8.2f} "
+                f"{r.saved_bytes / 2**20:>8.2f}"
             )
         out.append(
             f"{'total':<8} {'':>5} {'':>10} {'':>8} {self.params:>11,} {_si(self.flops):>8} "
-            f"{self.activation_bytes / 2**20:>8.2f}"
+            f"{self.activation_bytes / 2**20:>8.2f} {self.saved_bytes / 2**20:>8.2f}"
         )
         return out
 
@@ -110,6 +118,7 @@ def _stage_rows(
     stages: list[tuple[str, set[int], int | None]],
     input_size,
     costs: dict[str, tuple[int, int]],
+    saved: dict[str, int],
     extra=None,
 ) -> list[StageRow]:
     extra = extra or {}
@@ -129,14 +138,16 @@ def _stage_rows(
                 _params(gm, nodes),
                 sum(costs[n.name][0] for n in nodes),
                 sum(costs[n.name][1] for n in nodes),
+                sum(saved.get(n.name, 0) for n in nodes),
             )
         )
     rest = [n for n in gm.graph.nodes if n not in counted and n.name in costs]
     rest_params = _params(gm, rest)
-    if any(costs[n.name] != (0, 0) for n in rest) or rest_params:
+    rest_saved = sum(saved.get(n.name, 0) for n in rest)
+    if any(costs[n.name] != (0, 0) for n in rest) or rest_params or rest_saved:
         # glue outside every stage (e.g. the image pyramid): its own row, so totals stay true
         flops, memory = (sum(costs[n.name][i] for n in rest) for i in (0, 1))
-        rows.insert(0, StageRow("other", None, None, None, rest_params, flops, memory))
+        rows.insert(0, StageRow("other", None, None, None, rest_params, flops, memory, rest_saved))
     return rows
 
 
@@ -189,9 +200,19 @@ def module_costs(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 
 
 def _one_image(model: nn.Module, input_size) -> torch.Tensor:
+    return _images(model, input_size, 1)
+
+
+def _images(model: nn.Module, input_size, n: int) -> torch.Tensor:
     p = next(model.parameters(), None)
     device = p.device if p is not None else "cpu"
-    return torch.rand(1, *input_size, device=device, dtype=model_dtype(model))
+    return torch.rand(n, *input_size, device=device, dtype=model_dtype(model))
+
+
+def _saved_per_image(gm: fx.GraphModule, report: StageReport) -> dict[str, int]:
+    """Bytes saved for backward per node, per image (two images: batch norm needs two)."""
+    per_node = node_saved_bytes(gm, _images(gm, report.input_size, 2))
+    return {name: b // 2 for name, b in per_node.items()}
 
 
 def _si(n: int) -> str:
@@ -230,7 +251,7 @@ def _bottom_up_summary(gm: fx.GraphModule, report: StageReport, name: str) -> Su
     stages.append(("head", set(report.head), None))
     with evaluating(gm), torch.no_grad():
         costs, _ = node_costs(gm, report.input_size)
-    rows = _stage_rows(gm, stages, report.input_size, costs)
+    rows = _stage_rows(gm, stages, report.input_size, costs, _saved_per_image(gm, report))
     rows[-1].channels = report.num_classes
     return Summary(f"bottom-up {name}", report.input_size, rows)
 
@@ -258,10 +279,16 @@ def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
     with evaluating(td), torch.no_grad():
         costs, features = node_costs(gm, report.input_size)
         head_flops, head_bytes = module_costs(td.head, features)
-    rows = _stage_rows(gm, stages, report.input_size, costs, extra=extra)
+    two = _images(gm, report.input_size, 2)
+    head_saved = saved_bytes(td.head, td.features(two)) // 2
+    rows = _stage_rows(gm, stages, report.input_size, costs, _saved_per_image(gm, report), extra)
     rows[0].level, rows[0].resolution, rows[0].channels = None, None, report.input_size[0]
     head_params = sum(p.numel() for p in td.head.parameters())
-    rows.append(StageRow("head", None, None, td.num_classes, head_params, head_flops, head_bytes))
+    rows.append(
+        StageRow(
+            "head", None, None, td.num_classes, head_params, head_flops, head_bytes, head_saved
+        )
+    )
     return Summary(
         f"top-down {name or _source_name(td.recipe.get('source'))} ({plan.arrangement})".replace(
             "  ", " "
