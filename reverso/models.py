@@ -3,7 +3,8 @@
 These are the models of the top-down paper (section 6 of the spec): LeNetFC and NIN-light
 for MNIST-type data, NIN and a pre-activation ResNet-32 for CIFAR, and the ResNet-18 of the
 Imagenette experiment (stride-1 3x3 stem and a max-pool). All convs use "same" padding;
-following the paper's Keras models, the convs of the plain nets carry a bias.
+following the paper's Keras models, the convs of the plain nets carry a bias. The two i-RevNets
+of :mod:`reverso.irevnet` are here too.
 
 ``create(name)`` builds one by name; the CLI and the demo accept these names next to timm's.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .errors import OptionError
+from .irevnet import irevnet_cifar, irevnet_imagenet
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -177,6 +179,8 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {
     "nin": (nin, (3, 32, 32)),
     "resnet32_preact": (resnet32_preact, (3, 32, 32)),
     "resnet18_imagenette": (resnet18_imagenette, (3, 128, 128)),
+    "irevnet_imagenet": (irevnet_imagenet, (3, 224, 224)),
+    "irevnet_cifar": (irevnet_cifar, (3, 32, 32)),
 }
 
 

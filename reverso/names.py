@@ -12,7 +12,10 @@ PYRAMIDS = ("gaussian", "binomial", "cascade")
 MEMORY_MODES = (None, "checkpoint", "reversible")
 MERGE_WIDTHS = ("unit", "inner")
 #: reference models of the papers (``reverso.models.MODELS``)
-MODELS = ("lenet_fc", "nin_light", "nin", "resnet32_preact", "resnet18_imagenette")
+MODELS = (
+    "lenet_fc", "nin_light", "nin", "resnet32_preact", "resnet18_imagenette", "irevnet_imagenet",
+    "irevnet_cifar",
+)  # fmt: skip
 #: datasets ``reverso.data.load`` knows (``reverso.data.DATASETS``)
 DATASETS = ("mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
 #: the top-down paper's attacks (``reverso.study.attacks.ATTACKS``)

@@ -13,6 +13,7 @@ from .filters import (
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
+from .reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
 from .upsample import UPSAMPLE_MODES, Upsample
 
@@ -30,6 +31,8 @@ LAYERS = (
     DepthToSpace,
     NeighbourhoodToDepth,
     CheckpointSegment,
+    ReversibleSequence,
+    InjectivePad,
 )
 
 __all__ = [
@@ -39,13 +42,16 @@ __all__ = [
     "UPSAMPLE_MODES",
     "BlurPool2d",
     "CheckpointSegment",
+    "CouplingBlock",
     "DepthToSpace",
     "FixedBuffers",
     "GaussianBlur2d",
     "ImagePyramid",
+    "InjectivePad",
     "Merge",
     "NJetConv2d",
     "NeighbourhoodToDepth",
+    "ReversibleSequence",
     "SpaceToDepth",
     "Upsample",
     "binomial_taps",
