@@ -2,7 +2,7 @@
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias', 'checkpoint']
+['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias', 'checkpoint', 'reversible']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
 
@@ -25,6 +25,7 @@ from .filter_arrangement import FilterArrangement
 from .multiscale_inputs import MultiscaleInputs
 from .njet import NJet
 from .reverse_stages import ReverseStages
+from .reversible import Reversible
 from .stride_one import StrideOne
 
 #: the top-down pipeline, in the order it runs
@@ -38,7 +39,7 @@ DEFAULT = (
 )
 
 #: every built-in pass by name: the top-down pipeline, then the sibling rewrites
-BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias, Checkpoint)}
+BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias, Checkpoint, Reversible)}
 
 
 def available() -> list[str]:
@@ -67,6 +68,7 @@ __all__ = [
     "MultiscaleInputs",
     "NJet",
     "ReverseStages",
+    "Reversible",
     "StrideOne",
     "available",
     "default_pipeline",

@@ -128,10 +128,12 @@ class _Costs:
         self.forbidden = [False] * len(nodes)  # cut after position p not allowed
         for n in nodes:
             target = _mutated(gm, n)
-            if target is not None:
-                start = self.pos.get(target, -1)
-                for p in range(max(start, 0), self.pos[n]):
-                    self.forbidden[p] = True
+            if target is None:
+                continue
+            while (source := _alias_source(gm, target)) is not None:
+                target = source  # the op changes what the alias shares memory with, too
+            for p in range(max(self.pos.get(target, -1), 0), self.pos[n]):
+                self.forbidden[p] = True
         self.crossing = [0.0] * len(nodes)
         for v in self.values:
             first, last = self.pos.get(v, -1), self.last_use(v)
@@ -238,3 +240,17 @@ def _mutated(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
     )
     first = n.args[0] if n.args else None
     return first if in_place and isinstance(first, fx.Node) else None
+
+
+def _alias_source(gm: fx.GraphModule, n: fx.Node) -> fx.Node | None:
+    """The value ``n`` may share memory with: the input of a view, or of a parameter-free layer
+    that may hand its input back (an identity, a dropout or drop-block that is off)."""
+    if not n.all_input_nodes:
+        return None
+    if n.op != "call_module":
+        return n.all_input_nodes[0] if _free(n) else None
+    m = gm.get_submodule(n.target)
+    name = type(m).__name__.lower()
+    if next(m.parameters(), None) is None and ("identity" in name or "drop" in name):
+        return n.all_input_nodes[0]
+    return None

@@ -55,6 +55,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "receptive_fields": ("study.receptive", "receptive_fields"),
     "register_width_rule": ("rewrite.widths", "register_width_rule"),
     "remember_source": ("frontend.provenance", "remember_source"),
+    "reversible": ("convert.transforms", "reversible"),
     "robustness": ("study.robustness", "robustness"),
     "save": ("convert.saving", "save"),
     "saved_bytes": ("study.memory", "saved_bytes"),
@@ -116,7 +117,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .convert.network import TopDownNet
     from .convert.saving import load, save
     from .convert.topdown import topdown
-    from .convert.transforms import antialias, checkpoint, njet
+    from .convert.transforms import antialias, checkpoint, njet, reversible
     from .errors import (
         DatasetError,
         FileFormatError,

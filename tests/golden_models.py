@@ -77,12 +77,12 @@ class PreActBasicBlock(nn.Module):
 class ResNet32(nn.Module):
     """Pre-activation ResNet-32: stem C3/16, 3 groups x 5 blocks (16, 32, 64), BN-ReLU, GAP, FC."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, blocks_per_group=5):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         blocks, cin = [], 16
         for width in (16, 32, 64):
-            for i in range(5):
+            for i in range(blocks_per_group):
                 blocks.append(PreActBasicBlock(cin, width, 2 if i == 0 and width > 16 else 1))
                 cin = width
         self.blocks = nn.ModuleList(blocks)

@@ -2,7 +2,7 @@
 
 The recipe says how to rebuild the module: the source model (a timm name, or a
 ``"package.module:function"`` factory with its keyword arguments), the transform (``topdown``,
-``njet``, ``antialias`` or ``none``) with its options and passes. :func:`load` rebuilds the
+``njet``, ``antialias``, ``checkpoint``, ``reversible`` or ``none``) with its options and passes. :func:`load` rebuilds the
 module from the recipe, then loads the weights strictly. Nothing is unpickled: safetensors holds
 raw tensors and the recipe is JSON.
 
@@ -29,7 +29,7 @@ from reverso.errors import FileFormatError, OptionError, ReversoError
 
 FORMAT = "reverso"
 VERSION = 1
-TRANSFORMS = ("topdown", "njet", "antialias", "none")
+TRANSFORMS = ("topdown", "njet", "antialias", "checkpoint", "reversible", "none")
 #: factories from these packages are always trusted (reverso's own, and torchvision's builders,
 #: which reverso recognises from a model's structure)
 TRUSTED = ("reverso", "torchvision")
@@ -203,6 +203,8 @@ def _build(recipe: dict, trust: tuple[str, ...], path: Path) -> nn.Module:
         if transform == "njet":
             kwargs = dict(recipe["kwargs"], init="random")  # the weights come from the file
             return transforms.njet(source, input_size=input_size, **kwargs)
+        if transform in ("checkpoint", "reversible"):
+            return getattr(transforms, transform)(source, input_size, **recipe["kwargs"])
         if transform == "antialias":
             return transforms.antialias(
                 source, input_size=input_size, leaf_modules=leaves, **recipe["kwargs"]

@@ -135,16 +135,14 @@ def compile_context(
 
 def with_memory(net: nn.Module, memory: str | None, input_size=None) -> nn.Module:
     """``net`` as it trains with ``memory`` (see :func:`topdown`)."""
-    from reverso.convert.transforms import checkpoint
+    from reverso.convert.transforms import checkpoint, reversible
 
     if memory is None:
         return net
     if memory == "checkpoint":
         return checkpoint(net, input_size)
-    if memory == "reversible":
-        from reverso.convert.reversible import reversible
-
-        return checkpoint(reversible(net, input_size), input_size)
+    if memory == "reversible":  # post-activation trunks move their activation into the next unit
+        return checkpoint(reversible(net, input_size, post_act="move"), input_size)
     raise OptionError(
         f"memory={memory!r} is not supported; choose None, 'checkpoint' or 'reversible'"
     )

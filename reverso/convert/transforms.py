@@ -1,5 +1,5 @@
-"""The sibling rewrites as one call each: ``reverso.njet(model)``, ``reverso.antialias(model)``
-and ``reverso.checkpoint(model)``."""
+"""The sibling rewrites as one call each: ``reverso.njet(model)``, ``reverso.antialias(model)``,
+``reverso.checkpoint(model)`` and ``reverso.reversible(model)``."""
 
 from __future__ import annotations
 
@@ -122,33 +122,65 @@ def checkpoint(
     stays one (its ``features`` are cut); any other model comes back as a GraphModule whose code
     shows the segments. Layers keep their names, so state_dicts load either way.
     """
+    from reverso.passes.checkpoint import Checkpoint
+
+    return _graph_rewrite(model, input_size, Checkpoint(budget=budget))
+
+
+def reversible(
+    model: nn.Module | str,
+    input_size=None,
+    *,
+    transitions: str = "keep",
+    stem: str = "keep",
+    memory_saving: bool = True,
+    mid: str = "keep",
+    post_act: str = "refuse",
+) -> nn.Module:
+    """``model`` with its runs of residual units turned into reversible i-RevNet coupling blocks
+    (the ``reversible`` pass, :mod:`reverso.passes.reversible`; spec irevnet.md section 7).
+
+    Each run becomes a :class:`~reverso.nn.ReversibleSequence` whose backward rebuilds
+    activations from outputs (``memory_saving=True``), so its saved bytes do not grow with its
+    depth. The residual functions work at half width with fresh weights: train the result.
+    ``post_act="move"`` moves an activation between two units into the next unit's function
+    (post-activation ResNets); ``mid="half"`` also halves their inner widths. Transitions and
+    the stem stay as they are (``"keep"``). A TopDownNet stays one; any other model comes back
+    as a GraphModule.
+    """
+    from reverso.passes.reversible import Reversible
+
+    step = Reversible(
+        transitions=transitions, stem=stem, memory_saving=memory_saving, mid=mid, post_act=post_act
+    )
+    return _graph_rewrite(model, input_size, step)
+
+
+def _graph_rewrite(model, input_size, step) -> nn.Module:
+    """Run one graph pass on a traced copy of ``model`` (on a TopDownNet's features)."""
     from reverso.convert.network import TopDownNet
     from reverso.convert.topdown import working_copy
-    from reverso.passes.checkpoint import Checkpoint
 
     model = resolve_model(model)
     batch, size = _batch_and_size(model, input_size)
-    step = Pipeline([Checkpoint(budget=budget)])
-    if isinstance(model, TopDownNet):
-        net = copy.deepcopy(model)
-        ctx = Context(model, size)
-        ctx.state["batch"] = batch
-        propagate(net.features, ctx.example_input())
-        net.features = step.run(net.features, ctx)
-        return net
-    gm = ir.own_copy(working_copy(trace(model, size)), model)
     ctx = Context(model, size)
     ctx.state["batch"] = batch
-    gm = step.run(gm, ctx)
+    if isinstance(model, TopDownNet):
+        net = copy.deepcopy(model)
+        propagate(net.features, ctx.example_input())
+        net.features = Pipeline([step]).run(net.features, ctx)
+        return net
+    gm = ir.own_copy(working_copy(trace(model, size)), model)
+    gm = Pipeline([step]).run(gm, ctx)
     for name in MODEL_ATTRIBUTES:
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
             setattr(gm, name, copy.deepcopy(getattr(model, name)))
     gm.reverso_source_model = SourceModel.of(model)
     gm.reverso_recipe = {
-        "transform": "checkpoint",
+        "transform": step.name,
         "source": source_of(model),
         "input_size": list(size),
-        "kwargs": {"budget": budget},
+        "kwargs": step.options(),
     }
     return gm
 
