@@ -8,6 +8,10 @@ standalone transition, the up-unit's own width at the end of an up-unit (the gro
 with a width-defining layer: a parameter-free opening such as a patch merging's strided slices
 is merged after the layer that narrows it).
 
+With ``merge_width="inner"`` the fuse conv of a "concat"/"add_concat" merge works at the
+narrowest width of the unit it closes (a bottleneck's inner width: 2C -> C/4 by 3x3, then a
+1x1 conv block back to C) instead of 2C -> C: the bottleneck nets' merges shrink about fourfold.
+
 The merge (``merge=``: "add", "concat" or "add_concat") replaces a standalone upsampling (it
 projects the coarse path with a 1x1 conv block at the low resolution when widths differ, then
 upsamples to the lateral's exact size) or follows the last node of an up-unit. A Dropout that
@@ -52,6 +56,7 @@ class MultiscaleInputs(Pass):
                 (up,) = ir.nodes_with_role(gm, ir.Role.UPSAMPLE, transition=index)
                 low = up.args[0]
                 c_low, c_r = channels(low), self.next_width(gm, ctx, index, channels(low))
+                feeds = plan.slots[index + 1].units if index + 1 < len(plan.slots) else []
                 merge = self.merge(
                     ctx,
                     factory,
@@ -60,6 +65,7 @@ class MultiscaleInputs(Pass):
                     c_low,
                     c_r,
                     gm.get_submodule(up.target),
+                    inner=_inner_width(gm, feeds[0], c_r) if feeds else c_r,
                 )
                 node = ir.add_module_node(
                     gm, f"merge{index}", merge, (low, image), before=up, meta_from=up
@@ -67,9 +73,13 @@ class MultiscaleInputs(Pass):
                 up.replace_all_uses_with(node)
                 gm.graph.erase_node(up)
             else:
-                view = unit_view(gm, self.merge_unit(gm, slot))
+                unit = self.merge_unit(gm, slot)
+                view = unit_view(gm, unit)
                 width = channels(view.exit)
-                merge = self.merge(ctx, factory, slot.level, image_channels, width, width, None)
+                merge = self.merge(
+                    ctx, factory, slot.level, image_channels, width, width, None,
+                    inner=_inner_width(gm, unit, width),
+                )  # fmt: skip
                 name = f"{module_prefix(view.nodes)}.merge"
                 node = append_to_unit(gm, view, name, merge, (view.exit, image))
             ir.mark(node, ir.Role.MERGE, transition=index)
@@ -101,8 +111,9 @@ class MultiscaleInputs(Pass):
         return default
 
     def merge(
-        self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample
-    ) -> Merge:
+        self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample,
+        *, inner: int,
+    ) -> Merge:  # fmt: skip
         spec = ctx.plan.laterals[level]
         conv = factory.conv(cin, c_r, max(spec.conv.kernel_size), like=spec.conv)
         followers = [
@@ -113,6 +124,11 @@ class MultiscaleInputs(Pass):
         project = factory.conv_block(c_low, c_r, 1) if c_low != c_r else None
         variant = ctx.options.merge
         fuse = factory.conv_block(2 * c_r, c_r, 3) if variant != "add" else None
+        if fuse is not None and ctx.options.merge_width == "inner" and inner < c_r:
+            # fuse at the bottleneck width of the unit, then project back (merge_width="inner")
+            fuse = nn.Sequential(
+                factory.conv_block(2 * c_r, inner, 3), factory.conv_block(inner, c_r, 1)
+            )
         return Merge(variant, lateral, project=project, upsample=upsample, fuse=fuse)
 
     def ensures(self, gm, ctx) -> None:
@@ -121,6 +137,14 @@ class MultiscaleInputs(Pass):
             raise AssertionError(
                 f"{len(merges)} merges for {len(ctx.plan.up_slots)} up-transitions"
             )
+
+
+def _inner_width(gm: fx.GraphModule, unit: int, width: int) -> int:
+    """The narrowest output of the unit's width-defining layers (a bottleneck's inner width)."""
+    widths = [
+        channels(n) for n in unit_view(gm, unit).nodes if width_defining(gm, n) and ir.is_map(n)
+    ]
+    return min([width, *widths])
 
 
 def _copy(m: nn.Module) -> nn.Module:

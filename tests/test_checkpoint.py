@@ -179,3 +179,17 @@ def test_topdown_memory_option_and_save_load(tmp_path):
     assert "segment_0" in again.features.code
     with pytest.raises(reverso.OptionError, match="memory"):
         reverso.topdown(LeNetFC(), input_size=(1, 28, 28), memory="swap")
+
+
+def test_summary_shows_saved_bytes_per_stage_and_as_checkpointed():
+    td = reverso.topdown(reverso.models.create("lenet_fc"), input_size=(1, 28, 28))
+    plain = reverso.summary(td)
+    image = torch.rand(2, 1, 28, 28)
+    assert "saved MB" in str(plain)
+    # stages and head are measured apart: a map both keep counts in each
+    assert plain.saved_bytes == pytest.approx(reverso.saved_bytes(td, image) / 2, rel=0.1)
+    checked = reverso.summary(reverso.checkpoint(td))
+    assert checked.params == plain.params and [r.name for r in checked.rows] == [
+        r.name for r in plain.rows
+    ]
+    assert checked.saved_as_run < plain.saved_bytes / 3 and "checkpointed:" in str(checked)

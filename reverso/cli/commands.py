@@ -51,6 +51,8 @@ def _topdown_options(args) -> dict:
         "upsample": args.upsample,
         "pyramid": args.pyramid,
         "njet": args.njet,
+        "merge_width": args.merge_width,
+        "memory": args.memory,
     }
 
 

@@ -15,7 +15,15 @@ from reverso.cli.commands import (
     _summary,
     _train,
 )
-from reverso.names import ATTACKS, DATASETS, MERGES, MODELS, PYRAMIDS, UPSAMPLE_MODES
+from reverso.names import (
+    ATTACKS,
+    DATASETS,
+    MERGE_WIDTHS,
+    MERGES,
+    MODELS,
+    PYRAMIDS,
+    UPSAMPLE_MODES,
+)
 
 MODEL_HELP = (
     f"a reference model ({', '.join(MODELS)}), a timm name, a .safetensors file saved by reverso, "
@@ -234,6 +242,7 @@ TOPDOWN_CHOICES = {
     "--merge": (MERGES, "add_concat", "how a coarse path meets the finer image's branch"),
     "--upsample": (UPSAMPLE_MODES, "nearest", "interpolation before each upsampled conv"),
     "--pyramid": (PYRAMIDS, "gaussian", "how the image pyramid is blurred before subsampling"),
+    "--merge-width": (MERGE_WIDTHS, "unit", "the width a merge fuses at (inner: bottleneck)"),
 }
 
 
@@ -244,6 +253,10 @@ def _topdown_arguments(p) -> None:
     for flag, (choices, default, help_) in TOPDOWN_CHOICES.items():
         p.add_argument(flag, default=default, choices=choices, help=f"{help_} (default {default})")
     p.add_argument("--njet", action="store_true", help="top-down with N-Jet convs")
+    p.add_argument(
+        "--memory", choices=["checkpoint", "reversible"],
+        help="train with activation checkpointing or reversible blocks (default: neither)",
+    )  # fmt: skip
 
 
 def _data_arguments(p) -> None:

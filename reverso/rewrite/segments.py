@@ -78,3 +78,33 @@ def replace_run(
     for n in reversed(nodes):
         gm.graph.erase_node(n)
     return call
+
+
+def inlined(gm: fx.GraphModule, is_segment: Callable[[nn.Module], bool]) -> fx.GraphModule:
+    """A copy of ``gm`` with every call of a segment module replaced by the nodes of the
+    segment's ``body``: the graph as it was before it was cut. The body's layers must be ``gm``'s
+    own under the same names (as :class:`~reverso.nn.CheckpointSegment` keeps them)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, object] = {}
+    for n in gm.graph.nodes:
+        module = gm.get_submodule(n.target) if n.op == "call_module" else None
+        if (
+            n.op == "call_function"
+            and n.target is operator.getitem
+            and isinstance(env[n.args[0]], tuple)
+        ):
+            env[n] = env[n.args[0]][n.args[1]]  # one output of an inlined segment
+        elif module is not None and is_segment(module):
+            inner: dict[fx.Node, object] = {}
+            args = iter(n.args)
+            for b in module.body.graph.nodes:
+                if b.op == "placeholder":
+                    inner[b] = env[next(args)]
+                elif b.op == "output":
+                    out = b.args[0]
+                    env[n] = tuple(inner[o] for o in out) if isinstance(out, tuple) else inner[out]
+                else:
+                    inner[b] = graph.node_copy(b, lambda a, inner=inner: inner[a])
+        else:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    return fx.GraphModule(gm, graph, class_name=type(gm).__name__)

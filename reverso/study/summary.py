@@ -28,6 +28,8 @@ from reverso.convert.network import TopDownNet
 from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import channels, level_of, spatial
+from reverso.nn import CheckpointSegment
+from reverso.rewrite.segments import inlined
 from reverso.study.memory import node_saved_bytes, saved_bytes
 
 
@@ -48,6 +50,9 @@ class Summary:
     title: str
     input_size: tuple[int, int, int]
     rows: list[StageRow]
+    #: bytes saved for backward per image by the network as it runs (checkpointed segments keep
+    #: only their inputs), when that differs from the stage rows' plain sum
+    saved_as_run: int | None = None
 
     @property
     def params(self) -> int:
@@ -85,6 +90,10 @@ class Summary:
             f"{'total':<8} {'':>5} {'':>10} {'':>8} {self.params:>11,} {_si(self.flops):>8} "
             f"{self.activation_bytes / 2**20:>8.2f} {self.saved_bytes / 2**20:>8.2f}"
         )
+        if self.saved_as_run is not None:
+            out.append(
+                f"checkpointed: {self.saved_as_run / 2**20:.2f} MB saved for backward per image"
+            )
         return out
 
     def __str__(self) -> str:
@@ -258,7 +267,8 @@ def _bottom_up_summary(gm: fx.GraphModule, report: StageReport, name: str) -> Su
 
 def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
     plan, report = td.plan, td.report
-    gm = td.features
+    gm = inlined(td.features, lambda m: isinstance(m, CheckpointSegment))
+    cut = len(gm.graph.nodes) != len(td.features.graph.nodes)
     merges: dict[int, list[fx.Node]] = {}
     for n in ir.nodes_with_role(gm, ir.Role.MERGE):
         merges.setdefault(ir.tags_of(n).transition, []).append(n)
@@ -289,12 +299,14 @@ def _topdown_summary(td: TopDownNet, name: str | None) -> Summary:
             "head", None, None, td.num_classes, head_params, head_flops, head_bytes, head_saved
         )
     )
+    as_run = saved_bytes(td, _images(gm, report.input_size, 2)) // 2 if cut else None
     return Summary(
         f"top-down {name or _source_name(td.recipe.get('source'))} ({plan.arrangement})".replace(
             "  ", " "
         ),
         report.input_size,
         rows,
+        as_run,
     )
 
 
