@@ -44,3 +44,13 @@ def test_gpu_training_script_runs_on_cpu():
 def test_cli_help_benchmark_runs():
     result = load_script("benchmarks", "cli_help").main(["--repeats", "1"])
     assert result["help_s"] > 0 and result["ratio"] > 0
+
+
+def test_memory_benchmark_runs():
+    rows = load_script("benchmarks", "memory").main(
+        ["--device", "cpu", "--batch", "2", "--iters", "1", "--models", "ref:resnet32_preact@32"]
+    )
+    by = {r["config"]: r for r in rows}
+    assert set(by) == {"BU", "TD", "TD+checkpoint", "TD+reversible"}
+    assert by["TD+checkpoint"]["saved_mb"] < by["TD"]["saved_mb"]
+    assert by["TD+reversible"]["saved_mb"] < by["TD"]["saved_mb"]

@@ -65,7 +65,8 @@ def replace_run(
     with gm.graph.inserting_before(nodes[0]):
         call = gm.graph.call_module(name, tuple(inputs))
         results = [call] if len(outputs) == 1 else [
-            gm.graph.call_function(operator.getitem, (call, i)) for i in range(len(outputs))
+            gm.graph.create_node("call_function", operator.getitem, (call, i), name=f"{name}_{i}")
+            for i in range(len(outputs))
         ]  # fmt: skip
     inside = set(nodes)
     for out, result in zip(outputs, results, strict=True):
