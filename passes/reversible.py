@@ -2,10 +2,11 @@
 
 The rules, on the fx graph of any model (a bottom-up net, or the top-down net reverso emits):
 
-1. **Eligible unit**: an addition ``s + r`` of two maps of one shape where ``r`` is computed from
-   ``s`` alone (the *branch*: every node between them is used only inside the branch) and holds at
-   least one layer that sets its width. That is a residual unit with an identity shortcut (a
-   projection shortcut, as in transitions, is not one). Its width C must be even.
+1. **Eligible unit** (:mod:`reverso.rewrite.residuals`): an addition ``s + r`` of two maps of one
+   shape where ``r`` is computed from ``s`` alone (the *branch*: every node between them is used
+   only inside the branch) and holds at least one layer that sets its width: a residual unit
+   with an identity shortcut. Its width C must be even. A unit with a projection shortcut
+   ``P(s) + F(s)`` (a transition) is eligible only with ``transitions="psi"`` (rule 5).
 2. **Trunk**: consecutive eligible units (the next one's shortcut is this one's addition) form a
    run. An activation between them (a post-activation trunk, as torchvision's and timm's
    ResNets) is refused, or with ``post_act="move"`` moved into the next branch: the next unit
@@ -18,39 +19,43 @@ The rules, on the fx graph of any model (a bottom-up net, or the top-down net re
 4. Each run becomes one :class:`~reverso.nn.ReversibleSequence` (split at its entry, merged at
    its exit) that keeps only its output for backward (``memory_saving=True``).
 
-Transitions and the stem stay ordinary layers (``transitions="keep"``, ``stem="keep"``: RevNet's
-choice; the net is not invertible, and memory grows with the number of transitions only).
+5. **Transitions** (``transitions=``): ``"keep"`` (RevNet's choice) leaves a strided unit (one
+   with a projection shortcut) as it is: the net is not invertible and stores its activations.
+   ``"psi"`` makes it a downsampling coupling block: psi(2) on both halves, F with its strided
+   first conv from C/2 channels to 4 x C/2, the projection dropped. The trunk then grows 4x per
+   transition (not 2x); the layers after the runs (the head) are rebuilt for the new width.
+   Sizes must be even at every such transition (odd ones are refused; padding would break
+   bijectivity).
+6. **Stem** (``stem=``): ``"keep"`` leaves it; ``"psi"`` replaces everything before the first run
+   by psi(2^k) for the stem's total downsampling 2^k, plus zero channels up to the run's width
+   (injective); a run narrower than psi's 3 x 4^k channels is refused.
+
+With ``stem="psi"`` and ``transitions="psi"`` the whole body is invertible: the converted model
+has ``forward_features`` (Phi x) and ``inverse`` (:class:`~reverso.nn.InvertibleGraphModule`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.errors import InputSizeError, OptionError, UnsupportedTopologyError
 from reverso.ir.dataflow import is_mutation
-from reverso.ir.shapes import ShapeProp, channels
-from reverso.nn.reversible import CouplingBlock, ReversibleSequence
+from reverso.ir.shapes import ShapeProp, channels, propagate, spatial
+from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
+from reverso.nn.space_to_depth import SpaceToDepth
+from reverso.rewrite.residuals import ResidualUnit, residual_units, runs
 from reverso.rewrite.segments import body_of, replace_run
 from reverso.rewrite.widths import REGISTRY, unknown_layer_error, width_defining
 
 _CHOICES = {
-    "transitions": ("keep",),
-    "stem": ("keep",),
+    "transitions": ("keep", "psi"),
+    "stem": ("keep", "psi"),
     "mid": ("keep", "half"),
     "post_act": ("refuse", "move"),
 }
-
-
-@dataclass
-class ResidualUnit:
-    add: fx.Node  # s + r
-    shortcut: fx.Node  # s
-    branch: list[fx.Node]  # the nodes computing r from s, in graph order
 
 
 class Reversible(Pass):
@@ -72,7 +77,6 @@ class Reversible(Pass):
                 raise OptionError(
                     f"{name}={value!r} is not supported; choose one of "
                     f"{', '.join(map(repr, _CHOICES[name]))}"
-                    + (" (psi transitions and stems are not built yet)" if value == "psi" else "")
                 )
         self.transitions, self.stem, self.mid, self.post_act = transitions, stem, mid, post_act
         self.memory_saving = memory_saving
@@ -84,67 +88,39 @@ class Reversible(Pass):
         }  # fmt: skip
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        units = residual_units(gm)
-        _trunk_activations(gm, units, move=self.post_act == "move")
-        units = residual_units(gm)  # the moved activations are inside the branches now
-        runs = _runs(units)
-        if not runs:
+        psi = self.transitions == "psi"
+        if psi and ir.pyramid_levels(gm):
+            raise UnsupportedTopologyError(
+                "transitions='psi' makes downsamplings invertible, but a top-down net's "
+                "transitions upsample: use transitions='keep' for top-down nets"
+            )
+        _trunk_activations(gm, residual_units(gm), move=self.post_act == "move")
+        chains = runs(residual_units(gm), transitions=psi)
+        if not chains:
             raise UnsupportedTopologyError(
                 f"{type(ctx.model).__name__} has no residual unit with an identity shortcut "
                 "(y = x + F(x), x and F(x) of one shape) for a coupling block to replace"
             )
-        for i, run in enumerate(runs):
-            blocks = [CouplingBlock(_half_width_branch(gm, u, self.mid)) for u in run]
-            nodes = sorted({n for u in run for n in (*u.branch, u.add)}, key=_order(gm))
+        for i, chain in enumerate(chains):
+            width = channels(chain[0].shortcut)  # the trunk's width now
+            blocks = []
+            for u in chain:
+                stride = u.stride if u.projection else 1
+                _check_even(gm, u, stride)
+                blocks.append(
+                    CouplingBlock(_coupling_function(gm, u, width, stride, self.mid), stride)
+                )
+                width *= stride * stride
             sequence = ReversibleSequence(blocks, memory_saving=self.memory_saving)
+            nodes = sorted({n for u in chain for n in u.nodes}, key=_order(gm))
             replace_run(gm, nodes, ir.unique_name(gm, f"reversible_{i}"), lambda _, s=sequence: s)
+            _rewidth(gm, ctx)  # what follows reads the run's width (4x per psi transition)
+        if self.stem == "psi":
+            _psi_stem(gm, ctx)
         gm.delete_all_unused_submodules()
         gm.recompile()
-        ctx.state["reversible"] = [len(run) for run in runs]
+        ctx.state["reversible"] = [len(chain) for chain in chains]
         return PassResult(gm, True)
-
-
-def residual_units(gm: fx.GraphModule) -> list[ResidualUnit]:
-    """Every addition of a map and a branch computed from it alone (rule 1), in graph order."""
-    units = []
-    for add in gm.graph.nodes:
-        if (
-            not ir.is_add(add)
-            or len(add.args) < 2
-            or not all(isinstance(a, fx.Node) for a in add.args[:2])
-        ):
-            continue
-        a, b = add.args[:2]
-        va, vb = a.meta.get("val"), b.meta.get("val")
-        if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)):
-            continue
-        if va.shape != vb.shape or va.dim() != 4:
-            continue
-        for s, r in ((a, b), (b, a)):
-            branch = _branch(gm, s, r, add)
-            if branch is not None:
-                units.append(ResidualUnit(add, s, branch))
-                break
-    return units
-
-
-def _branch(gm: fx.GraphModule, s: fx.Node, r: fx.Node, add: fx.Node) -> list[fx.Node] | None:
-    """The nodes computing ``r`` from ``s`` alone, used only there, or None."""
-    inside: set[fx.Node] = set()
-    stack = [r]
-    while stack:
-        n = stack.pop()
-        if n is s or n in inside or n.op == "get_attr":
-            continue
-        if n.op in ("placeholder", "output"):
-            return None  # reads something besides s
-        inside.add(n)
-        stack.extend(n.all_input_nodes)
-    if s in inside or any(u not in inside and u is not add for n in inside for u in n.users):
-        return None
-    if not any(width_defining(gm, n) for n in inside if n.op == "call_module"):
-        return None
-    return sorted(inside, key=_order(gm))
 
 
 def _order(gm: fx.GraphModule):
@@ -157,7 +133,7 @@ def _trunk_activations(gm: fx.GraphModule, units: list[ResidualUnit], *, move: b
     adds = {u.add for u in units}
     for u in units:
         act = u.shortcut
-        if act.op == "placeholder" or len(act.all_input_nodes) != 1:
+        if act.op == "placeholder" or len(act.all_input_nodes) != 1 or u.projection:
             continue
         previous = act.all_input_nodes[0]
         if previous not in adds or not ir.is_activation(gm, act):
@@ -172,58 +148,122 @@ def _trunk_activations(gm: fx.GraphModule, units: list[ResidualUnit], *, move: b
         u.add.replace_input_with(act, previous)  # the shortcut skips the activation
 
 
-def _runs(units: list[ResidualUnit]) -> list[list[ResidualUnit]]:
-    """Maximal chains of eligible units (rule 1: even width; not nested in another unit's
-    branch), each reading the previous one's addition and nothing else reading it."""
-    nested = {n for u in units for n in u.branch}
-    runs: list[list[ResidualUnit]] = []
-    for u in units:
-        if u.add in nested or channels(u.add) % 2:
-            continue
-        last = runs[-1][-1] if runs else None
-        if (
-            last is not None
-            and u.shortcut is last.add
-            and set(last.add.users) <= {*u.branch, u.add}
-        ):
-            runs[-1].append(u)
-        else:
-            runs.append([u])
-    return runs
+def _check_even(gm: fx.GraphModule, unit: ResidualUnit, stride: int) -> None:
+    h, w = spatial(unit.shortcut)
+    if stride == 2 and (h % 2 or w % 2):
+        raise InputSizeError(
+            f"the transition at node {ir.describe(gm, unit.add)} receives a {h}x{w} map; psi(2) "
+            "needs even sizes (padding would break bijectivity): use an input size divisible by "
+            "the model's total downsampling, or transitions='keep'"
+        )
 
 
-def _half_width_branch(gm: fx.GraphModule, unit: ResidualUnit, mid: str) -> fx.GraphModule:
-    """Rule 3: the branch as a GraphModule from C/2 channels to C/2."""
-    body = body_of(gm, unit.branch)
-    c = channels(unit.add)
+def _coupling_function(gm: fx.GraphModule, unit: ResidualUnit, width: int, stride: int, mid: str):
+    """Rule 3: the branch as F of a coupling block, from width/2 channels to width/2 x stride^2
+    (the size of psi(2) of a half at stride 2)."""
+    inside = set(unit.branch)
+    body = body_of(gm, unit.branch, output=next(a for a in unit.add.args[:2] if a in inside))
     closing = _closing_layer(body)
-    x = torch.empty((2, c // 2, *unit.shortcut.meta["val"].shape[2:]), device="meta")
+    out = width // 2 * stride * stride
+    x = torch.empty((2, width // 2, *spatial(unit.shortcut)), device="meta")
 
-    class Halve(ShapeProp):
-        def call_module(self, target, args, kwargs):
-            module = self.fetch_attr(target)
-            width = int(args[0].shape[1]) if args and isinstance(args[0], torch.Tensor) else None
-            rule = REGISTRY.lookup(module)
-            if rule is None:
-                if any(True for _ in module.parameters()):
-                    raise unknown_layer_error(
-                        module, f"'{target}' in the branch of '{unit.add.name}'"
-                    )
-            elif rule.preserves_width(module):
-                if width != rule.in_width(module):
-                    ir.set_module(body, target, REGISTRY.rebuild(module, width))
-            else:
-                out = rule.out_width(module)
-                out = c // 2 if target == closing else (out // 2 if mid == "half" else out)
-                if (width, out) != (rule.in_width(module), rule.out_width(module)):
-                    ir.set_module(body, target, REGISTRY.rebuild(module, width, out))
-            return super().call_module(target, args, kwargs)
+    def width_of(target, rule, module):
+        if target == closing:
+            return out
+        return rule.out_width(module) // 2 if mid == "half" else rule.out_width(module)
 
     with torch.no_grad():
-        Halve(body).run(x)
+        _Rewidth(body, width_of, f"the branch of '{unit.add.name}'").run(x)
     _out_of_place(body)
     body.recompile()
     return body
+
+
+class _Rewidth(ShapeProp):
+    """Propagate shapes, rebuilding (registry, fresh weights) each layer whose input width
+    changed; ``width_of(target, rule, module)`` gives a layer's output width (default: its own)."""
+
+    def __init__(self, gm: fx.GraphModule, width_of=None, where: str = ""):
+        super().__init__(gm)
+        self.width_of = width_of or (lambda target, rule, module: rule.out_width(module))
+        self.where = where
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        width = int(args[0].shape[1]) if args and isinstance(args[0], torch.Tensor) else None
+        rule = REGISTRY.lookup(module)
+        if rule is None or width is None:
+            if rule is None and any(True for _ in module.parameters()) and self.where:
+                raise unknown_layer_error(module, f"'{target}' in {self.where}")
+        elif rule.preserves_width(module):
+            if width != rule.in_width(module):
+                ir.set_module(self.module, target, REGISTRY.rebuild(module, width))
+        else:
+            out = self.width_of(target, rule, module)
+            if (width, out) != (rule.in_width(module), rule.out_width(module)):
+                ir.set_module(self.module, target, REGISTRY.rebuild(module, width, out))
+        return super().call_module(target, args, kwargs)
+
+
+def _rewidth(gm: fx.GraphModule, ctx) -> None:
+    """The layers after a run take the width it now gives (the head after psi transitions)."""
+    try:
+        with torch.no_grad():
+            _Rewidth(gm).run(ctx.example_input())
+    except RuntimeError as err:
+        raise UnsupportedTopologyError(
+            f"after the psi transitions the layers that follow a reversible run cannot take its "
+            f"width (at node '{getattr(err, '_reverso_node', '?')}': {str(err).splitlines()[0]}): "
+            "a join outside the runs ties widths together; use transitions='keep'"
+        ) from None
+    gm.recompile()
+
+
+def _psi_stem(gm: fx.GraphModule, ctx) -> None:
+    """Rule 6: everything before the first run becomes psi(2^k) and zero channels."""
+    first = next(n for n in gm.graph.nodes
+                 if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ReversibleSequence))  # fmt: skip
+    (entry,) = first.all_input_nodes
+    image = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    (c, h, w), (eh, ew) = ctx.input_size, spatial(entry)
+    block = h // eh
+    if block * eh != h or block * ew != w or block & (block - 1):
+        raise UnsupportedTopologyError(
+            f"the stem before '{first.target}' turns {h}x{w} into {eh}x{ew}, not a power-of-two "
+            "downsampling that psi can replace: use stem='keep'"
+        )
+    width, have = channels(entry), c * block * block
+    if width < have:
+        raise UnsupportedTopologyError(
+            f"psi({block}) gives {have} channels, more than the {width} the first reversible run "
+            f"'{first.target}' takes (the stem would have to drop information): use stem='keep'"
+        )
+    dropped = [n for n in _ancestors(entry) if ir.is_add(n)]
+    if dropped:
+        raise UnsupportedTopologyError(
+            f"the residual unit ending at node {ir.describe(gm, dropped[-1])} comes before the "
+            f"first reversible run '{first.target}' and cannot become a coupling block (a "
+            "projection that keeps the size, say); stem='psi' would drop it: use stem='keep'"
+        )
+    x = image
+    if block > 1:
+        x = ir.add_module_node(gm, "stem_psi", SpaceToDepth(block), (x,), after=x)
+    if width > have:
+        x = ir.add_module_node(gm, "stem_pad", InjectivePad(width - have), (x,), after=x)
+    entry.replace_all_uses_with(x, delete_user_cb=lambda user: user is first)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    propagate(gm, ctx.example_input())
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
 
 
 def _out_of_place(body: fx.GraphModule) -> None:

@@ -19,6 +19,8 @@ def test_default_pipeline_lists_the_builtin_passes_by_name():
         "multiscale_inputs",
         "njet",
         "antialias",
+        "checkpoint",
+        "reversible",
     ]
     assert reverso.default_pipeline().names == reverso.passes.available()[:6]
     assert reverso.passes.get("reverse_stages").name == "reverse_stages"

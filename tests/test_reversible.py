@@ -110,3 +110,45 @@ def test_models_without_identity_residuals_are_refused_and_options_checked():
         reverso.reversible(reverso.models.create("lenet_fc"))
     with pytest.raises(reverso.OptionError, match="mid"):
         reverso.reversible(ResNet32(), (3, 32, 32), mid="quarter")
+
+
+def test_psi_transitions_and_stem_make_the_body_invertible():
+    """Spec section 7, rules 5-6: every unit a coupling block (psi(2) at transitions, the trunk
+    4x wider per transition), the stem a psi and zero channels: Phi inverts."""
+    torch.manual_seed(0)
+    model = ResNet32()
+    rev = reverso.reversible(model, (3, 32, 32), transitions="psi", stem="psi")
+    assert isinstance(rev, reverso.nn.InvertibleGraphModule) and _runs(rev) == [15]
+    assert "self.stem_pad(x)" in rev.code  # the stride-1 stem: zero channels only (3 -> 16)
+    x = torch.rand(4, 3, 32, 32)
+    assert rev(x).shape == (4, 10)
+    rev.eval()
+    with torch.no_grad():
+        phi = rev.forward_features(x)
+        back = rev.inverse(phi)
+    assert phi.shape == (4, 256, 8, 8)  # 16 x 32 x 32 coefficients, as many as the padded input
+    error = ((back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).mean()
+    assert error < 1e-5
+    # gradients: exact with psi transitions; with the injective stem, the first F reads exact
+    # zeros, where train-mode BatchNorm is ill-conditioned (docs/memory.md), so compare without it
+    psi_only = reverso.reversible(model, (3, 32, 32), transitions="psi")
+    _, grads = _grads(psi_only, x)
+    _, plain = _grads(_without_memory_saving(psi_only), x)
+    assert all(torch.allclose(g, grads[k], rtol=1e-4, atol=1e-5) for k, g in plain.items())
+
+
+def test_psi_on_torchvision_resnet18_and_its_refusals():
+    model = torchvision.models.resnet18(num_classes=10)
+    rev = reverso.reversible(model, (3, 64, 64), transitions="psi", stem="psi", post_act="move")
+    rev.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(rev.inverse(rev.forward_features(x)), x, atol=1e-5)
+    with pytest.raises(reverso.InputSizeError, match="even sizes"):
+        reverso.reversible(model, (3, 66, 66), transitions="psi", post_act="move")
+    resnet50 = timm.create_model("resnet50", num_classes=10)  # layer1.0: a projection at stride 1
+    with pytest.raises(reverso.UnsupportedTopologyError, match="stem='keep'"):
+        reverso.reversible(resnet50, (3, 64, 64), transitions="psi", stem="psi", post_act="move")
+    td = reverso.topdown(ResNet32(), input_size=(3, 32, 32))
+    with pytest.raises(reverso.UnsupportedTopologyError, match="upsample"):
+        reverso.reversible(td, transitions="psi")

@@ -15,6 +15,7 @@ from reverso.errors import ReversoError
 from reverso.frontend.provenance import SourceModel, source_of
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
 from reverso.ir.shapes import propagate
+from reverso.nn.reversible import InvertibleGraphModule
 from reverso.planner.context import Context
 
 #: timm-style attributes a rewritten model keeps
@@ -145,8 +146,9 @@ def reversible(
     depth. The residual functions work at half width with fresh weights: train the result.
     ``post_act="move"`` moves an activation between two units into the next unit's function
     (post-activation ResNets); ``mid="half"`` also halves their inner widths. Transitions and
-    the stem stay as they are (``"keep"``). A TopDownNet stays one; any other model comes back
-    as a GraphModule.
+    the stem stay as they are (``"keep"``) or become psi(2) coupling blocks and a psi stem
+    (``"psi"``); with both ``"psi"`` the result has ``forward_features`` and ``inverse``. A
+    TopDownNet stays one; any other model comes back as a GraphModule.
     """
     from reverso.passes.reversible import Reversible
 
@@ -172,6 +174,8 @@ def _graph_rewrite(model, input_size, step) -> nn.Module:
         return net
     gm = ir.own_copy(working_copy(trace(model, size)), model)
     gm = Pipeline([step]).run(gm, ctx)
+    if step.options().get("stem") == step.options().get("transitions") == "psi":
+        gm = InvertibleGraphModule(gm, gm.graph, class_name=type(model).__name__)
     for name in MODEL_ATTRIBUTES:
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
             setattr(gm, name, copy.deepcopy(getattr(model, name)))

@@ -13,7 +13,7 @@ from .filters import (
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
-from .reversible import CouplingBlock, InjectivePad, ReversibleSequence
+from .reversible import CouplingBlock, InjectivePad, InvertibleGraphModule, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
 from .upsample import UPSAMPLE_MODES, Upsample
 
@@ -48,6 +48,7 @@ __all__ = [
     "GaussianBlur2d",
     "ImagePyramid",
     "InjectivePad",
+    "InvertibleGraphModule",
     "Merge",
     "NJetConv2d",
     "NeighbourhoodToDepth",

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -190,3 +191,46 @@ def _replayed(state, device: torch.device):
         if state[1] is not None:
             torch.cuda.set_rng_state(state[1], device)
         yield
+
+
+class InvertibleGraphModule(fx.GraphModule):
+    """A traced model whose body is invertible up to its last :class:`ReversibleSequence`
+    (``reverso.reversible(..., stem="psi", transitions="psi")``): ``forward_features(x)`` gives
+    Phi x there, ``inverse(features)`` the input back (BatchNorm in eval mode)."""
+
+    def _phi(self) -> fx.Node:
+        calls = [n for n in self.graph.nodes if n.op == "call_module"
+                 and isinstance(self.get_submodule(n.target), ReversibleSequence)]  # fmt: skip
+        return calls[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        phi = self._phi()
+        values: dict[fx.Node, object] = {}
+
+        class UpToPhi(fx.Interpreter):
+            def run_node(self, n):
+                values[n] = super().run_node(n)
+                if n is phi:
+                    raise _Reached
+                return values[n]
+
+        with contextlib.suppress(_Reached):
+            UpToPhi(self).run(x)
+        return values[phi]
+
+    def inverse(self, features: torch.Tensor) -> torch.Tensor:
+        x, node = features, self._phi()
+        while node.op != "placeholder":
+            module = self.get_submodule(node.target) if node.op == "call_module" else None
+            if not isinstance(module, (ReversibleSequence, InjectivePad, SpaceToDepth)):
+                raise RuntimeError(
+                    f"node '{node.name}' lies between the input and the features and has no "
+                    "inverse: only a net converted with stem='psi' and transitions='psi' inverts"
+                )
+            x = module.inverse()(x) if isinstance(module, SpaceToDepth) else module.inverse(x)
+            (node,) = node.all_input_nodes
+        return x
+
+
+class _Reached(Exception):
+    pass

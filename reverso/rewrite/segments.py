@@ -28,10 +28,13 @@ def run_boundary(nodes: Sequence[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]
     return list(inputs), outputs
 
 
-def body_of(gm: fx.GraphModule, nodes: Sequence[fx.Node]) -> fx.GraphModule:
-    """A GraphModule computing the run ``nodes`` from its inputs; its layers and parameters are
-    the same objects as ``gm``'s (nothing is copied)."""
+def body_of(
+    gm: fx.GraphModule, nodes: Sequence[fx.Node], output: fx.Node | None = None
+) -> fx.GraphModule:
+    """A GraphModule computing the run ``nodes`` from its inputs (returning ``output``, or every
+    value read after the run); its layers and parameters are ``gm``'s (nothing is copied)."""
     inputs, outputs = run_boundary(nodes)
+    outputs = [output] if output is not None else outputs
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for a in inputs:
