@@ -193,3 +193,13 @@ def test_summary_shows_saved_bytes_per_stage_and_as_checkpointed():
         r.name for r in plain.rows
     ]
     assert checked.saved_as_run < plain.saved_bytes / 3 and "checkpointed:" in str(checked)
+
+
+def test_njet_memory_option():
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    njet = reverso.njet(td, memory="checkpoint")
+    assert isinstance(njet, reverso.TopDownNet) and "segment_0" in njet.features.code
+    assert any(isinstance(m, reverso.nn.NJetConv2d) for m in njet.modules())
+    x = torch.rand(2, 1, 28, 28)
+    njet(x).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in njet.parameters() if p.grad is not None)

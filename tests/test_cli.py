@@ -195,3 +195,11 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")
+
+
+def test_summary_shows_saved_bytes_and_memory_options(capsys):
+    assert main(["summary", "lenet_fc", "--topdown", "--memory", "checkpoint"]) == 0
+    out = capsys.readouterr().out
+    assert "saved MB" in out and "checkpointed:" in out
+    assert main(["summary", "resnet32_preact", "--topdown", "--merge-width", "inner"]) == 0
+    assert "top-down" in capsys.readouterr().out
