@@ -59,6 +59,8 @@ class RF:
 
     def through(self, kernel: float, stride: float = 1.0) -> RF:
         """After a layer with this (effective) kernel and stride."""
+        if math.isinf(self.max):
+            return self  # a value that already sees the whole input
         grow = (kernel - 1) * self.jump
         return RF(self.min + grow, self.max + grow, self.jump * stride)
 
@@ -196,12 +198,27 @@ def _node_rf(
             return "global", GLOBAL
     source = ir.feature_input(n)
     value = n.meta.get("val")
+    if _pools_to_a_point(source, value):  # x.mean((2, 3), keepdim=True): a 1x1 "map"
+        return "global", GLOBAL
     if source is not None and not is_feature_map(n) and isinstance(value, torch.Tensor):
         if value.dim() > 4 and tuple(value.shape[-2:]) == tuple(source.meta["val"].shape[-2:]):
             return "reshaped", base  # a channel shuffle's 5D view keeps every pixel in place
         return "global", GLOBAL  # flatten, a spatial mean: every input pixel counts (a split
     # of a map into a tuple of maps is no such value)
     return ("join" if len(ins) > 1 else "pointwise"), base
+
+
+def _pools_to_a_point(source: fx.Node | None, value) -> bool:
+    """A reduction over the whole map that keeps its dims (a selective kernel's attention input)."""
+    if source is None or not isinstance(value, torch.Tensor) or value.dim() != 4:
+        return False
+    before = source.meta.get("val")
+    return (
+        tuple(value.shape[-2:]) == (1, 1)
+        and isinstance(before, torch.Tensor)
+        and before.dim() == 4
+        and tuple(before.shape[-2:]) != (1, 1)
+    )
 
 
 def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[str, RF | tuple]:
