@@ -241,3 +241,21 @@ def test_keyword_only_functional_pools_are_read_everywhere():
     assert [rf.max for _, rf in convs[:3]] == [3, 8, 18]
     td = reverso.topdown(model, input_size=(1, 28, 28))
     assert td(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_kept_dims_mean_is_global_and_stays_global_through_convs():
+    """A selective kernel's attention pools the whole map (``mean((2, 3), keepdim=True)``) and
+    scales the map by it: every later pixel sees the whole input."""
+    from reverso.testing.strategies import CNNSpec, TransitionSpec, UnitSpec
+
+    spec = CNNSpec(
+        1, ((UnitSpec("selective", 2, 1),), (UnitSpec("plain", 2, 1),)), (TransitionSpec("max"),),
+        stem_stride=False, norm=False, act="relu", head="gap_linear", num_classes=2,
+        input_size=(1, 8, 8),
+    )  # fmt: skip
+    report = reverso.receptive_fields(spec.build(), spec.input_size)
+    assert report.rows["mean"][0] == "global"
+    assert report["body_0_attend"].max == float("inf")  # a conv on a global value: no NaN
+    assert report["add_1"].max == float("inf")
+    assert "all" in str(report)
+    check_erf_within_receptive_field(spec.build(), spec.input_size)
