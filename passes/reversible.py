@@ -46,7 +46,7 @@ from reverso.ir.dataflow import is_mutation
 from reverso.ir.shapes import ShapeProp, channels, propagate, spatial
 from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from reverso.nn.space_to_depth import SpaceToDepth
-from reverso.rewrite.residuals import ResidualUnit, residual_units, runs
+from reverso.rewrite.residuals import ResidualUnit, graph_order, residual_units, runs
 from reverso.rewrite.segments import body_of, replace_run
 from reverso.rewrite.widths import REGISTRY, unknown_layer_error, width_defining
 
@@ -112,7 +112,7 @@ class Reversible(Pass):
                 )
                 width *= stride * stride
             sequence = ReversibleSequence(blocks, memory_saving=self.memory_saving)
-            nodes = sorted({n for u in chain for n in u.nodes}, key=_order(gm))
+            nodes = sorted({n for u in chain for n in u.nodes}, key=graph_order(gm))
             replace_run(gm, nodes, ir.unique_name(gm, f"reversible_{i}"), lambda _, s=sequence: s)
             _rewidth(gm, ctx)  # what follows reads the run's width (4x per psi transition)
         if self.stem == "psi":
@@ -121,11 +121,6 @@ class Reversible(Pass):
         gm.recompile()
         ctx.state["reversible"] = [len(chain) for chain in chains]
         return PassResult(gm, True)
-
-
-def _order(gm: fx.GraphModule):
-    position = {n: i for i, n in enumerate(gm.graph.nodes)}
-    return position.__getitem__
 
 
 def _trunk_activations(gm: fx.GraphModule, units: list[ResidualUnit], *, move: bool) -> None:

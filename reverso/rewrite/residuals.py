@@ -38,7 +38,7 @@ class ResidualUnit:
 
 def residual_units(gm: fx.GraphModule) -> list[ResidualUnit]:
     """Every residual unit of ``gm`` in graph order; units nested in another's branch left out."""
-    order = _order(gm)
+    order = graph_order(gm)
     units = []
     for add in gm.graph.nodes:
         pair = _maps_added(add)
@@ -149,6 +149,7 @@ def _sets_width(gm: fx.GraphModule, nodes) -> bool:
     return any(width_defining(gm, n) for n in nodes if n.op == "call_module")
 
 
-def _order(gm: fx.GraphModule):
+def graph_order(gm: fx.GraphModule):
+    """A sort key: each node's position in ``gm``'s graph."""
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     return position.__getitem__
