@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    emitted = reverso.topdown(reverso.models.create("resnet32_preact"))
+    # the hand-written pyramid is the reflect-padded Gaussian
+    emitted = reverso.topdown(reverso.models.create("resnet32_preact"), pyramid="gaussian_reflect")
     hand = HandWrittenTopDownResNet32()
     copy_in_order(emitted, hand)
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))

@@ -26,14 +26,15 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class FullyConvClassifier(nn.Sequential):
-    """1x1 conv to class scores, then global average pooling (the plain nets' head)."""
+    """The plain nets' head as the reference code builds it: a 1x1 conv to the class map, BN and
+    ReLU (like every other conv), then global average pooling (a softmax follows in the loss)."""
 
     def __init__(self, cin: int, num_classes: int):
-        super().__init__(nn.Conv2d(cin, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        super().__init__(*conv_bn_relu(cin, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
 def lenet_fc(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
-    """LeNetFC: C5/6, MaxPool2 | C5/16, MaxPool2 | C3/32 | C1/classes, GAP (~8k parameters)."""
+    """LeNetFC: C5/6, MaxPool2 | C5/16, MaxPool2 | C3/32 | C1/classes, BN, ReLU, GAP (7,670)."""
     return nn.Sequential(
         conv_bn_relu(in_chans, 6, 5),
         nn.MaxPool2d(2),
@@ -64,12 +65,12 @@ def _nin(widths: tuple[int, int, int, int, int], num_classes: int, in_chans: int
 
 
 def nin_light(num_classes: int = 10, in_chans: int = 1) -> nn.Sequential:
-    """NIN-light for MNIST: widths 48/40/24, then 48s (~62k parameters)."""
+    """NIN-light for MNIST: widths 48/40/24, then 48s (62,094 parameters)."""
     return _nin((48, 40, 24, 48, 48), num_classes, in_chans)
 
 
 def nin(num_classes: int = 10, in_chans: int = 3) -> nn.Sequential:
-    """Network-in-Network for CIFAR: widths 192/160/96, then 192s (~970k parameters)."""
+    """Network-in-Network for CIFAR: widths 192/160/96, then 192s (969,822 parameters)."""
     return _nin((192, 160, 96, 192, 192), num_classes, in_chans)
 
 
@@ -121,51 +122,30 @@ def resnet32_preact(num_classes: int = 10, in_chans: int = 3) -> ResNet32PreAct:
     return ResNet32PreAct(num_classes, in_chans)
 
 
-class BasicBlock(nn.Module):
-    """Post-activation basic block with a strided conv-BN projection where shapes change."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-        self.act2 = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        skip = x if self.downsample is None else self.downsample(x)
-        return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + skip)
-
-
 class ResNet18Imagenette(nn.Module):
-    """The top-down paper's Imagenette ResNet-18: stride-1 3x3 stem, max-pool, widths 32..256."""
+    """The top-down paper's Imagenette ResNet-18 as its reference code builds it (spec section 6):
+    pre-activation, convs with biases, a bare C3/32 stem then a 2x2 max-pool, 2 blocks at each
+    of 32, 64, 128, 256 (the first of groups 2-4 strided with a bare 1x1 projection), BN-ReLU,
+    GAP, Linear (2,799,114 parameters)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths=(32, 64, 128, 256)):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        self.pool = nn.MaxPool2d(3, 2, 1)
-        stages, cin = [], widths[0]
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
-            stages.append(nn.Sequential(BasicBlock(cin, w, 2 if i else 1), BasicBlock(w, w)))
+            blocks += [PreActBlock(cin, w, 2 if i else 1), PreActBlock(w, w)]
             cin = w
-        self.stages = nn.Sequential(*stages)
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.BatchNorm2d(cin)
+        self.act = nn.ReLU(inplace=True)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(cin, num_classes)
         )
         self.num_classes = num_classes
 
     def forward(self, x):
-        return self.head(self.stages(self.pool(self.stem(x))))
+        return self.head(self.act(self.norm(self.blocks(self.pool(self.stem(x))))))
 
 
 def resnet18_imagenette(num_classes: int = 10, in_chans: int = 3) -> ResNet18Imagenette:

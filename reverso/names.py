@@ -8,7 +8,7 @@ import torch, timm and foolbox, which takes seconds); a test checks each tuple a
 ARRANGEMENTS = ("td", "uni", "rev")
 MERGES = ("add", "concat", "add_concat")
 UPSAMPLE_MODES = ("nearest", "bilinear", "blur")
-PYRAMIDS = ("gaussian", "binomial", "cascade")
+PYRAMIDS = ("gaussian", "gaussian_reflect", "binomial", "cascade")
 MEMORY_MODES = (None, "checkpoint", "reversible")
 MERGE_WIDTHS = ("unit", "inner")
 #: reference models of the papers (``reverso.models.MODELS``)

@@ -17,14 +17,14 @@ class ConvBNReLU(nn.Module):
 
 
 class LeNetFC(nn.Module):
-    """C5/6, MaxPool2 | C5/16, MaxPool2 | C3/32 | head: C1/10, GAP."""
+    """C5/6, MaxPool2 | C5/16, MaxPool2 | C3/32 | head: C1/10, BN, ReLU, GAP."""
 
     def __init__(self, num_classes=10):
         super().__init__()
         self.c1 = ConvBNReLU(1, 6, 5)
         self.c2 = ConvBNReLU(6, 16, 5)
         self.c3 = ConvBNReLU(16, 32, 3)
-        self.classifier = nn.Conv2d(32, num_classes, 1)
+        self.classifier = ConvBNReLU(32, num_classes, 1)  # the class map gets BN-ReLU too
 
     def forward(self, x):
         x = F.max_pool2d(self.c1(x), 2)
@@ -34,7 +34,8 @@ class LeNetFC(nn.Module):
 
 
 class NINLight(nn.Module):
-    """C5/a, C1/b, C1/c, MaxPool3 s2, Dropout | C5/d, C1/d, C1/d, MaxPool3 s2, Dropout | C3/d, C1/d | C1/10, GAP."""
+    """C5/a, C1/b, C1/c, MaxPool3 s2, Dropout | C5/d, C1/d, C1/d, MaxPool3 s2, Dropout | C3/d, C1/d |
+    C1/10, BN, ReLU, GAP."""
 
     def __init__(self, widths=(48, 40, 24, 48), in_chans=1, num_classes=10):
         super().__init__()
@@ -48,7 +49,7 @@ class NINLight(nn.Module):
         self.pool2 = nn.MaxPool2d(3, 2, 1)
         self.drop2 = nn.Dropout(0.5)
         self.block3 = nn.Sequential(ConvBNReLU(d, d, 3), ConvBNReLU(d, d, 1))
-        self.classifier = nn.Conv2d(d, num_classes, 1)
+        self.classifier = ConvBNReLU(d, num_classes, 1)
 
     def forward(self, x):
         x = self.drop1(self.pool1(self.block1(x)))
@@ -97,41 +98,26 @@ class ResNet32(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.down is None else self.down(x)))
-
-
 class ResNet18Imagenette(nn.Module):
-    """ResNet-18 with a stride-1 3x3 stem and a max-pool, widths 32-64-128-256 (the paper's Imagenette model)."""
+    """The paper's Imagenette ResNet-18 as its reference code builds it: pre-activation, convs
+    with biases, a bare C3/32 stem and a 2x2 max-pool, 2 blocks at each of 32, 64, 128, 256 (the
+    first of groups 2-4 strided with a bare 1x1 projection), BN-ReLU, GAP, FC."""
 
     def __init__(self, num_classes=10):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        self.pool = nn.MaxPool2d(3, 2, 1)
-        layers, cin = [], 32
-        for i, w in enumerate((32, 64, 128, 256)):
-            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
-            cin = w
-        self.layers = nn.Sequential(*layers)
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        blocks, cin = [], 32
+        for i, width in enumerate((32, 64, 128, 256)):
+            blocks += [
+                PreActBasicBlock(cin, width, 1 if i == 0 else 2),
+                PreActBasicBlock(width, width, 1),
+            ]
+            cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(256)
         self.fc = nn.Linear(256, num_classes)
 
     def forward(self, x):
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layers(x)
+        x = F.relu(self.bn(self.blocks(self.pool(self.stem(x)))))
         return self.fc(x.mean((2, 3)))

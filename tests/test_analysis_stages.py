@@ -30,7 +30,7 @@ def test_probe_finds_the_image_the_logits_and_the_feature_maps(lenet):
     gm, values, *_ = lenet
     named = ir.by_name(gm)
     assert values.input.name == "x" and values.result.name == "mean" and values.num_classes == 10
-    assert named["c1_conv"] in values.maps and named["classifier"] in values.maps
+    assert named["c1_conv"] in values.maps and named["classifier_conv"] in values.maps
     assert named["mean"] not in values.scaling  # the pooled logits keep their size
 
 
@@ -59,9 +59,9 @@ def test_units_take_their_norm_and_activation_and_pools_stand_alone(lenet):
         ("layer", "c2_conv", "relu_1"),
         ("pool", "max_pool2d_1", "max_pool2d_1"),
         ("layer", "c3_conv", "relu_2"),
-        ("head", "classifier", "mean"),  # the 1x1 classifier conv joins the head
+        ("head", "classifier_conv", "mean"),  # the class map (conv-BN-ReLU) joins the head
     ]
-    assert [u.params for u in units] == [168, 0, 2448, 0, 4704, 330]  # conv + BN
+    assert [u.params for u in units] == [168, 0, 2448, 0, 4704, 350]  # conv + BN
 
 
 def test_stages_group_the_units_between_the_transitions(lenet):

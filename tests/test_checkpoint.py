@@ -141,7 +141,8 @@ def test_checkpointing_works_with_channels_last_autocast_and_compile(variant):
         ck, x = ck.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
         ref = _step(copy.deepcopy(td), x)
         out = _step(ck, x)
-        assert all(torch.allclose(g, out[1][k], atol=1e-5) for k, g in ref[1].items())
+        # float tolerance: a conv bias before BatchNorm has a zero gradient up to rounding
+        assert all(torch.allclose(g, out[1][k], rtol=1e-4, atol=1e-4) for k, g in ref[1].items())
     elif variant == "autocast":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = _step(ck, x)

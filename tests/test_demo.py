@@ -13,7 +13,7 @@ def test_quick_demo_converts_trains_attacks_and_explains(tmp_path):
     text = "\n".join(lines)
     assert results["checked"] and "properties: all hold" in text
     assert "bottom-up lenet_fc" in text and "top-down lenet_fc (td)" in text
-    assert "14,432" in text  # LeNetFC's top-down parameter count
+    assert "14,452" in text  # LeNetFC's top-down parameter count
     assert set(results["accuracy"]) == {"BU", "TD"}
     assert all(0.3 < a <= 1 for a in results["accuracy"].values())  # 2 epochs learn something
     for loc in results["localization"].values():

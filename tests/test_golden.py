@@ -54,6 +54,35 @@ def test_parameter_counts_within_one_percent_of_the_paper(
     assert within(params(reverso.topdown(bu, input_size=size, arrangement=arrangement)), td_paper)
 
 
+# -- the reference code's exact counts (spec section 6) -----------------------------------------
+
+EXACT = {  # model: (input size, BU, td, uni, rev)
+    LeNetFC: ((1, 28, 28), 7_670, 14_452, 23_486, 57_846),
+    NINLight: ((1, 28, 28), 62_094, 212_670, 214_734, 214_206),
+    NIN: ((3, 32, 32), 969_822, 3_368_478, 3_397_470, 3_388_446),
+    ResNet32: ((3, 32, 32), 467_946, 528_042, 319_626, 563_274),
+}
+
+
+@pytest.mark.parametrize("model", list(EXACT), ids=lambda m: m.__name__)
+def test_exact_counts_of_the_reference_code(model):
+    size, *counts = EXACT[model]
+    bu = model()
+    found = [params(bu)] + [
+        params(reverso.topdown(bu, input_size=size, arrangement=a)) for a in ("td", "uni", "rev")
+    ]
+    assert found == counts
+
+
+def test_resnet18_imagenette_exact_counts_and_reversos_own_models():
+    bu = ResNet18Imagenette()
+    assert params(bu) == 2_799_114
+    assert params(reverso.topdown(bu, input_size=(3, 128, 128))) == 4_966_538
+    for name, golden in (("lenet_fc", LeNetFC), ("nin_light", NINLight), ("nin", NIN),
+                         ("resnet32_preact", ResNet32), ("resnet18_imagenette", ResNet18Imagenette)):  # fmt: skip
+        assert params(reverso.models.create(name)) == params(golden()), name
+
+
 # -- LeNetFC -----------------------------------------------------------------------------------
 
 
@@ -92,7 +121,7 @@ def test_lenet_fc_parameter_counts():
         arr: params(reverso.topdown(bu, input_size=(1, 28, 28), arrangement=arr))
         for arr in ("td", "uni", "rev")
     }
-    assert (params(bu), counts["td"], counts["uni"], counts["rev"]) == (7650, 14432, 23466, 57826)
+    assert (params(bu), counts["td"], counts["uni"], counts["rev"]) == (7670, 14452, 23486, 57846)
     for value, paper in (
         (params(bu), 8_000),
         (counts["td"], 14_000),

@@ -47,8 +47,8 @@ def test_cam_matches_the_definition():
     torch.manual_seed(0)
     model = LeNetFC().eval()
     images = torch.rand(3, 1, 28, 28)
-    cam = gradcam(model, images, layer="c3.conv")
-    # by hand: A = c3_conv output, w = mean of d(top-1 score)/dA, ReLU(sum w A), bilinear, / max
+    cam = gradcam(model, images, layer="c3.conv", formula="relu_max")
+    # by hand: A = c3_conv output, w = mean of d(top-1 logit)/dA, ReLU(sum w A), bilinear, / max
     acts = {}
     handle = model.c3.conv.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
     logits = model(images)
@@ -61,13 +61,17 @@ def test_cam_matches_the_definition():
     assert torch.allclose(cam.maps, expect.detach(), atol=1e-5)
 
 
-def test_default_layer_is_the_last_conv_run():
-    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+def test_default_layer_is_the_class_map_after_bn_relu():
+    """The reference code explains the plain nets' class map after its BN-ReLU: the last conv,
+    then the norm and activation modules that run on its output."""
+    bu = reverso.models.create("lenet_fc")  # ... C1/10 (module 5.0), BN (5.1), ReLU (5.2), GAP
+    td = reverso.topdown(bu, input_size=(1, 28, 28))
     cam = gradcam(td, torch.rand(2, 1, 28, 28))
-    # LeNetFC ends in a 1x1 conv classifier (class maps, then a spatial mean); in the top-down
-    # net it is in the head and runs on the full-resolution map
-    assert cam.layer == "head.fc.classifier" and cam.maps.shape == (2, 28, 28)
-    assert gradcam(LeNetFC(), torch.rand(2, 1, 28, 28)).layer == "classifier"
+    # in the top-down net the class map is in the head and runs on the full-resolution map
+    assert cam.layer == "head.fc.5.2" and cam.maps.shape == (2, 28, 28)
+    assert gradcam(bu, torch.rand(2, 1, 28, 28)).layer == "5.2"
+    # a functional ReLU cannot be hooked: the layer is the norm's output
+    assert gradcam(LeNetFC(), torch.rand(2, 1, 28, 28)).layer == "classifier.bn"
 
 
 def test_a_layer_without_spatial_extent_is_refused():
@@ -110,3 +114,32 @@ def test_bad_layer():
     flat = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 36, 2))
     with pytest.raises(reverso.OptionError, match="feature map"):
         gradcam(flat, torch.rand(1, 1, 8, 8), layer="1")
+
+
+def test_reference_formula_against_a_hand_computed_cam():
+    """evaluation.md section 4: softmax-probability gradient, mean removed, L2-normalised,
+    bilinear resize, ReLU, divided by the max; "relu_max" is the logit, ReLU-then-max recipe."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )  # fmt: skip
+    x = torch.rand(2, 1, 8, 8)
+    a = model[1](model[0](x)).detach().requires_grad_(True)  # the layer "1": ReLU after conv 0
+    logits = model[4](model[3](model[2](a)))
+    top = logits.argmax(1)
+    for formula in ("reference", "relu_max"):
+        scores = logits.softmax(1) if formula == "reference" else logits
+        (grad,) = torch.autograd.grad(scores.gather(1, top.view(-1, 1)).sum(), a, retain_graph=True)
+        cam = (grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True).detach()
+        if formula == "reference":
+            cam = cam - cam.mean((2, 3), keepdim=True)
+            cam = cam / cam.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            cam = F.relu(F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False))
+        else:
+            cam = F.interpolate(F.relu(cam), size=(8, 8), mode="bilinear", align_corners=False)
+        expected = cam[:, 0] / cam[:, 0].flatten(1).max(1).values.view(-1, 1, 1)
+        got = gradcam(model, x, layer="1", formula=formula).maps
+        assert torch.allclose(got, expected, atol=1e-6), formula
+    with pytest.raises(reverso.OptionError, match="formula"):
+        gradcam(model, x, formula="plain")

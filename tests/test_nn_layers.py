@@ -28,12 +28,52 @@ def test_taps_are_normalised_and_exact():
     assert triangle_taps(2).tolist() == [0.5, 1.0, 0.5]
 
 
+def _tf_gaussian_resize_1d(signal: np.ndarray, n_out: int) -> np.ndarray:
+    """An independent transcription of TensorFlow's Gaussian kernel (scale_and_translate with
+    antialias, shrinking): a loop over output pixels, kernel radius 1.5 in kernel space."""
+    n_in = len(signal)
+    inv_scale = n_in / n_out
+    out = np.empty(n_out)
+    for i in range(n_out):
+        sample = (i + 0.5) * inv_scale
+        span_start = int(np.ceil(sample - 1.5 * inv_scale - 0.5))
+        span_end = int(np.floor(sample + 1.5 * inv_scale - 0.5))
+        total = acc = 0.0
+        for j in range(max(span_start, 0), min(span_end, n_in - 1) + 1):
+            x = (j + 0.5 - sample) / inv_scale
+            if abs(x) >= 1.5:
+                continue
+            weight = np.exp(-(x * x) / (2 * 0.25))
+            total += weight
+            acc += weight * signal[j]
+        out[i] = acc / total
+    return out
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 30), (28, 45)])
 @pytest.mark.parametrize("level", [1, 2, 3])
-def test_gaussian_pyramid_level_matches_scipy(level):
+def test_default_pyramid_is_tensorflows_gaussian_resize(size, level):
+    """Even, odd and non-square inputs: each level to 1e-6 of TF's kernel, on half-pixel
+    centres, renormalised at the borders, scale = input size / output size."""
+    f = 2**level
+    x = torch.rand(1, 1, *size, dtype=torch.float64)
+    out = ImagePyramid([level]).double()(x)[0][0, 0].numpy()
+    h, w = -(-size[0] // f), -(-size[1] // f)
+    rows = np.stack([_tf_gaussian_resize_1d(r, w) for r in x[0, 0].numpy()])
+    ref = np.stack([_tf_gaussian_resize_1d(c, h) for c in rows.T]).T
+    assert out.shape == ref.shape == (h, w)
+    assert np.abs(out - ref).max() < 1e-6
+    assert torch.allclose(
+        ImagePyramid([level])(torch.full((1, 3, *size), 2.0))[0], torch.tensor(2.0)
+    )
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_reflect_gaussian_pyramid_level_matches_scipy(level):
     """Level l = Gaussian blur with sigma f/2 (half-width ceil(3 sigma), reflect), then x[::f, ::f]."""
     f = 2**level
     x = torch.rand(1, 2, 37, 30, dtype=torch.float64)
-    out = ImagePyramid([level]).double()(x)[0]
+    out = ImagePyramid([level], kind="gaussian_reflect").double()(x)[0]
     sigma = f / 2
     ref = np.stack(
         [
@@ -56,7 +96,7 @@ def test_pyramid_sizes_follow_subsampling_for_odd_inputs():
 
 def test_pyramid_preserves_constants_and_falls_back_on_tiny_maps():
     x = torch.full((1, 1, 5, 5), 3.0)
-    for kind in ("gaussian", "binomial", "cascade"):
+    for kind in ("gaussian", "gaussian_reflect", "binomial", "cascade"):
         out = ImagePyramid([1, 2, 3], kind)(x)  # level 3 needs a kernel larger than the map
         assert all(torch.allclose(o, torch.full_like(o, 3.0)) for o in out)
 
@@ -77,9 +117,11 @@ def test_binomial_and_cascade_pyramids():
 
 
 def test_pyramid_filters_are_fixed_buffers():
-    p = ImagePyramid([1, 2])
+    p = ImagePyramid([1, 2], "gaussian_reflect")
     assert list(p.parameters()) == [] and p.state_dict() == {}
     assert {n for n, _ in p.named_buffers()} == {"taps_1", "taps_2"}
+    tf = ImagePyramid([1, 2])  # TF's weights depend on the input size: made in forward
+    assert list(tf.parameters()) == [] and tf.state_dict() == {}
 
 
 def test_nearest_upsample_to_exact_size():
@@ -169,7 +211,7 @@ def test_layers_run_in_half_precision(dtype):
     [
         lambda: GaussianBlur2d(1.5),
         lambda: BlurPool2d(4, filter_size=5),
-        lambda: ImagePyramid((0, 1, 2), kind="gaussian"),
+        lambda: ImagePyramid((0, 1, 2), kind="gaussian_reflect"),
         lambda: ImagePyramid((1, 3), kind="binomial"),
         lambda: ImagePyramid((0, 2), kind="cascade"),
         lambda: Upsample("blur", factor=4),

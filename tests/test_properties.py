@@ -59,7 +59,7 @@ def test_every_merge_and_upsampling_keeps_the_properties(merge, upsample):
     assert check_topdown(ResNet32(), (3, 32, 32), merge=merge, upsample=upsample) is not None
 
 
-@pytest.mark.parametrize("pyramid", ["gaussian", "binomial", "cascade"])
+@pytest.mark.parametrize("pyramid", ["gaussian", "gaussian_reflect", "binomial", "cascade"])
 def test_every_pyramid_keeps_the_properties(pyramid):
     assert check_topdown(LeNetFC(), (1, 28, 28), pyramid=pyramid) is not None
 

@@ -127,7 +127,7 @@ def test_exact_rules_count_every_tap():
 
 
 @pytest.mark.parametrize("upsample", ["nearest", "bilinear", "blur"])
-@pytest.mark.parametrize("pyramid", ["gaussian", "binomial", "cascade"])
+@pytest.mark.parametrize("pyramid", ["gaussian", "gaussian_reflect", "binomial", "cascade"])
 def test_gradients_stay_inside_the_exact_receptive_field_of_top_down_nets(upsample, pyramid):
     size = (3, 160, 160)  # larger than the receptive field, so the check is not trivial
     td = reverso.topdown(ResNet32(), input_size=size, upsample=upsample, pyramid=pyramid)

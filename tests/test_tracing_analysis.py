@@ -115,7 +115,9 @@ def test_analysis_of_lenet_fc():
     assert report.stem == []  # plain net: no stem
     assert [t.kind for t in report.transitions] == ["standalone", "standalone"]
     head = report.units[report.head[0]]
-    assert head.nodes[0] == "classifier"  # the 1x1 conv classifier before GAP belongs to the head
+    assert (
+        head.nodes[0] == "classifier_conv"
+    )  # the 1x1 class map (conv-BN-ReLU) belongs to the head
     table = str(report)
     assert "standalone" in table and "head" in table and "G3" in table
 

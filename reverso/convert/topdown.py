@@ -71,7 +71,8 @@ def topdown(
             ``"rev"`` (groups keep their order; only the resolution schedule is reversed).
         merge: ``"add"``, ``"concat"`` or ``"add_concat"`` (the paper's choice).
         upsample: ``"nearest"`` (the paper's choice), ``"bilinear"`` or ``"blur"``.
-        pyramid: ``"gaussian"`` (the paper's code), ``"binomial"`` or ``"cascade"``.
+        pyramid: ``"gaussian"`` (TensorFlow's Gaussian resize, as the paper's code makes it),
+            ``"gaussian_reflect"``, ``"binomial"`` or ``"cascade"`` (:class:`~reverso.nn.ImagePyramid`).
         passes: a :class:`Pipeline` (or list of passes / built-in pass names) to run instead of
             :func:`default_pipeline`.
         leaf_modules: module classes or qualified names torch.fx must not trace into.

@@ -1,9 +1,12 @@
 """Grad-CAM and the top-down paper's weakly supervised localisation protocol (Exp 3).
 
-Grad-CAM (Selvaraju et al.): on a conv layer's output ``A`` (default: the last conv the model
-runs), weights ``w_k`` = spatial mean of the gradient of the top-1 class score with respect to
-``A_k``; CAM = ReLU(sum_k w_k A_k), upsampled bilinearly to the input size and divided by its
-maximum, so it lies in [0, 1].
+Grad-CAM (Selvaraju et al.) as the top-down authors' code computes it (evaluation.md section 4):
+on a conv layer's output ``A`` (default: the last conv the model runs, after its BatchNorm and
+activation when modules right after it apply them, as the plain nets' class map), weights
+``w_k`` = spatial mean of the gradient of the top-1 class's softmax probability with respect to
+``A_k``; cam = sum_k w_k A_k, minus its mean, divided by its L2 norm, upsampled bilinearly to the
+input size, ReLU, divided by its maximum, so it lies in [0, 1]. ``formula="relu_max"`` is the
+original recipe (logit gradient, ReLU, upsample, divide by the max).
 
 Localisation (evaluation.md section 4): the object mask is the set of pixels above ``t = 0.2``,
 the prediction the set of pixels where the CAM is above ``cam_threshold`` (default also 0.2);
@@ -28,6 +31,9 @@ from reverso.nn import NJetConv2d
 from reverso.study.plotting import TEXT_WIDTH, new_figure, save_figure, styled
 
 CONVS = (nn.Conv2d, NJetConv2d)
+#: Grad-CAM formulas: the top-down authors' code, and Selvaraju et al.'s ReLU-then-max
+FORMULAS = ("reference", "relu_max")
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.ELU, nn.Hardswish)
 
 
 @dataclass
@@ -39,19 +45,46 @@ class CAM:
 
 
 def last_conv(model: nn.Module, example: torch.Tensor) -> str:
-    """The name of the last conv layer ``model`` runs on ``example`` (in execution order)."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, CONVS)}
-    ran: list[str] = []
-    handles = [m.register_forward_hook(lambda m, i, o: ran.append(names[m])) for m in names]
+    """The layer Grad-CAM explains by default: the last conv ``model`` runs on ``example``, or the
+    norm and activation modules that run right after it on its output (the plain nets' class map
+    after BN-ReLU, as the reference code reads it)."""
+    return _default_layer(model, example)[0]
+
+
+def _default_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, str]:
+    """(the layer :func:`last_conv` names, the conv it follows)."""
+    leaves = {m: n for n, m in model.named_modules() if not list(m.children())}
+    ran: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # (module, input, output)
+
+    def record(m, inputs, output):
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            ran.append((m, inputs[0], output))
+
+    handles = [m.register_forward_hook(record) for m in leaves]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    if not ran:
+    convs = [i for i, (m, _, _) in enumerate(ran) if isinstance(m, CONVS)]
+    if not convs:
         raise OptionError(f"{type(model).__name__} runs no conv layer; pass layer= explicitly")
-    return ran[-1]
+    chosen = convs[-1]
+    for follower in (nn.modules.batchnorm._BatchNorm, ACTIVATIONS):
+        step = chosen + 1
+        if (
+            step < len(ran)
+            and isinstance(ran[step][0], follower)
+            and _same_map(ran[step][1], ran[chosen][2])
+        ):
+            chosen = step
+    return leaves[ran[chosen][0]], leaves[ran[convs[-1]][0]]
+
+
+def _same_map(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` is ``b`` (or ``b`` changed in place by an in-place activation)."""
+    return a is b or (a.shape == b.shape and a.data_ptr() == b.data_ptr())
 
 
 def gradcam(
@@ -61,14 +94,22 @@ def gradcam(
     layer: str | nn.Module | None = None,
     target: torch.Tensor | None = None,
     normalize=None,
+    formula: str = "reference",
 ) -> CAM:
     """Grad-CAM maps of ``images`` (N, C, H, W) on ``layer`` (a module name or module; default
-    the last conv), for the ``target`` classes (default: the predicted ones)."""
+    the last conv, after its BN-ReLU), for the ``target`` classes (default: the predicted ones).
+
+    ``formula="reference"`` (the top-down authors' code): the gradient of the class's softmax
+    probability; cam = sum_k w_k A_k, minus its mean, divided by its L2 norm, resized
+    bilinearly, ReLU, divided by its max. ``"relu_max"`` (Selvaraju et al., reverso's earlier
+    default): the gradient of the logit; ReLU, resized, divided by its max."""
     if images.dim() != 4:
         raise OptionError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if formula not in FORMULAS:
+        raise OptionError(f"formula must be one of {FORMULAS}, got {formula!r}")
     prepare = normalize or (lambda x: x)
     with evaluating(model):
-        name, module = _layer(model, layer, prepare(images[:1]))
+        name, module, conv = _layer(model, layer, prepare(images[:1]))
         store: dict[str, torch.Tensor] = {}
 
         def keep(_module, _inputs, output):
@@ -85,6 +126,8 @@ def gradcam(
                 chosen = logits.argmax(1) if target is None else target.to(logits.device)
                 if "a" not in store:
                     raise OptionError(f"layer {name!r} did not run in the forward pass")
+                if formula == "reference":
+                    logits = logits.softmax(1)  # the probability, not the logit
                 score = logits.gather(1, chosen.view(-1, 1)).sum()
                 (grad,) = torch.autograd.grad(score, store["a"])
         finally:
@@ -95,10 +138,19 @@ def gradcam(
                 f"layer {name!r} outputs a 1x1 map (it runs after global pooling): a CAM needs "
                 "space; pass layer= an earlier conv"
             )
-        where = _in_words(module, activations, "last conv" if layer is None else f"layer {name}")
+        where = _in_words(conv, activations, "last conv" if layer is None else f"layer {name}")
+        if conv is not module:  # the class map after its norm and activation
+            where = where.replace(",", f" after {type(module).__name__},", 1)
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * activations).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cam = (weights * activations).sum(1, keepdim=True)
+        size = images.shape[-2:]
+        if formula == "reference":
+            cam = cam - cam.mean(dim=(2, 3), keepdim=True)
+            cam = cam / cam.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            cam = F.relu(F.interpolate(cam, size=size, mode="bilinear", align_corners=False))
+        else:
+            cam = F.interpolate(F.relu(cam), size=size, mode="bilinear", align_corners=False)
+        cam = cam[:, 0]
         peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
         return CAM((cam / peak).clamp(0, 1).cpu(), name, chosen.detach().cpu(), where)
 
@@ -112,20 +164,21 @@ def _in_words(module: nn.Module, activations: torch.Tensor, role: str) -> str:
     return f"{role}{kind}, {c} ch at {h}x{w}"
 
 
-def _layer(model: nn.Module, layer, example) -> tuple[str, nn.Module]:
+def _layer(model: nn.Module, layer, example) -> tuple[str, nn.Module, nn.Module]:
+    """(name, module, the conv it is or follows, for words)."""
     modules = dict(model.named_modules())
     if layer is None:
-        name = last_conv(model, example)
-        return name, modules[name]
+        name, conv = _default_layer(model, example)
+        return name, modules[name], modules[conv]
     if isinstance(layer, nn.Module):
         name = next((n for n, m in modules.items() if m is layer), None)
         if name is None:
             raise OptionError(f"the given layer {type(layer).__name__} is not part of the model")
-        return name, layer
+        return name, layer, layer
     if layer not in modules:
         convs = [n for n, m in modules.items() if isinstance(m, CONVS)]
         raise OptionError(f"no layer {layer!r} in the model; its conv layers are {convs[-6:]} ...")
-    return layer, modules[layer]
+    return layer, modules[layer], modules[layer]
 
 
 @dataclass
@@ -172,6 +225,7 @@ def compare_localization(
     t: float = 0.2,
     cam_threshold: float = 0.2,
     normalize=None,
+    formula: str = "reference",
 ) -> tuple[dict[str, Localization], dict[str, CAM], torch.Tensor]:
     """Localisation of several models on the images that all of them classify correctly.
 
@@ -179,7 +233,7 @@ def compare_localization(
     """
     layers = layers or {}
     cams = {
-        name: gradcam(m, images, layer=layers.get(name), normalize=normalize)
+        name: gradcam(m, images, layer=layers.get(name), normalize=normalize, formula=formula)
         for name, m in models.items()
     }
     both = torch.ones(len(labels), dtype=torch.bool)

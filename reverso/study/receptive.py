@@ -266,8 +266,10 @@ def _pyramid_level(pyramid: ImagePyramid, level: int, exact: bool) -> RF:
             rf = rf.through(pyramid.taps_step.numel() if exact else 6 * 2 / 3, 2)
         return rf
     factor = 2**level
+    if pyramid.kind == "gaussian":  # TF's resize: taps within 1.5 f of the centre, 3 f wide
+        return INPUT.through(3 * factor, factor)
     taps = getattr(pyramid, f"taps_{level}").numel()
-    width = 6 * factor / 2 if pyramid.kind == "gaussian" and not exact else taps
+    width = 6 * factor / 2 if pyramid.kind == "gaussian_reflect" and not exact else taps
     return INPUT.through(width, factor)
 
 
