@@ -140,6 +140,20 @@ def test_safe_subsampling_shrinks_with_sigma():
     assert NJetConv2d(2, 2)(torch.rand(1, 2, 64, 64)).shape[-1] == 64  # off by default
 
 
+def test_safe_subsampling_follows_the_paper_or_the_authors_code():
+    """Paper: size x (1/2)^(sigma / r); code: size / max(1, 2^sigma / r), r = 4."""
+    for rule, sigma, expected in (("paper", 2.0, round(64 * 0.5**0.5)), ("code", 2.0, 64),
+                                  ("code", 3.0, 32), ("code", 4.0, 16)):  # fmt: skip
+        layer = NJetConv2d(
+            2, 2, sigma=sigma, safe_subsampling=True, subsampling_rule=rule, learn_sigma=False
+        )
+        out = layer(torch.rand(1, 2, 64 + 2 * layer.radius, 64 + 2 * layer.radius))
+        assert layer._subsample(torch.rand(1, 2, 64, 64)).shape[-1] == expected, (rule, sigma)
+        assert out.dim() == 4
+    with pytest.raises(ValueError, match="subsampling_rule"):
+        NJetConv2d(2, 2, subsampling_rule="tf")
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="size_rule"):
         NJetConv2d(2, 2, size_rule="tf")

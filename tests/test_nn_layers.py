@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
@@ -263,3 +264,17 @@ def test_merge_crops_the_lateral_to_a_trimmed_map():
     torch.testing.assert_close(merge(x, image), x + image[..., 1:9, 1:9])
     same = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(merge(x, same), x + same)
+
+
+def test_blurpool_takes_the_official_pad_type_names():
+    from reverso.nn import BlurPool2d
+
+    x = torch.rand(2, 3, 9, 10)
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    filt = (taps[:, None] * taps[None, :] / 64).expand(3, 1, 4, 4)
+    expected = F.conv2d(F.pad(x, (1, 2, 1, 2)), filt, stride=2, groups=3)  # antialiased-cnns, zero
+    assert torch.allclose(BlurPool2d(3, 4, 2, pad_type="zero")(x), expected, atol=1e-6)
+    assert BlurPool2d(3, pad_type="refl").pad_mode == "reflect"
+    assert BlurPool2d(3, pad_type="repl").pad_mode == "replicate"
+    with pytest.raises(ValueError, match="pad_type"):
+        BlurPool2d(3, pad_type="circular")

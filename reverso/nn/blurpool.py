@@ -12,6 +12,11 @@ from torch import nn
 from .filters import FixedBuffers, binomial_taps
 
 PAD_MODES = ("reflect", "replicate", "zeros")
+#: antialiased-cnns' ``pad_type`` names -> ``pad_mode``
+OFFICIAL_PAD_TYPES = {
+    "refl": "reflect", "reflect": "reflect", "repl": "replicate", "replicate": "replicate",
+    "zero": "zeros",
+}  # fmt: skip
 
 
 class BlurPool2d(FixedBuffers, nn.Module):
@@ -19,15 +24,28 @@ class BlurPool2d(FixedBuffers, nn.Module):
     2: [1, 1], 3: [1, 2, 1], 4: [1, 3, 3, 1], ... 7), then subsample by ``stride``.
 
     Padding is [floor((f-1)/2), ceil((f-1)/2)] per axis, ``reflect`` by default (``replicate`` and
-    ``zeros`` as options); reflect falls back to replicate on maps too small to reflect. For an
+    ``zeros`` as options; ``pad_type=`` takes the official antialiased-cnns names, ``"zero"``,
+    ``"refl"``, ``"repl"``); reflect falls back to replicate on maps too small to reflect. For an
     input of size H the output has ceil(H / stride) rows. ``filter_size=1`` is plain subsampling.
     The filter is a fixed buffer, never trained or re-initialised, and not part of the state_dict.
     """
 
     def __init__(
-        self, channels: int, filter_size: int = 4, stride: int = 2, pad_mode: str = "reflect"
+        self,
+        channels: int,
+        filter_size: int = 4,
+        stride: int = 2,
+        pad_mode: str = "reflect",
+        *,
+        pad_type: str | None = None,
     ):
         super().__init__()
+        if pad_type is not None:  # the official antialiased-cnns spelling: refl, repl, zero, ...
+            if pad_type not in OFFICIAL_PAD_TYPES:
+                raise ValueError(
+                    f"pad_type must be one of {tuple(OFFICIAL_PAD_TYPES)}, got {pad_type!r}"
+                )
+            pad_mode = OFFICIAL_PAD_TYPES[pad_type]
         if not 1 <= filter_size <= 7:
             raise ValueError(f"filter_size must be between 1 and 7, got {filter_size}")
         if pad_mode not in PAD_MODES:

@@ -29,6 +29,10 @@ from .gaussian import (
 ROUTES = ("auto", "dense", "separable")
 
 
+#: safe-subsampling curves: the paper's (1/2)^(sigma/r), the code's 1 / max(1, 2^sigma / r)
+SUBSAMPLING_RULES = ("paper", "code")
+
+
 class NJetConv2d(FixedBuffers, nn.Module):
     """A conv whose kernel is ``W[o, c] = sum_{i+j<=N} alpha[o, c, (i,j)] s^(i+j) G^{i,j}(s)``.
 
@@ -46,6 +50,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
     ``route="auto"`` picks the cheaper one from a cost model.
 
     Optional "safe subsampling" (learned resolution): the input is resized by (1/2)^(sigma/r)
+    (the paper) or by 1 / max(1, 2^sigma / r) (``subsampling_rule="code"``, the authors' code)
     before the conv; the size depends on sigma's value, so this option reads sigma on the host.
     """
 
@@ -68,6 +73,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         route: str = "auto",
         safe_subsampling: bool = False,
         subsampling_rate: float = 4.0,
+        subsampling_rule: str = "paper",
     ):
         super().__init__()
         sigmas = [float(s) for s in (sigma if isinstance(sigma, Sequence) else [sigma])]
@@ -77,6 +83,10 @@ class NJetConv2d(FixedBuffers, nn.Module):
             raise ValueError(f"sigma must be positive, got {sigma!r}")
         if size_rule not in SIZE_RULES:
             raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
+        if subsampling_rule not in SUBSAMPLING_RULES:
+            raise ValueError(
+                f"subsampling_rule must be one of {SUBSAMPLING_RULES}, got {subsampling_rule!r}"
+            )
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         if in_channels % groups or out_channels % groups:
@@ -95,6 +105,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.kernel_size = (2 * self.radius + 1,) * 2
         self.padding = (self.radius,) * 4 if padding is None else _pad4(padding)
         self.safe_subsampling, self.subsampling_rate = safe_subsampling, float(subsampling_rate)
+        self.subsampling_rule = subsampling_rule
         self.num_basis = basis_size(order) * len(sigmas)
 
         scale = torch.log2(torch.tensor(sigmas))
@@ -204,10 +215,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
         return dense.reshape(self.out_channels * n1, self.in_channels * n1, 1, 1)
 
     def _subsample(self, x: torch.Tensor) -> torch.Tensor:
-        """Safe subsampling (paper): resize by (1/2)^(sigma / r); the size is not differentiable."""
-        factor = 0.5 ** (
-            float(self._sigmas().max()) / self.subsampling_rate
-        )  # reads sigma on the host
+        """Safe subsampling: resize by (1/2)^(sigma / r) (``subsampling_rule="paper"``) or by
+        1 / max(1, 2^sigma / r) (``"code"``, the authors' code); nearest, and the size is not
+        differentiable."""
+        sigma = float(self._sigmas().max())  # reads sigma on the host
+        if self.subsampling_rule == "code":
+            factor = 1 / max(1.0, 2**sigma / self.subsampling_rate)
+        else:
+            factor = 0.5 ** (sigma / self.subsampling_rate)
         size = (max(1, round(x.shape[-2] * factor)), max(1, round(x.shape[-1] * factor)))
         return F.interpolate(x, size=size, mode="nearest") if size != tuple(x.shape[-2:]) else x
 
