@@ -41,6 +41,15 @@ def test_learning_rate_divided_by_ten_at_half_and_four_fifths(small):
     assert [h["epoch"] for h in result.runs[0].history] == list(range(1, 11))
 
 
+def test_learning_rate_drops_at_the_ceiling_of_half_and_four_fifths():
+    from reverso.study.train import lr_drop_epochs
+
+    assert lr_drop_epochs(10, (0.5, 0.8)) == [5, 8]
+    assert lr_drop_epochs(5, (0.5, 0.8)) == [3, 4]  # round(2.5) would drop after epoch 2
+    assert lr_drop_epochs(3, (0.5, 0.8)) == [2, 3]
+    assert lr_drop_epochs(30, (0.5, 0.8)) == [15, 24]
+
+
 def test_lenet_learns_real_digits(mnist):
     torch.manual_seed(0)
     model = LeNetFC()

@@ -167,6 +167,13 @@ def _model_for_run(model, run: int, seed: int) -> nn.Module:
     )
 
 
+def lr_drop_epochs(epochs: int, milestones) -> list[int]:
+    """The epochs after which the learning rate is divided by 10: ceil(m E) for each milestone
+    fraction m, as the reference code's schedule (``round`` would drop one epoch early for odd E:
+    round(2.5) = 2)."""
+    return sorted({max(1, math.ceil(m * epochs - 1e-9)) for m in milestones})
+
+
 def reinitialize(model: nn.Module, seed: int) -> None:
     """Fresh weights: ``reset_parameters()`` of every module that has one, seeded."""
     torch.manual_seed(seed)
@@ -200,7 +207,7 @@ class _Trainer:
             momentum=cfg["momentum"],
             nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
         )
-        steps = sorted({max(1, round(m * cfg["epochs"])) for m in cfg["milestones"]})
+        steps = lr_drop_epochs(cfg["epochs"], cfg["milestones"])
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, steps, gamma=0.1)
         self.amp_dtype = None
         if amp:
