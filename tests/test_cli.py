@@ -78,7 +78,8 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     path, plot = folder / "td.safetensors", folder / "curve.png"
     code = main(["train", "lenet_fc", "--topdown", "--data", "digits", "--size", "28", "--epochs", "5",
-                 "-o", str(path), "--plot", str(plot), "--checkpoint", str(folder / "ckpt")])  # fmt: skip
+                 "--recipe", "mnist", "-o", str(path), "--plot", str(plot),
+                 "--checkpoint", str(folder / "ckpt")])  # fmt: skip
     assert code == 0
     return path, plot
 

@@ -184,8 +184,9 @@ def _train(args) -> int:
     if args.topdown:
         model = topdown(model, input_size=data.input_size, **_topdown_options(args))
         label = f"top-down {label}"
-    result = train(model, data, epochs=args.epochs, repeats=args.repeats, batch_size=args.batch_size, lr=args.lr,
-                   seed=args.seed, device=args.device, checkpoint=args.checkpoint)  # fmt: skip
+    result = train(model, data, recipe=args.recipe, epochs=args.epochs, repeats=args.repeats,
+                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                   checkpoint=args.checkpoint, keras_init=args.keras_init)  # fmt: skip
     for i, run in enumerate(result.runs):
         print(f"run {i + 1}: test accuracy {run.test_accuracy:.2%} ({run.seconds:.0f}s)")
     print(result)

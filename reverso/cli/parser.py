@@ -87,10 +87,16 @@ def _train_arguments(p) -> None:
     _data_arguments(p)
     p.add_argument("--topdown", action="store_true", help="convert MODEL to top-down first")
     _topdown_arguments(p)
-    p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    p.add_argument(
+        "--recipe", help="the reference code's settings: mnist, fashion_mnist, cifar10, cifar10_aug"
+    )
+    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, else 30)")
     p.add_argument("--repeats", type=int, default=1, help="runs with reshuffled splits (paper: 4)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    p.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate (default 0.1)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, else 128)")
+    p.add_argument(
+        "--lr", type=float, help="initial SGD learning rate (default: recipe's, else 0.1)"
+    )
+    p.add_argument("--keras-init", action="store_true", help="Keras' initialisation (glorot/he)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--checkpoint", type=Path, help="folder for per-epoch checkpoints (resumable)")
