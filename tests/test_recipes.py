@@ -35,8 +35,8 @@ def test_recipe_values_and_keras_weight_decay():
     mnist = recipes.get("mnist")
     assert (mnist.epochs, mnist.epochs_topdown, mnist.batch_size, mnist.lr) == (50, 30, 128, 0.1)
     assert recipes.get("cifar10_aug").epochs == 200 and recipes.get("cifar10").epochs == 100
-    with pytest.raises(reverso.OptionError, match="not available yet"):
-        recipes.get("imagenette")
+    imagenette = recipes.get("imagenette")
+    assert imagenette.weight_decay == pytest.approx(2e-3) and imagenette.epochs == 80
     with pytest.raises(reverso.OptionError, match="unknown recipe"):
         recipes.get("svhn")
 
@@ -79,3 +79,26 @@ def test_keras_init_and_augmented_training(small):
     data = dataclasses.replace(small, weight_decay=0.0)
     result = train(_tiny(), data, recipe="cifar10_aug", epochs=1, keras_init=True, progress=False)
     assert 0 <= result.runs[0].test_accuracy <= 1
+
+
+def test_imagenette_recipe_reads_images_as_the_reference_code(tmp_path, small):
+    from test_data import write_image_folder
+
+    write_image_folder(tmp_path, size=(40, 30))
+    plain = reverso.data.load("image_folder", tmp_path, size=24)
+    d = reverso.data.load("image_folder", tmp_path, size=24, recipe="imagenette")
+    x, _ = d.train[0]
+    assert x.shape == (3, 24, 24) and d.recipe == "imagenette"  # a random crop of 29x29
+    assert d.test[0][0].shape == (3, 24, 24)  # validation: resized, aspect not kept
+    assert d.mean.shape == (3, 24, 24)
+    with pytest.raises(reverso.OptionError, match="recipe='imagenette'"):
+        train(_tiny(), plain, recipe="imagenette", epochs=1, progress=False)
+    td = reverso.topdown(
+        reverso.models.create("resnet32_preact", num_classes=2), input_size=(3, 24, 24)
+    )
+    assert recipes.settings(recipes.get("imagenette"), td, d) == (80, 64, 0.05, pytest.approx(2e-3))
+    bu = reverso.models.create("resnet32_preact", num_classes=2)
+    assert recipes.settings(recipes.get("imagenette"), bu, d)[1:3] == (128, 0.1)
+    image = torch.rand(3, 5, 5)
+    shifted = recipes.PCALighting(0.1)(image) - image  # one colour offset for every pixel
+    assert torch.allclose(shifted, shifted[:, :1, :1].expand(3, 5, 5), atol=1e-6)

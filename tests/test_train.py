@@ -42,7 +42,7 @@ def test_learning_rate_divided_by_ten_at_half_and_four_fifths(small):
 
 
 def test_learning_rate_drops_at_the_ceiling_of_half_and_four_fifths():
-    from reverso.study.train import lr_drop_epochs
+    from reverso.study.recipes import lr_drop_epochs
 
     assert lr_drop_epochs(10, (0.5, 0.8)) == [5, 8]
     assert lr_drop_epochs(5, (0.5, 0.8)) == [3, 4]  # round(2.5) would drop after epoch 2

@@ -56,6 +56,8 @@ class Data:
     weight_decay: float = 0.0
     #: where the files were read from (None for built-in data)
     root: Path | None = None
+    #: the training recipe whose transforms the loader applied (None: plain loading)
+    recipe: str | None = None
 
     @property
     def num_classes(self) -> int:

@@ -166,14 +166,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".ti
 
 
 def image_folder(
-    root: str | Path, size: int = 128, *, train: str = "train", test: str = "val"
+    root: str | Path,
+    size: int = 128,
+    *,
+    train: str = "train",
+    test: str = "val",
+    recipe: str | None = None,
 ) -> Data:
     """An Imagenette-style folder: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``,
     read with torchvision's ImageFolder; images are resized (shorter side) and centre-cropped to
-    ``size`` and converted to RGB in [0, 1]."""
+    ``size`` and converted to RGB in [0, 1]. ``recipe="imagenette"`` reads them as the reference
+    code does instead: training images resized to 156x156 (for size 128; aspect not kept), a
+    random crop, a flip and PCA lighting noise; test images resized to ``size`` x ``size``; the
+    per-pixel mean of the (resized) training images is subtracted."""
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
+    from reverso.study.recipes import imagenette_transforms
+
+    if recipe not in (None, "imagenette"):
+        raise DatasetError(f"image folder: recipe must be None or 'imagenette', got {recipe!r}")
     root = Path(root).expanduser()
     transform = transforms.Compose(
         [
@@ -183,6 +195,9 @@ def image_folder(
             transforms.ToTensor(),
         ]
     )
+    train_transform = test_transform = transform
+    if recipe == "imagenette":
+        train_transform, test_transform = imagenette_transforms(size)
     splits = {}
     for split in (train, test):
         folder = root / split
@@ -192,7 +207,8 @@ def image_folder(
                 f"expected {root}/{train}/ and {root}/{test}/ with one sub-folder per class"
             )
         try:
-            splits[split] = ImageFolder(str(folder), transform=transform, loader=_open_image)
+            chosen = train_transform if split == train else test_transform
+            splits[split] = ImageFolder(str(folder), transform=chosen, loader=_open_image)
         except (FileNotFoundError, RuntimeError) as err:
             raise DatasetError(
                 f"image folder: {folder} has no class sub-folders with images "
@@ -203,13 +219,19 @@ def image_folder(
             f"image folder: {root / train} and {root / test} have different classes: "
             f"{splits[train].classes} vs {splits[test].classes}"
         )
+    mean = None
+    if recipe == "imagenette":  # the per-pixel mean of the training images, read as test ones
+        plain = ImageFolder(str(root / train), transform=test_transform, loader=_open_image)
+        mean = sum(plain[i][0] for i in range(len(plain))) / max(len(plain), 1)
     return Data(
         "image_folder",
         splits[train],
         splits[test],
         (3, size, size),
         splits[train].classes,
+        mean=mean,
         root=root,
+        recipe=recipe,
     )
 
 

@@ -1,7 +1,9 @@
 """The reference code's training recipes (evaluation.md section 2), as ``reverso.train(recipe=)``.
 
 A recipe sets epochs, batch size, learning rate, weight decay and the training augmentation of
-one of the paper's datasets; arguments given to :func:`reverso.train` explicitly win. Weight
+one of the paper's datasets; arguments given to :func:`reverso.train` explicitly win. The
+schedule (learning rate divided by 10 after epochs ceil(0.5 E) and ceil(0.8 E)) and the checks
+of the settings live here too. Weight
 decay follows Keras' L2 semantics: the reference code adds ``wd * sum(w^2)`` to the loss, whose
 gradient ``2 wd w`` is PyTorch's ``weight_decay = 2 wd``. Keras' initialisation is opt-in
 (:func:`keras_init`).
@@ -27,7 +29,11 @@ class Recipe:
     batch_size: int
     lr: float
     keras_weight_decay: float  # Keras l2(wd); PyTorch's weight_decay is twice that
-    augment: str | None = None  # None | "shift_flip"
+    augment: str | None = None  # None | "shift_flip" (per batch, on the device)
+    batch_size_topdown: int | None = None  # the top-down net's, where the code trains it apart
+    lr_topdown: float | None = None
+    #: the data must be loaded with this recipe (its transforms live in the loader)
+    data: str | None = None
 
     @property
     def weight_decay(self) -> float:
@@ -39,22 +45,72 @@ RECIPES = {
     "fashion_mnist": Recipe("fashion_mnist", 50, 30, 128, 0.1, 0.0),
     "cifar10": Recipe("cifar10", 100, 100, 128, 0.1, 5e-4),
     "cifar10_aug": Recipe("cifar10_aug", 200, 200, 128, 0.1, 1e-4, augment="shift_flip"),
+    # train: resize 156x156, random 128 crop, flip, PCA lighting; validation resized to 128; the
+    # per-pixel mean subtracted (reverso.data.load("image_folder", root, recipe="imagenette"))
+    "imagenette": Recipe(
+        "imagenette",
+        80,
+        80,
+        128,
+        0.1,
+        1e-3,
+        batch_size_topdown=64,
+        lr_topdown=0.05,
+        data="imagenette",
+    ),
 }
-#: named by the issue but not built yet: the Imagenette pipeline (resize 156, random 128 crop,
-#: flip, PCA lighting, per-pixel mean; validation resized to 128) needs the image-folder loader
-PENDING = {"imagenette"}
 
 
 def get(name: str) -> Recipe:
-    if name in PENDING:
-        raise OptionError(
-            f"recipe {name!r} is not available yet: its augmentation pipeline (resize 156, random "
-            "128 crop, flip, PCA lighting) is not built; pass epochs=80, batch_size=128 (64 for "
-            "the top-down net), lr=0.1 (0.05), weight_decay=2e-3 explicitly meanwhile"
-        )
     if name not in RECIPES:
         raise OptionError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def settings(recipe: Recipe | None, model, data, **given) -> tuple[int, int, float, float]:
+    """(epochs, batch size, lr, PyTorch weight decay): what was given, else the recipe's (its
+    top-down values for a TopDownNet), else 30 epochs, batch 128, lr 0.1 and the dataset's."""
+    if recipe is not None:
+        from reverso.convert.network import TopDownNet
+
+        if recipe.data is not None and data.recipe != recipe.data:
+            raise OptionError(
+                f"recipe {recipe.name!r} transforms the images as they are read: load the data "
+                f"with reverso.data.load('image_folder', root, recipe={recipe.data!r})"
+            )
+        td = isinstance(model, TopDownNet)
+        defaults = {
+            "epochs": recipe.epochs_topdown if td else recipe.epochs,
+            "batch_size": (recipe.batch_size_topdown if td else None) or recipe.batch_size,
+            "lr": (recipe.lr_topdown if td else None) or recipe.lr,
+            "weight_decay": recipe.weight_decay,
+        }
+    else:
+        defaults = {"epochs": 30, "batch_size": 128, "lr": 0.1, "weight_decay": data.weight_decay}
+    chosen = {k: given[k] if given.get(k) is not None else v for k, v in defaults.items()}
+    return chosen["epochs"], chosen["batch_size"], chosen["lr"], chosen["weight_decay"]
+
+
+def check_settings(epochs, batch_size, lr, val_fraction, repeats, milestones) -> None:
+    if not isinstance(epochs, int) or epochs < 1:
+        raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not lr > 0:
+        raise OptionError(f"lr must be positive, got {lr!r}")
+    if not 0 <= val_fraction < 1:
+        raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
+    if any(not 0 < m < 1 for m in milestones):
+        raise OptionError(f"milestones are fractions of the epochs in (0, 1), got {milestones!r}")
+
+
+def lr_drop_epochs(epochs: int, milestones) -> list[int]:
+    """The epochs after which the learning rate is divided by 10: ceil(m E) for each milestone
+    fraction m, as the reference code's schedule (``round`` would drop one epoch early for odd E:
+    round(2.5) = 2)."""
+    return sorted({max(1, math.ceil(m * epochs - 1e-9)) for m in milestones})
 
 
 def shift_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,3 +161,35 @@ def _has_residuals(model: nn.Module) -> bool:
     except Exception:  # an untraceable model: the plain nets' default
         return False
     return any(is_add(n) for n in graph.nodes)
+
+
+#: AlexNet's "fancy PCA" lighting noise: the eigen-decomposition of ImageNet's RGB covariance
+PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+PCA_EIGVEC = torch.tensor(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+)
+
+
+class PCALighting:
+    """Add ``eigvec @ (alpha * eigval)`` to every pixel, alpha ~ N(0, ``std``) per image (the
+    per-image PCA colour jitter of the Imagenette recipe), on a (3, H, W) image in [0, 1]."""
+
+    def __init__(self, std: float = 0.1):
+        self.std = std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std
+        return image + (PCA_EIGVEC @ (alpha * PCA_EIGVAL)).view(3, 1, 1)
+
+
+def imagenette_transforms(size: int = 128):
+    """(train, validation) torchvision transforms of the Imagenette recipe."""
+    from torchvision import transforms
+
+    rgb = transforms.Lambda(lambda im: im.convert("RGB"))
+    train = transforms.Compose([
+        rgb, transforms.Resize((156 * size // 128, 156 * size // 128)), transforms.RandomCrop(size),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(), PCALighting(0.1),
+    ])  # fmt: skip
+    val = transforms.Compose([rgb, transforms.Resize((size, size)), transforms.ToTensor()])
+    return train, val

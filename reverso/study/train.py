@@ -110,25 +110,14 @@ def train(
     labels the progress bar.
     """
     chosen = recipes.get(recipe) if recipe is not None else None
-    if chosen is not None:
-        from reverso.convert.network import TopDownNet
-
-        topdown = isinstance(model, TopDownNet)
-        epochs = (
-            epochs if epochs is not None else (chosen.epochs_topdown if topdown else chosen.epochs)
-        )
-        batch_size = batch_size if batch_size is not None else chosen.batch_size
-        lr = lr if lr is not None else chosen.lr
-        weight_decay = weight_decay if weight_decay is not None else chosen.weight_decay
-    epochs = 30 if epochs is None else epochs
-    batch_size = 128 if batch_size is None else batch_size
-    lr = 0.1 if lr is None else lr
-    _check_options(epochs, batch_size, lr, val_fraction, repeats, milestones)
+    epochs, batch_size, lr, weight_decay = recipes.settings(
+        chosen, model, data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay
+    )
+    recipes.check_settings(epochs, batch_size, lr, val_fraction, repeats, milestones)
     capped = smoke_cap("train", epochs=(epochs, 1), repeats=(repeats, 1))
     epochs, repeats = capped["epochs"], capped["repeats"]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if amp is None else amp
-    weight_decay = data.weight_decay if weight_decay is None else weight_decay
     folder = Path(checkpoint) if checkpoint is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -161,21 +150,6 @@ def train(
     return TrainResult(runs, models)
 
 
-def _check_options(epochs, batch_size, lr, val_fraction, repeats, milestones) -> None:
-    if not isinstance(epochs, int) or epochs < 1:
-        raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not lr > 0:
-        raise OptionError(f"lr must be positive, got {lr!r}")
-    if not 0 <= val_fraction < 1:
-        raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
-    if any(not 0 < m < 1 for m in milestones):
-        raise OptionError(f"milestones are fractions of the epochs in (0, 1), got {milestones!r}")
-
-
 def _model_for_run(model, run: int, seed: int) -> nn.Module:
     if isinstance(model, nn.Module):
         if run == 0:
@@ -194,13 +168,6 @@ def _model_for_run(model, run: int, seed: int) -> nn.Module:
     raise OptionError(
         f"model must be an nn.Module or a factory returning one, got {type(model).__name__}"
     )
-
-
-def lr_drop_epochs(epochs: int, milestones) -> list[int]:
-    """The epochs after which the learning rate is divided by 10: ceil(m E) for each milestone
-    fraction m, as the reference code's schedule (``round`` would drop one epoch early for odd E:
-    round(2.5) = 2)."""
-    return sorted({max(1, math.ceil(m * epochs - 1e-9)) for m in milestones})
 
 
 def reinitialize(model: nn.Module, seed: int) -> None:
@@ -236,7 +203,7 @@ class _Trainer:
             momentum=cfg["momentum"],
             nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
         )
-        steps = lr_drop_epochs(cfg["epochs"], cfg["milestones"])
+        steps = recipes.lr_drop_epochs(cfg["epochs"], cfg["milestones"])
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, steps, gamma=0.1)
         self.amp_dtype = None
         if amp:
