@@ -60,6 +60,8 @@ def _data(args):
     from reverso.study.data import load
 
     kwargs = {"size": args.size} if args.size else {}
+    if getattr(args, "recipe", None) == "imagenette" and args.data == "image_folder":
+        kwargs["recipe"] = "imagenette"  # the recipe's transforms apply as the images are read
     return load(args.data, args.root, **kwargs)
 
 
