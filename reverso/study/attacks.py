@@ -108,25 +108,35 @@ ATTACKS: dict[str, AttackSpec] = {
     "spatial": AttackSpec(
         "SpatialAttack",
         "SpatialAttack",
-        "grid search: translations up to 3 px and rotations up to 30 degrees, 5 values each "
-        "(Foolbox defaults; 3 each at budget='fast')",
+        "grid search on Foolbox 2's default grid: shifts in [-5, 5] px on each axis and "
+        "rotations in [-5, 5] degrees, 10 values per axis (4 at budget='fast')",
         False,
         lambda steps: _fb().SpatialAttack(
-            num_translations=5 if steps >= 1000 else 3, num_rotations=5 if steps >= 1000 else 3
+            max_translation=5,
+            max_rotation=5,
+            num_translations=_grid(steps),
+            num_rotations=_grid(steps),
         ),
         1000,
     ),
     "shifts": AttackSpec(
         "SpatialAttack without rotations",
         "SpatialAttack(max_rotation=0, num_rotations=1)",
-        "grid search over translations up to 3 px, 5 values per axis (3 at budget='fast')",
+        "grid search over shifts in [-5, 5] px, 10 values per axis (Foolbox 2's; 4 at "
+        "budget='fast')",
         False,
         lambda steps: _fb().SpatialAttack(
-            max_rotation=0, num_rotations=1, num_translations=5 if steps >= 1000 else 3
+            max_translation=5, max_rotation=0, num_rotations=1, num_translations=_grid(steps)
         ),
         1000,
     ),
 }
+
+
+def _grid(steps: int) -> int:
+    """Values per axis of the spatial grids: Foolbox 2's 10, or 4 with a reduced budget."""
+    return 10 if steps >= 1000 else 4
+
 
 BUDGETS = {"paper": 1, "fast": 10}  # divide the search steps by this
 
