@@ -97,13 +97,21 @@ def test_every_attack_gives_a_monotone_curve(trained, mnist, tmp_path):
     assert "gaussian_noise" in str(report)
 
 
-def test_repeats_keep_the_smallest_perturbation(trained, mnist):
+def test_repeats_keep_the_best_perturbation_by_linf_or_l2(trained, mnist):
     bu, _ = trained
     once = [robustness(bu, mnist, attacks="salt_and_pepper", samples=16, repeats=1, seed=s,
                        budget="fast", progress=False)["salt_and_pepper"].norms for s in (0, 1, 2)]  # fmt: skip
-    thrice = robustness(bu, mnist, attacks="salt_and_pepper", samples=16, repeats=3, seed=0,
-                        budget="fast", progress=False)["salt_and_pepper"].norms  # fmt: skip
-    assert torch.equal(thrice, torch.minimum(torch.minimum(once[0], once[1]), once[2]))
+    kept = {select: robustness(bu, mnist, attacks="salt_and_pepper", samples=16, repeats=3,
+                               seed=0, budget="fast", progress=False,
+                               select=select)["salt_and_pepper"].norms
+            for select in ("l2", "linf")}  # fmt: skip
+    assert torch.equal(kept["l2"], torch.minimum(torch.minimum(once[0], once[1]), once[2]))
+    # by L-infinity (the reference code): one of the repeats' adversarials, its L2 plotted
+    stacked = torch.stack(once)
+    assert torch.all((stacked == kept["linf"]).any(0))
+    assert torch.all(kept["l2"] <= kept["linf"])
+    with pytest.raises(reverso.OptionError, match="select"):
+        robustness(bu, mnist, attacks="salt_and_pepper", samples=4, select="l1", progress=False)
 
 
 def test_per_branch_study_perturbs_only_the_chosen_levels(trained, mnist):

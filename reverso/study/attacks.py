@@ -175,7 +175,8 @@ class SinglePixelAttack:
 def minimal_perturbations(
     name: str, budget: str, fmodel, net, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """The L2 norm of the adversarial found for each image of a batch (inf where none)."""
+    """(N, 2): the L2 and L-infinity norms of the adversarial found for each image of a batch
+    (inf where none)."""
     spec = ATTACKS[name]
     steps = max(1, spec.steps // BUDGETS[budget])
     attack = spec.build(steps)
@@ -197,8 +198,14 @@ def minimal_perturbations(
         _, adv, success = attack(fmodel, x, y, epsilons=None)
     with torch.no_grad():
         success = success & (net(adv).argmax(1) != y)  # verify: attacks are not trusted blindly
-    norms = (adv - x).flatten(1).norm(dim=1)
-    return torch.where(success, norms, torch.full_like(norms, math.inf))
+    norms = _norms(adv - x)
+    return torch.where(success[:, None], norms, torch.full_like(norms, math.inf))
+
+
+def _norms(delta: torch.Tensor) -> torch.Tensor:
+    """(N, 2): each perturbation's L2 and L-infinity norm."""
+    flat = delta.flatten(1)
+    return torch.stack([flat.norm(dim=1), flat.abs().amax(dim=1)], dim=1)
 
 
 def _pointwise(attack, fmodel, net, x, y):
@@ -218,7 +225,7 @@ def _pointwise(attack, fmodel, net, x, y):
 
 def _scan_epsilons(attack, fmodel, net, x, y, steps: int) -> torch.Tensor:
     """A fixed-size noise attack at growing L2 sizes; each image keeps its first success."""
-    found = torch.full((len(y),), math.inf, device=x.device)
+    found = torch.full((len(y), 2), math.inf, device=x.device)
     top = math.sqrt(x[0].numel() / 3)  # Foolbox 2's largest noise: uniform noise of amplitude 1
     todo = torch.arange(len(y), device=x.device)
     clean = net.clean
@@ -228,7 +235,7 @@ def _scan_epsilons(attack, fmodel, net, x, y, steps: int) -> torch.Tensor:
         with torch.no_grad():
             success = success & (net(adv).argmax(1) != y[todo])
         if success.any():
-            found[todo[success]] = (adv[success] - x[todo[success]]).flatten(1).norm(dim=1)
+            found[todo[success]] = _norms(adv[success] - x[todo[success]])
             todo = todo[~success]
         if len(todo) == 0:
             break
