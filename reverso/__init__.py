@@ -49,6 +49,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "gradcam": ("study.gradcam", "gradcam"),
     "load": ("convert.saving", "load"),
     "njet": ("convert.transforms", "njet"),
+    "per_branch": ("study.branches", "per_branch"),
     "plot_erfs": ("study.figures", "plot_erfs"),
     "plot_robustness": ("study.figures", "plot_robustness"),
     "plot_training": ("study.figures", "plot_training"),
@@ -137,6 +138,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .planner.options import TopDownOptions
     from .rewrite.widths import register_width_rule
     from .study import data
+    from .study.branches import per_branch
     from .study.erf import ERF, erf
     from .study.figures import plot_erfs, plot_robustness, plot_training
     from .study.gradcam import gradcam

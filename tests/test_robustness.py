@@ -164,3 +164,18 @@ def test_attacking_leaves_every_layer_in_its_own_mode():
     images, labels = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
     robustness(model, (images, labels), attacks="contrast", samples=4, progress=False)
     assert model.training and model.c2.bn.training and not model.c1.bn.training
+
+
+def test_per_branch_study_feeds_the_full_nets_adversarials_to_every_subset(trained, mnist):
+    """The reference code's study: adversarials found once against the full top-down net, fed
+    to each of the 7 non-empty subsets of its 3 pyramid inputs (the others clean)."""
+    _, td = trained
+    report = reverso.per_branch(td, mnist, attacks="gaussian_noise", samples=16, repeats=1,
+                                budget="fast")  # fmt: skip
+    rows = report.accuracy["gaussian_noise"]
+    assert list(rows) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert all(0 <= acc <= 1 for acc in rows.values())
+    assert rows[(0, 1, 2)] <= report.clean_accuracy  # every input perturbed: the attack itself
+    assert "(0, 1, 2)" in str(report)
+    with pytest.raises(reverso.OptionError, match="pyramid"):
+        reverso.per_branch(trained[0], mnist, samples=4)

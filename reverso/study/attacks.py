@@ -177,6 +177,15 @@ def minimal_perturbations(
 ) -> torch.Tensor:
     """(N, 2): the L2 and L-infinity norms of the adversarial found for each image of a batch
     (inf where none)."""
+    adv, success = adversarials(name, budget, fmodel, net, x, y)
+    norms = _norms(adv - x)
+    return torch.where(success[:, None], norms, torch.full_like(norms, math.inf))
+
+
+def adversarials(
+    name: str, budget: str, fmodel, net, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adversarial found for each image of a batch, and whether it fools ``net`` (checked)."""
     spec = ATTACKS[name]
     steps = max(1, spec.steps // BUDGETS[budget])
     attack = spec.build(steps)
@@ -191,15 +200,14 @@ def minimal_perturbations(
         net.clean = clean
         success = torch.ones_like(y, dtype=torch.bool)
     elif spec.fixed_epsilon:
-        return _scan_epsilons(attack, fmodel, net, x, y, steps)
+        adv, success = _scan_epsilons(attack, fmodel, net, x, y, steps)
     elif name == "pointwise":
         adv, success = _pointwise(attack, fmodel, net, x, y)
     else:
         _, adv, success = attack(fmodel, x, y, epsilons=None)
     with torch.no_grad():
         success = success & (net(adv).argmax(1) != y)  # verify: attacks are not trusted blindly
-    norms = _norms(adv - x)
-    return torch.where(success[:, None], norms, torch.full_like(norms, math.inf))
+    return adv, success
 
 
 def _norms(delta: torch.Tensor) -> torch.Tensor:
@@ -223,9 +231,9 @@ def _pointwise(attack, fmodel, net, x, y):
     return adv, ok
 
 
-def _scan_epsilons(attack, fmodel, net, x, y, steps: int) -> torch.Tensor:
+def _scan_epsilons(attack, fmodel, net, x, y, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed-size noise attack at growing L2 sizes; each image keeps its first success."""
-    found = torch.full((len(y), 2), math.inf, device=x.device)
+    found, fooled = x.clone(), torch.zeros(len(y), dtype=torch.bool, device=x.device)
     top = math.sqrt(x[0].numel() / 3)  # Foolbox 2's largest noise: uniform noise of amplitude 1
     todo = torch.arange(len(y), device=x.device)
     clean = net.clean
@@ -235,9 +243,10 @@ def _scan_epsilons(attack, fmodel, net, x, y, steps: int) -> torch.Tensor:
         with torch.no_grad():
             success = success & (net(adv).argmax(1) != y[todo])
         if success.any():
-            found[todo[success]] = _norms(adv[success] - x[todo[success]])
+            found[todo[success]] = adv[success]
+            fooled[todo[success]] = True
             todo = todo[~success]
         if len(todo) == 0:
             break
     net.clean = clean
-    return found
+    return found, fooled
