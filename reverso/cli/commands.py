@@ -189,6 +189,10 @@ def _train(args) -> int:
     result = train(model, data, recipe=args.recipe, epochs=args.epochs, repeats=args.repeats,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                    checkpoint=args.checkpoint, keras_init=args.keras_init)  # fmt: skip
+    from reverso.study.distributed import rank_and_world
+
+    if rank_and_world()[0] != 0:  # under torchrun, rank 0 reports and saves
+        return 0
     for i, run in enumerate(result.runs):
         print(f"run {i + 1}: test accuracy {run.test_accuracy:.2%} ({run.seconds:.0f}s)")
     print(result)

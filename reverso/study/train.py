@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from reverso.errors import OptionError, ReversoError
 from reverso.ir.modes import evaluating
 from reverso.settings import smoke_cap
-from reverso.study import recipes
+from reverso.study import distributed, recipes
 from reverso.study.data import Data, TensorImages
 
 
@@ -114,6 +114,7 @@ def train(
         chosen, model, data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay
     )
     recipes.check_settings(epochs, batch_size, lr, val_fraction, repeats, milestones)
+    distributed.init_from_environment()
     capped = smoke_cap("train", epochs=(epochs, 1), repeats=(repeats, 1))
     epochs, repeats = capped["epochs"], capped["repeats"]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -192,6 +193,7 @@ class _Trainer:
         self.workers = workers
         self.run_index = run_index
         self.net.to(device)
+        self.model = distributed.wrap(net, device)  # DDP when torchrun started several ranks
         self.train_set, self.val_set = _split(data.train, cfg["val_fraction"], run.seed)
         decay, no_decay = _decay_groups(net)
         self.optimizer = torch.optim.SGD(
@@ -224,7 +226,7 @@ class _Trainer:
             desc=self.label,
             initial=start_epoch,
             total=epochs,
-            disable=not progress,
+            disable=not progress or distributed.rank_and_world()[0] != 0,
             unit="epoch",
             leave=False,
         )
@@ -234,8 +236,9 @@ class _Trainer:
             self.run.history.append(record)
             self.run.seconds = time.perf_counter() - began
             bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_accuracy']:.3f}")
-            if path is not None:
-                self._save(path, epoch + 1)
+            if path is not None and distributed.rank_and_world()[0] == 0:
+                self._save(path, epoch + 1)  # rank 0 writes, every rank resumes from it
+            distributed.barrier()
             if callback is not None:
                 callback(self.run_index, record)
         bar.close()
@@ -259,7 +262,7 @@ class _Trainer:
             with torch.autocast(
                 self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None
             ):
-                logits = self.net(x)
+                logits = self.model(x)
                 loss = F.cross_entropy(logits.float(), y)
             value = loss.item()  # the step's one GPU -> CPU sync
             if not math.isfinite(value):
@@ -274,7 +277,9 @@ class _Trainer:
             total += len(y)
             correct += (logits.argmax(1) == y).sum()  # stays on the device until the epoch ends
             loss_sum += value * len(y)
-        correct = int(correct)
+        total, correct, loss_sum = distributed.summed(
+            total, int(correct), loss_sum, device=self.device
+        )
         self.scheduler.step()
         val = (
             evaluate(self.net, self.data, self.val_set, self.device, self.cfg["batch_size"])
@@ -362,17 +367,17 @@ def batches(
     dataset: Dataset, batch_size: int, shuffle: torch.Generator | None = None, workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) batches; in-memory sets are sliced directly, others use a DataLoader."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
+    index = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if shuffle is not None:  # training: this rank's shard of every global batch
+        index = [distributed.shard(b) for b in index]
     if isinstance(dataset, TensorImages):
-        n = len(dataset)
-        order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
-        for i in range(0, n, batch_size):
-            yield dataset.batch(order[i : i + batch_size])
+        yield from (dataset.batch(b) for b in index if len(b))
         return
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle is not None,
-        generator=shuffle,
+        batch_sampler=[b.tolist() for b in index if len(b)],
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
     )
