@@ -171,7 +171,7 @@ def test_per_branch_study_feeds_the_full_nets_adversarials_to_every_subset(train
     to each of the 7 non-empty subsets of its 3 pyramid inputs (the others clean)."""
     _, td = trained
     report = reverso.per_branch(td, mnist, attacks="gaussian_noise", samples=16, repeats=1,
-                                budget="fast")  # fmt: skip
+                                budget="fast", progress=False)  # fmt: skip
     rows = report.accuracy["gaussian_noise"]
     assert list(rows) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
     assert all(0 <= acc <= 1 for acc in rows.values())

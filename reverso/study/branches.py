@@ -50,10 +50,14 @@ def per_branch(
     seed: int = 0,
     batch_size: int = 256,
     select: str = "linf",
+    progress: bool = True,
 ) -> BranchReport:
     """Attack the full top-down net ``td`` once per attack (best of ``repeats`` by ``select``),
     then measure the accuracy with the adversarials fed to each non-empty subset of the pyramid
-    levels and the clean image to the others."""
+    levels and the clean image to the others. ``samples=None`` takes the whole test set; a
+    progress bar follows the attacks."""
+    from tqdm.auto import tqdm
+
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
     if any(a not in ATTACKS for a in attacks) or budget not in BUDGETS or select not in SELECTIONS:
         raise OptionError(
@@ -67,7 +71,7 @@ def per_branch(
     full = _Evaluated(td, normalize, None)
     with evaluating(td):
         report = BranchReport(_accuracy(full, images, images, labels, batch_size))
-        for attack in attacks:
+        for attack in tqdm(attacks, desc="per-branch attacks", disable=not progress, leave=False):
             adv = _best_adversarials(
                 full, attack, images, labels, repeats, budget, seed, batch_size, select
             )
