@@ -131,10 +131,10 @@ def test_per_branch_study_perturbs_only_the_chosen_levels(trained, mnist):
 
 
 def test_mixed_pyramid_feeds_clean_levels_except_the_chosen(trained):
-    from reverso.study.robustness import _Evaluated
+    from reverso.study.robustness import AttackedModel
 
     _, td = trained
-    net = _Evaluated(td, lambda x: x, (1,)).eval()
+    net = AttackedModel(td, lambda x: x, (1,)).eval()
     clean, noisy = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
     net.clean = clean
     mixed = net.model.features.pyramid(noisy)

@@ -20,7 +20,7 @@ from reverso.errors import OptionError
 from reverso.ir.modes import evaluating
 from reverso.nn import ImagePyramid
 from reverso.study.attacks import ATTACKS, BUDGETS, adversarials
-from reverso.study.robustness import SELECTIONS, _Evaluated, _inputs
+from reverso.study.robustness import SELECTIONS, AttackedModel, attack_inputs
 
 
 @dataclass
@@ -65,10 +65,10 @@ def per_branch(
             f"one of {SELECTIONS}; got {attacks}, {budget!r}, {select!r}"
         )
     levels = _pyramid_levels(td)
-    images, labels, normalize = _inputs(data, samples)
+    images, labels, normalize = attack_inputs(data, samples)
     device = next(td.parameters()).device
     images, labels = images.to(device), labels.to(device)
-    full = _Evaluated(td, normalize, None)
+    full = AttackedModel(td, normalize, None)
     with evaluating(td):
         report = BranchReport(_accuracy(full, images, images, labels, batch_size))
         for attack in tqdm(attacks, desc="per-branch attacks", disable=not progress, leave=False):
@@ -77,7 +77,7 @@ def per_branch(
             )
             report.accuracy[attack] = {
                 subset: _accuracy(
-                    _Evaluated(td, normalize, subset), adv, images, labels, batch_size
+                    AttackedModel(td, normalize, subset), adv, images, labels, batch_size
                 )
                 for subset in _subsets(levels)
             }

@@ -129,9 +129,9 @@ def robustness(
         budget = "fast"
         capped = smoke_cap("robustness", repeats=(repeats, 1), samples=(samples or 10**9, 16))
         repeats, samples = capped["repeats"], capped["samples"]
-    images, labels, normalize = _inputs(data, samples)
+    images, labels, normalize = attack_inputs(data, samples)
     with evaluating(model):  # every submodule's own mode comes back afterwards
-        net = _Evaluated(model, normalize, levels).to(next(model.parameters()).device)
+        net = AttackedModel(model, normalize, levels).to(next(model.parameters()).device)
         norms, correct = _smallest_perturbations(
             net, images, labels, attacks, repeats, budget, seed, batch_size, progress, select
         )
@@ -182,7 +182,7 @@ def _smallest_perturbations(net, images, labels, attacks, repeats, budget, seed,
     return {attack: both[:, 0] for attack, both in kept.items()}, correct
 
 
-def _inputs(data, samples):
+def attack_inputs(data, samples):
     if isinstance(data, Data):
         images, labels = data.test_tensors(samples)
         return images, labels, data.normalize
@@ -199,7 +199,7 @@ def _inputs(data, samples):
     raise OptionError("data must be a reverso.data.Data or a tuple (images, labels)")
 
 
-class _Evaluated(nn.Module):
+class AttackedModel(nn.Module):
     """The model as attacked: normalisation first; optionally clean pyramid levels."""
 
     def __init__(self, model: nn.Module, normalize, levels):
@@ -252,7 +252,7 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
 class _MixedPyramid(nn.Module):
     """The pyramid of the perturbed input at ``levels``, of the clean input elsewhere."""
 
-    def __init__(self, pyramid: nn.Module, levels: tuple[int, ...], owner: _Evaluated):
+    def __init__(self, pyramid: nn.Module, levels: tuple[int, ...], owner: AttackedModel):
         super().__init__()
         self.pyramid = pyramid
         self.levels = pyramid.levels
