@@ -6,14 +6,16 @@ python benchmarks/antialias.py [--device cuda] [--size 128] [--batch 16] [--iter
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 
 import reverso
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
+from _timing import median_times, train_step
 
 
 def main(argv=None) -> dict:
@@ -34,27 +36,12 @@ def main(argv=None) -> dict:
     model, blurred = model.to(device), blurred.to(device)
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     nets = {"original": model, f"antialiased (filter {args.filter_size})": blurred}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in nets.items()}
-
-    def step(name):
-        sync()
-        start = time.perf_counter()
-        F.cross_entropy(nets[name](x), y).backward()
-        opts[name].step()
-        opts[name].zero_grad(set_to_none=True)
-        sync()
-        return time.perf_counter() - start
-
+    step = train_step(nets, x, y)
     for name in nets:
-        step(name)
-    times = {k: [] for k in nets}
-    for _ in range(args.iters):
-        for name in nets:
-            times[name].append(step(name))
-    medians = {k: statistics.median(v) for k, v in times.items()}
+        step(name)  # warm-up
+    medians = median_times(step, nets, args.iters)
     base, aa = medians["original"], medians[f"antialiased (filter {args.filter_size})"]
     print(
         f"| {where} | {args.model}, {args.size}px, batch {args.batch}, train step | {base * 1e3:.0f} ms | {aa * 1e3:.0f} ms | +{(aa / base - 1) * 100:.1f}% |"

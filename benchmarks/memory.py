@@ -12,13 +12,15 @@ python benchmarks/memory.py [--device cuda] [--batch 16] [--iters 5] [--models t
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import reverso
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
+from _timing import median_times, train_step
 
 #: source:name@size; "ref" = reverso.models
 DEFAULT_MODELS = ("timm:resnet18@128", "ref:resnet18_imagenette@128", "ref:resnet32_preact@32")
@@ -76,18 +78,7 @@ def main(argv=None) -> list[dict]:
 def measure(name, size, nets: dict, args, device, where) -> list[dict]:
     x = torch.rand(args.batch, *size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in nets.items()}
-
-    def step(key):
-        sync()
-        start = time.perf_counter()
-        F.cross_entropy(nets[key](x), y).backward()
-        opts[key].step()
-        opts[key].zero_grad(set_to_none=True)
-        sync()
-        return time.perf_counter() - start
-
+    step = train_step(nets, x, y)
     saved = {k: reverso.saved_bytes(m, x) for k, m in nets.items()}
     peak = {}
     for key in nets:
@@ -96,17 +87,14 @@ def measure(name, size, nets: dict, args, device, where) -> list[dict]:
             torch.cuda.reset_peak_memory_stats(device)
             step(key)
             peak[key] = torch.cuda.max_memory_allocated(device)
-    times = {k: [] for k in nets}
-    for _ in range(args.iters):
-        for key in nets:
-            times[key].append(step(key))
-    td_time = statistics.median(times["TD"])
+    medians = median_times(step, nets, args.iters)
+    td_time = medians["TD"]
     rows = []
     print(f"\n{name}, {size[1]}px, batch {args.batch}, {where}")
     print("| configuration | parameters | saved MB | saved / BU | step ms | step / TD | peak MB |")
     print("|---|---|---|---|---|---|---|")
     for key, net in nets.items():
-        t = statistics.median(times[key])
+        t = medians[key]
         row = {
             "model": name, "config": key, "device": where,
             "params": sum(p.numel() for p in net.parameters()),

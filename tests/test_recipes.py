@@ -9,17 +9,7 @@ from torch import nn
 
 import reverso
 from reverso.study import recipes
-from reverso.study.data import TensorImages
 from reverso.study.train import train
-
-
-@pytest.fixture(scope="module")
-def small(mnist):
-    return dataclasses.replace(
-        mnist,
-        train=TensorImages(mnist.train.images[:300], mnist.train.labels[:300]),
-        test=TensorImages(mnist.test.images[:100], mnist.test.labels[:100]),
-    )
 
 
 def _tiny():

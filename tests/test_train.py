@@ -1,7 +1,5 @@
 """Training with the paper's protocol: schedule, splits, repeats, resumable checkpoints, AMP."""
 
-import dataclasses
-
 import pytest
 import torch
 from golden_models import LeNetFC
@@ -12,16 +10,6 @@ import reverso.settings
 from reverso.errors import ReversoError
 from reverso.study.data import Data, TensorImages
 from reverso.study.train import evaluate, train
-
-
-@pytest.fixture(scope="module")
-def small(mnist):
-    """600 training and 200 test digits: enough to learn something in a second."""
-    return dataclasses.replace(
-        mnist,
-        train=TensorImages(mnist.train.images[:600], mnist.train.labels[:600]),
-        test=TensorImages(mnist.test.images[:200], mnist.test.labels[:200]),
-    )
 
 
 def tiny_cnn():

@@ -1,0 +1,36 @@
+"""The benchmarks' shared loop: SGD train steps of several networks, timed side by side."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def train_step(nets: dict, x: torch.Tensor, y: torch.Tensor, lr: float = 0.01):
+    """``step(name)``: one SGD step of ``nets[name]`` on ``(x, y)``, its wall time in seconds
+    (synchronised on CUDA)."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    opts = {k: torch.optim.SGD(m.parameters(), lr=lr) for k, m in nets.items()}
+
+    def step(name) -> float:
+        sync()
+        start = time.perf_counter()
+        F.cross_entropy(nets[name](x), y).backward()
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - start
+
+    return step
+
+
+def median_times(step, names, iters: int) -> dict:
+    """Median step time per name over ``iters`` rounds, the names interleaved in each round."""
+    times = {k: [] for k in names}
+    for _ in range(iters):
+        for name in names:
+            times[name].append(step(name))
+    return {k: statistics.median(v) for k, v in times.items()}
