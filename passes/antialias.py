@@ -15,6 +15,17 @@ Padding and stride arithmetic keep every output size exactly that of the origina
 every input size (``ceil_mode`` pools included), and no weight changes: only strides change and
 fixed blur filters are added, so a pretrained model stays usable. ``filter_size=1`` is the
 identity rewrite.
+
+``variant="official"`` follows the official antialiased-cnns code (github.com/adobe/antialiased-cnns)
+where it differs, so that its models and checkpoints are reproduced exactly:
+
+* ``AvgPool(k, s)`` -> ``BlurPool(s)`` alone (the box filter is dropped; on odd maps the output
+  has ``ceil(H / s)`` rows where the pool had ``floor``, as in that code);
+* the official code writes each model family by hand, and its ResNets replace the stem's
+  ``MaxPool(3, 2, padding 1)`` by ``MaxPool(2, stride 1)`` without padding, where its DenseNets,
+  VGGs and AlexNet keep the kernel: :data:`OFFICIAL_MAX_POOL` holds that table, by model class name;
+* a conv of an even stride above 2 keeps all but the last factor 2 (AlexNet's stride-4 stem runs
+  at stride 2, then ``BlurPool(2)``).
 """
 
 from __future__ import annotations
@@ -24,23 +35,45 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import UnsupportedTopologyError
+from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.ir.shapes import channels
 from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
 from reverso.rewrite.convs import conv_at_stride_one
+
+VARIANTS = ("reverso", "official")
+#: the official code's max-pool replacement per model class name: (kernel, padding) of the
+#: stride-1 max-pool before the blur (absent: the model's own kernel and padding)
+OFFICIAL_MAX_POOL = {"ResNet": (2, 0)}
 
 
 class Antialias(Pass):
     name = "antialias"
 
-    def __init__(self, *, filter_size: int = 4, stem: bool = False, pad_mode: str = "reflect"):
+    def __init__(
+        self,
+        *,
+        filter_size: int = 4,
+        stem: bool = False,
+        pad_mode: str = "reflect",
+        variant: str = "reverso",
+    ):
         super().__init__()
+        if variant not in VARIANTS:
+            raise OptionError(f"antialias: variant must be one of {VARIANTS}, got {variant!r}")
         self.filter_size, self.stem, self.pad_mode = filter_size, stem, pad_mode
+        self.variant = variant
 
     def options(self) -> dict:
-        return {"filter_size": self.filter_size, "stem": self.stem, "pad_mode": self.pad_mode}
+        return {
+            "filter_size": self.filter_size,
+            "stem": self.stem,
+            "pad_mode": self.pad_mode,
+            "variant": self.variant,
+        }
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        official = self.variant == "official"
+        max_pool = OFFICIAL_MAX_POOL.get(type(ctx.model).__name__) if official else None
         strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
         # the stem: the first downsampling, when it is a conv (not a pool)
         stem = strided[0] if strided and ir.is_conv(gm, strided[0]) else None
@@ -49,10 +82,11 @@ class Antialias(Pass):
             if node is stem and not self.stem:
                 continue
             if ir.is_pool(gm, node):
-                self.pool(gm, node)
+                self.pool(gm, node, max_pool)
             elif ir.is_conv(gm, node):  # _stride > 1 only for pools and convs
                 self.conv(gm, node)
             changed.append(node.name)
+        gm.delete_all_unused_submodules()  # the replaced pools
         ctx.state["antialiased"] = changed
         return PassResult(gm, bool(changed))
 
@@ -87,16 +121,32 @@ class Antialias(Pass):
     def conv(self, gm: fx.GraphModule, node: fx.Node) -> None:
         conv = gm.get_submodule(node.target)
         stride = _stride(gm, node)
-        ir.set_module(gm, node.target, conv_at_stride_one(conv, padding="keep"))
+        dense = conv_at_stride_one(conv, padding="keep")
+        if self.variant == "official" and stride > 2 and stride % 2 == 0:
+            # the official code keeps all but the last factor 2 of a large stride (AlexNet's 4)
+            dense.stride, stride = (stride // 2, stride // 2), 2
+        ir.set_module(gm, node.target, dense)
         if ir.conv_kernel(gm, node) == 1:  # a shortcut projection: blur first (cheaper, equivalent)
             source = node.args[0]
             self.blur(gm, source, channels(source), stride, node, before=node)
             return
         self.blur(gm, _after_norm_and_activation(gm, node), channels(node), stride, node)
 
-    def pool(self, gm: fx.GraphModule, node: fx.Node) -> None:
+    def pool(self, gm: fx.GraphModule, node: fx.Node, max_pool: tuple[int, int] | None) -> None:
+        """``max_pool``: the official code's (kernel, padding) for this model's max-pools."""
         w = _pool_window(gm, node)
         k, s, p, ceil = w.kernel[0], w.stride[0], w.padding[0], w.ceil_mode
+        if self.variant == "official" and w.kind == "avg":  # the blur replaces the box filter
+            blur = BlurPool2d(channels(node), self.filter_size, s, self.pad_mode)
+            node.replace_all_uses_with(
+                ir.add_module_node(
+                    gm, f"{node.name}_blurpool", blur, (node.args[0],), before=node, meta_from=node
+                )
+            )
+            gm.graph.erase_node(node)
+            return
+        if w.kind == "max" and max_pool is not None:
+            k, p = max_pool
         if ceil and (p != 0 or k < s):
             raise UnsupportedTopologyError(
                 f"pooling {ir.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "

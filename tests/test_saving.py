@@ -65,6 +65,9 @@ def test_a_users_model_needs_its_factory_and_trust(tmp_path):
     with pytest.raises(reverso.ReversoError, match=r"trust=\['golden_models'\]"):
         reverso.load(path)
     assert same_outputs(td, reverso.load(path, trust=["golden_models"]), torch.rand(2, 1, 28, 28))
+    for wrong in (True, "golden_models"):  # a package list, not a flag or one string
+        with pytest.raises(reverso.OptionError, match="trust must list package names"):
+            reverso.load(path, trust=wrong)
 
 
 def test_plain_model_with_kwargs(tmp_path):

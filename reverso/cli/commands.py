@@ -110,7 +110,13 @@ def _convert(args) -> int:
         converted = njet(model, input_size=size)
         print(f"{len(converted.njet_report.layers)} convs became N-Jet convs")
     else:
-        converted = antialias(model, input_size=size, filter_size=args.filter_size)
+        converted = antialias(
+            model,
+            input_size=size,
+            filter_size=args.filter_size,
+            variant=args.variant,
+            checkpoint=args.official_weights,
+        )
         print(
             converted.code
             if args.code

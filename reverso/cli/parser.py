@@ -58,6 +58,17 @@ def _convert_arguments(p) -> None:
     p.add_argument(
         "--filter-size", type=int, default=4, help="antialias: blur filter size (default 4)"
     )
+    p.add_argument(
+        "--variant",
+        choices=("reverso", "official"),
+        default="reverso",
+        help="antialias: reverso's rules (default) or the official antialiased-cnns models",
+    )
+    p.add_argument(
+        "--official-weights",
+        type=Path,
+        help="antialias: an official antialiased-cnns checkpoint (.pth) to load",
+    )
     p.add_argument("--code", action="store_true", help="print the generated forward code")
 
 

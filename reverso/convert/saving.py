@@ -67,6 +67,13 @@ def save(
     return path
 
 
+def _iterable(value) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
 def load(
     path: str | Path, *, trust: Iterable[str] = (), device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -77,6 +84,8 @@ def load(
     """
     from safetensors import safe_open
 
+    if isinstance(trust, str) or not all(isinstance(t, str) for t in _iterable(trust)):
+        raise OptionError(f"trust must list package names (e.g. trust=['mypkg']), got {trust!r}")
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"no file at {path}")

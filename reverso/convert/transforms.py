@@ -75,6 +75,8 @@ def antialias(
     filter_size: int = 4,
     stem: bool = False,
     pad_mode: str = "reflect",
+    variant: str = "reverso",
+    checkpoint=None,
     leaf_modules: Iterable[type | str] = (),
 ) -> fx.GraphModule:
     """``model`` with anti-aliased downsampling (BlurPool), as a GraphModule with readable code.
@@ -82,6 +84,12 @@ def antialias(
     Every original weight is kept (same names, same values, so a pretrained state_dict loads into
     the result); output sizes are those of the original for every input size; ``filter_size=1``
     reproduces the original outputs exactly. ``stem=True`` also anti-aliases the first strided conv.
+
+    ``variant="official"`` builds the official antialiased-cnns model instead (from a torchvision
+    resnet, densenet, vgg, alexnet or mobilenet_v2: its avg-pool and max-pool replacements, see
+    :mod:`reverso.passes.antialias`; ``stem=True`` is its ``pool_only=False``), and
+    ``checkpoint=`` (a path or a state_dict) loads one of its checkpoints by the name mapping of
+    :func:`reverso.convert.official.official_state_dict`.
     """
     from reverso.convert.topdown import working_copy
     from reverso.frontend.provenance import qualified_name
@@ -91,9 +99,8 @@ def antialias(
     input_size = resolve_input_size(model, input_size)
     traced = trace(model, input_size, leaf_modules=leaf_modules)
     ctx = Context(model, input_size)
-    gm = Pipeline([Antialias(filter_size=filter_size, stem=stem, pad_mode=pad_mode)]).run(
-        working_copy(traced), ctx
-    )
+    rewrite = Antialias(filter_size=filter_size, stem=stem, pad_mode=pad_mode, variant=variant)
+    gm = Pipeline([rewrite]).run(working_copy(traced), ctx)
     gm = ir.own_copy(gm, model)
     for name in MODEL_ATTRIBUTES:
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
@@ -104,9 +111,13 @@ def antialias(
         "transform": "antialias",
         "source": source_of(model),
         "input_size": list(input_size),
-        "kwargs": {"filter_size": filter_size, "stem": stem, "pad_mode": pad_mode},
+        "kwargs": rewrite.options(),
         "leaf_modules": [qualified_name(t) for t in leaf_modules],
     }
+    if checkpoint is not None:
+        from reverso.convert.official import official_state_dict
+
+        gm.load_state_dict(official_state_dict(gm, checkpoint))
     return gm
 
 
