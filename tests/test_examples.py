@@ -37,9 +37,10 @@ def test_reproduce_mnist_runs_all_three_experiments(tmp_path):
         set(results["exp2"]["BU"]) == set(results["exp2"]["TD-td"])
         and len(results["exp2"]["BU"]) == 10
     )
-    assert set(results["exp2"]["per_level"]) == {"(0,)", "(1,)", "(2,)", "(0, 1, 2)"}
+    branches = results["exp2"]["per_branch"]  # the 7 non-empty subsets of the 3 pyramid inputs
+    assert len(branches["contrast"]) == 7 and "(0, 1, 2)" in branches["contrast"]
     assert len(results["exp3"]["runs"]) <= 2
-    for name in ("exp1.json", "exp2.json", "exp3.json", "exp2_attacks.png", "exp2_levels.png"):
+    for name in ("exp1.json", "exp2.json", "exp3.json", "exp2_attacks.png", "exp2_branches.png"):
         assert (tmp_path / "lenet_fc" / name).exists(), name
 
 

@@ -107,3 +107,16 @@ def test_figures_leave_the_users_matplotlib_settings_alone(tmp_path):
     before = dict(matplotlib.rcParams)
     test_raster_and_vector_formats(tmp_path, ".png", b"\x89PNG")
     assert dict(matplotlib.rcParams) == before
+
+
+def test_per_branch_bars_name_the_subsets_and_attacks(tmp_path):
+    from reverso.study.branches import BranchReport
+    from reverso.study.figures import plot_branches
+
+    subsets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    report = BranchReport(0.95, {"gaussian_noise": {s: 0.9 - 0.1 * len(s) for s in subsets}})
+    text = text_of(plot_branches(report, tmp_path / "b.svg"))
+    assert "additive Gaussian noise" in text and "0+1+2" in text and "clean" in text
+    assert "pyramid levels fed the adversarials" in text and "accuracy" in text
+    with pytest.raises(reverso.OptionError):
+        plot_branches(BranchReport(0.9), tmp_path / "none.svg")

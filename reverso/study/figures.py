@@ -10,6 +10,7 @@ import torch
 
 from reverso.errors import OptionError
 from reverso.names import title as in_words
+from reverso.study.branches import BranchReport
 from reverso.study.erf import ERF
 from reverso.study.plotting import (
     COLUMN,
@@ -111,6 +112,31 @@ def plot_robustness(
         "[0, 1]); lower is more robust",
     ]
     fig.suptitle(wrapped(lines, width))
+    return save_figure(fig, path)
+
+
+@styled
+def plot_branches(report: BranchReport, path: str | Path, *, title: str | None = None) -> Path:
+    """The per-branch study as bars: accuracy per subset of pyramid inputs fed the adversarials
+    (the others clean), one bar per attack, the clean accuracy as a dashed line."""
+    if not report.accuracy:
+        raise OptionError("plot_branches needs a report with at least one attack")
+    subsets = list(next(iter(report.accuracy.values())))
+    fig, axes = new_figure(1, 1, size=(COLUMN * 1.4, 2.6))
+    ax = axes.flat[0]
+    width = 0.8 / len(report.accuracy)
+    for i, (attack, rows) in enumerate(report.accuracy.items()):
+        xs = [j + (i - (len(report.accuracy) - 1) / 2) * width for j in range(len(subsets))]
+        ax.bar(xs, [rows[s] for s in subsets], width, label=in_words(attack))
+    ax.axhline(report.clean_accuracy, color="0.3", linestyle="--", linewidth=0.8, label="clean")
+    ax.set_xticks(range(len(subsets)), ["+".join(map(str, s)) for s in subsets])
+    ax.set_xlabel("pyramid levels fed the adversarials (0: full resolution)")
+    ax.set_ylabel("accuracy")
+    percent_axis(ax.yaxis)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="best")
+    lines = [title or "Per-branch study: adversarials of the full top-down net, per input subset"]
+    fig.suptitle(wrapped(lines, COLUMN * 1.4))
     return save_figure(fig, path)
 
 
