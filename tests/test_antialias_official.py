@@ -125,6 +125,8 @@ def test_bad_files_and_options(tmp_path):
         official_state_dict(ours, {"state_dict": {"conv1.weight": [1, 2]}})
     with pytest.raises(reverso.OptionError, match="variant"):
         reverso.antialias(torchvision.models.resnet18(), input_size=(3, 32, 32), variant="adobe")
+    with pytest.raises(reverso.OptionError, match="variant='official'"):  # not into reverso's own
+        reverso.antialias(torchvision.models.resnet18(), checkpoint=tmp_path / "resnet18_lpf4.pth")
 
 
 def test_official_variant_survives_save_and_load(tmp_path):

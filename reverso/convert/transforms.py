@@ -11,7 +11,7 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.pipeline import Pipeline
-from reverso.errors import ReversoError
+from reverso.errors import OptionError, ReversoError
 from reverso.frontend.provenance import SourceModel, source_of
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
 from reverso.ir.shapes import propagate
@@ -95,6 +95,11 @@ def antialias(
     from reverso.frontend.provenance import qualified_name
     from reverso.passes.antialias import Antialias
 
+    if checkpoint is not None and variant != "official":
+        raise OptionError(
+            "antialias: checkpoint= loads an official antialiased-cnns checkpoint, whose model is "
+            "variant='official'; pass it, or load your own weights with load_state_dict"
+        )
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
     traced = trace(model, input_size, leaf_modules=leaf_modules)
