@@ -1,12 +1,14 @@
 """NJetConv2d forward+backward against nn.Conv2d 3x3 at the same width (C=64, 32x32, batch 16) and
 against the naive route of the reference code (rebuild the grid and the dense kernel of the exact
-size every forward, reading sigma on the host), at sigma = 1, 2, 4.
+size every forward, reading sigma on the host), at sigma = 1, 2, 4; then a whole network: the
+train step of reverso.njet(resnet18) against resnet18.
 
-Goal: at most 1.5x Conv2d 3x3 at sigma = 1, nearly flat in sigma (the naive route grows with
-sigma^2). reverso never reads sigma in forward: the grid is allocated for sigma_max (2 sigma for a
-learnable sigma) and masked, so a learnable layer pays for the largest support it may grow to.
+Goals (issue 13): the default (learnable) layer at most 1.5x Conv2d 3x3 at sigma = 1 and 2x at
+sigma = 4. The layer's grid follows sigma's support (the host learns sigma one step late, without
+a sync), so a learnable layer pays for its current support, as a fixed one does.
 
     python benchmarks/njet.py [--device cuda] [--iters 12] [--channels 64] [--size 32] [--batch 16]
+                              [--network-size 64] [--network-batch 8]
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import reverso
 from reverso.nn import NJetConv2d
 from reverso.nn.gaussian import gaussian_basis_2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
+from _timing import median_times, train_step  # noqa: E402
 
 
 class NaiveNJet(nn.Module):
@@ -62,6 +71,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--network-size", type=int, default=64)
+    parser.add_argument("--network-batch", type=int, default=8)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     c = args.channels
@@ -86,13 +97,35 @@ def main(argv=None) -> list[dict]:
     for name, module in layers.items():
         t = statistics.median(times[name])
         detail = (
-            f"{module.kernel_size[0]}x{module.kernel_size[0]} grid, {module.route}"
+            f"{module.kernel_size[0]}x{module.kernel_size[0]} grid, {module.active_route(device)}"
             if isinstance(module, NJetConv2d)
             else ""
         )
         rows.append({"layer": name, "ms": t * 1e3, "ratio": t / base, "detail": detail})
         print(f"| {where} | {name} | {detail} | {t * 1e3:.2f} ms | {t / base:.2f}x |", flush=True)
+    rows.append(network(args, device, where))
     return rows
+
+
+def network(args, device, where: str) -> dict:
+    """Train step of N-Jet resnet18 (every spatial conv an NJetConv2d, learnable sigma) against
+    resnet18, side by side."""
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet18", num_classes=10).to(device)
+    nets = {"resnet18": plain, "N-Jet resnet18": reverso.njet(plain).to(device)}
+    size, batch = args.network_size, args.network_batch
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    step = train_step(nets, x, y)
+    for name in nets:  # warm-up
+        step(name)
+    times = median_times(step, list(nets), max(3, args.iters // 2))
+    ratio = times["N-Jet resnet18"] / times["resnet18"]
+    print(f"| {where} | train step, batch {batch}, {size}x{size} | resnet18 "
+          f"{times['resnet18'] * 1e3:.1f} ms | N-Jet resnet18 {times['N-Jet resnet18'] * 1e3:.1f} ms "
+          f"| {ratio:.2f}x |", flush=True)  # fmt: skip
+    return {"layer": "N-Jet resnet18 train step", "ms": times["N-Jet resnet18"] * 1e3,
+            "ratio": ratio, "detail": f"batch {batch}, {size}x{size}"}  # fmt: skip
 
 
 if __name__ == "__main__":

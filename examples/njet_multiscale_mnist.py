@@ -69,7 +69,9 @@ def main(argv=None) -> list[dict]:
         "--train", type=int, default=2000, help="training images (the last 500 test)"
     )
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--sigma-max", type=float, default=4.0)
+    parser.add_argument(
+        "--sigma-max", type=float, default=None, help="an upper bound on sigma (default: none)"
+    )
     args = parser.parse_args(argv)
     images, labels = mnist5k()
     rows = []

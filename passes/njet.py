@@ -13,6 +13,8 @@ relative reconstruction error of every layer is in the report.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -197,12 +199,9 @@ def _layer_like(
     probe: bool = False,
     **kwargs,
 ) -> NJetConv2d:
-    """An NJetConv2d whose grid holds at least the conv's (dilated) kernel, padded to keep sizes;
-    ``probe``: one input and output channel, only to read the basis."""
-    sigma_max = kwargs.pop("sigma_max", None) or (2 * sigma if learn_sigma else sigma)
-    need = (extent - 1) / 2  # the grid must at least cover the conv's own footprint
-    while radius_for(sigma_max, kwargs.get("extent", 2), kwargs.get("size_rule", "paper")) < need:
-        sigma_max *= 1.25
+    """An NJetConv2d whose grid holds at least the conv's (dilated) kernel (the kernel is masked to
+    sigma's support inside it), padded to keep sizes; ``probe``: one input and output channel, only
+    to read the basis."""
     layer = NJetConv2d(
         1 if probe else conv.in_channels,
         1 if probe else conv.out_channels,
@@ -212,10 +211,10 @@ def _layer_like(
         stride=module_window(conv).step,
         groups=1 if probe else conv.groups,
         bias=conv.bias is not None,
-        sigma_max=sigma_max,
         padding=0,
         **kwargs,
     )
+    layer.radius = max(layer.radius, math.ceil((extent - 1) / 2))
     layer.padding = _size_preserving_padding(conv, layer.kernel_size[0])
     return layer
 

@@ -54,3 +54,16 @@ def test_memory_benchmark_runs():
     assert set(by) == {"BU", "TD", "TD+checkpoint", "TD+reversible"}
     assert by["TD+checkpoint"]["saved_mb"] < by["TD"]["saved_mb"]
     assert by["TD+reversible"]["saved_mb"] < by["TD"]["saved_mb"]
+
+
+def test_njet_benchmark_runs():
+    rows = load_script("benchmarks", "njet").main(
+        ["--iters", "1", "--channels", "4", "--size", "12", "--batch", "1",
+         "--network-size", "32", "--network-batch", "1"]
+    )  # fmt: skip
+    by = {r["layer"]: r for r in rows}
+    assert by["Conv2d 3x3"]["ratio"] == 1.0
+    assert by["N-Jet sigma=1 learnable"]["detail"].startswith(
+        "5x5 grid"
+    )  # the support, not 2 sigma
+    assert by["N-Jet resnet18 train step"]["ratio"] > 0

@@ -77,13 +77,12 @@ def test_both_routes_agree(sigma, order, stride, h, w, size_rule):
 
 
 def test_cost_model_picks_the_cheaper_route():
-    assert (
-        NJetConv2d(64, 64, sigma=1.0, learn_sigma=False).route == "dense"
-    )  # 5x5: a dense conv is cheap
-    assert (
-        NJetConv2d(64, 64, sigma=3.0).route == "separable"
-    )  # a 25x25 grid: linear beats quadratic
-    assert NJetConv2d(64, 64, sigma=3.0, groups=64).route == "dense"  # depthwise is always dense
+    assert NJetConv2d(64, 64, sigma=1.0).active_route() == "dense"  # 5x5: a dense conv is cheap
+    wide = NJetConv2d(64, 64, sigma=1.0)
+    with torch.no_grad():
+        wide.scale.fill_(1.6)  # sigma 3: a 13x13 support, where linear beats quadratic
+    assert wide.eval().active_route() == "separable" and wide.route == "auto"
+    assert NJetConv2d(64, 64, sigma=3.0, groups=64).active_route() == "dense"  # depthwise: dense
 
 
 def test_sigma_is_clamped_to_a_safe_range():
@@ -107,9 +106,11 @@ def test_fan_in_aware_init_keeps_the_output_scale():
 
 
 def test_torch_compile_without_graph_breaks():
+    """In eval mode (and with a fixed sigma) the layer is one graph; a learnable layer in training
+    checks its support first (tests/test_njet_support.py)."""
     torch._dynamo.reset()
     for route in ("dense", "separable"):
-        layer = NJetConv2d(3, 4, sigma=1.2, route=route)
+        layer = NJetConv2d(3, 4, sigma=1.2, route=route).eval()
         x = torch.rand(2, 3, 10, 10)
         explanation = torch._dynamo.explain(layer)(x)
         assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -8,6 +8,7 @@ structured receptive field layer (Jacobsen et al., RFNN).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -37,12 +38,20 @@ class NJetConv2d(FixedBuffers, nn.Module):
     """A conv whose kernel is ``W[o, c] = sum_{i+j<=N} alpha[o, c, (i,j)] s^(i+j) G^{i,j}(s)``.
 
     The kernel's *shape* is learned through ``alpha`` (one vector per output/input channel pair)
-    and its *size* through one continuous scale ``sigma`` per layer (``sigma = 2^scale``, clamped to
-    ``[sigma_min, sigma_max]``). The spatial size follows sigma (``size_rule``: ``"paper"``,
-    2 ceil(k sigma) + 1, or ``"reference"``, 2 ceil(k sigma + 0.5) + 1, with ``k = extent``); the
-    grid is allocated once for ``sigma_max`` and masked to the current support, so forward never
-    synchronises with the host. ``sigma`` may be a sequence of scales (a multi-scale basis, as in
-    structured receptive fields).
+    and its *size* through one continuous scale ``sigma`` per layer (``sigma = 2^scale``, at least
+    ``sigma_min``; no upper bound unless ``sigma_max`` is given). The spatial size follows sigma
+    (``size_rule``: ``"paper"``, 2 ceil(k sigma) + 1, or ``"reference"``, 2 ceil(k sigma + 0.5) + 1,
+    with ``k = extent``).
+
+    The support follows sigma without host synchronisation: the layer computes on a grid of
+    ``radius`` (a host integer) and masks the kernel to sigma's exact support inside it. In
+    training the host learns sigma one step late (on CUDA through a non-blocking copy into pinned
+    memory, read once it has landed), grows the grid as soon as the support needs it and shrinks
+    it only once sigma is 10% inside a smaller support (hysteresis). ``eval()``, loading a
+    state_dict and :meth:`follow_support` fit the grid to the exact support. ``padding`` is given
+    for the initial grid and moves with it, so output sizes never change. A warning says once
+    when the support grows past the layer's input. ``sigma`` may be a sequence of scales (a
+    multi-scale basis, as in structured receptive fields).
 
     Two compute routes give the same output: ``"dense"`` builds the kernel and runs one conv;
     ``"separable"`` filters each input channel with the 1D derivatives along x, mixes them with a
@@ -98,12 +107,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.stride, self.groups = int(stride), int(groups)
         self.learn_sigma = learn_sigma
         self.sigma_min = float(min(sigma_min, *sigmas))
-        if sigma_max is None:
-            sigma_max = 2 * max(sigmas) if learn_sigma else max(sigmas)
-        self.sigma_max = float(max(sigma_max, *sigmas))
-        self.radius = radius_for(self.sigma_max, self.extent, size_rule)  # of the allocated grid
-        self.kernel_size = (2 * self.radius + 1,) * 2
-        self.padding = (self.radius,) * 4 if padding is None else _pad4(padding)
+        self.sigma_max = None if sigma_max is None else float(max(sigma_max, *sigmas))
+        self.radius = radius_for(max(sigmas), self.extent, size_rule)  # of the grid, follows sigma
+        # the padding relative to the grid's radius: it moves with the grid, sizes stay
+        self._pad_offset = (
+            (0,) * 4 if padding is None else tuple(p - self.radius for p in _pad4(padding))
+        )
+        self._pending = None  # CUDA: (pinned host copy of sigma, its event)
+        self._warned = False
         self.safe_subsampling, self.subsampling_rate = safe_subsampling, float(subsampling_rate)
         self.subsampling_rule = subsampling_rule
         self.num_basis = basis_size(order) * len(sigmas)
@@ -116,16 +127,99 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.register_fixed_buffers()
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, self.num_basis))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.route = self._choose_route() if route == "auto" else route
-        if self.route == "separable" and (groups != 1 or len(sigmas) != 1):
+        self.route = route
+        if route == "separable" and (groups != 1 or len(sigmas) != 1):
             raise ValueError(
                 "the separable route needs groups=1 and a single sigma; use route='dense'"
             )
+        self.register_load_state_dict_post_hook(_refit_support)
         self.reset_parameters()
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         # the (i, j) of each basis function, kept on the module's device (no copy per forward)
-        return {"grid": grid(self.radius), "basis_ij": torch.tensor(basis_indices(self.order))}
+        return {"basis_ij": torch.tensor(basis_indices(self.order))}
+
+    # -- the grid: its radius follows sigma ------------------------------------------------------
+    #: shrink the grid only once sigma is this far (relatively) inside the smaller support
+    HYSTERESIS = 0.1
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        """The size of the grid the layer computes on now (the kernel is masked to sigma's
+        support inside it)."""
+        return (2 * self.radius + 1,) * 2
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) for the current grid."""
+        return tuple(self.radius + o for o in self._pad_offset)
+
+    @padding.setter
+    def padding(self, value) -> None:
+        self._pad_offset = tuple(p - self.radius for p in _pad4(value))
+
+    def support_radius(self) -> int:
+        """Half-width of the current kernel's support: the largest over the scales (reads sigma on
+        the host)."""
+        return radius_for(float(self._sigmas().detach().max()), self.extent, self.size_rule)
+
+    def follow_support(self) -> NJetConv2d:
+        """Fit the grid to sigma's exact support now (reads sigma on the host: a sync on CUDA)."""
+        if self.scale.device.type != "meta":
+            self.radius = self.support_radius()
+        self._pending = None
+        return self
+
+    def train(self, mode: bool = True) -> NJetConv2d:
+        super().train(mode)
+        if not mode and self.learn_sigma:
+            self.follow_support()  # the last optimiser step may have moved sigma
+        return self
+
+    def _host_sigma(self) -> float | None:
+        """sigma as the host knows it: now on the CPU, one step late on CUDA (no sync), None
+        while unknown."""
+        sigma = self._sigmas().detach().max()
+        if sigma.device.type == "cpu":
+            return float(sigma)
+        if sigma.device.type != "cuda":
+            return None
+        value = None
+        if self._pending is not None:
+            copy_, landed = self._pending
+            if not landed.query():
+                return None  # the last copy is still on its way
+            value = float(copy_)
+        copy_ = self._pending[0] if self._pending is not None else torch.empty((), pin_memory=True)
+        copy_.copy_(sigma, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self._pending = (copy_, landed)
+        return value
+
+    @torch.compiler.disable
+    def _track_support(self, size: tuple[int, int]) -> None:
+        """Training: grow the grid when sigma's support outgrows it, shrink it with hysteresis."""
+        sigma = self._host_sigma()
+        if sigma is None:
+            return
+        need = radius_for(sigma, self.extent, self.size_rule)
+        relaxed = radius_for(sigma * (1 + self.HYSTERESIS), self.extent, self.size_rule)
+        if need > self.radius or relaxed < self.radius:
+            self.radius = max(need, min(relaxed, self.radius))
+        if 2 * need + 1 > max(size) and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"NJetConv2d({self.in_channels}, {self.out_channels}): sigma {sigma:.3g} has a "
+                f"{2 * need + 1}-pixel support, larger than its {size[0]}x{size[1]} input; pass "
+                "sigma_max= to bound it",
+                stacklevel=3,
+            )
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_pending"] = None  # a CUDA event neither pickles nor copies
+        return state
 
     # -- parameters ---------------------------------------------------------------------------
     @property
@@ -144,12 +238,12 @@ class NJetConv2d(FixedBuffers, nn.Module):
                 self.bias.zero_()
 
     def _sigmas(self) -> torch.Tensor:
-        return torch.exp2(self.scale).clamp(self.sigma_min, self.sigma_max)
+        return torch.exp2(self.scale).clamp(self.sigma_min, self.sigma_max)  # max None: unbounded
 
     # -- the basis and the kernel --------------------------------------------------------------
     def basis(self) -> torch.Tensor:
         """``(num_basis, s, s)``: the scale-normalised 2D basis at the current sigma(s)."""
-        x = self.grid.to(self.alpha.dtype)
+        x = grid(self.radius, dtype=self.alpha.dtype, device=self.alpha.device)
         return torch.cat(
             [
                 gaussian_basis_2d(
@@ -175,11 +269,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.safe_subsampling:
             x = self._subsample(x)
-        if self.padding[0] == self.padding[1] == self.padding[2] == self.padding[3]:
-            pad = self.padding[0]
-        else:
-            x, pad = F.pad(x, self.padding), 0
-        if self.route == "dense":
+        if self.training and self.learn_sigma:
+            self._track_support(tuple(x.shape[-2:]))
+        pads = self.padding
+        if pads[0] == pads[1] == pads[2] == pads[3] >= 0:
+            pad = pads[0]
+        else:  # uneven, or negative: a "valid" layer whose grid shrank crops instead
+            x, pad = F.pad(x, pads), 0
+        if self.active_route(x.device) == "dense":
             return F.conv2d(x, self.effective_weight(), self.bias, self.stride, pad, 1, self.groups)
         return self._separable(x, pad)
 
@@ -188,7 +285,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         n1, c_in, c_out = self.order + 1, self.in_channels, self.out_channels
         sigma = self._sigmas()[0].to(x.dtype)
         g = gaussian_derivatives_1d(
-            sigma, self.order, self.grid.to(x.dtype),
+            sigma, self.order, grid(self.radius, dtype=x.dtype, device=x.device),
             radius=radius_tensor(sigma, self.extent, self.size_rule), scale_normalize=True,
         )  # fmt: skip
         s = g.shape[-1]
@@ -227,24 +324,26 @@ class NJetConv2d(FixedBuffers, nn.Module):
         return F.interpolate(x, size=size, mode="nearest") if size != tuple(x.shape[-2:]) else x
 
     # -- cost model ------------------------------------------------------------------------------
-    #: the separable route's small grouped convs reach about a quarter of the dense route's
-    #: throughput per multiply-add (measured on CPU; see benchmarks/njet.py)
-    SEPARABLE_EFFICIENCY = 4.0
+    #: per device type: how many times fewer multiply-adds per second the separable route's small
+    #: grouped convs reach than the dense conv (CPU measured, see benchmarks/njet.py; CUDA assumed)
+    SEPARABLE_EFFICIENCY = {"cpu": 4.0, "cuda": 4.0}
 
-    def _choose_route(self) -> str:
-        """Multiply-adds per output pixel of each route, the separable one weighted by its efficiency."""
+    def active_route(self, device: torch.device | None = None) -> str:
+        """The route of the next forward: ``route`` unless "auto", else the cheaper one for the
+        current grid on ``device``: multiply-adds per output pixel, the separable route's weighted
+        by its efficiency."""
+        if self.route != "auto":
+            return self.route
         if self.groups != 1 or self.num_basis != basis_size(self.order):
             return "dense"
+        device = device or self.alpha.device
         n1, s = self.order + 1, self.kernel_size[0]
         dense = self.out_channels * self.in_channels * s * s
         separable = (
             self.in_channels + self.out_channels
         ) * n1 * s + self.out_channels * self.in_channels * n1 * n1
-        return "separable" if self.SEPARABLE_EFFICIENCY * separable < dense else "dense"
-
-    def support_radius(self) -> int:
-        """Half-width of the current kernel's support: the largest over the scales (reads sigma on the host)."""
-        return max(int(radius_tensor(s, self.extent, self.size_rule)) for s in self._sigmas())
+        efficiency = self.SEPARABLE_EFFICIENCY.get(torch.device(device).type, 4.0)
+        return "separable" if efficiency * separable < dense else "dense"
 
     def collapse(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the current kernel, cropped to sigma's support."""
@@ -272,6 +371,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
             f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma=({sigmas}), "
             f"learn_sigma={self.learn_sigma}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"groups={self.groups}, route={self.route!r}"
+            + (f", sigma_max={self.sigma_max:g}" if self.sigma_max is not None else "")
         )
 
 
@@ -288,6 +388,10 @@ def structured_receptive_field(
     return NJetConv2d(
         in_channels, out_channels, order=order, sigma=tuple(sigmas), learn_sigma=False, **kwargs
     )
+
+
+def _refit_support(module: NJetConv2d, _incompatible_keys) -> None:
+    module.follow_support()  # the loaded sigma may need another grid
 
 
 def _pad4(padding) -> tuple[int, int, int, int]:

@@ -360,11 +360,13 @@ def _register_reverso_layers() -> None:
 
 def _rebuild_njet(m, in_width: int, out_width: int):
     groups = in_width if is_depthwise(m) else m.groups
-    return type(m)(
+    new = type(m)(
         in_width, out_width, order=m.order, sigma=tuple(m._sigmas().tolist()), learn_sigma=m.learn_sigma,
         extent=m.extent, size_rule=m.size_rule, stride=m.stride, groups=groups, bias=m.bias is not None,
-        sigma_min=m.sigma_min, sigma_max=m.sigma_max, padding=m.padding, route=m.route,
+        sigma_min=m.sigma_min, sigma_max=m.sigma_max, route=m.route,
     )  # fmt: skip
+    new.radius, new.padding = m.radius, m.padding  # the same grid and padding: the same sizes
+    return new
 
 
 _register_timm()
