@@ -30,7 +30,7 @@ from reverso.nn import NJetConv2d
 from reverso.nn.gaussian import gaussian_basis_2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
-from _timing import median_times, train_step  # noqa: E402
+from _timing import median_times, train_step
 
 
 class NaiveNJet(nn.Module):

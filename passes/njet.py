@@ -14,7 +14,6 @@ relative reconstruction error of every layer is in the report.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,6 @@ from tqdm.auto import tqdm
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, WidthError
 from reverso.ir import module_window
-from reverso.nn.gaussian import radius_for
 from reverso.nn.njet import NJetConv2d
 
 INITS = ("random", "project")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -326,7 +327,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
     # -- cost model ------------------------------------------------------------------------------
     #: per device type: how many times fewer multiply-adds per second the separable route's small
     #: grouped convs reach than the dense conv (CPU measured, see benchmarks/njet.py; CUDA assumed)
-    SEPARABLE_EFFICIENCY = {"cpu": 4.0, "cuda": 4.0}
+    SEPARABLE_EFFICIENCY: ClassVar[dict[str, float]] = {"cpu": 4.0, "cuda": 4.0}
 
     def active_route(self, device: torch.device | None = None) -> str:
         """The route of the next forward: ``route`` unless "auto", else the cheaper one for the
