@@ -59,7 +59,7 @@ def test_memory_benchmark_runs():
 def test_njet_benchmark_runs():
     rows = load_script("benchmarks", "njet").main(
         ["--iters", "1", "--channels", "4", "--size", "12", "--batch", "1",
-         "--network-size", "32", "--network-batch", "1"]
+         "--network-size", "32", "--network-batch", "2"]
     )  # fmt: skip
     by = {r["layer"]: r for r in rows}
     assert by["Conv2d 3x3"]["ratio"] == 1.0
