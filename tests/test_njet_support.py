@@ -103,6 +103,9 @@ def test_eval_and_loading_fit_the_exact_support():
     assert fresh.radius == radius_for(2.7)
     x = torch.rand(1, 2, 20, 20)
     assert torch.allclose(fresh.eval()(x), layer(x), atol=1e-6)
+    nested = torch.nn.Sequential(torch.nn.Identity(), NJetConv2d(2, 3, sigma=1.0))
+    nested.load_state_dict({f"1.{k}": v for k, v in layer.state_dict().items()})
+    assert nested[1].radius == radius_for(2.7)  # the hook runs inside a parent's load too
     clone = pickle.loads(pickle.dumps(copy.deepcopy(layer)))  # no CUDA event travels along
     assert clone.radius == layer.radius and clone._pending is None
 

@@ -191,7 +191,10 @@ class NJetConv2d(FixedBuffers, nn.Module):
             if not landed.query():
                 return None  # the last copy is still on its way
             value = float(copy_)
-        copy_ = self._pending[0] if self._pending is not None else torch.empty((), pin_memory=True)
+        if self._pending is not None:
+            copy_ = self._pending[0]
+        else:  # in sigma's dtype: the copy converts nothing, so it stays asynchronous
+            copy_ = torch.empty((), dtype=sigma.dtype, pin_memory=True)
         copy_.copy_(sigma, non_blocking=True)
         landed = torch.cuda.Event()
         landed.record()
