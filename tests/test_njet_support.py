@@ -107,7 +107,7 @@ def test_eval_and_loading_fit_the_exact_support():
     nested.load_state_dict({f"1.{k}": v for k, v in layer.state_dict().items()})
     assert nested[1].radius == radius_for(2.7)  # the hook runs inside a parent's load too
     clone = pickle.loads(pickle.dumps(copy.deepcopy(layer)))  # no CUDA event travels along
-    assert clone.radius == layer.radius and clone._pending is None
+    assert clone.radius == layer.radius and clone._host_sigma.pending is None
 
 
 def test_warns_once_when_the_support_outgrows_the_input():

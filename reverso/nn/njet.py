@@ -27,6 +27,7 @@ from .gaussian import (
     radius_for,
     radius_tensor,
 )
+from .host_copy import LaggedHostCopy
 
 ROUTES = ("auto", "dense", "separable")
 
@@ -114,7 +115,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self._pad_offset = (
             (0,) * 4 if padding is None else tuple(p - self.radius for p in _pad4(padding))
         )
-        self._pending = None  # CUDA: (pinned host copy of sigma, its event)
+        self._host_sigma = LaggedHostCopy()
         self._warned = False
         self.safe_subsampling, self.subsampling_rate = safe_subsampling, float(subsampling_rate)
         self.subsampling_rule = subsampling_rule
@@ -168,7 +169,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         """Fit the grid to sigma's exact support now (reads sigma on the host: a sync on CUDA)."""
         if self.scale.device.type != "meta":
             self.radius = self.support_radius()
-        self._pending = None
+        self._host_sigma.forget()
         return self
 
     def train(self, mode: bool = True) -> NJetConv2d:
@@ -177,34 +178,10 @@ class NJetConv2d(FixedBuffers, nn.Module):
             self.follow_support()  # the last optimiser step may have moved sigma
         return self
 
-    def _host_sigma(self) -> float | None:
-        """sigma as the host knows it: now on the CPU, one step late on CUDA (no sync), None
-        while unknown."""
-        sigma = self._sigmas().detach().max()
-        if sigma.device.type == "cpu":
-            return float(sigma)
-        if sigma.device.type != "cuda":
-            return None
-        value = None
-        if self._pending is not None:
-            copy_, landed = self._pending
-            if not landed.query():
-                return None  # the last copy is still on its way
-            value = float(copy_)
-        if self._pending is not None:
-            copy_ = self._pending[0]
-        else:  # in sigma's dtype: the copy converts nothing, so it stays asynchronous
-            copy_ = torch.empty((), dtype=sigma.dtype, pin_memory=True)
-        copy_.copy_(sigma, non_blocking=True)
-        landed = torch.cuda.Event()
-        landed.record()
-        self._pending = (copy_, landed)
-        return value
-
     @torch.compiler.disable
     def _track_support(self, size: tuple[int, int]) -> None:
         """Training: grow the grid when sigma's support outgrows it, shrink it with hysteresis."""
-        sigma = self._host_sigma()
+        sigma = self._host_sigma.read(self._sigmas().max())  # CPU: now; CUDA: one step late
         if sigma is None:
             return
         need = radius_for(sigma, self.extent, self.size_rule)
@@ -219,11 +196,6 @@ class NJetConv2d(FixedBuffers, nn.Module):
                 "sigma_max= to bound it",
                 stacklevel=3,
             )
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_pending"] = None  # a CUDA event neither pickles nor copies
-        return state
 
     # -- parameters ---------------------------------------------------------------------------
     @property
