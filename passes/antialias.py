@@ -135,16 +135,19 @@ class Antialias(Pass):
     def pool(self, gm: fx.GraphModule, node: fx.Node, max_pool: tuple[int, int] | None) -> None:
         """``max_pool``: the official code's (kernel, padding) for this model's max-pools."""
         w = _pool_window(gm, node)
+        x = node.args[0]
+        if not (self.variant == "official" and w.kind == "avg"):  # there the blur replaces the box
+            x = self.dense_pool(gm, node, w, x, max_pool)
+        blur = BlurPool2d(channels(node), self.filter_size, w.stride[0], self.pad_mode)
+        blurred = ir.add_module_node(
+            gm, f"{node.name}_blurpool", blur, (x,), before=node, meta_from=node
+        )
+        node.replace_all_uses_with(blurred)
+        gm.graph.erase_node(node)
+
+    def dense_pool(self, gm, node, w: ir.Window, x: fx.Node, max_pool) -> fx.Node:
+        """The pool at stride 1 (ceil_mode emulated), reading ``x``, placed before ``node``."""
         k, s, p, ceil = w.kernel[0], w.stride[0], w.padding[0], w.ceil_mode
-        if self.variant == "official" and w.kind == "avg":  # the blur replaces the box filter
-            blur = BlurPool2d(channels(node), self.filter_size, s, self.pad_mode)
-            node.replace_all_uses_with(
-                ir.add_module_node(
-                    gm, f"{node.name}_blurpool", blur, (node.args[0],), before=node, meta_from=node
-                )
-            )
-            gm.graph.erase_node(node)
-            return
         if w.kind == "max" and max_pool is not None:
             k, p = max_pool
         if ceil and (p != 0 or k < s):
@@ -152,7 +155,6 @@ class Antialias(Pass):
                 f"pooling {ir.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
                 "reverso reproduces ceil_mode only without padding and with kernel >= stride"
             )
-        x = node.args[0]
         if w.kind == "max":
             dense = nn.MaxPool2d(k, 1, p, w.dilation[0])
             # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
@@ -169,15 +171,9 @@ class Antialias(Pass):
             dense = ValidAvgPool2d(k, p, extra=s - 1, count_include_pad=w.count_include_pad)
         else:
             dense = nn.AvgPool2d(k, 1, p, count_include_pad=w.count_include_pad)
-        pooled = ir.add_module_node(
+        return ir.add_module_node(
             gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
         )
-        blur = BlurPool2d(channels(node), self.filter_size, s, self.pad_mode)
-        blurred = ir.add_module_node(
-            gm, f"{node.name}_blurpool", blur, (pooled,), after=pooled, meta_from=node
-        )
-        node.replace_all_uses_with(blurred)
-        gm.graph.erase_node(node)
 
 
 def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:

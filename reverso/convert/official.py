@@ -48,9 +48,8 @@ def official_state_dict(
     filters = {k: v for k, v in state.items() if k.split(".")[-1] == "filt"}
     _check_filters(model, filters)
     theirs = [k for k in state if k not in filters]
-    ours = list(model.state_dict())
-    mapping = _pair_by_skeleton(theirs, ours)
     mine = model.state_dict()
+    mapping = _pair_by_skeleton(theirs, list(mine))
     for their_key, our_key in mapping.items():
         if state[their_key].shape != mine[our_key].shape:
             raise FileFormatError(
