@@ -5,7 +5,9 @@ train step of reverso.njet(resnet18) against resnet18.
 
 Goals (issue 13): the default (learnable) layer at most 1.5x Conv2d 3x3 at sigma = 1 and 2x at
 sigma = 4. The layer's grid follows sigma's support (the host learns sigma one step late, without
-a sync), so a learnable layer pays for its current support, as a fixed one does.
+a sync), so a learnable layer pays for its current support, as a fixed one does. Each learnable
+layer is also timed on each route, forced: these rows calibrate ``NJetConv2d.SEPARABLE_EFFICIENCY``
+per device type, which the default ("auto") rows use.
 
     python benchmarks/njet.py [--device cuda] [--iters 12] [--channels 64] [--size 32] [--batch 16]
                               [--network-size 64] [--network-batch 8]
@@ -82,6 +84,10 @@ def main(argv=None) -> list[dict]:
     layers = {"Conv2d 3x3": nn.Conv2d(c, c, 3, padding=1)}
     for sigma in (1, 2, 4):
         layers[f"N-Jet sigma={sigma} learnable"] = NJetConv2d(c, c, sigma=sigma)
+        for route in ("dense", "separable"):  # each route, for the cost model's calibration
+            layers[f"N-Jet sigma={sigma} learnable {route}"] = NJetConv2d(
+                c, c, sigma=sigma, route=route
+            )
         layers[f"N-Jet sigma={sigma} fixed"] = NJetConv2d(c, c, sigma=sigma, learn_sigma=False)
         layers[f"naive sigma={sigma}"] = NaiveNJet(c, sigma)
     layers = {k: m.to(device) for k, m in layers.items()}

@@ -144,8 +144,9 @@ def test_torch_compile_recompiles_only_when_the_support_changes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_no_host_sync_in_forward_on_cuda():
-    layer = NJetConv2d(8, 8, sigma=1.0).cuda()
+@pytest.mark.parametrize("route", ["dense", "separable"])
+def test_no_host_sync_in_forward_on_cuda(route):
+    layer = NJetConv2d(8, 8, sigma=1.0, route=route).cuda()
     x = torch.rand(2, 8, 32, 32, device="cuda")
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     layer(x)  # the first step allocates the pinned copy
