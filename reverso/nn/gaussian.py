@@ -17,6 +17,7 @@ sigma are realised by masking a grid allocated for the largest allowed sigma.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,6 +28,12 @@ SIZE_RULES = ("paper", "reference")
 def basis_indices(order: int) -> list[tuple[int, int]]:
     """(i, j) derivative orders of the 2D basis, i + j <= order: (N+1)(N+2)/2 of them."""
     return [(i, n - i) for n in range(order + 1) for i in range(n, -1, -1)]
+
+
+@functools.cache
+def _pair_index(order: int, device: torch.device) -> torch.Tensor:
+    """The flat [j, i] positions of :func:`basis_indices`, made once per device (no copy per call)."""
+    return torch.tensor([j * (order + 1) + i for i, j in basis_indices(order)], device=device)
 
 
 def basis_size(order: int) -> int:
@@ -97,7 +104,8 @@ def gaussian_basis_2d(
     g = gaussian_derivatives_1d(
         sigma, order, x, radius=radius, normalize=normalize, scale_normalize=scale_normalize
     )
-    return torch.stack([g[j][:, None] * g[i][None, :] for i, j in basis_indices(order)])
+    outer = g[:, None, :, None] * g[None, :, None, :]  # [j, i, y, x]: one product for every pair
+    return outer.flatten(0, 1).index_select(0, _pair_index(order, x.device))
 
 
 def grid(radius: int, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -301,8 +301,9 @@ class NJetConv2d(FixedBuffers, nn.Module):
 
     # -- cost model ------------------------------------------------------------------------------
     #: per device type: how many times fewer multiply-adds per second the separable route's small
-    #: grouped convs reach than the dense conv (CPU measured, see benchmarks/njet.py; CUDA assumed)
-    SEPARABLE_EFFICIENCY: ClassVar[dict[str, float]] = {"cpu": 4.0, "cuda": 4.0}
+    #: grouped convs reach than the dense conv, from the forced-route rows of benchmarks/njet.py
+    #: (CPU: 2 cores; CUDA: an H100 at batch 128, where cuDNN's dense conv won up to 17x17)
+    SEPARABLE_EFFICIENCY: ClassVar[dict[str, float]] = {"cpu": 4.0, "cuda": 40.0}
 
     def active_route(self, device: torch.device | None = None) -> str:
         """The route of the next forward: ``route`` unless "auto", else the cheaper one for the
