@@ -83,6 +83,9 @@ def test_cost_model_picks_the_cheaper_route():
         wide.scale.fill_(1.6)  # sigma 3: a 13x13 support, where linear beats quadratic
     assert wide.eval().active_route() == "separable" and wide.route == "auto"
     assert NJetConv2d(64, 64, sigma=3.0, groups=64).active_route() == "dense"  # depthwise: dense
+    # per device: on CUDA cuDNN's dense conv beat the grouped 1D convs up to 17x17 (H100)
+    assert wide.active_route("cuda") == "dense"
+    assert NJetConv2d(64, 64, sigma=8.0).active_route("cuda") == "separable"  # 33x33
 
 
 def test_sigma_is_clamped_to_a_safe_range():
