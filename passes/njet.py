@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, WidthError
 from reverso.ir import module_window
+from reverso.nn.frames import project_kernels
 from reverso.nn.njet import NJetConv2d
 
 INITS = ("random", "project")
@@ -243,29 +244,6 @@ def _size_preserving_padding(conv: nn.Conv2d, size: int) -> tuple[int, int, int,
 
 def _projection(layer: NJetConv2d, conv: nn.Conv2d) -> tuple[torch.Tensor, float]:
     """Least-squares coefficients (C_out * C_in/g, F) for which the layer's basis reproduces the
-    conv's kernel (zero outside it) on the layer's grid, and their relative error.
-
-    With A = U S V^T the basis on the grid (pixels x F, thin SVD, rank r) and T the target (zero
-    off the kernel's footprint), the minimum-norm alpha = V S^-1 U^T T and
-    |A alpha - T|^2 = |T|^2 - |U^T T|^2: only the footprint's rows of U are needed, so no
-    grid-sized copy of the kernel is ever built (and a grid with fewer pixels than basis
-    functions is no problem).
-    """
-    with torch.no_grad():
-        basis = layer.basis().detach().double().cpu()  # (F, S, S)
-        s = basis.shape[-1]
-        ky, kx = conv.weight.shape[-2:]
-        dy, dx = conv.dilation
-        oy, ox = (s - (dy * (ky - 1) + 1)) // 2, (s - (dx * (kx - 1) + 1)) // 2
-        rows = torch.arange(oy, oy + dy * (ky - 1) + 1, dy)
-        cols = torch.arange(ox, ox + dx * (kx - 1) + 1, dx)
-        footprint = (rows[:, None] * s + cols[None, :]).reshape(-1)  # grid pixels under the kernel
-        u, sv, vh = torch.linalg.svd(basis.reshape(basis.shape[0], -1).T, full_matrices=False)
-        rank = int((sv > sv[0] * 1e-10).sum())
-        u, sv, vh = u[:, :rank], sv[:rank], vh[:rank]
-        target = conv.weight.detach().double().cpu().reshape(-1, ky * kx).T  # (k*k, N)
-        ut = u[footprint].T @ target  # U^T T, (r, N)
-        alpha = vh.T @ (ut / sv[:, None])  # (F, N)
-        total = target.square().sum()
-        error = (total - ut.square().sum()).clamp_min(0).sqrt() / total.sqrt().clamp_min(1e-12)
-    return alpha.T, float(error)
+    conv's kernel (zero outside it) on the layer's grid, and their relative error (the frame
+    projection of :func:`reverso.nn.frames.project_kernels`)."""
+    return project_kernels(layer.basis(), conv.weight, conv.dilation)

@@ -29,7 +29,10 @@ from reverso.errors import FileFormatError, OptionError, ReversoError
 
 FORMAT = "reverso"
 VERSION = 1
-TRANSFORMS = ("topdown", "njet", "antialias", "checkpoint", "reversible", "none")
+TRANSFORMS = (
+    "topdown", "njet", "antialias", "checkpoint", "reversible", "frames", "steerable",
+    "hierarchical", "none",
+)  # fmt: skip
 #: factories from these packages are always trusted (reverso's own, and torchvision's builders,
 #: which reverso recognises from a model's structure)
 TRUSTED = ("reverso", "torchvision")
@@ -212,6 +215,10 @@ def _build(recipe: dict, trust: tuple[str, ...], path: Path) -> nn.Module:
         if transform == "njet":
             kwargs = dict(recipe["kwargs"], init="random")  # the weights come from the file
             return transforms.njet(source, input_size=input_size, **kwargs)
+        if transform in ("frames", "steerable", "hierarchical"):
+            from reverso.convert import structured
+
+            return getattr(structured, transform)(source, input_size, **recipe["kwargs"])
         if transform in ("checkpoint", "reversible"):
             return getattr(transforms, transform)(source, input_size, **recipe["kwargs"])
         if transform == "antialias":

@@ -10,11 +10,13 @@ from .filters import (
     init_non_persistent_buffers,
     triangle_taps,
 )
+from .frames import FRAMES, FrameConv2d, frame_atoms, project_kernels
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .reversible import CouplingBlock, InjectivePad, InvertibleGraphModule, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
+from .steering import steering_matrix
 from .upsample import UPSAMPLE_MODES, Upsample
 
 #: reverso's own layers: always traced as leaves
@@ -23,6 +25,7 @@ LAYERS = (
     Upsample,
     Merge,
     NJetConv2d,
+    FrameConv2d,
     BlurPool2d,
     CeilModePad,
     ValidAvgPool2d,
@@ -36,6 +39,7 @@ LAYERS = (
 )
 
 __all__ = [
+    "FRAMES",
     "LAYERS",
     "MERGES",
     "PYRAMIDS",
@@ -45,6 +49,7 @@ __all__ = [
     "CouplingBlock",
     "DepthToSpace",
     "FixedBuffers",
+    "FrameConv2d",
     "GaussianBlur2d",
     "ImagePyramid",
     "InjectivePad",
@@ -57,9 +62,12 @@ __all__ = [
     "Upsample",
     "binomial_taps",
     "blur_subsample",
+    "frame_atoms",
     "gaussian_taps",
     "init_non_persistent_buffers",
     "kept_running_stats",
+    "project_kernels",
+    "steering_matrix",
     "structured_receptive_field",
     "triangle_taps",
 ]

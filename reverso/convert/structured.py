@@ -1,0 +1,68 @@
+"""The thesis's structured layers swapped into a model (spec dsb.md, hcnn.md): frame convs,
+dynamic steerable convs and blocks, hierarchical attribute convs.
+
+Each function returns a converted copy that keeps the model's class where the rewrite is a module
+swap (frames, steerable convs), records a ``reverso_recipe`` (so :func:`reverso.save` and
+:func:`reverso.load` work) and, given ``input_size``, checks the output shape is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from reverso.convert.transforms import _check_same_output
+from reverso.frontend.provenance import SourceModel, source_of
+from reverso.frontend.tracing import resolve_input_size, resolve_model
+
+
+def frames(
+    model: nn.Module | str, input_size=None, *, frame: str = "gauss9", sigma: float = 1.0
+) -> nn.Module:
+    """A copy of ``model`` with every spatial conv reparametrised on a fixed frame
+    (:class:`~reverso.nn.FrameConv2d`, the ``frames`` pass): ``"gauss9"`` (Gaussian derivatives),
+    ``"framelet"`` (B-spline framelets, 3x3 kernels), ``"naive"`` (monomials), ``"alternate"``
+    (Gaussian and framelet frames from conv to conv) or ``"pixel"``.
+
+    The coefficients are projected from the conv's kernels; every named frame is complete, so the
+    copy computes what the model does (to rounding) and trains with the frame's geometry. After
+    training, :func:`collapse_frames` (or each layer's ``collapse()``) gives plain convs back. The
+    copy's ``frames_report`` lists each layer's frame and projection error, and the convs kept
+    as they were (classes that override ``Conv2d.forward``) with the reason.
+    """
+    from reverso.passes.frames import swap_convs_for_frames
+
+    return _module_swap(
+        model, input_size, "frames", {"frame": frame, "sigma": sigma},
+        lambda m: setattr(m, "frames_report", swap_convs_for_frames(m, frame=frame, sigma=sigma)),
+    )  # fmt: skip
+
+
+def collapse_frames(model: nn.Module) -> nn.Module:
+    """``model`` with every :class:`~reverso.nn.FrameConv2d` collapsed into a plain conv, in place
+    (same outputs, a plain conv's cost at inference)."""
+    from reverso.nn.frames import FrameConv2d
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FrameConv2d):
+                setattr(parent, name, child.collapse())
+    return model
+
+
+def _module_swap(model, input_size, transform: str, kwargs: dict, swap) -> nn.Module:
+    model = resolve_model(model)
+    converted = copy.deepcopy(model)
+    converted.reverso_source_model = SourceModel.of(model)
+    swap(converted)
+    if input_size is not None or getattr(model, "pretrained_cfg", None):
+        input_size = resolve_input_size(model, input_size)
+        _check_same_output(model, converted, input_size)
+    converted.reverso_recipe = {
+        "transform": transform,
+        "source": source_of(model),
+        "input_size": list(input_size) if input_size is not None else None,
+        "kwargs": kwargs,
+    }
+    return converted
