@@ -52,6 +52,7 @@ def test_timm_sources_and_sibling_transforms(tmp_path):
         ("antialias", reverso.antialias(model, input_size=(1, 64, 64))),
         ("njet", reverso.njet(model)),
         ("frames", reverso.frames(model, frame="alternate")),
+        ("steerable", reverso.steerable(model)),
         ("topdown", reverso.topdown(model, input_size=(1, 64, 64))),
     ):
         loaded = reverso.load(reverso.save(converted, tmp_path / f"{name}.safetensors"))

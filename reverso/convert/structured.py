@@ -39,6 +39,41 @@ def frames(
     )  # fmt: skip
 
 
+def steerable(
+    model: nn.Module | str,
+    input_size=None,
+    *,
+    unit: str = "conv",
+    order: int = 2,
+    sigma: float = 1.0,
+    pose: str = "per_in",
+    mode: str = "angle",
+    every: int = 2,
+) -> nn.Module:
+    """``model`` with dynamic steerable convs (``unit="conv"``) or blocks (``unit="block"``),
+    every ``every``-th candidate in graph order (the ``steerable`` pass, spec dsb.md section 7).
+
+    ``unit="conv"``: a copy of the same class whose converted convs start from the projection of
+    their kernels on an order-``order`` Gaussian-derivative frame (the pose networks start at zero,
+    so the copy computes the projected function; ``steerable_report`` gives each layer's error and
+    the convs kept with the reason). ``unit="block"``: a GraphModule (a TopDownNet stays one) whose
+    converted residual units are two-factor steerable blocks, to be trained. ``pose``: one pose
+    per input channel (``"per_in"``) or per pixel (``"shared"``); ``mode``: ``"angle"`` (one
+    angle, trig gates) or ``"free"`` (the gates themselves).
+    """
+    from reverso.convert.transforms import _graph_rewrite
+    from reverso.passes.steerable import Steerable, check_options, swap_convs_for_steerable
+
+    check_options(unit, pose, mode, every)
+    settings = {"order": order, "sigma": sigma, "pose": pose, "mode": mode, "every": every}
+    if unit == "block":
+        return _graph_rewrite(model, input_size, Steerable(unit="block", **settings))
+    return _module_swap(
+        model, input_size, "steerable", {"unit": unit, **settings},
+        lambda m: setattr(m, "steerable_report", swap_convs_for_steerable(m, **settings)),
+    )  # fmt: skip
+
+
 def collapse_frames(model: nn.Module) -> nn.Module:
     """``model`` with every :class:`~reverso.nn.FrameConv2d` collapsed into a plain conv, in place
     (same outputs, a plain conv's cost at inference)."""

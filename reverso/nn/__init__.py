@@ -16,6 +16,7 @@ from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .reversible import CouplingBlock, InjectivePad, InvertibleGraphModule, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
+from .steerable import DynamicSteerableConv2d
 from .steering import steering_matrix
 from .upsample import UPSAMPLE_MODES, Upsample
 
@@ -26,6 +27,7 @@ LAYERS = (
     Merge,
     NJetConv2d,
     FrameConv2d,
+    DynamicSteerableConv2d,
     BlurPool2d,
     CeilModePad,
     ValidAvgPool2d,
@@ -48,6 +50,7 @@ __all__ = [
     "CheckpointSegment",
     "CouplingBlock",
     "DepthToSpace",
+    "DynamicSteerableConv2d",
     "FixedBuffers",
     "FrameConv2d",
     "GaussianBlur2d",

@@ -1,0 +1,185 @@
+"""Dynamic steerable convolutions (spec dsb.md sections 3, 4; Jacobsen et al., BMVC 2017).
+
+``y = W steer(Phi(x); pose(Phi(x))) + b``: the input's responses to a fixed Gaussian-derivative
+frame (orders ``min_order..order``, sigma fixed) are turned, at every pixel, by the steering
+matrices of a pose that a small network estimates from the responses themselves, then mixed by a
+1x1 conv ``W`` (the canonical appearance). Every pixel gets its own rotated copy of the same
+filters. The pose network's last conv starts at zero, so a new layer starts as the static frame
+conv ``F.conv2d(x, sum_m W[:, (c, m)] phi_m)``: a converted conv starts from its projection.
+
+Pose modes (the thesis's optional step 3 decides between them; the names are ours):
+
+- ``mode="angle"``: one angle per pose group, ``theta = pi tanh(p)``, gates ``cos^(n-k) sin^k``.
+- ``mode="free"``: the network gives the gates of every order directly, as offsets from the
+  identity's gates (``a_{n,0} = 1 + tanh(p)``, ``a_{n,k} = tanh(p)``; inferred, so that a zero
+  network is the identity).
+
+``pose="per_in"``: one pose per input channel (the thesis's default); ``"shared"``: one per pixel.
+Axis convention: :mod:`reverso.nn.steering`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .filters import FixedBuffers
+from .gaussian import gaussian_basis_2d, grid, radius_for
+from .steering import block_slices, steering_monomials, trig_monomials
+
+POSES = ("per_in", "shared")
+MODES = ("angle", "free")
+
+
+class DynamicSteerableConv2d(FixedBuffers, nn.Module):
+    """A conv whose Gaussian-derivative filters are turned per pixel by an estimated pose.
+
+    ``kernel_size`` is the frame's grid (default the paper's ``2 ceil(2 sigma) + 1``), ``padding``
+    defaults to half of it (sizes kept at stride 1). The pose network is three 3x3 convs
+    (``C M -> hidden -> hidden -> groups x gates``, tanh between) at the output resolution.
+    ``forward(x, pose=None)`` takes an explicit pose field instead: ``theta`` of shape
+    ``(B, G, H', W')`` in angle mode, the gates ``(B, G, K, H', W')`` in free mode (K gates per
+    pixel, order by order, ``n + 1`` each), where G is C_in (``per_in``) or 1 (``shared``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        order: int = 2,
+        sigma: float = 1.0,
+        kernel_size: int | None = None,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = True,
+        pose: str = "per_in",
+        mode: str = "angle",
+        hidden: int = 16,
+        min_order: int = 0,
+    ):
+        super().__init__()
+        if pose not in POSES or mode not in MODES:
+            raise ValueError(f"pose must be one of {POSES} and mode one of {MODES}")
+        if not 0 <= min_order <= order or order < 1:
+            raise ValueError(
+                f"need 0 <= min_order <= order and order >= 1, got {min_order}, {order}"
+            )
+        size = kernel_size or 2 * radius_for(sigma) + 1
+        if size % 2 == 0:
+            raise ValueError(f"the frame's grid must have an odd size, got {size}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.order, self.min_order = order, min_order
+        # the frame is state (a conversion picks its scale per layer): saved with its scale
+        self.sigma = float(sigma)
+        self.register_buffer("frame_sigma", torch.tensor(self.sigma))
+        self.kernel_size, self.stride = size, int(stride)
+        self.padding = size // 2 if padding is None else int(padding)
+        self.pose_mode, self.mode = pose, mode
+        self.register_buffer("atoms", self.frame().float())
+        self.register_fixed_buffers()
+        m = self.atoms.shape[0]
+        self.groups = in_channels if pose == "per_in" else 1
+        self.num_gates = sum(n + 1 for n in range(max(1, min_order), order + 1))
+        per_group = 1 if mode == "angle" else self.num_gates
+        self.pose_net = nn.Sequential(
+            nn.Conv2d(in_channels * m, hidden, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(hidden, self.groups * per_group, 3, padding=1),
+        )  # fmt: skip
+        self.register_load_state_dict_post_hook(_refit_frame)
+        nn.init.zeros_(self.pose_net[-1].weight)
+        nn.init.zeros_(self.pose_net[-1].bias)
+        self.mix = nn.Conv2d(in_channels * m, out_channels, 1, bias=bias)  # W, channels (c, m)
+
+    def frame(self) -> torch.Tensor:
+        """``(M, s, s)`` float64: the Gaussian-derivative blocks min_order..order at sigma."""
+        x = grid(self.kernel_size // 2, dtype=torch.float64)
+        atoms = gaussian_basis_2d(self.sigma, self.order, x)  # blocks by order, as steered
+        return atoms[self.min_order * (self.min_order + 1) // 2 :]
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        orders = range(max(1, self.min_order), self.order + 1)
+        return {f"steer{n}": steering_monomials(n, dtype=torch.float32) for n in orders}
+
+    # -- pieces ------------------------------------------------------------------------------
+    def frame_responses(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, M, H', W')``: each input channel against each frame atom (cross-correlation)."""
+        c, m, s = self.in_channels, self.atoms.shape[0], self.kernel_size
+        weight = self.atoms.to(x.dtype).unsqueeze(1).repeat(c, 1, 1, 1)  # (C M, 1, s, s)
+        z = F.conv2d(x, weight.view(c * m, 1, s, s), None, self.stride, self.padding, 1, c)
+        return z.view(z.shape[0], c, m, *z.shape[-2:])
+
+    def gates(self, z: torch.Tensor, pose: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per steered order: ``(B, G, n + 1, H', W')`` gates (from the pose net unless given)."""
+        orders = range(max(1, self.min_order), self.order + 1)
+        if pose is None:
+            p = self.pose_net(z.flatten(1, 2))
+            if self.mode == "angle":
+                pose = math.pi * torch.tanh(p)  # (B, G, H', W')
+            else:
+                offsets = torch.tanh(p).unflatten(1, (self.groups, self.num_gates))
+                identity = torch.cat([torch.eye(1, n + 1)[0] for n in orders]).to(p)
+                pose = offsets + identity.view(1, 1, -1, 1, 1)
+        if self.mode == "angle":
+            return [trig_monomials(n, pose).movedim(-1, 2) for n in orders]
+        return list(pose.split([n + 1 for n in orders], dim=2))
+
+    def steer(self, z: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
+        """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes."""
+        offset = self.min_order * (self.min_order + 1) // 2
+        blocks = block_slices(self.order)
+        out = [z[:, :, :1]] if self.min_order == 0 else []  # order 0 is rotation invariant
+        for n, a in zip(range(max(1, self.min_order), self.order + 1), gates, strict=True):
+            block = blocks[n]
+            zn = z[:, :, block.start - offset : block.stop - offset]  # (B, C, n+1, H, W)
+            matrices = getattr(self, f"steer{n}").to(z.dtype)  # (k, n+1, n+1)
+            turned = sum(
+                a[:, :, k, None] * torch.einsum("ab,ncbhw->ncahw", matrices[k], zn)
+                for k in range(n + 1)
+            )
+            out.append(turned)
+        return torch.cat(out, dim=2)
+
+    def forward(self, x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.frame_responses(x)
+        return self.mix(self.steer(z, self.gates(z, pose)).flatten(1, 2))
+
+    # -- the static conv it starts from ------------------------------------------------------
+    def effective_weight(self) -> torch.Tensor:
+        """The kernel of the unsteered layer (pose 0): ``(C_out, C_in, s, s)``."""
+        w = self.mix.weight.view(self.out_channels, self.in_channels, -1)
+        return torch.einsum("ocm,myx->ocyx", w, self.atoms.to(w.dtype))
+
+    def load_kernels(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
+        """Set W to the least-squares projection of ``weight`` on the frame; the relative error."""
+        from .frames import project_kernels
+
+        coeff, error = project_kernels(self.atoms, weight)
+        with torch.no_grad():
+            self.mix.weight.copy_(coeff.reshape(self.mix.weight.shape))
+            if self.mix.bias is not None:
+                self.mix.bias.copy_(bias if bias is not None else torch.zeros_like(self.mix.bias))
+        return error
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma={self.sigma:g}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, pose={self.pose_mode!r}, "
+            f"mode={self.mode!r}"
+        )
+
+
+def _refit_frame(module: DynamicSteerableConv2d, _incompatible_keys) -> None:
+    if module.frame_sigma.device.type != "meta":  # the loaded frame's scale, for the repr
+        module.sigma = float(module.frame_sigma)
+
+
+def gradient_pose(z: torch.Tensor) -> torch.Tensor:
+    """The oracle pose ``atan2(-Phi_y, Phi_x)`` from frame responses ``(B, C, M, H, W)`` whose
+    first-order pair sits at atoms 1, 2 (``min_order=0``): it turns that pair into
+    ``(|grad|, 0)``, the largest response over all rotations."""
+    return torch.atan2(-z[:, :, 2], z[:, :, 1])
