@@ -47,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "erf": ("study.erf", "erf"),
     "frames": ("convert.structured", "frames"),
     "steerable": ("convert.structured", "steerable"),
+    "hierarchical": ("convert.structured", "hierarchical"),
     "collapse_frames": ("convert.structured", "collapse_frames"),
     "evaluate": ("study.train", "evaluate"),
     "gradcam": ("study.gradcam", "gradcam"),
@@ -120,7 +121,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     from .compiler.pipeline import Pipeline
     from .convert.network import TopDownNet
     from .convert.saving import load, save
-    from .convert.structured import collapse_frames, frames, steerable
+    from .convert.structured import collapse_frames, frames, hierarchical, steerable
     from .convert.topdown import topdown
     from .convert.transforms import antialias, checkpoint, njet, reversible
     from .errors import (

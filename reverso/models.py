@@ -4,7 +4,7 @@ These are the models of the top-down paper (section 6 of the spec): LeNetFC and 
 for MNIST-type data, NIN and a pre-activation ResNet-32 for CIFAR, and the ResNet-18 of the
 Imagenette experiment (stride-1 3x3 stem and a max-pool). All convs use "same" padding;
 following the paper's Keras models, the convs of the plain nets carry a bias. The two i-RevNets
-of :mod:`reverso.irevnet` are here too.
+of :mod:`reverso.irevnet` and the hierarchical attribute CNNs of :mod:`reverso.hcnn` are here too.
 
 ``create(name)`` builds one by name; the CLI and the demo accept these names next to timm's.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .errors import OptionError
+from .hcnn import hcnn_cifar10, hcnn_cifar100, hcnn_plus_cifar10, hcnn_plus_cifar100
 from .irevnet import irevnet_cifar, irevnet_imagenet
 
 
@@ -161,6 +162,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {
     "resnet18_imagenette": (resnet18_imagenette, (3, 128, 128)),
     "irevnet_imagenet": (irevnet_imagenet, (3, 224, 224)),
     "irevnet_cifar": (irevnet_cifar, (3, 32, 32)),
+    "hcnn_cifar10": (hcnn_cifar10, (3, 32, 32)),
+    "hcnn_plus_cifar10": (hcnn_plus_cifar10, (3, 32, 32)),
+    "hcnn_cifar100": (hcnn_cifar100, (3, 32, 32)),
+    "hcnn_plus_cifar100": (hcnn_plus_cifar100, (3, 32, 32)),
 }
 
 

@@ -74,6 +74,31 @@ def steerable(
     )  # fmt: skip
 
 
+def hierarchical(
+    model: nn.Module | str,
+    input_size=None,
+    *,
+    K: int = 16,
+    Q: int = 32,
+    variant: str = "plus",
+    head: str = "keep",
+    attr_kernel: tuple[int, int] = (7, 11),
+) -> nn.Module:
+    """A plain CNN rebuilt as a hierarchical attribute CNN (the ``hierarchical`` pass, spec
+    hcnn.md): every conv of the body an HCNN layer of width ``(K / 2) K``, fresh weights, pools
+    folded into the strides; ``head="keep"`` keeps the model's head (its first layer rebuilt for
+    the new width), ``"readout"`` ends with a class-sized layer and the readout. ``variant``:
+    ``"plus"`` (ELU between the spatial and the attribute filters) or ``"linear"``. Residual
+    models are refused. A GraphModule comes back (a TopDownNet stays one).
+    """
+    from reverso.convert.transforms import _graph_rewrite
+    from reverso.passes.hierarchical import Hierarchical, check_options
+
+    check_options(K, variant, head)
+    step = Hierarchical(K=K, Q=Q, variant=variant, head=head, attr_kernel=attr_kernel)
+    return _graph_rewrite(model, input_size, step)
+
+
 def collapse_frames(model: nn.Module) -> nn.Module:
     """``model`` with every :class:`~reverso.nn.FrameConv2d` collapsed into a plain conv, in place
     (same outputs, a plain conv's cost at inference)."""

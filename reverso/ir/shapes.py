@@ -174,7 +174,7 @@ class ShapeProp(fx.Interpreter):
     """
 
     #: meta copy of each module seen, dropped with the module (user modules are never kept alive)
-    _clones: ClassVar[weakref.WeakKeyDictionary[nn.Module, nn.Module]] = weakref.WeakKeyDictionary()
+    _clones: ClassVar[weakref.WeakKeyDictionary[nn.Module, tuple]] = weakref.WeakKeyDictionary()
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=False)
@@ -233,10 +233,12 @@ class ShapeProp(fx.Interpreter):
 
     @classmethod
     def meta_module(cls, module: nn.Module) -> nn.Module:
-        clone = cls._clones.get(module)
-        if clone is None:
-            clone = cls._clones[module] = meta_clone(module)
-        return clone
+        """The module's meta clone, made again when a pass has swapped one of its submodules."""
+        parts = tuple(map(id, module.modules()))
+        cached = cls._clones.get(module)
+        if cached is None or cached[0] != parts:
+            cached = cls._clones[module] = (parts, meta_clone(module))
+        return cached[1]
 
 
 def _meta_to(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -11,6 +11,7 @@ from .filters import (
     triangle_taps,
 )
 from .frames import FRAMES, FrameConv2d, frame_atoms, project_kernels
+from .hierarchical import HConv2d, HLift, HReadout
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
@@ -28,6 +29,9 @@ LAYERS = (
     NJetConv2d,
     FrameConv2d,
     DynamicSteerableConv2d,
+    HConv2d,
+    HLift,
+    HReadout,
     BlurPool2d,
     CeilModePad,
     ValidAvgPool2d,
@@ -54,6 +58,9 @@ __all__ = [
     "FixedBuffers",
     "FrameConv2d",
     "GaussianBlur2d",
+    "HConv2d",
+    "HLift",
+    "HReadout",
     "ImagePyramid",
     "InjectivePad",
     "InvertibleGraphModule",

@@ -1,0 +1,217 @@
+"""hierarchical: a plain CNN rebuilt as a hierarchical attribute CNN (spec hcnn.md section 9).
+
+The body (every conv from the first to the head) becomes HCNN layers of one width
+``C = (K / 2) K``, which the pass imposes as top-down's ``uni`` arrangement does (fresh weights:
+no weight transfer is possible):
+
+- the first conv becomes layer 1 (``in_chans -> K``, its kernel and stride; BatchNorm, ELU) and
+  the lift to two attributes (:class:`~reverso.nn.hierarchical.HLift`);
+- every later conv becomes an :class:`~reverso.nn.hierarchical.HConv2d` with its kernel (odd,
+  square) as the spatial filters and its stride on them; the norms and activations after a conv
+  are the layer's own now and go; a pool between two convs becomes the next layer's stride;
+- ``head="keep"``: the model's head stays, its first layer rebuilt for the ``C`` channels (the
+  authors' code: global pooling and a classifier); ``head="readout"``: the head goes, the last
+  layer gets one output per class and the readout (eq. 36) follows (the thesis).
+
+Residual units are refused: an identity shortcut would add maps whose attribute axes mean
+``(v_{j-2}, v_{j-1})`` to maps indexed ``(v_{j-1}, v_j)``. So are branches and other operations
+in the body (the body must be a chain).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch.fx as fx
+from torch import nn
+
+from reverso import ir
+from reverso.compiler.base import Pass, PassResult
+from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.ir.shapes import propagate
+from reverso.nn.hierarchical import VARIANTS, HConv2d, HLift, HReadout
+from reverso.rewrite.residuals import residual_units
+
+HEADS = ("keep", "readout")
+
+
+class Hierarchical(Pass):
+    name = "hierarchical"
+
+    def __init__(self, *, K=16, Q=32, variant="plus", head="keep", attr_kernel=(7, 11)):
+        super().__init__()
+        check_options(K, variant, head)
+        self.settings = dict(K=K, Q=Q, variant=variant, head=head, attr_kernel=tuple(attr_kernel))
+
+    def options(self) -> dict:
+        return dict(self.settings)
+
+    def call(self, gm: fx.GraphModule, ctx) -> PassResult:
+        rebuild(gm, ctx.example_input(), **self.settings)
+        return PassResult(gm, True)
+
+
+def check_options(K, variant, head) -> None:
+    if variant not in VARIANTS or head not in HEADS:
+        raise OptionError(f"variant must be one of {VARIANTS} and head one of {HEADS}")
+    if not isinstance(K, int) or K < 2 or K % 2:
+        raise OptionError(f"K must be an even integer >= 2, got {K!r}")
+
+
+def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) -> None:
+    """Rewrite ``gm`` in place (see the module); ``example`` is an input (meta is fine)."""
+    if residual_units(gm):
+        unit = residual_units(gm)[0]
+        raise UnsupportedTopologyError(
+            f"'{unit.add.name}' adds a residual shortcut; attribute layers cannot "
+            "add maps of different attribute levels. Convert a plain CNN (no residual units)"
+        )
+    units, head_start = _body(gm)
+    classes = _classes(gm)
+    if _weighted(gm, head_start) is None:  # a pooling head reads the classes off the last conv
+        head = "readout"
+    stride = 1
+    for index, (conv, removed, pooled) in enumerate(units):
+        module = ir.module_of(gm, conv)
+        k, s = module.kernel_size, module.stride
+        if k[0] != k[1] or k[0] % 2 == 0 or s[0] != s[1]:
+            raise UnsupportedTopologyError(
+                f"conv '{conv.name}' has a {k[0]}x{k[1]} kernel and stride {s}; "
+                "HCNN layers need square odd kernels and one stride"
+            )
+        s = s[0] * stride
+        if index == 0:
+            new = nn.Sequential(
+                nn.Conv2d(module.in_channels, K, k[0], s, k[0] // 2, bias=False),
+                nn.BatchNorm2d(K, affine=False), nn.ELU(), HLift(K, K, attr_kernel=attr_kernel[1]),
+            )  # fmt: skip
+        else:
+            last = index == len(units) - 1 and head == "readout"
+            new = HConv2d(K // 2, K, classes if last else K, Q=Q, kernel=k[0], stride=s,
+                          attr_kernel=attr_kernel, variant=variant)  # fmt: skip
+        ir.set_module(gm, conv.target, new.to(_device(gm)))
+        stride = pooled
+        for node in removed:  # the conv's norm and activation, and pools folded into the stride
+            node.replace_all_uses_with(node.all_input_nodes[0])
+            gm.graph.erase_node(node)
+    if head == "readout":
+        _readout(gm, head_start, classes)
+    else:
+        _rebuild_head(gm, head_start, example)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _body(gm: fx.GraphModule):
+    """The units ``(conv, nodes to remove, stride of the pools after it)`` from the first conv to
+    the head, and the head's first node."""
+    nodes = list(gm.graph.nodes)
+    first = next((i for i, n in enumerate(nodes) if ir.is_conv(gm, n)), None)
+    if first is None:
+        raise UnsupportedTopologyError(f"{type(gm).__name__} has no conv to rebuild")
+    units, head_start = [], None
+    for node in nodes[first:]:
+        if node.op == "output" or not _is_map(node):
+            head_start = node
+            break
+        if ir.is_conv(gm, node):
+            units.append([node, [], 1])
+        elif ir.is_pool(gm, node):
+            window = ir.window_of(gm, node)
+            units[-1][1].append(node)
+            units[-1][2] *= window.step if window is not None else 1
+        elif ir.is_norm(gm, node) or ir.is_activation(gm, node):
+            units[-1][1].append(node)
+        elif not (ir.is_dropout(gm, node) or ir.is_identity(gm, node)):
+            raise UnsupportedTopologyError(
+                f"'{node.name}' ({node.op} {node.target}) is neither a conv, a pool, "
+                "a norm nor an activation; the pass rebuilds plain conv-pool chains"
+            )
+        if len(node.users) > 1:
+            raise UnsupportedTopologyError(
+                f"'{node.name}' feeds {len(node.users)} layers; the pass rebuilds "
+                "plain chains, not branches"
+            )
+    last_conv = units[-1]
+    if last_conv[2] > 1:  # a pool after the last conv stays: nothing follows to take its stride
+        last_conv[1] = [n for n in last_conv[1] if not ir.is_pool(gm, n)]
+    return units, head_start
+
+
+def _is_map(node: fx.Node) -> bool:
+    shape = ir.spatial(node)
+    return shape is not None and max(shape) > 1 and not _is_global(node)
+
+
+def _is_global(node: fx.Node) -> bool:
+    return "adaptive" in str(node.target).lower() or "global" in str(node.target).lower()
+
+
+def _classes(gm: fx.GraphModule) -> int:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    value = output.args[0].meta.get("val") if isinstance(output.args[0], fx.Node) else None
+    if value is None or value.dim() != 2:
+        raise UnsupportedTopologyError("the model must output (batch, classes) logits")
+    return int(value.shape[1])
+
+
+def _readout(gm: fx.GraphModule, head_start: fx.Node, classes: int) -> None:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    source = head_start.all_input_nodes[0] if head_start.op != "output" else head_start.args[0]
+    name = ir.unique_name(gm, "readout")
+    gm.add_submodule(name, HReadout(classes))
+    with gm.graph.inserting_before(output):
+        logits = gm.graph.call_module(name, (source,))
+    output.args = (logits,)
+
+
+def _weighted(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.Node, str, nn.Module] | None:
+    """The head's first layer with weights: its node, its module's path and the module (inside
+    a composite head module, its first Linear or Conv2d)."""
+    node = start
+    while node.op != "output":
+        module = ir.module_of(gm, node)
+        if module is not None and next(module.parameters(), None) is not None:
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                return node, node.target, module
+            inner = next(
+                (
+                    (n, m)
+                    for n, m in module.named_modules()
+                    if isinstance(m, (nn.Linear, nn.Conv2d))
+                ),
+                None,
+            )
+            if inner is not None:
+                return node, f"{node.target}.{inner[0]}", inner[1]
+        node = node.next
+    return None
+
+
+def _rebuild_head(gm: fx.GraphModule, start: fx.Node, example) -> None:
+    """The head's first layer with weights rebuilt (fresh) for what the new body gives it."""
+    node, path, module = _weighted(gm, start)
+    # the new shapes up to that layer: propagation stops there, where the width is still the old
+    with contextlib.suppress(Exception):
+        propagate(gm, example)
+    source = node.all_input_nodes[0].meta["val"]
+    if isinstance(module, nn.Linear):
+        new = nn.Linear(source.shape[-1] if node.target == path else _width_into(gm, node, module),
+                        module.out_features, bias=module.bias is not None)  # fmt: skip
+    else:
+        new = nn.Conv2d(source.shape[1], module.out_channels, module.kernel_size, module.stride,
+                        module.padding, module.dilation, bias=module.bias is not None)  # fmt: skip
+    ir.set_module(gm, path, new.to(_device(gm)))
+
+
+def _width_into(gm: fx.GraphModule, node: fx.Node, module: nn.Linear) -> int:
+    """The features a Linear inside a composite head module reads: the module's input features
+    scaled like its channels (the composite flattens or pools them)."""
+    source = node.all_input_nodes[0].meta["val"]
+    return source.shape[1] if source.dim() == 2 else source[0].numel()
+
+
+def _device(gm: fx.GraphModule):
+    return next((p.device for p in gm.parameters()), None)

@@ -1,0 +1,143 @@
+"""Hierarchical attribute convolutions, the thesis's CIFAR models and the hierarchical pass
+(spec hcnn.md sections 5, 6, 9 and 10)."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import reverso
+from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.nn import HConv2d, HLift, HReadout
+from reverso.nn.hierarchical import factorise
+
+
+@pytest.mark.parametrize(
+    "name, count",
+    [("hcnn_cifar10", 97_650), ("hcnn_plus_cifar10", 344_640),
+     ("hcnn_cifar100", 250_308), ("hcnn_plus_cifar100", 887_424)],
+)  # fmt: skip
+def test_the_cifar_models_have_the_thesis_parameter_counts(name, count):
+    model = reverso.models.create(name)
+    assert sum(p.numel() for p in model.parameters()) == count
+    y = model(torch.rand(2, 3, 32, 32))
+    assert y.shape == (2, 100 if "100" in name else 10)
+
+
+def test_shape_law_and_per_q_statistics():
+    layer = HConv2d(8, 16, 16, Q=4, stride=2)
+    assert layer(torch.rand(2, 8, 16, 12, 10)).shape == (2, 8, 16, 6, 5)
+    assert layer(torch.rand(2, 128, 12, 10)).shape == (2, 128, 6, 5)  # flattened in a graph
+    odd = HConv2d(4, 11, 5, Q=3, attr_kernel=(3, 5))
+    assert odd(torch.rand(1, 4, 11, 7, 7)).shape == (1, 6, 5, 7, 7)  # ceil(11 / 2) = 6
+    for m in (layer, odd):  # statistics per q and per output, whatever the attribute sizes
+        assert m.norm_h.running_mean.shape == (m.Q,) and m.norm_g.running_mean.shape == (m.k_out,)
+    assert HLift(16, 16)(torch.rand(2, 16, 8, 8)).shape == (2, 128, 8, 8)
+    assert HReadout(10)(torch.rand(2, 80, 4, 4)).shape == (2, 10)
+
+
+def explicit_4d(x, w, stride):
+    """Reference: the 4-D convolution along (u1, u2, a, k) with zero padding and attribute stride
+    2, by a loop over the filter taps: (B, k_out, H', W', A', K') from x (B, A, K, H, W)."""
+    k_out, k, _, ak, bk = w.shape
+    pad = F.pad(x, (k // 2, k // 2, k // 2, k // 2))
+    pad = F.pad(pad.permute(0, 3, 4, 1, 2), (bk // 2, bk // 2, ak // 2, ak // 2))  # (B, H, W, A, K)
+    b, hh, ww, a, kk = x.shape[0], x.shape[3], x.shape[4], x.shape[1], x.shape[2]
+    ho, wo, ao, ko = -(-hh // stride), -(-ww // stride), -(-a // 2), -(-kk // 2)
+    out = x.new_zeros(b, k_out, ho, wo, ao, ko)
+    for dy in range(k):
+        for dx in range(k):
+            for da in range(ak):
+                for db in range(bk):
+                    patch = pad[:, dy : dy + stride * ho : stride, dx : dx + stride * wo : stride,
+                                da : da + 2 * ao : 2, db : db + 2 * ko : 2]  # fmt: skip
+                    out += w[:, dy, dx, da, db].view(1, -1, 1, 1, 1, 1) * patch[:, None]
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_linear_layer_is_an_explicit_4d_convolution(stride):
+    torch.manual_seed(0)
+    layer = HConv2d(4, 6, 3, attr_kernel=(3, 5), stride=stride, variant="linear").double().eval()
+    x = torch.randn(2, 4, 6, 5, 5, dtype=torch.float64)
+    activated = F.elu(explicit_4d(x, layer.filters(), stride) / (1 + layer.norm_g.eps) ** 0.5)
+    expected = activated.mean(dim=4).permute(0, 4, 1, 2, 3)  # the oldest attribute marginalised
+    assert torch.allclose(layer(x), expected, atol=1e-10)
+
+
+def test_nine_spatial_filters_hold_any_3x3_filter_bank_and_eight_do_not():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, 3, 7, 11, dtype=torch.float64)
+    h, g, error = factorise(w, 9)
+    assert error < 1e-12
+    assert torch.allclose(torch.einsum("qyx,oqab->oyxab", h[:, 0], g), w, atol=1e-12)
+    assert factorise(w, 8)[2] > 1e-3
+
+
+def roll(t, shift, dim):
+    return torch.roll(t, shift, dims=dim)
+
+
+def test_attribute_and_space_covariance_with_circular_padding():
+    torch.manual_seed(0)
+    layer = HConv2d(8, 16, 4, Q=3, attr_kernel=(3, 5), stride=2, padding="circular").double().eval()
+    x = torch.randn(1, 8, 16, 8, 8, dtype=torch.float64)
+    y = layer(x)
+    assert torch.allclose(layer(roll(x, 2 * 3, 2)), roll(y, 3, 1), atol=1e-12)  # along k_in
+    assert torch.allclose(layer(roll(x, 2 * 2, 1)), y, atol=1e-12)  # along a_in: marginalised
+    assert not torch.allclose(layer(roll(x, 1, 1)), y, atol=1e-6)  # an odd roll is not
+    shifted = layer(roll(roll(x, 2 * 1, 3), 2 * 2, 4))
+    assert torch.allclose(shifted, roll(roll(y, 1, 3), 2, 4), atol=1e-12)  # space, by the stride
+
+
+def test_logits_are_invariant_to_shifts_of_an_intermediate_layer():
+    """Proposition 5.3.1 on a small model (circular padding, eval): shifting x_j along space by the
+    downstream stride product, its first attribute by 2 or its last by 4 leaves the logits."""
+    torch.manual_seed(0)
+    from reverso.hcnn import hcnn
+
+    model = hcnn(4, K=8, Q=3, attr_kernel=(3, 5), padding="circular").double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    head, tail = model[:5], model[5:]  # x_3, then layers 4-11 (strides 2 at 5 and 9) and readout
+    x3 = head(x).view(2, 4, 8, 16, 16)  # stored (v_2: 4, v_3: 8)
+    logits = tail(x3.flatten(1, 2))
+    for shifted in (roll(x3, 4, 3), roll(x3, 2, 1), roll(x3, 4, 2)):
+        assert torch.allclose(tail(shifted.flatten(1, 2)), logits, atol=1e-10)
+    assert not torch.allclose(tail(roll(x3, 1, 1).flatten(1, 2)), logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lenet_fc", "nin_light", "nin"])
+@pytest.mark.parametrize("head", ["keep", "readout"])
+def test_the_pass_rebuilds_plain_cnns(name, head):
+    torch.manual_seed(0)
+    model = reverso.models.create(name)
+    size = model.pretrained_cfg["input_size"]
+    converted = reverso.hierarchical(model, size, K=8, Q=4, head=head)
+    layers = [m for m in converted.modules() if isinstance(m, HConv2d)]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert len(layers) == convs - 1  # the first conv is layer 1 and the lift
+    assert all((m.a_in, m.k_in) == (4, 8) for m in layers)  # one width, (K/2) K
+    y = converted(torch.rand(2, *size))
+    y.sum().backward()
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+
+
+def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
+    torch.manual_seed(0)
+    vgg = timm.create_model("vgg11_bn", num_classes=10)
+    converted = reverso.hierarchical(vgg, (3, 32, 32), K=8, Q=4)
+    assert converted.pre_logits.fc1.in_channels == 32  # rebuilt for the (K/2) K channels
+    assert converted(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(UnsupportedTopologyError, match="residual shortcut"):
+        reverso.hierarchical(timm.create_model("resnet18"), (3, 32, 32))
+    with pytest.raises(OptionError, match="even"):
+        reverso.hierarchical(vgg, (3, 32, 32), K=7)
+
+
+def test_a_rebuilt_model_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    converted = reverso.hierarchical(reverso.models.create("nin_light"), (1, 28, 28), K=8, Q=4)
+    loaded = reverso.load(reverso.save(converted, tmp_path / "hcnn.safetensors"))
+    x = torch.rand(2, 1, 28, 28)
+    converted.eval(), loaded.eval()
+    assert torch.equal(converted(x), loaded(x))
