@@ -54,3 +54,22 @@ def test_reproduce_mnist_lenet_fc_trains_to_the_papers_range(tmp_path):
     for name, row in results["exp1"].items():
         assert row["mean"] > 0.9, (name, row)
         assert len(row["accuracies"]) == 2 and row["std"] < 0.05, (name, row)
+
+
+def test_frames_digits_runs(capsys):
+    rows = load_script("examples", "frames_digits").main(
+        ["--epochs", "1", "--repeats", "1", "--train", "400", "--frames", "pixel", "gauss9"]
+    )
+    assert [r["frame"] for r in rows] == ["pixel", "gauss9"]
+    assert all(0.1 < r["mean"] <= 1 for r in rows)  # better than chance after one epoch
+    assert "| gauss9 |" in capsys.readouterr().out
+
+
+def test_steerable_blobs_runs_and_saves_the_pose_maps(tmp_path):
+    rows = load_script("examples", "steerable_blobs").main(
+        ["--steps", "3", "--size", "24", "--batch", "4", "--test", "4", "--out", str(tmp_path)]
+    )
+    plain, dsb = rows
+    assert abs(plain["params"] - dsb["params"]) / dsb["params"] < 0.15  # nets of about one size
+    assert all(0 <= r["ods_f"] <= 1 for r in rows)
+    assert (tmp_path / "pose_maps.png").stat().st_size > 1000

@@ -28,10 +28,13 @@ def test_named_frames_are_complete(frame, size):
 
 
 def test_framelets_are_the_b_spline_filters_and_not_orthogonal():
-    atoms = frame_atoms("framelet", (1, 3))[:, 0]  # the three 1D filters
-    assert torch.allclose(atoms[0], torch.tensor([1, 2, 1], dtype=torch.float64) / 4)
-    gram = atoms @ atoms.T
-    assert gram[0, 2].item() == pytest.approx(2 / 16)  # non-orthogonal, as the thesis says
+    atoms = frame_atoms("framelet", (1, 3))[:, 0]  # the three 1D filters, at unit norm
+    h0, h2 = (
+        torch.tensor([1.0, 2, 1], dtype=torch.float64),
+        torch.tensor([-1.0, 2, -1], dtype=torch.float64),
+    )
+    assert torch.allclose(atoms[0], h0 / h0.norm()) and torch.allclose(atoms[2], h2 / h2.norm())
+    assert atoms[0] @ atoms[2] == pytest.approx(2 / 6)  # non-orthogonal (2/16 before scaling)
 
 
 def test_the_third_order_jet_on_3x3_is_rank_deficient_and_warned_about():

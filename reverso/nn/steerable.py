@@ -28,7 +28,7 @@ from torch import nn
 
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
-from .steering import block_slices, steering_monomials, trig_monomials
+from .steering import steering_monomials, trig_monomials
 
 POSES = ("per_in", "shared")
 MODES = ("angle", "free")
@@ -38,8 +38,10 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     """A conv whose Gaussian-derivative filters are turned per pixel by an estimated pose.
 
     ``kernel_size`` is the frame's grid (default the paper's ``2 ceil(2 sigma) + 1``), ``padding``
-    defaults to half of it (sizes kept at stride 1). The pose network is three 3x3 convs
-    (``C M -> hidden -> hidden -> groups x gates``, tanh between) at the output resolution.
+    defaults to half of it (sizes kept at stride 1). The pose network is three convs at the
+    output resolution, tanh between: 1x1 ``C M -> hidden``, then 3x3 ``hidden -> hidden`` and
+    3x3 ``hidden -> groups x gates`` (the thesis: three layers, 8-16 units, tanh; the kernel sizes
+    are ours).
     ``forward(x, pose=None)`` takes an explicit pose field instead: ``theta`` of shape
     ``(B, G, H', W')`` in angle mode, the gates ``(B, G, K, H', W')`` in free mode (K gates per
     pixel, order by order, ``n + 1`` each), where G is C_in (``per_in``) or 1 (``shared``).
@@ -85,8 +87,8 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         self.groups = in_channels if pose == "per_in" else 1
         self.num_gates = sum(n + 1 for n in range(max(1, min_order), order + 1))
         per_group = 1 if mode == "angle" else self.num_gates
-        self.pose_net = nn.Sequential(
-            nn.Conv2d(in_channels * m, hidden, 3, padding=1), nn.Tanh(),
+        self.pose_net = nn.Sequential(  # the first layer mixes the responses at each pixel,
+            nn.Conv2d(in_channels * m, hidden, 1), nn.Tanh(),  # the next two see 5x5 around it
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(),
             nn.Conv2d(hidden, self.groups * per_group, 3, padding=1),
         )  # fmt: skip
@@ -113,29 +115,38 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         z = F.conv2d(x, weight.view(c * m, 1, s, s), None, self.stride, self.padding, 1, c)
         return z.view(z.shape[0], c, m, *z.shape[-2:])
 
+    def estimate_pose(self, x: torch.Tensor) -> torch.Tensor:
+        """The pose the network estimates for ``x``: ``theta (B, G, H', W')`` in angle mode, the
+        gates ``(B, G, K, H', W')`` in free mode (what ``forward(x, pose=...)`` takes)."""
+        return self._pose_from(self.frame_responses(x))
+
+    def _pose_from(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.pose_net(z.flatten(1, 2))
+        if self.mode == "angle":
+            return math.pi * torch.tanh(p)  # (B, G, H', W')
+        orders = range(max(1, self.min_order), self.order + 1)  # offsets from the identity's gates
+        identity = torch.cat([torch.eye(1, n + 1)[0] for n in orders]).to(p)
+        return torch.tanh(p).unflatten(1, (self.groups, self.num_gates)) + identity.view(
+            1, 1, -1, 1, 1
+        )
+
     def gates(self, z: torch.Tensor, pose: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per steered order: ``(B, G, n + 1, H', W')`` gates (from the pose net unless given)."""
         orders = range(max(1, self.min_order), self.order + 1)
         if pose is None:
-            p = self.pose_net(z.flatten(1, 2))
-            if self.mode == "angle":
-                pose = math.pi * torch.tanh(p)  # (B, G, H', W')
-            else:
-                offsets = torch.tanh(p).unflatten(1, (self.groups, self.num_gates))
-                identity = torch.cat([torch.eye(1, n + 1)[0] for n in orders]).to(p)
-                pose = offsets + identity.view(1, 1, -1, 1, 1)
+            pose = self._pose_from(z)
         if self.mode == "angle":
             return [trig_monomials(n, pose).movedim(-1, 2) for n in orders]
         return list(pose.split([n + 1 for n in orders], dim=2))
 
     def steer(self, z: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
         """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes."""
-        offset = self.min_order * (self.min_order + 1) // 2
-        blocks = block_slices(self.order)
-        out = [z[:, :, :1]] if self.min_order == 0 else []  # order 0 is rotation invariant
-        for n, a in zip(range(max(1, self.min_order), self.order + 1), gates, strict=True):
-            block = blocks[n]
-            zn = z[:, :, block.start - offset : block.stop - offset]  # (B, C, n+1, H, W)
+        orders = range(self.min_order, self.order + 1)
+        blocks = list(z.split([n + 1 for n in orders], dim=2))  # (B, C, n+1, H, W) each
+        out = [blocks.pop(0)] if self.min_order == 0 else []  # order 0 is rotation invariant
+        for n, zn, a in zip(
+            range(max(1, self.min_order), self.order + 1), blocks, gates, strict=True
+        ):
             matrices = getattr(self, f"steer{n}").to(z.dtype)  # (k, n+1, n+1)
             turned = sum(
                 a[:, :, k, None] * torch.einsum("ab,ncbhw->ncahw", matrices[k], zn)

@@ -1,0 +1,93 @@
+"""The thesis's structured layers against the conv each replaces, forward+backward side by side.
+
+- ``FrameConv2d`` (gauss9) in training against ``nn.Conv2d`` 3x3, and after ``collapse()`` at
+  inference (goal: no cost at inference);
+- ``DynamicSteerableConv2d`` (order 2, 3x3 frame, one pose per input channel, angle mode)
+  against ``nn.Conv2d`` 3x3 in training (goal: at most 3x);
+- ``HConv2d`` (K = 16, Q = 32, the CIFAR layer) against the 3x3 conv of the same width
+  (``(K/2) K = 128`` channels) it replaces in a plain CNN.
+
+    python benchmarks/structured.py [--device cuda] [--iters 10] [--channels 64] [--size 32] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from reverso.nn import DynamicSteerableConv2d, FrameConv2d, HConv2d
+
+
+def timed(module: nn.Module, x: torch.Tensor, backward: bool) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    if backward:
+        module(x).sum().backward()
+    else:
+        with torch.no_grad():
+            module(x)
+    sync()
+    return time.perf_counter() - start
+
+
+def compare(pairs: dict, x: torch.Tensor, iters: int, backward: bool) -> dict[str, float]:
+    """Median seconds per name, the modules interleaved in each round."""
+    for module in pairs.values():
+        timed(module, x, backward)
+    times = {name: [] for name in pairs}
+    for _ in range(iters):
+        for name, module in pairs.items():
+            times[name].append(timed(module, x, backward))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args(argv)
+    device, c = torch.device(args.device), args.channels
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, c, args.size, args.size, device=device, requires_grad=True)
+    conv = nn.Conv2d(c, c, 3, padding=1).to(device)
+    frame, _ = FrameConv2d.from_conv(conv, "gauss9")
+    steer = DynamicSteerableConv2d(c, c, order=2, kernel_size=3).to(device)
+    rows = []
+
+    def report(label: str, times: dict, base: str) -> None:
+        for name, t in times.items():
+            ratio = t / times[base]
+            rows.append({"workload": label, "layer": name, "ms": t * 1e3, "ratio": ratio})
+            print(f"| {where} | {label} | {name} | {t * 1e3:.2f} ms | {ratio:.2f}x |", flush=True)
+
+    train = {"Conv2d 3x3": conv, "FrameConv2d gauss9": frame, "DynamicSteerableConv2d": steer}
+    report("train step (fwd+bwd)", compare(train, x, args.iters, True), "Conv2d 3x3")
+    infer = {
+        "Conv2d 3x3": conv,
+        "FrameConv2d gauss9": frame,
+        "collapsed FrameConv2d": frame.collapse(),
+    }
+    report("inference (fwd)", compare(infer, x.detach(), args.iters, False), "Conv2d 3x3")
+    width = 128  # (K / 2) K for K = 16
+    h = torch.rand(
+        max(1, args.batch // 2), width, args.size, args.size, device=device, requires_grad=True
+    )
+    hier = {"Conv2d 3x3 (128 ch)": nn.Conv2d(width, width, 3, padding=1).to(device),
+            "HConv2d K=16 Q=32": HConv2d(8, 16, 16, Q=32).to(device)}  # fmt: skip
+    report(
+        f"train step, batch {h.shape[0]}", compare(hier, h, args.iters, True), "Conv2d 3x3 (128 ch)"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
