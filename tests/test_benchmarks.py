@@ -67,3 +67,14 @@ def test_njet_benchmark_runs():
         "5x5 grid"
     )  # the support, not 2 sigma
     assert by["N-Jet resnet18 train step"]["ratio"] > 0
+
+
+def test_structured_layers_benchmark_runs():
+    rows = load_script("benchmarks", "structured").main(
+        ["--iters", "1", "--channels", "4", "--size", "8", "--batch", "2"]
+    )
+    by = {(r["workload"], r["layer"]): r for r in rows}
+    assert by[("train step (fwd+bwd)", "Conv2d 3x3")]["ratio"] == 1.0
+    assert {"DynamicSteerableConv2d", "collapsed FrameConv2d", "HConv2d K=16 Q=32"} <= {
+        r["layer"] for r in rows
+    }
