@@ -25,7 +25,7 @@ from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.ir import module_window
 from reverso.nn.frames import FRAMES, FrameConv2d
 
-CHOICES = (*(f for f in FRAMES if f != "pixel"), "alternate", "pixel")
+CHOICES = (*FRAMES, "alternate")
 
 
 @dataclass

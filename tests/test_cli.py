@@ -54,6 +54,20 @@ def test_convert_and_summary(tmp_path, capsys):
     assert "anti-aliased: " in capsys.readouterr().out
 
 
+def test_convert_to_the_structured_layers(tmp_path, capsys):
+    framed = tmp_path / "frames.safetensors"
+    assert main(["convert", "nin_light", "--transform", "frames", "--frame", "framelet",
+                 "-o", str(framed)]) == 0  # fmt: skip
+    assert "framelet" in capsys.readouterr().out  # the report
+    x = torch.rand(2, 1, 28, 28)
+    model = reverso.load(framed).eval()
+    assert any(isinstance(m, reverso.nn.FrameConv2d) for m in model.modules())
+    assert model(x).shape == (2, 10)
+    hcnn = tmp_path / "hcnn.safetensors"
+    assert main(["convert", "lenet_fc", "--transform", "hierarchical", "-o", str(hcnn)]) == 0
+    assert any(isinstance(m, reverso.nn.HConv2d) for m in reverso.load(hcnn).modules())
+
+
 def test_erf(tmp_path, capsys):
     png = tmp_path / "erf.png"
     assert main(["erf", "lenet_fc", "--samples", "2", "-o", str(png)]) == 0

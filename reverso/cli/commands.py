@@ -109,6 +109,15 @@ def _convert(args) -> int:
     elif args.transform == "njet":
         converted = njet(model, input_size=size)
         print(f"{len(converted.njet_report.layers)} convs became N-Jet convs")
+    elif args.transform in ("frames", "steerable", "hierarchical"):
+        from reverso.convert import structured
+
+        options = {"frames": {"frame": args.frame}, "steerable": {"unit": args.unit}}
+        converted = getattr(structured, args.transform)(
+            model, size, **options.get(args.transform, {})
+        )
+        report = getattr(converted, f"{args.transform}_report", None)
+        print(converted.code if args.code or report is None else report)
     else:
         converted = antialias(
             model,

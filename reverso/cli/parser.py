@@ -50,9 +50,14 @@ def _convert_arguments(p) -> None:
     )
     p.add_argument(
         "--transform",
-        choices=("topdown", "njet", "antialias"),
+        choices=("topdown", "njet", "antialias", "frames", "steerable", "hierarchical"),
         default="topdown",
-        help="top-down network (default), N-Jet convolutions, or anti-aliased downsampling",
+        help="top-down network (default), N-Jet convolutions, anti-aliased downsampling, frame "
+        "convolutions, dynamic steerable convs or blocks, or a hierarchical attribute CNN",
+    )
+    p.add_argument("--frame", default="gauss9", help="frames: the frame (default gauss9)")
+    p.add_argument(
+        "--unit", choices=("conv", "block"), default="conv", help="steerable: convs or blocks"
     )
     _topdown_arguments(p)
     p.add_argument(

@@ -71,9 +71,3 @@ def steering_matrix(order: int, theta) -> torch.Tensor:
     gates = trig_monomials(order, theta)  # (..., k)
     matrices = steering_monomials(order, dtype=theta.dtype, device=theta.device)
     return torch.einsum("...k,kab->...ab", gates, matrices)
-
-
-def block_slices(order: int) -> list[slice]:
-    """Where each order-n block sits in the jet ordered by order (the N-Jet basis's order)."""
-    starts = [n * (n + 1) // 2 for n in range(order + 2)]
-    return [slice(starts[n], starts[n + 1]) for n in range(order + 1)]
