@@ -15,7 +15,9 @@ import reverso
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOTTED = re.compile(r"(?<![\w./-])reverso(?:\.[A-Za-z_]\w*)+")
-PATH = re.compile(r"(?<![\w./-])((?:reverso|passes|examples|benchmarks|tests)/[\w/]*\w(?:\.(?:py|sh))?)")
+PATH = re.compile(
+    r"(?<![\w./-])((?:reverso|passes|examples|benchmarks|tests)/[\w/]*\w(?:\.(?:py|sh))?)"
+)
 
 
 def mentions(pattern) -> list:
