@@ -193,24 +193,24 @@ def _weighted(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.Node, str, nn.Modu
 def _rebuild_head(gm: fx.GraphModule, start: fx.Node, example) -> None:
     """The head's first layer with weights rebuilt (fresh) for what the new body gives it."""
     node, path, module = _weighted(gm, start)
+    old = node.all_input_nodes[0].meta["val"]
     # the new shapes up to that layer: propagation stops there, where the width is still the old
     with contextlib.suppress(Exception):
         propagate(gm, example)
-    source = node.all_input_nodes[0].meta["val"]
+    new = node.all_input_nodes[0].meta["val"]
     if isinstance(module, nn.Linear):
-        new = nn.Linear(source.shape[-1] if node.target == path else _width_into(gm, node, module),
-                        module.out_features, bias=module.bias is not None)  # fmt: skip
+        # the node itself reads the new map; inside a composite head (pooling or flattening
+        # first) the Linear's input features scale with the channels
+        features = (
+            new.shape[-1]
+            if node.target == path
+            else module.in_features * new.shape[1] // old.shape[1]
+        )
+        layer = nn.Linear(features, module.out_features, bias=module.bias is not None)
     else:
-        new = nn.Conv2d(source.shape[1], module.out_channels, module.kernel_size, module.stride,
-                        module.padding, module.dilation, bias=module.bias is not None)  # fmt: skip
-    ir.set_module(gm, path, new.to(_device(gm)))
-
-
-def _width_into(gm: fx.GraphModule, node: fx.Node, module: nn.Linear) -> int:
-    """The features a Linear inside a composite head module reads: the module's input features
-    scaled like its channels (the composite flattens or pools them)."""
-    source = node.all_input_nodes[0].meta["val"]
-    return source.shape[1] if source.dim() == 2 else source[0].numel()
+        layer = nn.Conv2d(new.shape[1], module.out_channels, module.kernel_size, module.stride,
+                          module.padding, module.dilation, bias=module.bias is not None)  # fmt: skip
+    ir.set_module(gm, path, layer.to(_device(gm)))
 
 
 def _device(gm: fx.GraphModule):

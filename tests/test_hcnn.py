@@ -141,3 +141,18 @@ def test_a_rebuilt_model_saves_and_loads(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     converted.eval(), loaded.eval()
     assert torch.equal(converted(x), loaded(x))
+
+
+def test_the_jacobian_shares_weights_along_both_attribute_axes():
+    """Block-circulant along the attributes (circular padding): moving the input by 2 along k_in
+    and the output by 1 along its first axis, or the input by 2 along a_in, leaves the Jacobian
+    unchanged, which a dense 1x1 mixing of the flattened channels would not."""
+    torch.manual_seed(0)
+    layer = (
+        HConv2d(4, 4, 2, attr_kernel=(3, 3), padding="circular", variant="linear").double().eval()
+    )
+    x = torch.zeros(1, 4, 4, 3, 3, dtype=torch.float64)  # ELU'(0) = 1: the linear part
+    jac = torch.autograd.functional.jacobian(layer, x)[0]  # (K', k_out, H, W, 1, a, k, H, W)
+    assert torch.allclose(jac.roll(1, 0).roll(2, 6), jac, atol=1e-12)  # along k: shared
+    assert torch.allclose(jac.roll(2, 5), jac, atol=1e-12)  # along a: shared, then marginalised
+    assert not torch.allclose(jac.roll(1, 6), jac, atol=1e-6)  # not any roll: a structure

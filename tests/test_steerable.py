@@ -167,3 +167,31 @@ def test_the_pose_net_learns_and_bad_settings_are_refused():
         DynamicSteerableConv2d(2, 2, pose="per_out")
     with pytest.raises(ValueError, match="odd size"):
         DynamicSteerableConv2d(2, 2, kernel_size=4)
+
+
+def test_other_angles_commute_approximately_on_smooth_images():
+    """A smoke test (spec invariant 6): a pre-blurred image turned by 30 degrees (bilinear), with
+    the pose turned by the same angle, gives the turned output in the interior, to a small
+    relative error (sampling breaks exactness)."""
+    from torchvision.transforms.functional import InterpolationMode, rotate
+
+    torch.manual_seed(0)
+    layer = DynamicSteerableConv2d(2, 3, order=2, sigma=1.5).double()
+    blur = torch.exp(-(torch.arange(-6.0, 7.0) ** 2) / (2 * 2.0**2)).double()
+    blur = (blur[:, None] * blur[None, :] / blur.sum() ** 2).expand(2, 1, 13, 13)
+    x = F.conv2d(torch.randn(1, 2, 60, 60, dtype=torch.float64), blur, padding=6, groups=2)
+    theta = torch.full((1, 2, 60, 60), 0.4, dtype=torch.float64)
+    alpha = 30.0
+
+    def turn(t):
+        return rotate(t, alpha, interpolation=InterpolationMode.BILINEAR)
+
+    turned = layer(turn(x), pose=theta + math.radians(alpha))
+    expected = turn(layer(x, pose=theta))
+    inner = (slice(None), slice(None), slice(22, 38), slice(22, 38))
+    error = (turned[inner] - expected[inner]).norm() / expected[inner].norm()
+    assert error < 0.05
+    unsteered = (layer(turn(x), pose=theta)[inner] - expected[inner]).norm() / expected[
+        inner
+    ].norm()
+    assert unsteered > 5 * error  # without turning the pose it is far off
