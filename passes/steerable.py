@@ -145,7 +145,12 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
     from reverso.nn.frames import project_kernels
 
     scales = (sigma, *(s for s in SIGMA_SEARCH if s != sigma))
-    errors = {s: project_kernels(build(s).atoms, conv.weight)[1] for s in scales}
+    if conv.weight.is_meta:  # a model's structure only: nothing to fit, the given scale
+        scales = (sigma,)
+    errors = {
+        s: project_kernels(build(s).atoms, conv.weight)[1] if len(scales) > 1 else 0.0
+        for s in scales
+    }
     best = min(errors, key=errors.get)
     layer = build(best)
     error = layer.load_kernels(conv.weight, conv.bias)

@@ -102,3 +102,20 @@ def test_steerable_runs_on_the_timm_sweep(name):
         assert all(
             torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None
         )
+
+
+def test_models_built_on_the_meta_device_convert_and_materialise():
+    with torch.device("meta"):
+        model = timm.create_model("resnet18", num_classes=10)
+    for convert in (reverso.frames, reverso.steerable):
+        converted = convert(model)
+        assert {p.device.type for p in converted.parameters()} == {"meta"}
+        converted.to_empty(device="cpu")
+        reverso.nn.init_non_persistent_buffers(converted)
+        for m in converted.modules():  # the fixed frames are back, with their values
+            if isinstance(m, DynamicSteerableConv2d):
+                assert torch.allclose(m.atoms, m.frame().float())
+            if isinstance(m, reverso.nn.FrameConv2d):
+                assert torch.allclose(
+                    m.atoms, reverso.nn.frame_atoms(m.frame, m.kernel_size).float()
+                )

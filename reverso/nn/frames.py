@@ -178,7 +178,10 @@ class FrameConv2d(FixedBuffers, nn.Module):
         self.load_kernels(conv.weight, conv.bias)
 
     def load_kernels(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
-        """Set the coefficients to the least-squares projection of ``weight``; the relative error."""
+        """Set the coefficients to the least-squares projection of ``weight``; the relative error
+        (NaN for a weight on the meta device, which has no values to project)."""
+        if weight.is_meta:
+            return float("nan")
         coeff, error = project_kernels(self.atoms, weight)
         with torch.no_grad():
             self.coeff.copy_(coeff.reshape(self.coeff.shape))

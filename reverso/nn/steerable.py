@@ -103,6 +103,14 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         atoms = gaussian_basis_2d(self.sigma, self.order, x)  # blocks by order, as steered
         return atoms[self.min_order * (self.min_order + 1) // 2 :]
 
+    def init_non_persistent_buffers(self) -> None:
+        """After ``to_empty()``: the steering matrices, and the frame from the layer's sigma (a
+        state_dict loaded afterwards brings its own)."""
+        super().init_non_persistent_buffers()
+        with torch.no_grad():
+            self.atoms.copy_(self.frame())
+            self.frame_sigma.fill_(self.sigma)
+
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         orders = range(max(1, self.min_order), self.order + 1)
         return {f"steer{n}": steering_monomials(n, dtype=torch.float32) for n in orders}
@@ -166,9 +174,12 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         return torch.einsum("ocm,myx->ocyx", w, self.atoms.to(w.dtype))
 
     def load_kernels(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
-        """Set W to the least-squares projection of ``weight`` on the frame; the relative error."""
+        """Set W to the least-squares projection of ``weight`` on the frame; the relative error
+        (NaN for a weight on the meta device)."""
         from .frames import project_kernels
 
+        if weight.is_meta:
+            return float("nan")
         coeff, error = project_kernels(self.atoms, weight)
         with torch.no_grad():
             self.mix.weight.copy_(coeff.reshape(self.mix.weight.shape))
