@@ -36,6 +36,7 @@ check() {  # check SECONDS COMMAND...: run it unless the budget is spent, killed
     check 90 python3 benchmarks/njet.py --device cuda --iters 20
     check 120 python3 benchmarks/njet.py --device cuda --iters 10 --batch 128 --size 64 \
         --network-batch 64 --network-size 128
+    check 60 python3 benchmarks/structured.py --device cuda --iters 20
     check 120 python3 benchmarks/memory.py --device cuda
     check 60 python3 benchmarks/antialias.py --device cuda --batch 16 --iters 20
     check 60 python3 benchmarks/antialias.py --device cuda --batch 128 --iters 20
