@@ -127,7 +127,12 @@ def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
     vgg = timm.create_model("vgg11_bn", num_classes=10)
     converted = reverso.hierarchical(vgg, (3, 32, 32), K=8, Q=4)
     assert converted.pre_logits.fc1.in_channels == 32  # rebuilt for the (K/2) K channels
-    assert converted(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    for model in (converted, reverso.hierarchical(timm.create_model("lcnet_050", num_classes=10),
+                                                  (3, 32, 32), K=8, Q=4)):  # fmt: skip
+        y = model(torch.rand(2, 3, 32, 32))  # the sweep's plain CNNs train
+        y.sum().backward()
+        assert y.shape == (2, 10) and torch.isfinite(y).all()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with pytest.raises(UnsupportedTopologyError, match="residual shortcut"):
         reverso.hierarchical(timm.create_model("resnet18"), (3, 32, 32))
     with pytest.raises(OptionError, match="even"):
