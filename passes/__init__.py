@@ -2,7 +2,7 @@
 
 >>> import reverso
 >>> reverso.passes.available()
-['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias', 'checkpoint', 'reversible']
+['filter_arrangement', 'stride_one', 'reverse_stages', 'downsample_to_upsample', 'drop_projections', 'multiscale_inputs', 'njet', 'antialias', 'checkpoint', 'reversible', 'frames', 'steerable', 'hierarchical']
 >>> reverso.passes.get("reverse_stages")
 <class 'reverso.passes.reverse_stages.ReverseStages'>
 
@@ -22,10 +22,13 @@ from .checkpoint import Checkpoint
 from .downsample_to_upsample import DownsampleToUpsample
 from .drop_projections import DropProjections
 from .filter_arrangement import FilterArrangement
+from .frames import Frames
+from .hierarchical import Hierarchical
 from .multiscale_inputs import MultiscaleInputs
 from .njet import NJet
 from .reverse_stages import ReverseStages
 from .reversible import Reversible
+from .steerable import Steerable
 from .stride_one import StrideOne
 
 #: the top-down pipeline, in the order it runs
@@ -39,7 +42,10 @@ DEFAULT = (
 )
 
 #: every built-in pass by name: the top-down pipeline, then the sibling rewrites
-BUILTIN = {cls.name: cls for cls in (*DEFAULT, NJet, Antialias, Checkpoint, Reversible)}
+BUILTIN = {
+    cls.name: cls
+    for cls in (*DEFAULT, NJet, Antialias, Checkpoint, Reversible, Frames, Steerable, Hierarchical)
+}
 
 
 def available() -> list[str]:
@@ -65,10 +71,13 @@ __all__ = [
     "DownsampleToUpsample",
     "DropProjections",
     "FilterArrangement",
+    "Frames",
+    "Hierarchical",
     "MultiscaleInputs",
     "NJet",
     "ReverseStages",
     "Reversible",
+    "Steerable",
     "StrideOne",
     "available",
     "default_pipeline",

@@ -21,9 +21,13 @@ def test_default_pipeline_lists_the_builtin_passes_by_name():
         "antialias",
         "checkpoint",
         "reversible",
+        "frames",
+        "steerable",
+        "hierarchical",
     ]
     assert reverso.default_pipeline().names == reverso.passes.available()[:6]
     assert reverso.passes.get("reverse_stages").name == "reverse_stages"
+    assert all(reverso.passes.get(name).name == name for name in reverso.passes.available())
     with pytest.raises(reverso.OptionError, match="available"):
         reverso.passes.get("reverse")
 
