@@ -20,6 +20,7 @@ Axis convention: :mod:`reverso.nn.steering`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
-from .steering import steering_monomials, trig_monomials
+from .steering import steering_monomials
 
 POSES = ("per_in", "shared")
 MODES = ("angle", "free")
@@ -104,16 +105,15 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         return atoms[self.min_order * (self.min_order + 1) // 2 :]
 
     def init_non_persistent_buffers(self) -> None:
-        """After ``to_empty()``: the steering matrices, and the frame from the layer's sigma (a
-        state_dict loaded afterwards brings its own)."""
+        """After ``to_empty()``: the frame from the layer's sigma (a state_dict loaded
+        afterwards brings its own)."""
         super().init_non_persistent_buffers()
         with torch.no_grad():
             self.atoms.copy_(self.frame())
             self.frame_sigma.fill_(self.sigma)
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
-        orders = range(max(1, self.min_order), self.order + 1)
-        return {f"steer{n}": steering_monomials(n, dtype=torch.float32) for n in orders}
+        return {}  # the steering matrices are Python constants (:func:`_nonzero_terms`)
 
     # -- pieces ------------------------------------------------------------------------------
     def frame_responses(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,25 +143,38 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         orders = range(max(1, self.min_order), self.order + 1)
         if pose is None:
             pose = self._pose_from(z)
-        if self.mode == "angle":
-            return [trig_monomials(n, pose).movedim(-1, 2) for n in orders]
-        return list(pose.split([n + 1 for n in orders], dim=2))
+        if self.mode == "free":
+            return list(pose.split([n + 1 for n in orders], dim=2))
+        # cos^(n-k) sin^k from the powers of cos and sin, each computed once
+        cos, sin = [None, torch.cos(pose)], [None, torch.sin(pose)]
+        for _ in range(2, self.order + 1):
+            cos.append(cos[-1] * cos[1])
+            sin.append(sin[-1] * sin[1])
+
+        def monomial(n: int, k: int) -> torch.Tensor:
+            return cos[n] if k == 0 else sin[n] if k == n else cos[n - k] * sin[k]
+
+        return [torch.stack([monomial(n, k) for k in range(n + 1)], dim=2) for n in orders]
 
     def steer(self, z: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
-        """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes."""
+        """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes.
+
+        The matrices ``A_{n,k}`` are small and sparse integer matrices, so each steered response
+        is a short sum of gated responses (no matrix product over whole maps)."""
         orders = range(self.min_order, self.order + 1)
         blocks = list(z.split([n + 1 for n in orders], dim=2))  # (B, C, n+1, H, W) each
-        out = [blocks.pop(0)] if self.min_order == 0 else []  # order 0 is rotation invariant
-        for n, zn, a in zip(
-            range(max(1, self.min_order), self.order + 1), blocks, gates, strict=True
-        ):
-            matrices = getattr(self, f"steer{n}").to(z.dtype)  # (k, n+1, n+1)
-            turned = sum(
-                a[:, :, k, None] * torch.einsum("ab,ncbhw->ncahw", matrices[k], zn)
-                for k in range(n + 1)
-            )
-            out.append(turned)
-        return torch.cat(out, dim=2)
+        rows = [blocks.pop(0)[:, :, 0]] if self.min_order == 0 else []  # order 0: invariant
+        steered = range(max(1, self.min_order), self.order + 1)
+        for n, zn, a in zip(steered, blocks, gates, strict=True):
+            gate = a.unbind(2)
+            for terms in _nonzero_terms(n):  # one output row: sum of coeff a_k z_b
+                row = None
+                for k, b, coeff in terms:
+                    term = gate[k] * zn[:, :, b]
+                    term = term if coeff == 1 else term * coeff
+                    row = term if row is None else row + term
+                rows.append(row)
+        return torch.stack(rows, dim=2)  # (B, C, M, H', W'), one copy
 
     def forward(self, x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
         z = self.frame_responses(x)
@@ -193,6 +206,17 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}, pose={self.pose_mode!r}, "
             f"mode={self.mode!r}"
         )
+
+
+@functools.cache
+def _nonzero_terms(order: int) -> tuple[tuple[tuple[int, int, float], ...], ...]:
+    """Per row a of ``R_n``: the ``(k, b, A_{n,k}[a, b])`` with a non-zero entry."""
+    matrices = steering_monomials(order)
+    return tuple(
+        tuple((k, b, float(matrices[k, a, b])) for k in range(order + 1) for b in range(order + 1)
+              if matrices[k, a, b] != 0)
+        for a in range(order + 1)
+    )  # fmt: skip
 
 
 def _refit_frame(module: DynamicSteerableConv2d, _incompatible_keys) -> None:
