@@ -144,14 +144,12 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
 
     from reverso.nn.frames import project_kernels
 
-    scales = (sigma, *(s for s in SIGMA_SEARCH if s != sigma))
     if conv.weight.is_meta:  # a model's structure only: nothing to fit, the given scale
-        scales = (sigma,)
-    errors = {
-        s: project_kernels(build(s).atoms, conv.weight)[1] if len(scales) > 1 else 0.0
-        for s in scales
-    }
-    best = min(errors, key=errors.get)
+        best = sigma
+    else:
+        scales = (sigma, *(s for s in SIGMA_SEARCH if s != sigma))
+        errors = {s: project_kernels(build(s).atoms, conv.weight)[1] for s in scales}
+        best = min(errors, key=errors.get)
     layer = build(best)
     error = layer.load_kernels(conv.weight, conv.bias)
     ref = conv.weight
@@ -184,7 +182,7 @@ def swap_units_for_steerable(
             eye[:, :, block.kernel_size // 2, block.kernel_size // 2] = torch.eye(c_out)
             error = block.load_kernels(eye)
         ref = next((p for p in gm.parameters()), torch.empty(0))
-        target = f"steerable_{unit.add.name}"
+        target = ir.unique_name(gm, f"steerable_{unit.add.name}")
         gm.add_submodule(target, block.to(device=ref.device, dtype=ref.dtype))
         with gm.graph.inserting_before(unit.add):
             node = gm.graph.call_module(target, (entry,))
