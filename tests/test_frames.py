@@ -134,3 +134,20 @@ def test_frames_runs_on_the_timm_sweep(name):
     y.sum().backward()
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
+
+
+def test_receptive_fields_see_through_the_structured_layers():
+    from reverso.nn import DynamicSteerableConv2d
+
+    model = reverso.models.create("lenet_fc")
+    plain = reverso.receptive_fields(model, input_size=(1, 28, 28))
+    framed = reverso.receptive_fields(reverso.frames(model), input_size=(1, 28, 28))
+    assert [rf for _, (_, rf) in framed.rows.items()] == [rf for _, (_, rf) in plain.rows.items()]
+    assert len(framed.convs()) == len(plain.convs())
+    steer = nn.Sequential(DynamicSteerableConv2d(1, 2, kernel_size=3, stride=2))
+    ((_kind, rf),) = [
+        v
+        for v in reverso.receptive_fields(steer, input_size=(1, 16, 16)).rows.values()
+        if v[0].startswith("steerable")
+    ]
+    assert rf.max == 3 + 2 * 4 and rf.jump == 2  # the frame, then the pose net's 5x5 at stride 2

@@ -35,7 +35,12 @@ from reverso.frontend.tracing import trace
 from reverso.ir.shapes import is_feature_map
 from reverso.nn import (
     BlurPool2d,
+    DynamicSteerableConv2d,
+    FrameConv2d,
     GaussianBlur2d,
+    HConv2d,
+    HLift,
+    HReadout,
     ImagePyramid,
     Merge,
     NeighbourhoodToDepth,
@@ -228,6 +233,20 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
     if isinstance(m, nn.Conv2d):
         w = ir.module_window(m)
         return f"conv {m.kernel_size[0]}x{m.kernel_size[1]}", base.through(w.extent, w.step)
+    if isinstance(m, FrameConv2d):
+        extent = max(d * (k - 1) + 1 for k, d in zip(m.kernel_size, m.dilation, strict=True))
+        return f"conv {m.kernel_size[0]}x{m.kernel_size[1]} (frame)", base.through(
+            extent, max(m.stride)
+        )
+    if isinstance(m, DynamicSteerableConv2d):  # the frame, then the pose net's 5x5 context
+        k = m.kernel_size
+        return f"steerable conv {k}x{k}", base.through(k, m.stride).through(5)
+    if isinstance(m, (HConv2d, HLift)):
+        return f"hierarchical conv {m.kernel}x{m.kernel}", base.through(
+            m.kernel, getattr(m, "stride", 1)
+        )
+    if isinstance(m, HReadout):
+        return "global", GLOBAL
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
         w = ir.module_window(m)
         return "pool", base.through(w.extent, w.step)
