@@ -8,6 +8,7 @@
   (``(K/2) K = 128`` channels) it replaces in a plain CNN.
 
     python benchmarks/structured.py [--device cuda] [--iters 10] [--channels 64] [--size 32] [--batch 16]
+                                    [--compile]
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd layers (and conv)"
+    )
     args = parser.parse_args(argv)
     device, c = torch.device(args.device), args.channels
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -70,6 +74,9 @@ def main(argv=None) -> list[dict]:
             print(f"| {where} | {label} | {name} | {t * 1e3:.2f} ms | {ratio:.2f}x |", flush=True)
 
     train = {"Conv2d 3x3": conv, "FrameConv2d gauss9": frame, "DynamicSteerableConv2d": steer}
+    if args.compile:  # the compiler fuses the steering's elementwise products
+        train |= {"Conv2d 3x3, compiled": torch.compile(conv),
+                  "DynamicSteerableConv2d, compiled": torch.compile(steer)}  # fmt: skip
     report("train step (fwd+bwd)", compare(train, x, args.iters, True), "Conv2d 3x3")
     infer = {
         "Conv2d 3x3": conv,
