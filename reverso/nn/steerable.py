@@ -93,6 +93,8 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(),
             nn.Conv2d(hidden, self.groups * per_group, 3, padding=1),
         )  # fmt: skip
+        # the steering's sparse terms, as constants (torch.compile reads them, no graph break)
+        self._terms = {n: _nonzero_terms(n) for n in range(max(1, min_order), order + 1)}
         self.register_load_state_dict_post_hook(_refit_frame)
         nn.init.zeros_(self.pose_net[-1].weight)
         nn.init.zeros_(self.pose_net[-1].bias)
@@ -167,7 +169,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         steered = range(max(1, self.min_order), self.order + 1)
         for n, zn, a in zip(steered, blocks, gates, strict=True):
             gate = a.unbind(2)
-            for terms in _nonzero_terms(n):  # one output row: sum of coeff a_k z_b
+            for terms in self._terms[n]:  # one output row: sum of coeff a_k z_b
                 row = None
                 for k, b, coeff in terms:
                     term = gate[k] * zn[:, :, b]
