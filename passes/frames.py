@@ -21,9 +21,9 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError
-from reverso.ir import module_window
+from reverso.errors import OptionError
 from reverso.nn.frames import FRAMES, FrameConv2d
+from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
 CHOICES = (*FRAMES, "alternate")
 
@@ -70,30 +70,24 @@ def swap_convs_for_frames(
     if frame not in CHOICES:
         raise OptionError(f"frame={frame!r} is not a frame; choose one of {', '.join(CHOICES)}")
     report = FramesReport()
-    for parent_name, parent in list(root.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Conv2d) or module_window(child).extent <= 1:
-                continue
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            chosen, why = _frame_for(child, frame, len(report.layers))
-            if why:
-                report.kept.append((name, why))
-                continue
-            layer, error = FrameConv2d.from_conv(child, chosen, sigma=sigma)
-            setattr(parent, child_name, layer)
-            report.layers.append((name, chosen, error))
-    if not report.layers:
-        kept = "; ".join(f"{n}: {why}" for n, why in report.kept) or "it has none"
-        raise UnsupportedTopologyError(
-            f"frames: no spatial nn.Conv2d to reparametrise in {type(root).__name__} ({kept})"
-        )
+    for slot in spatial_convs(root):
+        chosen, why = _frame_for(slot.conv, frame, len(report.layers))
+        if why:
+            report.kept.append((slot.name, why))
+            continue
+        layer, error = FrameConv2d.from_conv(slot.conv, chosen, sigma=sigma)
+        slot.replace(layer)
+        report.layers.append((slot.name, chosen, error))
+    refuse_if_nothing_swapped(
+        report.layers, report.kept, root, "frames: no spatial nn.Conv2d to reparametrise"
+    )
     return report
 
 
 def _frame_for(conv: nn.Conv2d, frame: str, index: int) -> tuple[str, str | None]:
     """The frame this conv takes, or why it stays as it is."""
-    if type(conv).forward is not nn.Conv2d.forward:
-        return frame, f"{type(conv).__name__} overrides Conv2d.forward"
+    if overrides_forward(conv):
+        return frame, overrides_forward(conv)
     fits_framelet = set(conv.kernel_size) <= {1, 3}
     if frame == "alternate":
         return ("framelet" if index % 2 and fits_framelet else "gauss9"), None

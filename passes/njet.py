@@ -26,6 +26,7 @@ from reverso.errors import OptionError, WidthError
 from reverso.ir import module_window
 from reverso.nn.frames import project_kernels
 from reverso.nn.njet import NJetConv2d
+from reverso.rewrite.swaps import spatial_convs
 
 INITS = ("random", "project")
 #: scales tried when projecting a kernel (times the conv's dilation)
@@ -95,7 +96,7 @@ class NJet(Pass):
         return PassResult(gm, bool(report.layers))
 
     def ensures(self, gm, ctx) -> None:
-        left = [n for n, m in gm.named_modules() if type(m) is nn.Conv2d and _is_spatial(m)]
+        left = [slot.name for slot in spatial_convs(gm) if type(slot.conv) is nn.Conv2d]
         if left:
             raise AssertionError(f"spatial convs left: {left}")
 
@@ -115,24 +116,19 @@ def swap_spatial_convs(
             f"init={init!r} is not supported; choose one of {', '.join(map(repr, INITS))}"
         )
     report = NJetReport()
-    convs = [
-        (parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
-        for parent_name, parent in list(root.named_modules())
-        for child_name, child in list(parent.named_children())
-        if isinstance(child, nn.Conv2d) and _is_spatial(child)
-    ]
-    bar = tqdm(convs, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
-    for parent, child_name, name, child in bar:
+    slots = spatial_convs(root)
+    bar = tqdm(slots, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
+    for slot in bar:
         layer, row = njet_from_conv(
-            child,
-            name,
+            slot.conv,
+            slot.name,
             order=order,
             sigma=sigma,
             learn_sigma=learn_sigma,
             init=init,
             **layer_kwargs,
         )
-        setattr(parent, child_name, layer)
+        slot.replace(layer)
         report.layers.append(row)
     return report
 
@@ -182,10 +178,6 @@ def njet_from_conv(
     ref = conv.weight
     layer = layer.to(device=ref.device, dtype=ref.dtype).train(conv.training)
     return layer, NJetLayerReport(name, extent, chosen, error)
-
-
-def _is_spatial(conv: nn.Conv2d) -> bool:
-    return module_window(conv).extent > 1
 
 
 def _layer_like(

@@ -31,6 +31,7 @@ from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.ir.shapes import channels
 from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d
 from reverso.rewrite.residuals import residual_units
+from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
 UNITS = ("conv", "block")
 #: scales tried when projecting a kernel on the frame
@@ -91,34 +92,28 @@ def check_options(unit, pose, mode, every) -> None:
 def swap_convs_for_steerable(root: nn.Module, *, every=2, **settings) -> SteerableReport:
     """Replace, in place, every ``every``-th eligible spatial conv under ``root``."""
     report, candidates = SteerableReport(), 0
-    for parent_name, parent in list(root.named_modules()):
-        for child_name, conv in list(parent.named_children()):
-            if not isinstance(conv, nn.Conv2d) or max(conv.kernel_size) <= 1:
-                continue
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            why = _why_kept(conv)
-            if why is None:
-                why = f"every={every}: left static" if candidates % every else None
-                candidates += 1
-            if why:
-                report.kept.append((name, why))
-                continue
-            layer, sigma, error = steerable_from_conv(conv, **settings)
-            setattr(parent, child_name, layer)
-            report.layers.append((name, sigma, error))
-    if not report.layers:
-        kept = "; ".join(f"{n}: {why}" for n, why in report.kept) or "it has none"
-        raise UnsupportedTopologyError(
-            f"steerable: no conv to make steerable in {type(root).__name__} ({kept}); it needs "
-            "spatial nn.Conv2d layers with groups=1"
-        )
+    for slot in spatial_convs(root):
+        why = _why_kept(slot.conv)
+        if why is None:
+            why = f"every={every}: left static" if candidates % every else None
+            candidates += 1
+        if why:
+            report.kept.append((slot.name, why))
+            continue
+        layer, sigma, error = steerable_from_conv(slot.conv, **settings)
+        slot.replace(layer)
+        report.layers.append((slot.name, sigma, error))
+    refuse_if_nothing_swapped(
+        report.layers, report.kept, root, "steerable: no conv to make steerable",
+        "it needs spatial nn.Conv2d layers with groups=1",
+    )  # fmt: skip
     return report
 
 
 def _why_kept(conv: nn.Conv2d) -> str | None:
     k = conv.kernel_size
-    if type(conv).forward is not nn.Conv2d.forward:
-        return f"{type(conv).__name__} overrides Conv2d.forward"
+    if overrides_forward(conv):
+        return overrides_forward(conv)
     if conv.groups != 1:
         return f"groups={conv.groups}: no canonical feature per channel to steer"
     if k[0] != k[1] or k[0] % 2 == 0 or conv.dilation != (1, 1):

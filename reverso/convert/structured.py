@@ -8,13 +8,9 @@ swap (frames, steerable convs), records a ``reverso_recipe`` (so :func:`reverso.
 
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
-from reverso.convert.transforms import _check_same_output
-from reverso.frontend.provenance import SourceModel, source_of
-from reverso.frontend.tracing import resolve_input_size, resolve_model
+from reverso.convert.transforms import module_swap
 
 
 def frames(
@@ -33,7 +29,7 @@ def frames(
     """
     from reverso.passes.frames import swap_convs_for_frames
 
-    return _module_swap(
+    return module_swap(
         model, input_size, "frames", {"frame": frame, "sigma": sigma},
         lambda m: setattr(m, "frames_report", swap_convs_for_frames(m, frame=frame, sigma=sigma)),
     )  # fmt: skip
@@ -68,7 +64,7 @@ def steerable(
     settings = {"order": order, "sigma": sigma, "pose": pose, "mode": mode, "every": every}
     if unit == "block":
         return _graph_rewrite(model, input_size, Steerable(unit="block", **settings))
-    return _module_swap(
+    return module_swap(
         model, input_size, "steerable", {"unit": unit, **settings},
         lambda m: setattr(m, "steerable_report", swap_convs_for_steerable(m, **settings)),
     )  # fmt: skip
@@ -109,20 +105,3 @@ def collapse_frames(model: nn.Module) -> nn.Module:
             if isinstance(child, FrameConv2d):
                 setattr(parent, name, child.collapse())
     return model
-
-
-def _module_swap(model, input_size, transform: str, kwargs: dict, swap) -> nn.Module:
-    model = resolve_model(model)
-    converted = copy.deepcopy(model)
-    converted.reverso_source_model = SourceModel.of(model)
-    swap(converted)
-    if input_size is not None or getattr(model, "pretrained_cfg", None):
-        input_size = resolve_input_size(model, input_size)
-        _check_same_output(model, converted, input_size)
-    converted.reverso_recipe = {
-        "transform": transform,
-        "source": source_of(model),
-        "input_size": list(input_size) if input_size is not None else None,
-        "kwargs": kwargs,
-    }
-    return converted

@@ -45,25 +45,16 @@ def njet(
     """
     from reverso.passes.njet import swap_spatial_convs
 
-    model = resolve_model(model)
-    converted = copy.deepcopy(model)
-    converted.reverso_source_model = SourceModel.of(model)
-    converted.njet_report = swap_spatial_convs(
-        converted, order=order, sigma=sigma, learn_sigma=learn_sigma, init=init, **layer_kwargs
-    )
-    if input_size is not None or getattr(model, "pretrained_cfg", None):
-        input_size = resolve_input_size(model, input_size)
-        _check_same_output(model, converted, input_size)
-    converted.reverso_recipe = {
-        "transform": "njet",
-        "source": source_of(model),
-        "input_size": list(input_size) if input_size is not None else None,
-        "kwargs": {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
-        | layer_kwargs,
-    }
+    kwargs = {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
+    converted = module_swap(
+        model, input_size, "njet", kwargs | layer_kwargs,
+        lambda m: setattr(m, "njet_report", swap_spatial_convs(m, **kwargs, **layer_kwargs)),
+    )  # fmt: skip
     if memory is not None:
         from reverso.convert.topdown import with_memory
 
+        recorded = converted.reverso_recipe["input_size"]  # the size resolved and checked
+        input_size = tuple(recorded) if recorded is not None else None
         converted = with_memory(converted, memory, input_size)
     return converted
 
@@ -172,6 +163,26 @@ def reversible(
         transitions=transitions, stem=stem, memory_saving=memory_saving, mid=mid, post_act=post_act
     )
     return _graph_rewrite(model, input_size, step)
+
+
+def module_swap(model, input_size, transform: str, kwargs: dict, swap) -> nn.Module:
+    """A copy of ``model`` (same class) changed in place by ``swap(copy)``, with its output shape
+    checked when an input size is known and the recipe that rebuilds it (``transform`` and
+    ``kwargs``) recorded."""
+    model = resolve_model(model)
+    converted = copy.deepcopy(model)
+    converted.reverso_source_model = SourceModel.of(model)
+    swap(converted)
+    if input_size is not None or getattr(model, "pretrained_cfg", None):
+        input_size = resolve_input_size(model, input_size)
+        _check_same_output(model, converted, input_size)
+    converted.reverso_recipe = {
+        "transform": transform,
+        "source": source_of(model),
+        "input_size": list(input_size) if input_size is not None else None,
+        "kwargs": kwargs,
+    }
+    return converted
 
 
 def _graph_rewrite(model, input_size, step) -> nn.Module:
