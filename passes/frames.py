@@ -49,8 +49,7 @@ class Frames(Pass):
 
     def __init__(self, *, frame: str = "gauss9", sigma: float = 1.0):
         super().__init__()
-        if frame not in CHOICES:
-            raise OptionError(f"frame={frame!r} is not a frame; choose one of {', '.join(CHOICES)}")
+        check_options(frame, sigma)
         self.frame, self.sigma = frame, float(sigma)
 
     def options(self) -> dict:
@@ -67,8 +66,7 @@ def swap_convs_for_frames(
 ) -> FramesReport:
     """Replace, in place, every spatial conv under ``root`` by a :class:`FrameConv2d` holding
     the projection of its kernels; the report lists each layer's frame and relative error."""
-    if frame not in CHOICES:
-        raise OptionError(f"frame={frame!r} is not a frame; choose one of {', '.join(CHOICES)}")
+    check_options(frame, sigma)
     report = FramesReport()
     for slot in spatial_convs(root):
         chosen, why = _frame_for(slot.conv, frame, len(report.layers))
@@ -82,6 +80,13 @@ def swap_convs_for_frames(
         report.layers, report.kept, root, "frames: no spatial nn.Conv2d to reparametrise"
     )
     return report
+
+
+def check_options(frame, sigma) -> None:
+    if frame not in CHOICES:
+        raise OptionError(f"frame={frame!r} is not a frame; choose one of {', '.join(CHOICES)}")
+    if not sigma > 0:
+        raise OptionError(f"sigma={sigma!r}: the Gaussian frame's scale must be positive")
 
 
 def _frame_for(conv: nn.Conv2d, frame: str, index: int) -> tuple[str, str | None]:

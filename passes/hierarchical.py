@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from reverso import ir
@@ -40,7 +41,7 @@ class Hierarchical(Pass):
 
     def __init__(self, *, K=16, Q=32, variant="plus", head="keep", attr_kernel=(7, 11)):
         super().__init__()
-        check_options(K, variant, head)
+        check_options(K, variant, head, Q, attr_kernel)
         self.settings = dict(K=K, Q=Q, variant=variant, head=head, attr_kernel=tuple(attr_kernel))
 
     def options(self) -> dict:
@@ -51,19 +52,27 @@ class Hierarchical(Pass):
         return PassResult(gm, True)
 
 
-def check_options(K, variant, head) -> None:
+def check_options(K, variant, head, Q=32, attr_kernel=(7, 11)) -> None:
     if variant not in VARIANTS or head not in HEADS:
         raise OptionError(f"variant must be one of {VARIANTS} and head one of {HEADS}")
     if not isinstance(K, int) or K < 2 or K % 2:
         raise OptionError(f"K must be an even integer >= 2, got {K!r}")
+    if not isinstance(Q, int) or Q < 1:
+        raise OptionError(f"Q (spatial filters per layer) must be a positive integer, got {Q!r}")
+    if len(attr_kernel) != 2 or any(
+        not isinstance(k, int) or k < 1 or k % 2 == 0 for k in attr_kernel
+    ):
+        raise OptionError(
+            f"attr_kernel must be two odd positive sizes, like (7, 11); got {attr_kernel!r}"
+        )
 
 
 def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) -> None:
     """Rewrite ``gm`` in place (see the module); ``example`` is an input (meta is fine)."""
-    if residual_units(gm):
-        unit = residual_units(gm)[0]
+    residual = residual_units(gm)
+    if residual:
         raise UnsupportedTopologyError(
-            f"'{unit.add.name}' adds a residual shortcut; attribute layers cannot "
+            f"'{residual[0].add.name}' adds a residual shortcut; attribute layers cannot "
             "add maps of different attribute levels. Convert a plain CNN (no residual units)"
         )
     units, head_start = _body(gm)
@@ -113,7 +122,7 @@ def _body(gm: fx.GraphModule):
         raise UnsupportedTopologyError(f"{type(gm).__name__} has no conv to rebuild")
     units, head_start = [], None
     for node in nodes[first:]:
-        if node.op == "output" or not _is_map(node):
+        if node.op == "output" or not _is_map(gm, node):
             head_start = node
             break
         if ir.is_conv(gm, node):
@@ -140,13 +149,22 @@ def _body(gm: fx.GraphModule):
     return units, head_start
 
 
-def _is_map(node: fx.Node) -> bool:
+def _is_map(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A feature map of the body: more than one pixel, and not made by adaptive pooling (the
+    head's pooling to a fixed size)."""
     shape = ir.spatial(node)
-    return shape is not None and max(shape) > 1 and not _is_global(node)
+    return shape is not None and max(shape) > 1 and not _is_adaptive_pool(gm, node)
 
 
-def _is_global(node: fx.Node) -> bool:
-    return "adaptive" in str(node.target).lower() or "global" in str(node.target).lower()
+def _is_adaptive_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+    module = ir.module_of(gm, node)  # torch's, or timm's SelectAdaptivePool2d and its kin
+    return (
+        module is not None
+        and "Adaptive" in type(module).__name__
+        and "Pool" in type(module).__name__
+    )
 
 
 def _classes(gm: fx.GraphModule) -> int:

@@ -58,7 +58,7 @@ class Steerable(Pass):
 
     def __init__(self, *, unit="conv", order=2, sigma=1.0, pose="per_in", mode="angle", every=2):
         super().__init__()
-        check_options(unit, pose, mode, every)
+        check_options(unit, pose, mode, every, order, sigma)
         self.settings = dict(
             unit=unit, order=order, sigma=float(sigma), pose=pose, mode=mode, every=every
         )
@@ -75,7 +75,7 @@ class Steerable(Pass):
         return PassResult(gm, True)
 
 
-def check_options(unit, pose, mode, every) -> None:
+def check_options(unit, pose, mode, every, order=2, sigma=1.0) -> None:
     for name, value, allowed in (
         ("unit", unit, UNITS),
         ("pose", pose, POSES),
@@ -85,6 +85,11 @@ def check_options(unit, pose, mode, every) -> None:
             raise OptionError(
                 f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}"
             )
+    if not isinstance(order, int) or order < 1 or not sigma > 0:
+        raise OptionError(
+            f"order={order!r}, sigma={sigma!r}: a steerable frame needs order >= 1 (order 0 does "
+            "not turn) and a positive sigma"
+        )
     if not isinstance(every, int) or every < 1:
         raise OptionError(f"every must be a positive integer, got {every!r}")
 

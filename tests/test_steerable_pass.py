@@ -119,3 +119,19 @@ def test_models_built_on_the_meta_device_convert_and_materialise():
                 assert torch.allclose(
                     m.atoms, reverso.nn.frame_atoms(m.frame, m.kernel_size).float()
                 )
+
+
+def test_out_of_range_settings_are_refused_before_any_layer_is_built():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(OptionError, match="order >= 1"):
+        reverso.steerable(model, order=0)
+    with pytest.raises(OptionError, match="positive sigma"):
+        reverso.steerable(model, sigma=-1.0)
+    with pytest.raises(OptionError, match="must be positive"):
+        reverso.frames(model, sigma=0.0)
+    plain = nn.Sequential(model[0], nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))  # fmt: skip
+    with pytest.raises(OptionError, match="Q"):
+        reverso.hierarchical(plain, (3, 16, 16), Q=0)
+    with pytest.raises(OptionError, match="odd"):
+        reverso.hierarchical(plain, (3, 16, 16), attr_kernel=(4, 4))

@@ -60,7 +60,7 @@ def steerable(
     from reverso.convert.transforms import _graph_rewrite
     from reverso.passes.steerable import Steerable, check_options, swap_convs_for_steerable
 
-    check_options(unit, pose, mode, every)
+    check_options(unit, pose, mode, every, order, sigma)
     settings = {"order": order, "sigma": sigma, "pose": pose, "mode": mode, "every": every}
     if unit == "block":
         return _graph_rewrite(model, input_size, Steerable(unit="block", **settings))
@@ -90,7 +90,7 @@ def hierarchical(
     from reverso.convert.transforms import _graph_rewrite
     from reverso.passes.hierarchical import Hierarchical, check_options
 
-    check_options(K, variant, head)
+    check_options(K, variant, head, Q, attr_kernel)
     step = Hierarchical(K=K, Q=Q, variant=variant, head=head, attr_kernel=attr_kernel)
     return _graph_rewrite(model, input_size, step)
 

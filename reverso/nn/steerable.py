@@ -86,7 +86,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         self.register_fixed_buffers()
         m = self.atoms.shape[0]
         self.groups = in_channels if pose == "per_in" else 1
-        self.num_gates = sum(n + 1 for n in range(max(1, min_order), order + 1))
+        self.num_gates = self.identity_gates.numel()  # gates per pose group, all orders
         per_group = 1 if mode == "angle" else self.num_gates
         self.pose_net = nn.Sequential(  # the first layer mixes the responses at each pixel,
             nn.Conv2d(in_channels * m, hidden, 1), nn.Tanh(),  # the next two see 5x5 around it
@@ -115,7 +115,10 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             self.frame_sigma.fill_(self.sigma)
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
-        return {}  # the steering matrices are Python constants (:func:`_nonzero_terms`)
+        # free mode's gates at the identity, kept on the module's device (no copy per forward);
+        # the steering matrices themselves are Python constants (:func:`_nonzero_terms`)
+        orders = range(max(1, self.min_order), self.order + 1)
+        return {"identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders])}
 
     # -- pieces ------------------------------------------------------------------------------
     def frame_responses(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,11 +137,8 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         p = self.pose_net(z.flatten(1, 2))
         if self.mode == "angle":
             return math.pi * torch.tanh(p)  # (B, G, H', W')
-        orders = range(max(1, self.min_order), self.order + 1)  # offsets from the identity's gates
-        identity = torch.cat([torch.eye(1, n + 1)[0] for n in orders]).to(p)
-        return torch.tanh(p).unflatten(1, (self.groups, self.num_gates)) + identity.view(
-            1, 1, -1, 1, 1
-        )
+        offsets = torch.tanh(p).unflatten(1, (self.groups, self.num_gates))
+        return offsets + self.identity_gates.to(p.dtype).view(1, 1, -1, 1, 1)
 
     def gates(self, z: torch.Tensor, pose: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per steered order: ``(B, G, n + 1, H', W')`` gates (from the pose net unless given)."""

@@ -63,9 +63,7 @@ def steering_matrix(order: int, theta) -> torch.Tensor:
     ``theta`` is a number or a tensor (a batch of angles gives ``(..., n + 1, n + 1)``);
     differentiable in theta. ``R(0) = R(2 pi) = I``, ``R(a) R(b) = R(a + b)``,
     ``R_n(pi) = (-1)^n I``."""
-    theta = torch.as_tensor(
-        theta, dtype=torch.get_default_dtype() if isinstance(theta, (int, float)) else None
-    )
+    theta = torch.as_tensor(theta)  # a Python number: the default dtype
     if not theta.is_floating_point():
         theta = theta.to(torch.get_default_dtype())
     gates = trig_monomials(order, theta)  # (..., k)
