@@ -119,8 +119,8 @@ def test_the_oracle_pose_turns_with_the_image_and_makes_responses_invariant():
     theta, theta_r = gradient_pose(z), gradient_pose(zr)
     wrapped = torch.remainder(theta_r - rot(theta) - math.pi / 2 + math.pi, 2 * math.pi) - math.pi
     assert wrapped.abs().max() < 1e-9
-    steered = layer.steer(z, layer.gates(z, theta))
-    steered_r = layer.steer(zr, layer.gates(zr, theta_r))
+    steered = layer.steer(z, layer.gates(theta))
+    steered_r = layer.steer(zr, layer.gates(theta_r))
     assert torch.allclose(steered_r, rot(steered), atol=1e-12)  # rot90-invariant responses
     magnitude = torch.sqrt(z[:, :, 1] ** 2 + z[:, :, 2] ** 2)
     assert torch.allclose(steered[:, :, 1], magnitude, atol=1e-12)  # (|grad|, 0)
@@ -209,3 +209,69 @@ def test_the_structured_layers_compile_to_one_graph():
         (HConv2d(2, 4, 4, Q=3, attr_kernel=(3, 3)), torch.rand(2, 8, 8, 8)),
     ):
         assert torch._dynamo.explain(layer)(x).graph_break_count == 0, type(layer).__name__
+
+
+def reference_steering(z, theta, min_order, order):
+    """R_n(theta) z_n per pixel with autograd's own gradients: an einsum over steering_matrix."""
+    sizes = [n + 1 for n in range(min_order, order + 1)]
+    rows = []
+    for n, zn in zip(range(min_order, order + 1), z.split(sizes, dim=2), strict=True):
+        r = steering_matrix(n, theta).expand(-1, zn.shape[1], -1, -1, -1, -1)  # (B, C, H, W, ., .)
+        rows.append(torch.einsum("nchwij,ncjhw->ncihw", r, zn))
+    return torch.cat(rows, dim=2)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("min_order", [0, 1])
+def test_the_steering_functions_and_their_backward_match_autograd(groups, min_order):
+    """rotate_responses (the group-law backward) and steer_responses (gates) against an einsum of
+    the steering matrices: values, and the gradients of z and of theta or the gates."""
+    from reverso.nn.steering import rotate_responses, steer_responses, steering_terms
+
+    torch.manual_seed(0)
+    order = 3
+    m = (order + 1) * (order + 2) // 2 - min_order * (min_order + 1) // 2
+    z = torch.randn(2, 3, m, 5, 4, dtype=torch.float64, requires_grad=True)
+    theta = (4 * torch.rand(2, groups, 5, 4, dtype=torch.float64) - 2).requires_grad_()
+    plan = steering_terms(min_order, order)
+    weights = torch.randn_like(z)
+    expected = reference_steering(z, theta, min_order, order)
+    want = torch.autograd.grad((expected * weights).sum(), (z, theta))
+    got = rotate_responses(z, theta, plan)
+    assert torch.allclose(got, expected, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), (z, theta)), want, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    gates = [trig_monomials(n, theta).movedim(-1, 2) for n in range(max(1, min_order), order + 1)]
+    got = steer_responses(z, gates, plan)
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert torch.allclose(torch.autograd.grad((got * weights).sum(), z)[0], want[0], atol=1e-10)
+    assert torch.autograd.gradcheck(lambda z, *g: steer_responses(z, list(g), plan), (z, *gates))
+    assert torch.autograd.gradcheck(lambda z, t: rotate_responses(z, t, plan), (z, theta))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_is_a_1x1_conv(bias):
+    from reverso.nn.pointwise import pointwise_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 12, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.allclose(pointwise_conv(x, w, b), F.conv2d(x, w, b), atol=1e-12)
+    assert torch.autograd.gradcheck(pointwise_conv, (x, w, b))
+    channels_last = x.detach().to(memory_format=torch.channels_last)
+    assert torch.allclose(pointwise_conv(channels_last, w, b), F.conv2d(x, w, b), atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_folded_pose_net_equals_the_pose_net_on_the_responses(stride):
+    """The first pose layer runs as one conv of x with the folded kernel: the same pose as the
+    1x1 conv on the frame responses it stands for."""
+    torch.manual_seed(0)
+    layer = DynamicSteerableConv2d(3, 4, order=2, stride=stride).double()
+    for p in layer.pose_net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    z = layer.frame_responses(x).flatten(1, 2)
+    expected = math.pi * torch.tanh(layer.pose_net(z))
+    assert torch.allclose(layer.estimate_pose(x), expected, atol=1e-12)

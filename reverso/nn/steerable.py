@@ -20,7 +20,6 @@ Axis convention: :mod:`reverso.nn.steering`.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -29,7 +28,8 @@ from torch import nn
 
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
-from .steering import steering_monomials
+from .pointwise import pointwise_conv
+from .steering import rotate_responses, steer_responses, steering_terms
 
 POSES = ("per_in", "shared")
 MODES = ("angle", "free")
@@ -82,6 +82,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         self.kernel_size, self.stride = size, int(stride)
         self.padding = size // 2 if padding is None else int(padding)
         self.pose_mode, self.mode = pose, mode
+        self._plan = steering_terms(min_order, order)  # constants: no graph break when compiled
         self.register_buffer("atoms", self.frame().float())
         self.register_fixed_buffers()
         m = self.atoms.shape[0]
@@ -93,8 +94,6 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(),
             nn.Conv2d(hidden, self.groups * per_group, 3, padding=1),
         )  # fmt: skip
-        # the steering's sparse terms, as constants (torch.compile reads them, no graph break)
-        self._terms = {n: _nonzero_terms(n) for n in range(max(1, min_order), order + 1)}
         self.register_load_state_dict_post_hook(_refit_frame)
         nn.init.zeros_(self.pose_net[-1].weight)
         nn.init.zeros_(self.pose_net[-1].bias)
@@ -116,7 +115,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         # free mode's gates at the identity, kept on the module's device (no copy per forward);
-        # the steering matrices themselves are Python constants (:func:`_nonzero_terms`)
+        # the steering matrices themselves are Python constants (reverso.nn.steering)
         orders = range(max(1, self.min_order), self.order + 1)
         return {"identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders])}
 
@@ -130,21 +129,26 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
 
     def estimate_pose(self, x: torch.Tensor) -> torch.Tensor:
         """The pose the network estimates for ``x``: ``theta (B, G, H', W')`` in angle mode, the
-        gates ``(B, G, K, H', W')`` in free mode (what ``forward(x, pose=...)`` takes)."""
-        return self._pose_from(self.frame_responses(x))
+        gates ``(B, G, K, H', W')`` in free mode (what ``forward(x, pose=...)`` takes).
 
-    def _pose_from(self, z: torch.Tensor) -> torch.Tensor:
-        p = self.pose_net(z.flatten(1, 2))
+        The network's first layer, a 1x1 conv ``V`` on the frame responses, is linear in them, so
+        it runs as one conv of the input with the folded kernel ``sum_m V[:, (c, m)] phi_m``: the
+        same values, without reading the ``C M`` response maps (nor their gradient) a second time.
+        """
+        first = self.pose_net[0]
+        c, m = self.in_channels, self.atoms.shape[0]
+        atoms = self.atoms.to(first.weight.dtype)
+        kernel = torch.einsum("hcm,myx->hcyx", first.weight.view(-1, c, m), atoms)
+        p = self.pose_net[1:](F.conv2d(x, kernel, first.bias, self.stride, self.padding))
         if self.mode == "angle":
             return math.pi * torch.tanh(p)  # (B, G, H', W')
         offsets = torch.tanh(p).unflatten(1, (self.groups, self.num_gates))
         return offsets + self.identity_gates.to(p.dtype).view(1, 1, -1, 1, 1)
 
-    def gates(self, z: torch.Tensor, pose: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Per steered order: ``(B, G, n + 1, H', W')`` gates (from the pose net unless given)."""
+    def gates(self, pose: torch.Tensor) -> list[torch.Tensor]:
+        """Per steered order: the ``(B, G, n + 1, H', W')`` gates of a pose (``theta`` in angle
+        mode, the gates themselves in free mode)."""
         orders = range(max(1, self.min_order), self.order + 1)
-        if pose is None:
-            pose = self._pose_from(z)
         if self.mode == "free":
             return list(pose.split([n + 1 for n in orders], dim=2))
         # cos^(n-k) sin^k from the powers of cos and sin, each computed once
@@ -159,28 +163,18 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         return [torch.stack([monomial(n, k) for k in range(n + 1)], dim=2) for n in orders]
 
     def steer(self, z: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
-        """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes.
-
-        The matrices ``A_{n,k}`` are small and sparse integer matrices, so each steered response
-        is a short sum of gated responses (no matrix product over whole maps)."""
-        orders = range(self.min_order, self.order + 1)
-        blocks = list(z.split([n + 1 for n in orders], dim=2))  # (B, C, n+1, H, W) each
-        rows = [blocks.pop(0)[:, :, 0]] if self.min_order == 0 else []  # order 0: invariant
-        steered = range(max(1, self.min_order), self.order + 1)
-        for n, zn, a in zip(steered, blocks, gates, strict=True):
-            gate = a.unbind(2)
-            for terms in self._terms[n]:  # one output row: sum of coeff a_k z_b
-                row = None
-                for k, b, coeff in terms:
-                    term = gate[k] * zn[:, :, b]
-                    term = term if coeff == 1 else term * coeff
-                    row = term if row is None else row + term
-                rows.append(row)
-        return torch.stack(rows, dim=2)  # (B, C, M, H', W'), one copy
+        """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes
+        (:func:`reverso.nn.steering.steer_responses`)."""
+        return steer_responses(z, gates, self._plan)
 
     def forward(self, x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
         z = self.frame_responses(x)
-        return self.mix(self.steer(z, self.gates(z, pose)).flatten(1, 2))
+        pose = self.estimate_pose(x) if pose is None else pose
+        if self.mode == "angle":  # the same as steer(z, gates(pose)), with a cheaper backward
+            steered = rotate_responses(z, pose, self._plan)
+        else:
+            steered = self.steer(z, self.gates(pose))
+        return pointwise_conv(steered.flatten(1, 2), self.mix.weight, self.mix.bias)
 
     # -- the static conv it starts from ------------------------------------------------------
     def effective_weight(self) -> torch.Tensor:
@@ -208,17 +202,6 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}, pose={self.pose_mode!r}, "
             f"mode={self.mode!r}"
         )
-
-
-@functools.cache
-def _nonzero_terms(order: int) -> tuple[tuple[tuple[int, int, float], ...], ...]:
-    """Per row a of ``R_n``: the ``(k, b, A_{n,k}[a, b])`` with a non-zero entry."""
-    matrices = steering_monomials(order)
-    return tuple(
-        tuple((k, b, float(matrices[k, a, b])) for k in range(order + 1) for b in range(order + 1)
-              if matrices[k, a, b] != 0)
-        for a in range(order + 1)
-    )  # fmt: skip
 
 
 def _refit_frame(module: DynamicSteerableConv2d, _incompatible_keys) -> None:

@@ -69,3 +69,138 @@ def steering_matrix(order: int, theta) -> torch.Tensor:
     gates = trig_monomials(order, theta)  # (..., k)
     matrices = steering_monomials(order, dtype=theta.dtype, device=theta.device)
     return torch.einsum("...k,kab->...ab", gates, matrices)
+
+
+@functools.cache
+def nonzero_terms(order: int) -> tuple[tuple[tuple[int, int, float], ...], ...]:
+    """Per row a of ``R_n``: the ``(k, b, A_{n,k}[a, b])`` with a non-zero entry (Python
+    constants, so that ``torch.compile`` reads them without a graph break)."""
+    matrices = _monomial_matrices(order)
+    return tuple(
+        tuple((k, b, float(matrices[k, a, b])) for k in range(order + 1) for b in range(order + 1)
+              if matrices[k, a, b] != 0)
+        for a in range(order + 1)
+    )  # fmt: skip
+
+
+def steering_terms(min_order: int, order: int) -> tuple:
+    """The plan :func:`steer_responses` follows for the blocks ``min_order..order``: per steered
+    order ``(n, offset of its block on dim 2, nonzero_terms(n))``. Plain Python constants: a
+    module computes it once and ``torch.compile`` reads it without a graph break."""
+    start = min_order * (min_order + 1) // 2
+    return tuple((n, n * (n + 1) // 2 - start, nonzero_terms(n))
+                 for n in range(max(1, min_order), order + 1))  # fmt: skip
+
+
+def steer_responses(z: torch.Tensor, gates: list[torch.Tensor], plan: tuple) -> torch.Tensor:
+    """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` per pixel for the steered orders of ``plan``
+    (:func:`steering_terms`); the responses outside them (order 0) pass unchanged.
+
+    ``z`` is ``(B, C, M, H, W)``, the blocks of orders ``min_order..order`` stacked on dim 2;
+    ``gates[i]`` is ``(B, G, n + 1, H, W)`` for the i-th steered order, G = C or 1 (broadcast over
+    the channels). The ``A_{n,k}`` are sparse integer matrices, so every steered response is a short
+    sum of gated responses, and the backward is the same sums transposed: one pass over the maps
+    per term, none of autograd's per-slice bookkeeping."""
+    return _Steer.apply(z, plan, *gates)
+
+
+def rotate_responses(z: torch.Tensor, theta: torch.Tensor, plan: tuple) -> torch.Tensor:
+    """:func:`steer_responses` with the gates of an angle field ``theta`` of shape ``(B, G, H, W)``
+    (``a_{n,k} = cos^(n-k) theta sin^k theta``), differentiable in ``z`` and ``theta``.
+
+    The backward uses the group law instead of the gates' chain rule: ``R(theta + e) = R(e)
+    R(theta)``, so ``d z~ / d theta = A_{n,1} z~`` (the generator ``dR/dtheta`` at 0 is ``A_{n,1}``)
+    and ``grad theta = sum_n <grad z~_n, A_{n,1} z~_n>``: a few passes over the steered maps."""
+    return _Rotate.apply(z, theta, plan)
+
+
+def _gated_sums(out, sources, gates, terms, offset, transpose):
+    """``out[offset + a] += sum coeff gates[k] sources[offset + b]`` over the terms of row a (with
+    ``transpose``: the transposed matrices). One fused multiply-add pass per term."""
+    for a, row_terms in enumerate(terms):
+        for k, b, coeff in row_terms:
+            dst, src = (b, a) if transpose else (a, b)
+            out[:, :, offset + dst].addcmul_(gates[k], sources[:, :, offset + src], value=coeff)
+
+
+def _steered(source: torch.Tensor, gates, plan: tuple, transpose: bool = False) -> torch.Tensor:
+    """``R source`` (``R^T source`` with ``transpose``) per pixel, the gates per steered order."""
+    out = torch.zeros_like(source, memory_format=torch.contiguous_format)
+    if plan[0][1] > 0:  # the responses before the first steered block (order 0) pass unchanged
+        out[:, :, : plan[0][1]].copy_(source[:, :, : plan[0][1]])
+    for (_, offset, terms), a in zip(plan, gates, strict=True):
+        _gated_sums(out, source, a, terms, offset, transpose)
+    return out
+
+
+class _Steer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, plan, *gates):
+        ctx.plan = plan
+        ctx.save_for_backward(z, *gates)
+        return _steered(z, [a.unbind(2) for a in gates], plan)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, *gates = ctx.saved_tensors
+        grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_z = _steered(grad, [a.unbind(2) for a in gates], ctx.plan, transpose=True)
+        grad_gates = []
+        for i, ((n, offset, terms), a) in enumerate(zip(ctx.plan, gates, strict=True)):
+            if not ctx.needs_input_grad[2 + i]:
+                grad_gates.append(None)
+                continue
+            # d out[a] / d gate_k = coeff z[b], so grad gate_k = sum over the terms coeff grad[a] z[b]
+            per_channel = grad.new_zeros(z.shape[0], z.shape[1], n + 1, *z.shape[-2:])
+            for row, row_terms in enumerate(terms):
+                for k, b, coeff in row_terms:
+                    per_channel[:, :, k].addcmul_(
+                        grad[:, :, offset + row], z[:, :, offset + b], value=coeff
+                    )
+            grad_gates.append(per_channel.sum_to_size(a.shape))  # G = 1: summed over channels
+        return grad_z, None, *grad_gates
+
+
+def _angle_gates(theta: torch.Tensor, plan: tuple) -> list[list[torch.Tensor]]:
+    """Per steered order the maps ``cos^(n-k) theta sin^k theta``, k = 0..n."""
+    cos, sin = [None, torch.cos(theta)], [None, torch.sin(theta)]
+    for _ in range(2, plan[-1][0] + 1):
+        cos.append(cos[-1] * cos[1])
+        sin.append(sin[-1] * sin[1])
+    return [[cos[n] if k == 0 else sin[k] if k == n else cos[n - k] * sin[k] for k in range(n + 1)]
+            for n, _, _ in plan]  # fmt: skip
+
+
+class _Rotate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, theta, plan):
+        ctx.plan = plan
+        gates = _angle_gates(theta, plan)
+        out = _steered(z, gates, plan)
+        ctx.orders = [len(a) for a in gates]
+        ctx.save_for_backward(theta, out, *[g for a in gates for g in a])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        theta, out, *flat = ctx.saved_tensors
+        plan = ctx.plan
+        grad_z = grad_theta = None
+        if ctx.needs_input_grad[0]:
+            gates, start = [], 0
+            for size in ctx.orders:  # the forward's gates, order by order
+                gates.append(flat[start : start + size])
+                start += size
+            grad_z = _steered(grad, gates, plan, transpose=True)
+        if ctx.needs_input_grad[1]:  # sum_n <grad_n, A_{n,1} out_n> per channel, then per group
+            per_channel = grad.new_zeros(out.shape[:2] + out.shape[-2:])
+            for _, offset, terms in plan:
+                for row, row_terms in enumerate(terms):
+                    for k, b, coeff in row_terms:
+                        if k == 1:
+                            per_channel.addcmul_(
+                                grad[:, :, offset + row], out[:, :, offset + b], value=coeff
+                            )
+            grad_theta = per_channel.sum_to_size(theta.shape)
+        return grad_z, grad_theta, None
