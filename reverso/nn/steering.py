@@ -115,20 +115,30 @@ def rotate_responses(z: torch.Tensor, theta: torch.Tensor, plan: tuple) -> torch
 
 
 def _gated_sums(out, sources, gates, terms, offset, transpose):
-    """``out[offset + a] += sum coeff gates[k] sources[offset + b]`` over the terms of row a (with
-    ``transpose``: the transposed matrices). One fused multiply-add pass per term."""
+    """``out[offset + a] += sum coeff gates[k] sources[offset + b]`` over the terms of row a with
+    ``k >= 1`` (with ``transpose``: the transposed matrices). One fused multiply-add pass per term."""
     for a, row_terms in enumerate(terms):
         for k, b, coeff in row_terms:
+            if k == 0:
+                continue  # A_{n,0} = I: the identity term started the row (_steered)
             dst, src = (b, a) if transpose else (a, b)
             out[:, :, offset + dst].addcmul_(gates[k], sources[:, :, offset + src], value=coeff)
 
 
 def _steered(source: torch.Tensor, gates, plan: tuple, transpose: bool = False) -> torch.Tensor:
-    """``R source`` (``R^T source`` with ``transpose``) per pixel, the gates per steered order."""
-    out = torch.zeros_like(source, memory_format=torch.contiguous_format)
+    """``R source`` (``R^T source`` with ``transpose``) per pixel, the gates per steered order.
+
+    ``R_n(0) = A_{n,0} = I``, so every row of a block starts as ``gates[0] source``: one product
+    over the block, written in place (no zero fill, no add)."""
+    out = torch.empty_like(source, memory_format=torch.contiguous_format)
     if plan[0][1] > 0:  # the responses before the first steered block (order 0) pass unchanged
         out[:, :, : plan[0][1]].copy_(source[:, :, : plan[0][1]])
-    for (_, offset, terms), a in zip(plan, gates, strict=True):
+    for (n, offset, terms), a in zip(plan, gates, strict=True):
+        block = slice(offset, offset + n + 1)
+        if torch.compiler.is_compiling():  # dynamo refuses out= on a strided view; fused anyway
+            out[:, :, block] = source[:, :, block] * a[0].unsqueeze(2)
+        else:
+            torch.mul(source[:, :, block], a[0].unsqueeze(2), out=out[:, :, block])
         _gated_sums(out, source, a, terms, offset, transpose)
     return out
 
