@@ -275,3 +275,14 @@ def test_the_folded_pose_net_equals_the_pose_net_on_the_responses(stride):
     z = layer.frame_responses(x).flatten(1, 2)
     expected = math.pi * torch.tanh(layer.pose_net(z))
     assert torch.allclose(layer.estimate_pose(x), expected, atol=1e-12)
+
+
+def test_the_steering_reads_the_same_when_compiling(monkeypatch):
+    """The branch torch.compile takes (an assignment instead of ``out=``) gives the same values."""
+    from reverso.nn.steering import rotate_responses, steering_terms
+
+    torch.manual_seed(0)
+    z, theta = torch.randn(2, 3, 6, 4, 4), torch.randn(2, 3, 4, 4)
+    eager = rotate_responses(z, theta, steering_terms(0, 2))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(rotate_responses(z, theta, steering_terms(0, 2)), eager)
