@@ -259,3 +259,50 @@ def test_a_kept_dims_mean_is_global_and_stays_global_through_convs():
     assert report["add_1"].max == float("inf")
     assert "all" in str(report)
     check_erf_within_receptive_field(spec.build(), spec.input_size)
+
+
+class _DeclaredConv(nn.Module):
+    """A conv-like leaf that declares its geometry, as nn.Conv2d does."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 5, 5))
+        self.kernel_size, self.stride = 5, 2
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, stride=2, padding=2)
+
+
+class _OpaqueConv(nn.Module):
+    """A conv-like leaf with no declared geometry."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 1, 5, 5))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w, padding=2)
+
+
+@pytest.mark.parametrize("leaf", [_DeclaredConv, _OpaqueConv])
+def test_an_unknown_leaf_is_read_from_its_declared_window_or_warned_about(leaf):
+    """A leaf module reverso does not know: its kernel_size/stride attributes count as a window;
+    without them, a spatial weight is not silently read as pointwise (a warning names it)."""
+    from reverso.frontend.tracing import trace
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.conv = leaf(), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.layer(x))
+
+    gm = trace(Net(), (1, 16, 16), leaf_modules=[leaf])
+    if leaf is _DeclaredConv:
+        rf = reverso.receptive_fields(gm)
+        assert (rf["layer"].max, rf["layer"].jump) == (5, 2)
+        assert rf["conv"].max == 5 + 2 * 2
+    else:
+        with pytest.warns(UserWarning, match=r"layer \(_OpaqueConv\).*kernel_size and stride"):
+            reverso.receptive_fields(gm)

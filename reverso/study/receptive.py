@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ from reverso import ir
 from reverso.errors import OptionError
 from reverso.frontend.tracing import trace
 from reverso.ir.shapes import is_feature_map
+from reverso.ir.windows import pair
 from reverso.nn import (
     BlurPool2d,
     DynamicSteerableConv2d,
@@ -272,7 +274,48 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         return "linear", GLOBAL if base.max == math.inf else base
     if any(isinstance(c, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) for c in m.modules()):
         return "block (its convs in order)", _sequence_rf(m, base)
+    window = _declared_window(m)
+    if window is not None:  # timm's CondConv2d, a user's own conv-like leaf
+        extent, step = window
+        return f"conv-like {type(m).__name__}", base.through(extent, step)
+    if _has_a_spatial_extent(m, n):
+        warnings.warn(
+            f"receptive_fields: {n.target} ({type(m).__name__}) is a module reverso does not know, "
+            "and it has a spatial kernel or changes the map's size; it is counted as pointwise, so "
+            "the receptive fields from here on may be too small. Give the module kernel_size and "
+            "stride attributes (as nn.Conv2d has), or trace it through instead of keeping it a leaf",
+            stacklevel=4,
+        )
     return "layer", base
+
+
+def _declared_window(m: nn.Module) -> tuple[int, int] | None:
+    """``(extent, step)`` from a module's own ``kernel_size``/``stride``(/``dilation``) attributes."""
+    kernel, stride = getattr(m, "kernel_size", None), getattr(m, "stride", None)
+    if not all(isinstance(v, (int, tuple, list)) for v in (kernel, stride)):
+        return None
+    try:
+        kernel, stride = pair(kernel), pair(stride)
+        dilation = pair(getattr(m, "dilation", 1))
+    except (TypeError, ValueError):  # attributes of another meaning
+        return None
+    extent = max(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    return extent, max(stride)
+
+
+def _has_a_spatial_extent(m: nn.Module, n: fx.Node) -> bool:
+    """A weight with a spatial window (4-D, k x k > 1), or an output map of another size."""
+    spatial = any(
+        t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+    )
+    source, value = ir.feature_input(n), n.meta.get("val")
+    before = source.meta.get("val") if source is not None else None
+    resized = (
+        isinstance(value, torch.Tensor) and isinstance(before, torch.Tensor)
+        and value.dim() == before.dim() == 4 and value.shape[-2:] != before.shape[-2:]
+    )  # fmt: skip
+    return spatial or resized
 
 
 def _pyramid_level(pyramid: ImagePyramid, level: int, exact: bool) -> RF:
