@@ -14,6 +14,7 @@ relative reconstruction error of every layer is in the report.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +27,7 @@ from reverso.errors import OptionError, WidthError
 from reverso.ir import module_window
 from reverso.nn.frames import project_kernels
 from reverso.nn.njet import NJetConv2d
-from reverso.rewrite.swaps import spatial_convs
+from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
 INITS = ("random", "project")
 #: scales tried when projecting a kernel (times the conv's dilation)
@@ -44,12 +45,14 @@ class NJetLayerReport:
 @dataclass
 class NJetReport:
     layers: list[NJetLayerReport] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (conv, why it stays)
 
     def __str__(self) -> str:
         lines = [f"{'layer':<40} {'kernel':>6} {'sigma':>6} {'rel. error':>10}"]
         for r in self.layers:
             err = "-" if r.relative_error is None else f"{r.relative_error:.4f}"
             lines.append(f"{r.name:<40} {r.kernel_size:>6} {r.sigma:>6.2f} {err:>10}")
+        lines += [f"{name:<40} kept: {why}" for name, why in self.kept]
         return "\n".join(lines)
 
     @property
@@ -116,7 +119,15 @@ def swap_spatial_convs(
             f"init={init!r} is not supported; choose one of {', '.join(map(repr, INITS))}"
         )
     report = NJetReport()
-    slots = spatial_convs(root)
+    slots = []
+    for slot in spatial_convs(root):
+        why = _kept_because(slot.conv)
+        if why:
+            report.kept.append((slot.name, why))
+        else:
+            slots.append(slot)
+    if report.kept:
+        _tell_about_kept(report, root)
     bar = tqdm(slots, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
     for slot in bar:
         layer, row = njet_from_conv(
@@ -131,6 +142,34 @@ def swap_spatial_convs(
         slot.replace(layer)
         report.layers.append(row)
     return report
+
+
+#: timm's convs whose forward differs from Conv2d's only by a dynamic 'same' padding, which the
+#: N-Jet conv reproduces (:func:`_size_preserving_padding`)
+PADDING_ONLY = ("Conv2dSame",)
+KEPT_REMEDY = (
+    "an N-Jet conv computes F.conv2d of its own kernel and would drop what such a forward does "
+    "(weight standardisation, for example); to convert them anyway, replace them by nn.Conv2d "
+    "layers holding the kernel their forward uses, then call reverso.njet"
+)
+
+
+def _kept_because(conv: nn.Conv2d) -> str | None:
+    """Why a conv stays as it is: a forward the N-Jet conv cannot reproduce."""
+    if type(conv).__name__ in PADDING_ONLY:
+        return None
+    return overrides_forward(conv)
+
+
+def _tell_about_kept(report: NJetReport, root: nn.Module) -> None:
+    """Refuse when no conv can be swapped; otherwise warn which convs stay and why."""
+    refuse_if_nothing_swapped(
+        [slot for slot in spatial_convs(root) if not _kept_because(slot.conv)], report.kept, root,
+        "njet: no spatial nn.Conv2d it can replace", KEPT_REMEDY,
+    )  # fmt: skip
+    names = ", ".join(f"{name} ({why})" for name, why in report.kept)
+    warnings.warn(f"njet keeps {len(report.kept)} conv(s) as they are: {names}; {KEPT_REMEDY}",
+                  stacklevel=4)  # fmt: skip
 
 
 def njet_from_conv(

@@ -156,3 +156,23 @@ def test_projection_is_the_least_squares_fit_on_the_grid(conv, sigma):
     residual = (a @ oracle - b).norm() / b.norm()
     assert error == pytest.approx(float(residual), rel=1e-6, abs=1e-9)
     assert torch.allclose(a @ alpha.T, a @ oracle, atol=1e-8)  # the same fitted kernels
+
+
+def test_convs_whose_forward_is_their_own_are_kept_and_named():
+    """timm's StdConv2d standardises its weight in forward: an N-Jet conv would drop that, so the
+    conv stays (a warning names it); a model with nothing else to convert is refused. Conv2dSame
+    (only a dynamic padding) is converted."""
+    from timm.layers import Conv2dSame, StdConv2d
+
+    from reverso.errors import UnsupportedTopologyError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(StdConv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                          Conv2dSame(8, 4, 3, stride=2))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"keeps 1 conv.*0 \(StdConv2d overrides"):
+        converted = reverso.njet(model, input_size=(3, 16, 16))
+    assert type(converted[0]) is StdConv2d
+    assert isinstance(converted[1], NJetConv2d) and isinstance(converted[2], NJetConv2d)
+    assert converted(torch.rand(1, 3, 16, 16)).shape == model(torch.rand(1, 3, 16, 16)).shape
+    with pytest.raises(UnsupportedTopologyError, match="StdConv2d overrides.*nn.Conv2d layers"):
+        reverso.njet(nn.Sequential(StdConv2d(3, 8, 3)), input_size=(3, 16, 16))
