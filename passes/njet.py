@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, WidthError
 from reverso.ir import module_window
-from reverso.nn.frames import project_kernels
+from reverso.nn.frames import kernel_gram, project_kernels, projection_error
 from reverso.nn.njet import NJetConv2d
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
@@ -194,9 +194,11 @@ def njet_from_conv(
         )
     dilation, extent = window.dilation[0], window.extent
     if init == "project":  # the scale whose basis fits the kernel best, then its coefficients
+        gram = kernel_gram(conv.weight)  # the weights read once for the whole search
         errors = {
-            scale: _projection(_layer_like(conv, scale, extent, order=order, learn_sigma=learn_sigma,
-                                           probe=True, **layer_kwargs), conv)[1]
+            scale: projection_error(
+                _layer_like(conv, scale, extent, order=order, learn_sigma=learn_sigma, probe=True,
+                            **layer_kwargs).basis(), gram, conv.kernel_size, conv.dilation)
             for scale in (base * dilation for base in SIGMA_SEARCH)
         }  # fmt: skip
         chosen = min(errors, key=errors.get)

@@ -29,7 +29,7 @@ from reverso import ir
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.ir.shapes import channels
-from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d
+from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d, steerable_frame
 from reverso.rewrite.residuals import residual_units
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
@@ -142,13 +142,15 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
             stride=conv.stride[0], padding=conv.padding[0], bias=conv.bias is not None, pose=pose, mode=mode,
         )  # fmt: skip
 
-    from reverso.nn.frames import project_kernels
+    from reverso.nn.frames import kernel_gram, projection_error
 
     if conv.weight.is_meta:  # a model's structure only: nothing to fit, the given scale
         best = sigma
-    else:
+    else:  # the weights read once; each scale's frame alone (its atoms, no layer) tried on them
+        gram, size = kernel_gram(conv.weight), conv.kernel_size[0]
         scales = (sigma, *(s for s in SIGMA_SEARCH if s != sigma))
-        errors = {s: project_kernels(build(s).atoms, conv.weight)[1] for s in scales}
+        errors = {s: projection_error(steerable_frame(order, s, size), gram, conv.kernel_size)
+                  for s in scales}  # fmt: skip
         best = min(errors, key=errors.get)
     layer = build(best)
     error = layer.load_kernels(conv.weight, conv.bias)

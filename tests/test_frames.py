@@ -151,3 +151,20 @@ def test_receptive_fields_see_through_the_structured_layers():
         if v[0].startswith("steerable")
     ]
     assert rf.max == 3 + 2 * 4 and rf.jump == 2  # the frame, then the pose net's 5x5 at stride 2
+
+
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 1)])
+def test_the_gram_error_equals_the_projection_error(dilation):
+    """projection_error reads the kernels once (their Gram matrix) and gives project_kernels'
+    relative error, for complete, incomplete and larger-than-kernel frames."""
+    from reverso.nn.frames import kernel_gram, project_kernels, projection_error
+    from reverso.nn.steerable import steerable_frame
+
+    torch.manual_seed(0)
+    weight = torch.randn(6, 4, 3, 3)
+    gram = kernel_gram(weight)
+    for atoms in (steerable_frame(2, 1.0, 3), steerable_frame(3, 1.3, 7), frame_atoms("gauss9", 3)):
+        if atoms.shape[-1] < 2 * dilation[0] + 1:
+            continue
+        expected = project_kernels(atoms, weight, dilation)[1]
+        assert projection_error(atoms, gram, (3, 3), dilation) == pytest.approx(expected, abs=1e-9)

@@ -88,25 +88,50 @@ def project_kernels(
     frame reproduces the kernels exactly; an overcomplete one gives the minimum-norm coefficients.
     """
     with torch.no_grad():
-        basis = atoms.detach().double().cpu()
-        sy, sx = basis.shape[-2:]
-        ky, kx = weight.shape[-2:]
-        dy, dx = dilation
-        oy, ox = (sy - (dy * (ky - 1) + 1)) // 2, (sx - (dx * (kx - 1) + 1)) // 2
-        if oy < 0 or ox < 0:
-            raise ValueError(f"a {ky}x{kx} kernel (dilation {dilation}) is larger than the frame")
-        rows = torch.arange(oy, oy + dy * (ky - 1) + 1, dy)
-        cols = torch.arange(ox, ox + dx * (kx - 1) + 1, dx)
-        footprint = (rows[:, None] * sx + cols[None, :]).reshape(-1)
-        u, sv, vh = torch.linalg.svd(basis.reshape(basis.shape[0], -1).T, full_matrices=False)
-        rank = int((sv > sv[0] * 1e-10).sum())
-        u, sv, vh = u[:, :rank], sv[:rank], vh[:rank]
-        target = weight.detach().double().cpu().reshape(-1, ky * kx).T  # (k*k, N)
-        ut = u[footprint].T @ target  # U^T T, (r, N)
+        u, sv, vh = _footprint_svd(atoms, weight.shape[-2:], dilation)
+        target = weight.detach().double().cpu().reshape(-1, u.shape[0]).T  # (k*k, N)
+        ut = u.T @ target  # U^T T, (r, N)
         coeff = vh.T @ (ut / sv[:, None])  # (M, N)
         total = target.square().sum()
         error = (total - ut.square().sum()).clamp_min(0).sqrt() / total.sqrt().clamp_min(1e-12)
     return coeff.T, float(error)
+
+
+def kernel_gram(weight: torch.Tensor) -> torch.Tensor:
+    """``T T^T`` (k*k x k*k, float64) of the kernels ``weight (..., k_y, k_x)``: all that
+    :func:`projection_error` needs of them, read once for any number of frames."""
+    with torch.no_grad():
+        target = weight.detach().reshape(-1, weight.shape[-2] * weight.shape[-1]).double().cpu()
+        return target.T @ target
+
+
+def projection_error(atoms: torch.Tensor, gram: torch.Tensor, kernel_size, dilation=(1, 1)):
+    """The relative error of :func:`project_kernels` from the kernels' Gram matrix
+    (:func:`kernel_gram`): ``|T|^2 - |U^T T|^2 = tr G - tr(U^T G U)``. A search over frames
+    (the N-Jet and steerable passes' search over sigma) costs one pass over the weights."""
+    with torch.no_grad():
+        u, _, _ = _footprint_svd(atoms, kernel_size, dilation)
+        total = gram.trace()
+        kept = (u * (gram @ u)).sum()
+        return float((total - kept).clamp_min(0).sqrt() / total.sqrt().clamp_min(1e-12))
+
+
+def _footprint_svd(atoms: torch.Tensor, kernel_size, dilation):
+    """The thin SVD of the atoms on the grid (rank r), U restricted to the footprint of a
+    ``kernel_size`` kernel centred on the grid, ``dilation`` apart: ``(U_fp, S, V^T)``."""
+    basis = atoms.detach().double().cpu()
+    sy, sx = basis.shape[-2:]
+    ky, kx = kernel_size
+    dy, dx = dilation
+    oy, ox = (sy - (dy * (ky - 1) + 1)) // 2, (sx - (dx * (kx - 1) + 1)) // 2
+    if oy < 0 or ox < 0:
+        raise ValueError(f"a {ky}x{kx} kernel (dilation {dilation}) is larger than the frame")
+    rows = torch.arange(oy, oy + dy * (ky - 1) + 1, dy)
+    cols = torch.arange(ox, ox + dx * (kx - 1) + 1, dx)
+    footprint = (rows[:, None] * sx + cols[None, :]).reshape(-1)
+    u, sv, vh = torch.linalg.svd(basis.reshape(basis.shape[0], -1).T, full_matrices=False)
+    rank = int((sv > sv[0] * 1e-10).sum())
+    return u[footprint, :rank], sv[:rank], vh[:rank]
 
 
 class FrameConv2d(FixedBuffers, nn.Module):
@@ -172,7 +197,10 @@ class FrameConv2d(FixedBuffers, nn.Module):
         return {"atoms": frame_atoms(self.frame, self.kernel_size, sigma=self.sigma).float()}
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform kernels as ``nn.Conv2d`` draws them, written in the frame."""
+        """Kaiming-uniform kernels as ``nn.Conv2d`` draws them, written in the frame (nothing to
+        draw on the meta device)."""
+        if self.coeff.is_meta:
+            return
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, groups=self.groups,
                          bias=self.bias is not None)  # fmt: skip
         self.load_kernels(conv.weight, conv.bias)
@@ -208,11 +236,17 @@ class FrameConv2d(FixedBuffers, nn.Module):
     ) -> tuple[FrameConv2d, float]:
         """A frame conv with ``conv``'s settings and its kernels projected on the frame, and the
         relative error of the projection (0 up to rounding for a complete frame)."""
+        ref = conv.weight
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                    conv.padding_mode, frame=frame, sigma=sigma)  # fmt: skip
+                    conv.padding_mode, frame=frame, sigma=sigma, device="meta")  # fmt: skip
+        # no random kernels drawn and projected first: the parameters are allocated empty on the
+        # conv's device (the frame's atoms are real already), then the projection fills them
+        for name, p in list(layer.named_parameters(recurse=False)):
+            setattr(
+                layer, name, nn.Parameter(torch.empty_like(p, device=ref.device, dtype=ref.dtype))
+            )
         error = layer.load_kernels(conv.weight, conv.bias)
-        ref = conv.weight
         return layer.to(device=ref.device, dtype=ref.dtype).train(conv.training), error
 
     def collapse(self) -> nn.Conv2d:

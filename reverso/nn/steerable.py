@@ -101,9 +101,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
 
     def frame(self) -> torch.Tensor:
         """``(M, s, s)`` float64: the Gaussian-derivative blocks min_order..order at sigma."""
-        x = grid(self.kernel_size // 2, dtype=torch.float64)
-        atoms = gaussian_basis_2d(self.sigma, self.order, x)  # blocks by order, as steered
-        return atoms[self.min_order * (self.min_order + 1) // 2 :]
+        return steerable_frame(self.order, self.sigma, self.kernel_size, self.min_order)
 
     def init_non_persistent_buffers(self) -> None:
         """After ``to_empty()``: the frame from the layer's sigma (a state_dict loaded
@@ -202,6 +200,13 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}, pose={self.pose_mode!r}, "
             f"mode={self.mode!r}"
         )
+
+
+def steerable_frame(order: int, sigma: float, size: int, min_order: int = 0) -> torch.Tensor:
+    """``(M, size, size)`` float64: the Gaussian-derivative blocks ``min_order..order`` at
+    ``sigma``, block by block as they are steered (the frame of a :class:`DynamicSteerableConv2d`)."""
+    atoms = gaussian_basis_2d(sigma, order, grid(size // 2, dtype=torch.float64))
+    return atoms[min_order * (min_order + 1) // 2 :]
 
 
 def _refit_frame(module: DynamicSteerableConv2d, _incompatible_keys) -> None:
