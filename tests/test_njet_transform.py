@@ -174,5 +174,5 @@ def test_convs_whose_forward_is_their_own_are_kept_and_named():
     assert type(converted[0]) is StdConv2d
     assert isinstance(converted[1], NJetConv2d) and isinstance(converted[2], NJetConv2d)
     assert converted(torch.rand(1, 3, 16, 16)).shape == model(torch.rand(1, 3, 16, 16)).shape
-    with pytest.raises(UnsupportedTopologyError, match="StdConv2d overrides.*nn.Conv2d layers"):
+    with pytest.raises(UnsupportedTopologyError, match=r"StdConv2d overrides.*nn\.Conv2d layers"):
         reverso.njet(nn.Sequential(StdConv2d(3, 8, 3)), input_size=(3, 16, 16))
