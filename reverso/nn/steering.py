@@ -19,6 +19,7 @@ import functools
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 
 @functools.cache
@@ -151,6 +152,7 @@ class _Steer(torch.autograd.Function):
         return _steered(z, [a.unbind(2) for a in gates], plan)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written: no double backward through it
     def backward(ctx, grad):
         z, *gates = ctx.saved_tensors
         grad_z = None
@@ -193,6 +195,7 @@ class _Rotate(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         theta, out, *flat = ctx.saved_tensors
         plan = ctx.plan
