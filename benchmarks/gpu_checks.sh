@@ -32,7 +32,8 @@ check() {  # check SECONDS COMMAND...: run it unless the budget is spent, killed
     fi
     python3 -m pip install -q --no-index --no-deps --no-build-isolation .
     python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
-    check 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_njet_support.py -k cuda
+    check 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_njet_support.py \
+        tests/test_steerable.py -k cuda
     check 90 python3 benchmarks/njet.py --device cuda --iters 20
     check 120 python3 benchmarks/njet.py --device cuda --iters 10 --batch 128 --size 64 \
         --network-batch 64 --network-size 128

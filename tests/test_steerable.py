@@ -1,5 +1,6 @@
 """Steering matrices and dynamic steerable convs (spec dsb.md sections 3, 4 and 8)."""
 
+import copy
 import math
 
 import pytest
@@ -286,3 +287,28 @@ def test_the_steering_reads_the_same_when_compiling(monkeypatch):
     eager = rotate_responses(z, theta, steering_terms(0, 2))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert torch.equal(rotate_responses(z, theta, steering_terms(0, 2)), eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mode", ["angle", "free"])
+def test_the_steerable_conv_on_cuda_matches_the_cpu_without_host_sync(mode):
+    """The same values and gradients on the GPU as on the CPU, and a train step that never
+    waits for the device (the steering's Functions read no value on the host)."""
+    torch.manual_seed(0)
+    layer = DynamicSteerableConv2d(4, 6, order=2, mode=mode)
+    torch.nn.init.normal_(layer.pose_net[-1].weight, std=0.3)
+    x = torch.rand(2, 4, 12, 12, requires_grad=True)
+    layer(x).square().sum().backward()
+    gpu, xg = copy.deepcopy(layer).cuda(), x.detach().cuda().requires_grad_()
+    gpu.zero_grad()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = gpu(xg)
+        y.square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.allclose(y.cpu(), layer(x), atol=1e-4)
+    assert torch.allclose(xg.grad.cpu(), x.grad, atol=1e-3)
+    for p, q in zip(gpu.parameters(), layer.parameters(), strict=True):
+        assert torch.allclose(p.grad.cpu(), q.grad, atol=1e-3, rtol=1e-3)
