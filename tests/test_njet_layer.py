@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +168,37 @@ def test_rejects_bad_arguments():
         NJetConv2d(4, 4, groups=2, route="separable")
     with pytest.raises(ValueError, match="sigma"):
         NJetConv2d(2, 2, sigma=0.0)
+
+
+def test_cropping_the_taps_no_output_reads_changes_nothing():
+    """On maps smaller than the kernel, the taps that only ever meet padding are cropped with the
+    padding: the same outputs and output size, for every size, stride and (uneven) padding."""
+    from reverso.nn.cropping import crop_unreached_taps
+
+    torch.manual_seed(0)
+    weight = torch.randn(3, 2, 9, 9, dtype=torch.float64)
+    for size in [(1, 1), (2, 3), (4, 4), (5, 2), (12, 12)]:
+        x = torch.randn(1, 2, *size, dtype=torch.float64)
+        for stride in (1, 2, 3):
+            for pads in [(4, 4, 4, 4), (3, 5, 4, 4), (0, 0, 0, 0), (6, 2, 1, 7)]:
+                padded = F.pad(x, pads)
+                if min(padded.shape[-2:]) < 9:
+                    continue
+                expected = F.conv2d(padded, weight, stride=stride)
+                w, p = crop_unreached_taps(weight, pads, size, stride)
+                assert torch.allclose(F.conv2d(F.pad(x, p), w, stride=stride), expected, atol=1e-12)
+                assert w.shape[-1] <= min(9, size[1] + max(pads[:2]))  # the crop happened
+
+
+def test_a_large_support_on_a_small_map_computes_only_what_meets_it():
+    torch.manual_seed(0)
+    layer = NJetConv2d(3, 4, sigma=4.0, route="dense", learn_sigma=False).double()  # 17x17
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    expected = F.conv2d(F.pad(x, layer.padding), layer.effective_weight(), layer.bias)
+    assert torch.allclose(layer(x), expected, atol=1e-12)
+
+
+def test_auto_takes_the_dense_route_when_the_map_crops_the_kernel():
+    layer = NJetConv2d(64, 64, sigma=4.0)  # 17x17: separable on a large map, on the CPU
+    assert layer.active_route("cpu", (64, 64)) == "separable"
+    assert layer.active_route("cpu", (4, 4)) == "dense"  # 7x7 taps meet a 4x4 map

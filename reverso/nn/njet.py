@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cropping import crop_unreached_taps, reached_taps
 from .filters import FixedBuffers
 from .gaussian import (
     SIZE_RULES,
@@ -248,13 +249,15 @@ class NJetConv2d(FixedBuffers, nn.Module):
         if self.training and self.learn_sigma:
             self._track_support(tuple(x.shape[-2:]))
         pads = self.padding
-        if pads[0] == pads[1] == pads[2] == pads[3] >= 0:
-            pad = pads[0]
-        else:  # uneven, or negative: a "valid" layer whose grid shrank crops instead
-            x, pad = F.pad(x, pads), 0
-        if self.active_route(x.device) == "dense":
-            return F.conv2d(x, self.effective_weight(), self.bias, self.stride, pad, 1, self.groups)
-        return self._separable(x, pad)
+        if (
+            self.active_route(x.device, x.shape[-2:]) == "dense"
+        ):  # on a small map: only the taps that meet it
+            weight, pads = crop_unreached_taps(
+                self.effective_weight(), pads, x.shape[-2:], self.stride
+            )
+            x, pad = _even_padding(x, pads)
+            return F.conv2d(x, weight, self.bias, self.stride, pad, 1, self.groups)
+        return self._separable(*_even_padding(x, pads))
 
     def _separable(self, x: torch.Tensor, pad: int) -> torch.Tensor:
         """x-derivatives per input channel, a 1x1 conv mixing (c, i) into (o, j), y-derivatives."""
@@ -305,17 +308,24 @@ class NJetConv2d(FixedBuffers, nn.Module):
     #: (CPU: 2 cores; CUDA: an H100 at batch 128, where cuDNN's dense conv won up to 17x17)
     SEPARABLE_EFFICIENCY: ClassVar[dict[str, float]] = {"cpu": 4.0, "cuda": 40.0}
 
-    def active_route(self, device: torch.device | None = None) -> str:
+    def active_route(self, device: torch.device | None = None, input_size=None) -> str:
         """The route of the next forward: ``route`` unless "auto", else the cheaper one for the
         current grid on ``device``: multiply-adds per output pixel, the separable route's weighted
-        by its efficiency."""
+        by its efficiency. With ``input_size`` (H, W) the dense route counts only the taps that
+        meet the map (:mod:`reverso.nn.cropping`)."""
         if self.route != "auto":
             return self.route
         if self.groups != 1 or self.num_basis != basis_size(self.order):
             return "dense"
         device = device or self.alpha.device
         n1, s = self.order + 1, self.kernel_size[0]
-        dense = self.out_channels * self.in_channels * s * s
+        taps = s * s
+        if input_size is not None:
+            left, right, top, bottom = self.padding
+            (x0, x1), (y0, y1) = (reached_taps(input_size[1], s, self.stride, left, right),
+                                  reached_taps(input_size[0], s, self.stride, top, bottom))  # fmt: skip
+            taps = (x1 - x0 + 1) * (y1 - y0 + 1)
+        dense = self.out_channels * self.in_channels * taps
         separable = (
             self.in_channels + self.out_channels
         ) * n1 * s + self.out_channels * self.in_channels * n1 * n1
@@ -369,6 +379,14 @@ def structured_receptive_field(
 
 def _refit_support(module: NJetConv2d, _incompatible_keys) -> None:
     module.follow_support()  # the loaded sigma may need another grid
+
+
+def _even_padding(x: torch.Tensor, pads) -> tuple[torch.Tensor, int]:
+    """The input and the conv's padding: one number when the four sides agree, else ``x`` padded
+    (or cropped, for negative sides) by ``F.pad`` and 0."""
+    if pads[0] == pads[1] == pads[2] == pads[3] >= 0:
+        return x, pads[0]
+    return F.pad(x, pads), 0
 
 
 def _pad4(padding) -> tuple[int, int, int, int]:

@@ -1,0 +1,36 @@
+"""Kernel taps that never meet the input, cropped away exactly.
+
+On a small map a large kernel reads mostly padding: with stride s and left padding p, tap t of
+an axis meets input pixel ``o s + t - p`` for the outputs o = 0..n_out - 1, so only the taps
+``p - (n_out - 1) s <= t <= p + n - 1`` ever touch one of the n input pixels. The others multiply
+zeros. Cropping them, and the padding with them, leaves every output as it was and the output
+size too (a learned N-Jet scale whose support outgrows a deep layer's 4x4 map pays for the map,
+not for the support).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reached_taps(size: int, kernel: int, stride: int, low: int, high: int) -> tuple[int, int]:
+    """``(first, last)`` tap of one axis that meets an input of ``size`` pixels, padded ``low``
+    before and ``high`` after."""
+    outputs = (size + low + high - kernel) // stride + 1
+    return max(0, low - (outputs - 1) * stride), min(kernel - 1, low + size - 1)
+
+
+def crop_unreached_taps(
+    weight: torch.Tensor, pads: tuple[int, int, int, int], input_size, stride: int
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``weight (..., k_y, k_x)`` and its ``(left, right, top, bottom)`` padding with the taps no
+    output reads from the input removed; the same outputs, the same output size. The new padding
+    may be negative (an input border no tap reaches), as ``F.pad`` takes it."""
+    (height, width), (left, right, top, bottom) = input_size, pads
+    x0, x1 = reached_taps(width, weight.shape[-1], stride, left, right)
+    y0, y1 = reached_taps(height, weight.shape[-2], stride, top, bottom)
+    if (x0, y0) == (0, 0) and (x1, y1) == (weight.shape[-1] - 1, weight.shape[-2] - 1):
+        return weight, pads
+    cropped = (left - x0, right - (weight.shape[-1] - 1 - x1),
+               top - y0, bottom - (weight.shape[-2] - 1 - y1))  # fmt: skip
+    return weight[..., y0 : y1 + 1, x0 : x1 + 1], cropped
