@@ -248,6 +248,8 @@ def _layer_like(
     )
     layer.radius = max(layer.radius, math.ceil((extent - 1) / 2))
     layer.padding = _size_preserving_padding(conv, layer.kernel_size[0])
+    if type(conv).__name__ in PADDING_ONLY:  # its padding depends on the input size: per forward
+        layer.same_extent = extent
     return layer
 
 
@@ -259,8 +261,8 @@ def _size_preserving_padding(conv: nn.Conv2d, size: int) -> tuple[int, int, int,
     l + r = 2p - k_eff + size. l centres the new kernel on the old one (half a pixel to the right
     for even kernels).
     """
-    if type(conv).__name__ == "Conv2dSame":  # timm's dynamic 'same' padding: ceil(H / stride)
-        return ((size - 1) // 2, size // 2) * 2
+    if type(conv).__name__ in PADDING_ONLY:  # timm's dynamic 'same' padding: the nominal value,
+        return ((size - 1) // 2, size // 2) * 2  # the layer pads per input size (same_extent)
     window, pads = module_window(conv), []
     for axis in (1, 0):  # x (left/right), then y (top/bottom)
         k_eff = window.dilation[axis] * (window.kernel[axis] - 1) + 1

@@ -173,7 +173,7 @@ def test_rejects_bad_arguments():
 def test_cropping_the_taps_no_output_reads_changes_nothing():
     """On maps smaller than the kernel, the taps that only ever meet padding are cropped with the
     padding: the same outputs and output size, for every size, stride and (uneven) padding."""
-    from reverso.nn.cropping import crop_unreached_taps
+    from reverso.nn.padding import crop_unreached_taps
 
     torch.manual_seed(0)
     weight = torch.randn(3, 2, 9, 9, dtype=torch.float64)

@@ -176,3 +176,21 @@ def test_convs_whose_forward_is_their_own_are_kept_and_named():
     assert converted(torch.rand(1, 3, 16, 16)).shape == model(torch.rand(1, 3, 16, 16)).shape
     with pytest.raises(UnsupportedTopologyError, match=r"StdConv2d overrides.*nn\.Conv2d layers"):
         reverso.njet(nn.Sequential(StdConv2d(3, 8, 3)), input_size=(3, 16, 16))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_dynamic_same_padding_is_followed_at_every_input_size(stride):
+    """timm's Conv2dSame pads per input size (the odd pixel after): the N-Jet conv pads the same
+    way at every size, so a projected 3x3 kernel gives the conv's outputs at even and odd sizes."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(3, 4, 3, stride=stride)
+    converted = reverso.njet(nn.Sequential(conv), input_size=(3, 16, 16), init="project", order=4)
+    assert converted[0].same_extent == 3
+    for size in (13, 14, 16, 17):
+        x = torch.randn(2, 3, size, size)
+        expected = conv(x)
+        got = converted(x)
+        assert got.shape == expected.shape
+        assert (got - expected).norm() < 1e-4 * expected.norm(), size

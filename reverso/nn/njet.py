@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cropping import crop_unreached_taps, reached_taps
 from .filters import FixedBuffers
 from .gaussian import (
     SIZE_RULES,
@@ -29,6 +28,7 @@ from .gaussian import (
     radius_tensor,
 )
 from .host_copy import LaggedHostCopy
+from .padding import crop_unreached_taps, even_padding, pad4, reached_taps, same_padding
 
 ROUTES = ("auto", "dense", "separable")
 
@@ -114,8 +114,9 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.radius = radius_for(max(sigmas), self.extent, size_rule)  # of the grid, follows sigma
         # the padding relative to the grid's radius: it moves with the grid, sizes stay
         self._pad_offset = (
-            (0,) * 4 if padding is None else tuple(p - self.radius for p in _pad4(padding))
+            (0,) * 4 if padding is None else tuple(p - self.radius for p in pad4(padding))
         )
+        self.same_extent: int | None = None  # set: timm's dynamic 'same' padding (padding_for)
         self._host_sigma = LaggedHostCopy()
         self._warned = False
         self.safe_subsampling, self.subsampling_rate = safe_subsampling, float(subsampling_rate)
@@ -159,7 +160,16 @@ class NJetConv2d(FixedBuffers, nn.Module):
 
     @padding.setter
     def padding(self, value) -> None:
-        self._pad_offset = tuple(p - self.radius for p in _pad4(value))
+        self._pad_offset = tuple(p - self.radius for p in pad4(value))
+        self.same_extent = None
+
+    def padding_for(self, input_size) -> tuple[int, int, int, int]:
+        """The padding for an input of ``input_size`` (H, W): :attr:`padding`, or, for a layer
+        that stands for a conv of extent ``same_extent`` with timm's dynamic 'same' padding,
+        that conv's padding for this size, widened to the grid."""
+        if self.same_extent is None:
+            return self.padding
+        return same_padding(input_size, self.same_extent, self.stride, self.kernel_size[0])
 
     def support_radius(self) -> int:
         """Half-width of the current kernel's support: the largest over the scales (reads sigma on
@@ -248,16 +258,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
             x = self._subsample(x)
         if self.training and self.learn_sigma:
             self._track_support(tuple(x.shape[-2:]))
-        pads = self.padding
-        if (
-            self.active_route(x.device, x.shape[-2:]) == "dense"
-        ):  # on a small map: only the taps that meet it
-            weight, pads = crop_unreached_taps(
-                self.effective_weight(), pads, x.shape[-2:], self.stride
-            )
-            x, pad = _even_padding(x, pads)
+        size = x.shape[-2:]
+        pads = self.padding_for(size)
+        if self.active_route(x.device, size) == "dense":
+            # on a small map, only the taps that meet it (reverso.nn.padding)
+            weight, pads = crop_unreached_taps(self.effective_weight(), pads, size, self.stride)
+            x, pad = even_padding(x, pads)
             return F.conv2d(x, weight, self.bias, self.stride, pad, 1, self.groups)
-        return self._separable(*_even_padding(x, pads))
+        return self._separable(*even_padding(x, pads))
 
     def _separable(self, x: torch.Tensor, pad: int) -> torch.Tensor:
         """x-derivatives per input channel, a 1x1 conv mixing (c, i) into (o, j), y-derivatives."""
@@ -312,7 +320,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         """The route of the next forward: ``route`` unless "auto", else the cheaper one for the
         current grid on ``device``: multiply-adds per output pixel, the separable route's weighted
         by its efficiency. With ``input_size`` (H, W) the dense route counts only the taps that
-        meet the map (:mod:`reverso.nn.cropping`)."""
+        meet the map (:mod:`reverso.nn.padding`)."""
         if self.route != "auto":
             return self.route
         if self.groups != 1 or self.num_basis != basis_size(self.order):
@@ -321,7 +329,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         n1, s = self.order + 1, self.kernel_size[0]
         taps = s * s
         if input_size is not None:
-            left, right, top, bottom = self.padding
+            left, right, top, bottom = self.padding_for(input_size)
             (x0, x1), (y0, y1) = (reached_taps(input_size[1], s, self.stride, left, right),
                                   reached_taps(input_size[0], s, self.stride, top, bottom))  # fmt: skip
             taps = (x1 - x0 + 1) * (y1 - y0 + 1)
@@ -379,20 +387,3 @@ def structured_receptive_field(
 
 def _refit_support(module: NJetConv2d, _incompatible_keys) -> None:
     module.follow_support()  # the loaded sigma may need another grid
-
-
-def _even_padding(x: torch.Tensor, pads) -> tuple[torch.Tensor, int]:
-    """The input and the conv's padding: one number when the four sides agree, else ``x`` padded
-    (or cropped, for negative sides) by ``F.pad`` and 0."""
-    if pads[0] == pads[1] == pads[2] == pads[3] >= 0:
-        return x, pads[0]
-    return F.pad(x, pads), 0
-
-
-def _pad4(padding) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) like F.pad, from an int or a 4-tuple."""
-    if isinstance(padding, int):
-        return (padding,) * 4
-    if len(padding) != 4:
-        raise ValueError(f"padding must be an int or (left, right, top, bottom), got {padding!r}")
-    return tuple(int(p) for p in padding)

@@ -1,4 +1,5 @@
-"""Kernel taps that never meet the input, cropped away exactly.
+"""Padding of N-Jet kernels: per-side paddings, timm's dynamic 'same' padding, and the kernel taps
+that never meet the input, cropped away exactly.
 
 On a small map a large kernel reads mostly padding: with stride s and left padding p, tap t of
 an axis meets input pixel ``o s + t - p`` for the outputs o = 0..n_out - 1, so only the taps
@@ -11,6 +12,7 @@ not for the support).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def reached_taps(size: int, kernel: int, stride: int, low: int, high: int) -> tuple[int, int]:
@@ -34,3 +36,32 @@ def crop_unreached_taps(
     cropped = (left - x0, right - (weight.shape[-1] - 1 - x1),
                top - y0, bottom - (weight.shape[-2] - 1 - y1))  # fmt: skip
     return weight[..., y0 : y1 + 1, x0 : x1 + 1], cropped
+
+
+def even_padding(x: torch.Tensor, pads) -> tuple[torch.Tensor, int]:
+    """The input and the conv's padding: one number when the four sides agree, else ``x`` padded
+    (or cropped, for negative sides) by ``F.pad`` and 0."""
+    if pads[0] == pads[1] == pads[2] == pads[3] >= 0:
+        return x, pads[0]
+    return F.pad(x, pads), 0
+
+
+def pad4(padding) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) like F.pad, from an int or a 4-tuple."""
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) != 4:
+        raise ValueError(f"padding must be an int or (left, right, top, bottom), got {padding!r}")
+    return tuple(int(p) for p in padding)
+
+
+def same_padding(input_size, extent: int, stride: int, size: int) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` for a ``size``-wide kernel centred where a conv of
+    ``extent`` with timm's dynamic 'same' padding (``Conv2dSame``: ``ceil(n / stride)`` outputs,
+    the odd pixel of padding after) centres its kernel, for this input size."""
+    pads = []
+    for n in (input_size[1], input_size[0]):  # x, then y
+        total = max((-(-n // stride) - 1) * stride + extent - n, 0)
+        left = total // 2 + (size - 1) // 2 - extent // 2
+        pads += [left, total + size - extent - left]
+    return tuple(pads)
