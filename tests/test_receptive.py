@@ -301,6 +301,7 @@ def test_an_unknown_leaf_is_read_from_its_declared_window_or_warned_about(leaf):
     gm = trace(Net(), (1, 16, 16), leaf_modules=[leaf])
     if leaf is _DeclaredConv:
         rf = reverso.receptive_fields(gm)
+        assert rf.rows == reverso.receptive_fields(Net(), (1, 16, 16), leaf_modules=[leaf]).rows
         assert (rf["layer"].max, rf["layer"].jump) == (5, 2)
         assert rf["conv"].max == 5 + 2 * 2
     else:

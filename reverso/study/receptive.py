@@ -113,12 +113,18 @@ RULES = ("paper", "exact")
 
 
 def receptive_fields(
-    model: nn.Module | fx.GraphModule | str, input_size=None, *, rule: str = "paper"
+    model: nn.Module | fx.GraphModule | str,
+    input_size=None,
+    *,
+    rule: str = "paper",
+    leaf_modules=(),
 ) -> RFReport:
     """Receptive field, jump and level of every node of ``model`` (traced if needed).
 
     ``model`` may be a bottom-up model (or timm name), a :class:`~reverso.TopDownNet` (its
     feature nodes, then its head's as ``head.<node>``) or a GraphModule with shapes.
+    ``leaf_modules`` are kept whole when tracing, as in :func:`reverso.trace`; a leaf reverso
+    does not know counts by its ``kernel_size``/``stride`` attributes.
     """
     from reverso.convert.network import TopDownNet
 
@@ -128,7 +134,11 @@ def receptive_fields(
         rows = _walk(model.features, {}, rule).rows
         head = _walk(model.head.pre_logits, {"x": list(rows.values())[-1][1]}, rule).rows
         return RFReport(rows | {f"head.{k}": v for k, v in head.items()})
-    gm = model if isinstance(model, fx.GraphModule) else trace(model, input_size)
+    gm = (
+        model
+        if isinstance(model, fx.GraphModule)
+        else trace(model, input_size, leaf_modules=leaf_modules)
+    )
     return _walk(gm, {}, rule)
 
 
