@@ -46,6 +46,11 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     ``forward(x, pose=None)`` takes an explicit pose field instead: ``theta`` of shape
     ``(B, G, H', W')`` in angle mode, the gates ``(B, G, K, H', W')`` in free mode (K gates per
     pixel, order by order, ``n + 1`` each), where G is C_in (``per_in``) or 1 (``shared``).
+
+    ``pose_net[0]`` and ``mix`` are ``nn.Conv2d`` modules for their parameters (and state_dict
+    keys), but the forward reads their weights directly: the first pose layer folded into a conv
+    of the input, ``mix`` as :func:`~reverso.nn.pointwise.pointwise_conv`. Forward hooks on those
+    two submodules therefore do not run.
     """
 
     def __init__(
