@@ -1,4 +1,5 @@
-"""The benchmarks' shared loop: SGD train steps of several networks, timed side by side."""
+"""The benchmarks' shared loops: SGD train steps of several networks, or forward(+backward) passes
+of several layers, timed side by side."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def train_step(nets: dict, x: torch.Tensor, y: torch.Tensor, lr: float = 0.01):
         return time.perf_counter() - start
 
     return step
+
+
+def layer_step(module, x: torch.Tensor, backward: bool = True) -> float:
+    """Wall time in seconds of ``module(x)`` and, with ``backward``, the backward of its sum (else
+    under ``no_grad``), synchronised on CUDA."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    if backward:
+        module(x).sum().backward()
+    else:
+        with torch.no_grad():
+            module(x)
+    sync()
+    return time.perf_counter() - start
 
 
 def median_times(step, names, iters: int) -> dict:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import timm
@@ -32,7 +30,7 @@ from reverso.nn import NJetConv2d
 from reverso.nn.gaussian import gaussian_basis_2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
-from _timing import median_times, train_step
+from _timing import layer_step, median_times, train_step
 
 
 class NaiveNJet(nn.Module):
@@ -55,15 +53,6 @@ class NaiveNJet(nn.Module):
             "ocf,fyx->ocyx", self.alpha, gaussian_basis_2d(sigma, self.order, grid)
         )
         return F.conv2d(x, weight, padding=radius)
-
-
-def step(module, x) -> float:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    module(x).sum().backward()
-    sync()
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> list[dict]:
@@ -91,17 +80,15 @@ def main(argv=None) -> list[dict]:
         layers[f"N-Jet sigma={sigma} fixed"] = NJetConv2d(c, c, sigma=sigma, learn_sigma=False)
         layers[f"naive sigma={sigma}"] = NaiveNJet(c, sigma)
     layers = {k: m.to(device) for k, m in layers.items()}
-    times = {k: [] for k in layers}
     for module in layers.values():
         for _ in range(2):
-            step(module, x)
-    for _ in range(args.iters):  # interleaved, so that machine noise hits all alike
-        for name, module in layers.items():
-            times[name].append(step(module, x))
-    base = statistics.median(times["Conv2d 3x3"])
+            layer_step(module, x)
+    # interleaved, so that machine noise hits all alike
+    times = median_times(lambda name: layer_step(layers[name], x), list(layers), args.iters)
+    base = times["Conv2d 3x3"]
     rows = []
     for name, module in layers.items():
-        t = statistics.median(times[name])
+        t = times[name]
         detail = (
             f"{module.kernel_size[0]}x{module.kernel_size[0]} grid, {module.active_route(device)}"
             if isinstance(module, NJetConv2d)

@@ -14,37 +14,23 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from reverso.nn import DynamicSteerableConv2d, FrameConv2d, HConv2d
 
-
-def timed(module: nn.Module, x: torch.Tensor, backward: bool) -> float:
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    if backward:
-        module(x).sum().backward()
-    else:
-        with torch.no_grad():
-            module(x)
-    sync()
-    return time.perf_counter() - start
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
+from _timing import layer_step, median_times
 
 
 def compare(pairs: dict, x: torch.Tensor, iters: int, backward: bool) -> dict[str, float]:
-    """Median seconds per name, the modules interleaved in each round."""
+    """Median seconds per name, the modules interleaved in each round (after one warm-up each)."""
     for module in pairs.values():
-        timed(module, x, backward)
-    times = {name: [] for name in pairs}
-    for _ in range(iters):
-        for name, module in pairs.items():
-            times[name].append(timed(module, x, backward))
-    return {name: statistics.median(t) for name, t in times.items()}
+        layer_step(module, x, backward)
+    return median_times(lambda name: layer_step(pairs[name], x, backward), list(pairs), iters)
 
 
 def main(argv=None) -> list[dict]:

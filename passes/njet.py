@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, WidthError
+from reverso.errors import WidthError, check_choice
 from reverso.ir import module_window
 from reverso.nn.frames import kernel_gram, project_kernels, projection_error
 from reverso.nn.njet import NJetConv2d
@@ -114,10 +114,7 @@ def swap_spatial_convs(
     **layer_kwargs,
 ) -> NJetReport:
     """Replace, in place, every spatial ``nn.Conv2d`` under ``root`` by an ``NJetConv2d``."""
-    if init not in INITS:
-        raise OptionError(
-            f"init={init!r} is not supported; choose one of {', '.join(map(repr, INITS))}"
-        )
+    check_choice("init", init, INITS)
     report = NJetReport()
     slots = []
     for slot in spatial_convs(root):
@@ -127,7 +124,7 @@ def swap_spatial_convs(
         else:
             slots.append(slot)
     if report.kept:
-        _tell_about_kept(report, root)
+        _tell_about_kept(report, slots, root)
     bar = tqdm(slots, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
     for slot in bar:
         layer, row = njet_from_conv(
@@ -161,12 +158,11 @@ def _kept_because(conv: nn.Conv2d) -> str | None:
     return overrides_forward(conv)
 
 
-def _tell_about_kept(report: NJetReport, root: nn.Module) -> None:
+def _tell_about_kept(report: NJetReport, swappable: list, root: nn.Module) -> None:
     """Refuse when no conv can be swapped; otherwise warn which convs stay and why."""
     refuse_if_nothing_swapped(
-        [slot for slot in spatial_convs(root) if not _kept_because(slot.conv)], report.kept, root,
-        "njet: no spatial nn.Conv2d it can replace", KEPT_REMEDY,
-    )  # fmt: skip
+        swappable, report.kept, root, "njet: no spatial nn.Conv2d it can replace", KEPT_REMEDY
+    )
     names = ", ".join(f"{name} ({why})" for name, why in report.kept)
     warnings.warn(f"njet keeps {len(report.kept)} conv(s) as they are: {names}; {KEPT_REMEDY}",
                   stacklevel=4)  # fmt: skip

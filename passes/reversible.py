@@ -41,7 +41,7 @@ import torch.fx as fx
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import InputSizeError, OptionError, UnsupportedTopologyError
+from reverso.errors import InputSizeError, UnsupportedTopologyError, check_choice
 from reverso.ir.dataflow import is_mutation
 from reverso.ir.shapes import ShapeProp, channels, propagate, spatial
 from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
@@ -73,11 +73,7 @@ class Reversible(Pass):
         super().__init__()
         for name, value in (("transitions", transitions), ("stem", stem), ("mid", mid),
                             ("post_act", post_act)):  # fmt: skip
-            if value not in _CHOICES[name]:
-                raise OptionError(
-                    f"{name}={value!r} is not supported; choose one of "
-                    f"{', '.join(map(repr, _CHOICES[name]))}"
-                )
+            check_choice(name, value, _CHOICES[name])
         self.transitions, self.stem, self.mid, self.post_act = transitions, stem, mid, post_act
         self.memory_saving = memory_saving
 

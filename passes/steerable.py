@@ -27,7 +27,7 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.errors import OptionError, UnsupportedTopologyError, check_choice
 from reverso.ir.shapes import channels
 from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d, steerable_frame
 from reverso.rewrite.residuals import residual_units
@@ -81,10 +81,7 @@ def check_options(unit, pose, mode, every, order=2, sigma=1.0) -> None:
         ("pose", pose, POSES),
         ("mode", mode, MODES),
     ):
-        if value not in allowed:
-            raise OptionError(
-                f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}"
-            )
+        check_choice(name, value, allowed)
     if not isinstance(order, int) or order < 1 or not sigma > 0:
         raise OptionError(
             f"order={order!r}, sigma={sigma!r}: a steerable frame needs order >= 1 (order 0 does "

@@ -15,6 +15,14 @@ class OptionError(ReversoError, ValueError):
     """An argument has a wrong value (unknown option string, bad size, ...)."""
 
 
+def check_choice(name: str, value, allowed) -> None:
+    """An :class:`OptionError` naming the argument and its choices unless ``value`` is one."""
+    if value not in allowed:
+        raise OptionError(
+            f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}"
+        )
+
+
 class TraceError(ReversoError):
     """The model could not be traced with torch.fx."""
 

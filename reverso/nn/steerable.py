@@ -29,7 +29,7 @@ from torch import nn
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
 from .pointwise import pointwise_conv
-from .steering import rotate_responses, steer_responses, steering_terms
+from .steering import angle_gates, rotate_responses, steer_responses, steering_terms
 
 POSES = ("per_in", "shared")
 MODES = ("angle", "free")
@@ -151,19 +151,9 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     def gates(self, pose: torch.Tensor) -> list[torch.Tensor]:
         """Per steered order: the ``(B, G, n + 1, H', W')`` gates of a pose (``theta`` in angle
         mode, the gates themselves in free mode)."""
-        orders = range(max(1, self.min_order), self.order + 1)
         if self.mode == "free":
-            return list(pose.split([n + 1 for n in orders], dim=2))
-        # cos^(n-k) sin^k from the powers of cos and sin, each computed once
-        cos, sin = [None, torch.cos(pose)], [None, torch.sin(pose)]
-        for _ in range(2, self.order + 1):
-            cos.append(cos[-1] * cos[1])
-            sin.append(sin[-1] * sin[1])
-
-        def monomial(n: int, k: int) -> torch.Tensor:
-            return cos[n] if k == 0 else sin[n] if k == n else cos[n - k] * sin[k]
-
-        return [torch.stack([monomial(n, k) for k in range(n + 1)], dim=2) for n in orders]
+            return list(pose.split([n + 1 for n, _, _ in self._plan], dim=2))
+        return [torch.stack(a, dim=2) for a in angle_gates(pose, self._plan)]
 
     def steer(self, z: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
         """``z~[c, n] = sum_k a_{n,k} A_{n,k} z[c, n]`` for every steered order; order 0 passes

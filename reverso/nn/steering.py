@@ -174,8 +174,9 @@ class _Steer(torch.autograd.Function):
         return grad_z, None, *grad_gates
 
 
-def _angle_gates(theta: torch.Tensor, plan: tuple) -> list[list[torch.Tensor]]:
-    """Per steered order the maps ``cos^(n-k) theta sin^k theta``, k = 0..n."""
+def angle_gates(theta: torch.Tensor, plan: tuple) -> list[list[torch.Tensor]]:
+    """Per steered order of ``plan`` the maps ``cos^(n-k) theta sin^k theta``, k = 0..n, from
+    the powers of cos and sin, each computed once."""
     cos, sin = [None, torch.cos(theta)], [None, torch.sin(theta)]
     for _ in range(2, plan[-1][0] + 1):
         cos.append(cos[-1] * cos[1])
@@ -188,9 +189,8 @@ class _Rotate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, theta, plan):
         ctx.plan = plan
-        gates = _angle_gates(theta, plan)
+        gates = angle_gates(theta, plan)
         out = _steered(z, gates, plan)
-        ctx.orders = [len(a) for a in gates]
         ctx.save_for_backward(theta, out, *[g for a in gates for g in a])
         return out
 
@@ -202,9 +202,9 @@ class _Rotate(torch.autograd.Function):
         grad_z = grad_theta = None
         if ctx.needs_input_grad[0]:
             gates, start = [], 0
-            for size in ctx.orders:  # the forward's gates, order by order
-                gates.append(flat[start : start + size])
-                start += size
+            for n, _, _ in plan:  # the forward's gates, n + 1 per order
+                gates.append(flat[start : start + n + 1])
+                start += n + 1
             grad_z = _steered(grad, gates, plan, transpose=True)
         if ctx.needs_input_grad[1]:  # sum_n <grad_n, A_{n,1} out_n> per channel, then per group
             per_channel = grad.new_zeros(out.shape[:2] + out.shape[-2:])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_choice
 from reverso.names import ARRANGEMENTS, MEMORY_MODES, MERGE_WIDTHS, MERGES, PYRAMIDS, UPSAMPLE_MODES
 
 
@@ -45,8 +45,5 @@ class TopDownOptions:
             ("memory", memory, MEMORY_MODES),
             ("merge_width", merge_width, MERGE_WIDTHS),
         ):
-            if value not in allowed:
-                raise OptionError(
-                    f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}"
-                )
+            check_choice(name, value, allowed)
         return cls(arrangement, width, merge, upsample, pyramid, memory, merge_width)
