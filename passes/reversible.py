@@ -2,8 +2,8 @@
 
 The rules, on the fx graph of any model (a bottom-up net, or the top-down net reverso emits):
 
-1. **Eligible unit** (:mod:`reverso.rewrite.residuals`): an addition ``s + r`` of two maps of one
-   shape where ``r`` is computed from ``s`` alone (the *branch*: every node between them is used
+1. **Eligible unit** (:mod:`reverso.rewrite.residuals`): an addition ``s + r`` of two NCHW maps of
+   one shape (``s`` possibly through ``nn.Identity`` calls) where ``r`` is computed from ``s`` alone (the *branch*: every node between them is used
    only inside the branch) and holds at least one layer that sets its width: a residual unit
    with an identity shortcut. Its width C must be even. A unit with a projection shortcut
    ``P(s) + F(s)`` (a transition) is eligible only with ``transitions="psi"`` (rule 5).
@@ -16,6 +16,8 @@ The rules, on the fx graph of any model (a bottom-up net, or the top-down net re
    inner widths are kept (``mid="keep"``) or halved (``mid="half"``). Changed layers are rebuilt
    through the width registry with fresh weights, as width repair does: no exact rewriting of
    y = x + F(x) as a coupling of two half-width streams exists, so the net is retrained.
+   Per-channel gains and constant split sizes follow (:mod:`reverso.rewrite.fitting`); a branch
+   that still cannot be halved keeps its width between two 1x1 convs, with a warning.
 4. Each run becomes one :class:`~reverso.nn.ReversibleSequence` (split at its entry, merged at
    its exit) that keeps only its output for backward (``memory_saving=True``).
 
@@ -36,16 +38,21 @@ has ``forward_features`` (Phi x) and ``inverse`` (:class:`~reverso.nn.Invertible
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.fx as fx
+from torch import nn
 
 from reverso import ir
+from reverso.analysis.probe import nchw_maps
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import InputSizeError, UnsupportedTopologyError, check_choice
+from reverso.errors import InputSizeError, UnsupportedTopologyError, WidthError, check_choice
 from reverso.ir.dataflow import is_mutation
-from reverso.ir.shapes import ShapeProp, channels, propagate, spatial
+from reverso.ir.shapes import channels, propagate, spatial
 from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from reverso.nn.space_to_depth import SpaceToDepth
+from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.residuals import ResidualUnit, graph_order, residual_units, runs
 from reverso.rewrite.segments import body_of, replace_run
 from reverso.rewrite.widths import REGISTRY, unknown_layer_error, width_defining
@@ -90,8 +97,9 @@ class Reversible(Pass):
                 "transitions='psi' makes downsamplings invertible, but a top-down net's "
                 "transitions upsample: use transitions='keep' for top-down nets"
             )
-        _trunk_activations(gm, residual_units(gm), move=self.post_act == "move")
-        chains = runs(residual_units(gm), transitions=psi)
+        maps = nchw_maps(gm, ctx.input_size)  # channels-last additions are no units
+        _trunk_activations(gm, residual_units(gm, maps), move=self.post_act == "move")
+        chains = runs(residual_units(gm, maps), transitions=psi)
         if not chains:
             raise UnsupportedTopologyError(
                 f"{type(ctx.model).__name__} has no residual unit with an identity shortcut "
@@ -151,9 +159,11 @@ def _check_even(gm: fx.GraphModule, unit: ResidualUnit, stride: int) -> None:
 
 def _coupling_function(gm: fx.GraphModule, unit: ResidualUnit, width: int, stride: int, mid: str):
     """Rule 3: the branch as F of a coupling block, from width/2 channels to width/2 x stride^2
-    (the size of psi(2) of a half at stride 2)."""
+    (the size of psi(2) of a half at stride 2). A branch whose layers cannot all be re-widthed
+    keeps its own width between two 1x1 convs (:func:`_kept_width`)."""
     inside = set(unit.branch)
-    body = body_of(gm, unit.branch, output=next(a for a in unit.add.args[:2] if a in inside))
+    output = next(a for a in unit.add.args[:2] if a in inside)
+    body = body_of(gm, unit.branch, output=output)
     closing = _closing_layer(body)
     out = width // 2 * stride * stride
     x = torch.empty((2, width // 2, *spatial(unit.shortcut)), device="meta")
@@ -163,30 +173,79 @@ def _coupling_function(gm: fx.GraphModule, unit: ResidualUnit, width: int, strid
             return out
         return rule.out_width(module) // 2 if mid == "half" else rule.out_width(module)
 
-    with torch.no_grad():
-        _Rewidth(body, width_of, f"the branch of '{unit.add.name}'").run(x)
+    try:
+        with torch.no_grad():
+            y = _Rewidth(body, width_of, strict=True).run(x)
+        if not isinstance(y, torch.Tensor) or y.shape[1] != out:  # a slice to a fixed width
+            raise WidthError(f"the re-widthed branch gives {_shape(y)} instead of {out} channels")
+    except (RuntimeError, WidthError) as err:
+        return _kept_width(gm, unit, output, width // 2, out, err)
     _out_of_place(body)
     body.recompile()
     return body
 
 
-class _Rewidth(ShapeProp):
-    """Propagate shapes, rebuilding (registry, fresh weights) each layer whose input width
-    changed; ``width_of(target, rule, module)`` gives a layer's output width (default: its own)."""
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
-    def __init__(self, gm: fx.GraphModule, width_of=None, where: str = ""):
+
+def _kept_width(gm: fx.GraphModule, unit: ResidualUnit, output: fx.Node, cin: int, out: int, err):
+    """F = exit(branch(entry(x))): the branch as it is (its weights too), entered by a 1x1 conv
+    from the coupling's ``cin`` channels to the width it reads and left by one to ``out``."""
+    body = body_of(gm, unit.branch, output=output)  # afresh: the failed walk changed its copy
+    _out_of_place(body)
+    body.recompile()
+    reads, gives = channels(unit.shortcut), channels(output)
+    node = getattr(err, "_reverso_node", None)
+    at = f"at node '{node}': " if node else ""
+    warnings.warn(
+        f"the residual function of the unit ending at {ir.describe(gm, unit.add)} cannot be "
+        f"re-widthed to {cin} channels ({at}{str(err).splitlines()[0]}); it keeps "
+        f"its {reads} channels between a 1x1 conv from the coupling's {cin} and one to {out} "
+        "(mid= does not apply to it). To halve it instead, register width rules for its layers "
+        "(reverso.register_width_rule)",
+        stacklevel=4,
+    )
+    like = next(iter(body.parameters()), None)
+    entry, exit_ = nn.Conv2d(cin, reads, 1), nn.Conv2d(gives, out, 1)
+    if like is not None:
+        entry, exit_ = (c.to(like.device, like.dtype) for c in (entry, exit_))
+    return nn.Sequential(entry, body, exit_)
+
+
+class _Rewidth(WidthFitting):
+    """Propagate shapes, rebuilding (registry, fresh weights) each layer whose input width
+    changed; ``width_of(target, rule, module)`` gives a layer's output width (default: its own).
+    Per-channel constants (layer scale) and constant split sizes follow the new widths. With
+    ``strict``, a layer with parameters and no width rule raises a WidthError."""
+
+    def __init__(self, gm: fx.GraphModule, width_of=None, *, strict: bool = False):
         super().__init__(gm)
         self.width_of = width_of or (lambda target, rule, module: rule.out_width(module))
-        self.where = where
+        self.strict = strict
+
+    def run_node(self, n: fx.Node):
+        if ir.is_split(n):
+            sizes = self._split_sizes(n)
+            if sizes is not None:
+                n.args = (n.args[0], sizes, *n.args[2:])
+        try:
+            return super().run_node(n)
+        except RuntimeError:
+            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
+                raise
+            return super().run_node(n)
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        width = int(args[0].shape[1]) if args and isinstance(args[0], torch.Tensor) else None
         rule = REGISTRY.lookup(module)
-        if rule is None or width is None:
-            if rule is None and any(True for _ in module.parameters()) and self.where:
-                raise unknown_layer_error(module, f"'{target}' in {self.where}")
-        elif rule.preserves_width(module):
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if rule is None or x is None or x.dim() < 2:
+            if rule is None and self.strict and any(True for _ in module.parameters()):
+                raise unknown_layer_error(module, target)
+            return super().call_module(target, args, kwargs)
+        width = int(x.shape[rule.channel_dim])
+        if rule.preserves_width(module):
             if width != rule.in_width(module):
                 ir.set_module(self.module, target, REGISTRY.rebuild(module, width))
         else:

@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from reverso import ir
+from reverso.analysis.probe import nchw_maps
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, UnsupportedTopologyError, check_choice
 from reverso.ir.shapes import channels
@@ -70,6 +71,8 @@ class Steerable(Pass):
         settings = dict(self.settings)
         unit = settings.pop("unit")
         swap = swap_convs_for_steerable if unit == "conv" else swap_units_for_steerable
+        if unit == "block":  # additions of channels-last maps are no residual units
+            settings["maps"] = nchw_maps(gm, ctx.input_size)
         report = swap(gm, **settings)
         ctx.state["steerable_report"] = report
         return PassResult(gm, True)
@@ -156,10 +159,11 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
 
 
 def swap_units_for_steerable(
-    gm: fx.GraphModule, *, every=2, order, sigma, pose, mode
+    gm: fx.GraphModule, *, every=2, order, sigma, pose, mode, maps=None
 ) -> SteerableReport:
-    """Replace every ``every``-th residual unit of ``gm`` by a steerable block."""
-    units = residual_units(gm)
+    """Replace every ``every``-th residual unit of ``gm`` by a steerable block (``maps``: the NCHW
+    feature maps, when known)."""
+    units = residual_units(gm, maps)
     if not units:
         raise UnsupportedTopologyError(
             f"steerable(unit='block'): {type(gm).__name__} has no residual units (additions "
@@ -188,7 +192,7 @@ def swap_units_for_steerable(
         node.meta = dict(unit.add.meta)
         unit.add.replace_all_uses_with(node)
         replaced[unit.add] = node
-        for old in reversed([*unit.projection, *unit.branch, unit.add]):
+        for old in reversed(unit.nodes):
             if not old.users:  # the entry's norm and activation still feed the block
                 gm.graph.erase_node(old)
         report.layers.append((target, sigma, error))

@@ -20,9 +20,10 @@ import torch.fx as fx
 from reverso import ir
 from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
 from reverso.ir.modes import evaluating
-from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
+from reverso.ir.shapes import channels, mark_shapes_current
+from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.layers import LayerFactory
-from reverso.rewrite.rigid import KeepWidth, channel_dim, rigid_units, warn_kept_width
+from reverso.rewrite.rigid import KeepWidth, rigid_units, warn_kept_width
 from reverso.rewrite.units import module_prefix
 from reverso.rewrite.widths import unknown_layer_error
 
@@ -59,15 +60,12 @@ def _walk(gm: fx.GraphModule, ctx, *, dry_run: bool = False) -> bool:
             changed |= fixer.changed
 
 
-class _Repair(ShapeProp):
+class _Repair(WidthFitting):
     def __init__(self, gm: fx.GraphModule, ctx, *, dry_run: bool = False):
-        super().__init__(gm)
+        super().__init__(gm, dry_run=dry_run)
         self.ctx = ctx
         self.registry = ctx.registry
         self.factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
-        self.changed = False
-        self.dry_run = dry_run
-        self.rebuilt: dict[str, torch.nn.Module] = {}  # the dry run's layers, by target
         # units that keep their own width (entry projections): only with an analysis to read
         # their bottom-up widths from
         report = getattr(ctx, "report", None)
@@ -151,84 +149,6 @@ class _Repair(ShapeProp):
         unit = ir.unit_of(n)
         if unit is not None and getattr(self.ctx, "report", None) and unit not in self.rigid:
             raise KeepWidth(unit)
-
-    def _fit_constants(self, n: fx.Node) -> bool:
-        """A parameter or buffer the op combines with a feature map of another width (a fixed
-        depthwise filter, a layer-scale gain) takes the map's width: a per-channel tensor whose
-        channels are all equal is repeated (exact for fixed filters), any other one gets the mean
-        of its channels (a neutral start, as fresh weights elsewhere). Returns whether it did."""
-        maps = [v for a in n.all_input_nodes if (v := self.env.get(a)) is not None
-                and isinstance(v, torch.Tensor) and v.dim() == 4 and a.op != "get_attr"]  # fmt: skip
-        if not maps:
-            return False
-        width, fitted = int(maps[0].shape[1]), False
-        for a in n.all_input_nodes:
-            chain = self._constant_chain(a)
-            if not chain:
-                continue
-            value = self.fetch_attr(chain[0].target)
-            dim = channel_dim(value)
-            if dim is None or value.shape[dim] == width:
-                continue
-            self._resize_attr(chain[0].target, value, dim, width)
-            self.env[chain[0]] = self.fetch_attr(chain[0].target).detach().to("meta")
-            for step in chain[1:]:  # the reshapes between the tensor and the op, again
-                self.env[step] = super().run_node(step)
-            fitted = True
-        return fitted
-
-    def _constant_chain(self, a: fx.Node) -> list[fx.Node]:
-        """``[get_attr, reshape, ...]`` from a parameter or buffer to ``a`` through single-input
-        ops (``gamma.reshape(1, -1, 1, 1)``), or [] when ``a`` does not come from one."""
-        chain = [a]
-        while chain[0].op != "get_attr":
-            inputs = chain[0].all_input_nodes
-            if chain[0].op not in ("call_function", "call_method") or len(inputs) != 1:
-                return []
-            chain.insert(0, inputs[0])
-        return chain
-
-    def _resize_attr(self, target: str, value: torch.Tensor, dim: int, width: int) -> None:
-        first = value.narrow(dim, 0, 1)
-        same = bool((value == first).all()) if value.device.type != "meta" else False
-        fill = first if same else value.mean(dim, keepdim=True)
-        new = fill.expand(*[width if d == dim else s for d, s in enumerate(value.shape)]).clone()
-        if isinstance(value, torch.nn.Parameter):
-            new = torch.nn.Parameter(new, value.requires_grad)
-        if self.dry_run:
-            self.rebuilt[target] = new
-            return
-        owner_path, _, name = target.rpartition(".")
-        owner = self.module.get_submodule(owner_path) if owner_path else self.module
-        if name in owner._buffers:
-            owner._buffers[name] = new
-        else:
-            setattr(owner, name, new)
-        self.changed = True
-
-    def _split_sizes(self, n: fx.Node) -> list[int] | None:
-        """Constant channel split sizes scaled to the width the split now receives (None if they
-        still add up or are no constants); refuses a split that would leave a part empty."""
-        x, sizes = self.env.get(n.args[0]), n.args[1] if len(n.args) > 1 else None
-        dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
-        constant = isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes)
-        if not constant or not isinstance(x, torch.Tensor) or dim not in (1, 1 - x.dim()):
-            return None
-        width, total = int(x.shape[1]), sum(sizes)
-        if width == total:
-            return None
-        scaled = [round(s * width / total) for s in sizes[:-1]]
-        scaled.append(width - sum(scaled))
-        if min(scaled) < 1:
-            raise WidthError(
-                f"the channel split {ir.describe(self.module, n)} cuts {total} channels into "
-                f"{list(sizes)}; it now receives {width}, too few to keep every part. Convert with "
-                "wider layers (arrangement=<int>) or make the split sizes follow x.shape[1]"
-            )
-        return scaled
-
-    def fetch_attr(self, target: str):
-        return self.rebuilt.get(target) or super().fetch_attr(target)
 
     def call_module(self, target, args, kwargs):
         try:

@@ -1,7 +1,8 @@
 """Residual units read off the graph: additions ``s + F(s)`` and ``P(s) + F(s)``.
 
-Used by the ``reversible`` pass. A unit is an addition of two maps of one shape whose inputs are
-computed from one map ``s`` alone: ``s`` itself (an identity shortcut) or a short projection
+Used by the ``reversible`` and ``steerable`` passes. A unit is an addition of two maps of one shape
+whose inputs are computed from one map ``s`` alone: ``s`` itself (an identity shortcut, also
+through ``nn.Identity`` modules) or a short projection
 ``P(s)`` (a transition's strided 1x1 conv, or pool and conv). Every node between ``s`` and the
 addition is used only inside the unit, so the unit can be lifted out whole.
 """
@@ -24,6 +25,7 @@ class ResidualUnit:
     shortcut: fx.Node  # s
     branch: list[fx.Node]  # the nodes computing F(s), in graph order
     projection: list[fx.Node] = field(default_factory=list)  # P's nodes; [] for an identity
+    passthrough: list[fx.Node] = field(default_factory=list)  # nn.Identity calls on s's way
 
     @property
     def stride(self) -> int:
@@ -33,15 +35,17 @@ class ResidualUnit:
 
     @property
     def nodes(self) -> list[fx.Node]:
-        return [*self.projection, *self.branch, self.add]
+        return [*self.passthrough, *self.projection, *self.branch, self.add]
 
 
-def residual_units(gm: fx.GraphModule) -> list[ResidualUnit]:
-    """Every residual unit of ``gm`` in graph order; units nested in another's branch left out."""
+def residual_units(gm: fx.GraphModule, maps: set[fx.Node] | None = None) -> list[ResidualUnit]:
+    """Every residual unit of ``gm`` in graph order; units nested in another's branch left out.
+    ``maps``: the NCHW feature maps, when known (``reverso.analysis.probe.nchw_maps``); an
+    addition of channels-last maps, 4D too, is then no unit."""
     order = graph_order(gm)
     units = []
     for add in gm.graph.nodes:
-        pair = _maps_added(add)
+        pair = _maps_added(add) if maps is None or add in maps else None
         if pair is None:
             continue
         unit = _identity_unit(gm, add, *pair, order) or _projection_unit(gm, add, *pair, order)
@@ -80,10 +84,22 @@ def _maps_added(add: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 
 def _identity_unit(gm, add, a, b, order) -> ResidualUnit | None:
     for s, r in ((a, b), (b, a)):
+        s, passthrough = _through_identities(gm, s)
         branch = _computed_from(s, r, add)
         if branch is not None and _sets_width(gm, branch):
-            return ResidualUnit(add, s, sorted(branch, key=order))
+            return ResidualUnit(add, s, sorted(branch, key=order), passthrough=passthrough)
     return None
+
+
+def _through_identities(gm, node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """The value ``node`` passes on unchanged through calls of ``nn.Identity`` that nothing else
+    reads (a shortcut written ``self.shortcut = nn.Identity()``, as timm's blocks do), and those
+    calls, outermost last."""
+    passed = []
+    while ir.is_identity(gm, node) and len(node.users) == 1 and len(node.all_input_nodes) == 1:
+        passed.insert(0, node)
+        node = node.all_input_nodes[0]
+    return node, passed
 
 
 def _projection_unit(gm, add, a, b, order) -> ResidualUnit | None:

@@ -1,0 +1,120 @@
+"""What follows a width change besides the layers: per-channel constants and channel splits.
+
+Shared by the two walks that re-width a graph on meta tensors: top-down width repair
+(:mod:`reverso.rewrite.repair`) and the ``reversible`` pass's half-width residual functions. A
+parameter or buffer that an op combines with a feature map (a layer-scale gain, a fixed depthwise
+filter) takes the map's new width, and a split with constant sizes cuts the new width in the same
+proportions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from reverso import ir
+from reverso.errors import WidthError
+from reverso.ir.shapes import ShapeProp
+from reverso.rewrite.rigid import channel_dim
+
+
+class WidthFitting(ShapeProp):
+    """A shape propagation that can fit constants and split sizes to the widths it meets.
+
+    ``dry_run``: record the fitted tensors in ``rebuilt`` (read back by ``fetch_attr``) instead of
+    installing them; ``changed`` says whether anything was installed."""
+
+    def __init__(self, gm: fx.GraphModule, *, dry_run: bool = False):
+        super().__init__(gm)
+        self.dry_run = dry_run
+        self.changed = False
+        self.rebuilt: dict[str, torch.nn.Module | torch.Tensor] = {}  # the dry run's, by target
+
+    def fetch_attr(self, target: str):
+        return self.rebuilt.get(target) or super().fetch_attr(target)
+
+    def _fit_constants(self, n: fx.Node) -> bool:
+        """A parameter or buffer the op combines with a feature map of another width (a fixed
+        depthwise filter, a layer-scale gain) takes the map's width: a per-channel tensor whose
+        channels are all equal is repeated (exact for fixed filters), any other one gets the mean
+        of its channels (a neutral start, as fresh weights elsewhere). Returns whether it did."""
+        maps = [v for a in n.all_input_nodes if (v := self.env.get(a)) is not None
+                and isinstance(v, torch.Tensor) and v.dim() == 4 and a.op != "get_attr"]  # fmt: skip
+        if not maps:
+            return False
+        fitted = False
+        for a in n.all_input_nodes:
+            chain = self._constant_chain(a)
+            if not chain:
+                continue
+            value = self.fetch_attr(chain[0].target)
+            dim = channel_dim(value)
+            width = _width_against(maps[0], self.env.get(chain[-1]))
+            if dim is None or value.shape[dim] == width:
+                continue
+            self._resize_attr(chain[0].target, value, dim, width)
+            self.env[chain[0]] = self.fetch_attr(chain[0].target).detach().to("meta")
+            for step in chain[1:]:  # the reshapes between the tensor and the op, again
+                self.env[step] = super().run_node(step)
+            fitted = True
+        return fitted
+
+    def _constant_chain(self, a: fx.Node) -> list[fx.Node]:
+        """``[get_attr, reshape, ...]`` from a parameter or buffer to ``a`` through single-input
+        ops (``gamma.reshape(1, -1, 1, 1)``), or [] when ``a`` does not come from one."""
+        chain = [a]
+        while chain[0].op != "get_attr":
+            inputs = chain[0].all_input_nodes
+            if chain[0].op not in ("call_function", "call_method") or len(inputs) != 1:
+                return []
+            chain.insert(0, inputs[0])
+        return chain
+
+    def _resize_attr(self, target: str, value: torch.Tensor, dim: int, width: int) -> None:
+        first = value.narrow(dim, 0, 1)
+        same = bool((value == first).all()) if value.device.type != "meta" else False
+        fill = first if same else value.mean(dim, keepdim=True)
+        new = fill.expand(*[width if d == dim else s for d, s in enumerate(value.shape)]).clone()
+        if isinstance(value, torch.nn.Parameter):
+            new = torch.nn.Parameter(new, value.requires_grad)
+        if self.dry_run:
+            self.rebuilt[target] = new
+            return
+        owner_path, _, name = target.rpartition(".")
+        owner = self.module.get_submodule(owner_path) if owner_path else self.module
+        if name in owner._buffers:
+            owner._buffers[name] = new
+        else:
+            setattr(owner, name, new)
+        self.changed = True
+
+    def _split_sizes(self, n: fx.Node) -> list[int] | None:
+        """Constant channel split sizes scaled to the width the split now receives (None if they
+        still add up or are no constants); refuses a split that would leave a part empty."""
+        x, sizes = self.env.get(n.args[0]), n.args[1] if len(n.args) > 1 else None
+        dim = n.kwargs.get("dim", n.args[2] if len(n.args) > 2 else 0)
+        constant = isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes)
+        if not constant or not isinstance(x, torch.Tensor) or dim not in (1, 1 - x.dim()):
+            return None
+        width, total = int(x.shape[1]), sum(sizes)
+        if width == total:
+            return None
+        scaled = [round(s * width / total) for s in sizes[:-1]]
+        scaled.append(width - sum(scaled))
+        if min(scaled) < 1:
+            raise WidthError(
+                f"the channel split {ir.describe(self.module, n)} cuts {total} channels into "
+                f"{list(sizes)}; it now receives {width}, too few to keep every part. Convert with "
+                "wider layers (arrangement=<int>) or make the split sizes follow x.shape[1]"
+            )
+        return scaled
+
+
+def _width_against(x: torch.Tensor, constant) -> int:
+    """The width of map ``x`` that a per-channel ``constant`` (as the op reads it) lines up with:
+    dim 1 (NCHW, ``gamma.view(1, -1, 1, 1)``, a depthwise filter), or, for a shorter constant
+    broadcast from the right (``gamma`` of shape (C,) on a channels-last map), the dim it meets."""
+    dim = channel_dim(constant)
+    if isinstance(constant, torch.Tensor) and dim is not None and constant.dim() < x.dim():
+        return int(x.shape[x.dim() - constant.dim() + dim])
+    return int(x.shape[1])
