@@ -12,7 +12,8 @@ The rules, applied to the fx graph of any traceable model:
   ``stem=True``.
 
 Padding and stride arithmetic keep every output size exactly that of the original model for
-every input size (``ceil_mode`` pools included), and no weight changes: only strides change and
+every input size (``ceil_mode`` pools included; timm's 'SAME'-padded layers get a
+:class:`~reverso.nn.SamePad2d` that pads as they did at their stride), and no weight changes: only strides change and
 fixed blur filters are added, so a pretrained model stays usable. ``filter_size=1`` is the
 identity rewrite.
 
@@ -30,6 +31,8 @@ where it differs, so that its models and checkpoints are reproduced exactly:
 
 from __future__ import annotations
 
+import copy
+
 import torch.fx as fx
 from torch import nn
 
@@ -38,7 +41,8 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.ir.shapes import channels
 from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
-from reverso.rewrite.convs import conv_at_stride_one
+from reverso.nn.padding import SamePad2d
+from reverso.rewrite.convs import conv_at_stride_one, pads_same, unpadded_conv
 
 VARIANTS = ("reverso", "official")
 #: the official code's max-pool replacement per model class name: (kernel, padding) of the
@@ -121,7 +125,11 @@ class Antialias(Pass):
     def conv(self, gm: fx.GraphModule, node: fx.Node) -> None:
         conv = gm.get_submodule(node.target)
         stride = _stride(gm, node)
-        dense = conv_at_stride_one(conv, padding="keep")
+        if pads_same(conv) and ir.conv_kernel(gm, node) > 1:  # timm's Conv2dSame
+            self.same_pad(gm, node, conv, 0.0)
+            dense = unpadded_conv(conv)
+        else:
+            dense = conv_at_stride_one(conv, padding="keep")
         if self.variant == "official" and stride > 2 and stride % 2 == 0:
             # the official code keeps all but the last factor 2 of a large stride (AlexNet's 4)
             dense.stride, stride = (stride // 2, stride // 2), 2
@@ -145,11 +153,31 @@ class Antialias(Pass):
         node.replace_all_uses_with(blurred)
         gm.graph.erase_node(node)
 
+    def same_pad(self, gm, node: fx.Node, layer: nn.Module, value: float) -> fx.Node:
+        """A :class:`SamePad2d` node before ``node``, reading its input: the padding the strided
+        ``layer`` would apply, so that its stride-1 copy (no padding) samples the same windows."""
+        pad = SamePad2d(layer.kernel_size, layer.stride, getattr(layer, "dilation", 1), value)
+        x = node.args[0]
+        padded = ir.add_module_node(gm, f"{node.name}_same_pad", pad, (x,), before=node,
+                                    meta_from=node)  # fmt: skip
+        node.replace_input_with(x, padded)
+        return padded
+
     def dense_pool(self, gm, node, w: ir.Window, x: fx.Node, max_pool) -> fx.Node:
         """The pool at stride 1 (ceil_mode emulated), reading ``x``, placed before ``node``."""
         k, s, p, ceil = w.kernel[0], w.stride[0], w.padding[0], w.ceil_mode
         if w.kind == "max" and max_pool is not None:
             k, p = max_pool
+        module = ir.module_of(gm, node)
+        if pads_same(module):  # timm's MaxPool2dSame, AvgPool2dSame: pad as the strided pool
+            x = self.same_pad(gm, node, module, float("-inf") if w.kind == "max" else 0.0)
+            k, p, ceil = module.kernel_size, 0, False
+        elif _pads_itself(module):  # another pool with its own padding rule: kept, at stride 1
+            dense = copy.deepcopy(module)
+            dense.stride = (1, 1)
+            return ir.add_module_node(
+                gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
+            )
         if ceil and (p != 0 or k < s):
             raise UnsupportedTopologyError(
                 f"pooling {ir.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
@@ -192,6 +220,14 @@ def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
         current = nxt
     with_act = [n for n in chain if ir.is_activation(gm, n) or _is_norm_act(gm, n)]
     return with_act[-1] if with_act else chain[-1]
+
+
+def _pads_itself(module) -> bool:
+    """A pool module whose class overrides the pool's forward (timm's MaxPool2dSame and
+    AvgPool2dSame pad for each input size, to ``ceil(n / stride)`` outputs): at stride 1 it keeps
+    the size, so the blur after it gives the pool's output size."""
+    bases = (nn.MaxPool2d, nn.AvgPool2d)
+    return isinstance(module, bases) and type(module).forward not in [b.forward for b in bases]
 
 
 def _is_norm_act(gm, node) -> bool:

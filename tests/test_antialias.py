@@ -1,5 +1,7 @@
 """BlurPool2d and reverso.antialias (spec antialias.md)."""
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -15,6 +17,7 @@ CEIL_MODE_MODELS = [
     "resnet18d",
     "ese_vovnet19b_dw",
 ]  # ceil_mode avg-pool shortcut, ceil_mode max-pools
+SAME_PADDING_MODELS = ["tf_mobilenetv3_small_minimal_100"]  # timm's Conv2dSame
 
 
 def test_paper_toy_example():
@@ -76,7 +79,7 @@ def test_blur_commutes_with_a_1x1_conv():
         assert torch.allclose(a, b, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS)
+@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS + SAME_PADDING_MODELS)
 def test_filter_size_one_is_the_identity_rewrite(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10).eval().double()
@@ -87,7 +90,7 @@ def test_filter_size_one_is_the_identity_rewrite(name):
         assert torch.allclose(rewritten(x), model(x), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS)
+@pytest.mark.parametrize("name", IDENTITY_MODELS + CEIL_MODE_MODELS + SAME_PADDING_MODELS)
 def test_output_sizes_and_weights_are_kept(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10).eval()
@@ -148,3 +151,33 @@ def test_avg_pool_without_padding_in_the_divisor_is_kept_exactly(ceil_mode):
     blurred = reverso.antialias(model, input_size=(3, 15, 15), filter_size=1).eval()
     x = torch.rand(2, 3, 15, 15)
     assert torch.allclose(blurred(x), model(x), atol=1e-6)
+
+
+def test_timm_same_padding_layers_are_padded_as_at_their_stride():
+    """timm's Conv2dSame, MaxPool2dSame and AvgPool2dSame pad for each input size; at stride 1
+    they would pad one pixel off on even sizes. A SamePad2d pads as the strided layer did: every
+    size is kept, filter_size=1 is exact on odd and even sizes, and the result traces again."""
+    from timm.layers import Conv2dSame
+    from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+
+    from reverso.nn import SamePad2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), MaxPool2dSame(3, 2),
+        Conv2dSame(8, 8, 3, stride=2), torch.nn.ReLU(), AvgPool2dSame(2, 2),
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+    ).eval().double()  # fmt: skip
+    exact = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1)
+    blurred = reverso.antialias(model, input_size=(3, 32, 32))
+    assert sum(isinstance(m, SamePad2d) for m in blurred.modules()) == 3
+    for n in (15, 16, 17, 30):
+        x = torch.rand(2, 3, n, n, dtype=torch.float64)
+        assert torch.allclose(exact(x), model(x), atol=1e-12, rtol=0)
+        assert blurred(x).shape == model(x).shape
+    retraced = reverso.trace(blurred, (3, 17, 17))  # SamePad2d stays a leaf
+    assert sum(n.op == "call_module" and "same_pad" in n.target for n in retraced.graph.nodes) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known layer: no "reverso does not know" warning
+        rfs = reverso.receptive_fields(blurred, (3, 32, 32))
+    assert [kind for kind, _ in rfs.rows.values()].count("same padding") == 3

@@ -14,6 +14,7 @@ from .frames import FRAMES, FrameConv2d, frame_atoms, project_kernels
 from .hierarchical import HConv2d, HLift, HReadout
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
+from .padding import SamePad2d
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .reversible import CouplingBlock, InjectivePad, InvertibleGraphModule, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
@@ -34,6 +35,7 @@ LAYERS = (
     HReadout,
     BlurPool2d,
     CeilModePad,
+    SamePad2d,
     ValidAvgPool2d,
     GaussianBlur2d,
     SpaceToDepth,
@@ -68,6 +70,7 @@ __all__ = [
     "NJetConv2d",
     "NeighbourhoodToDepth",
     "ReversibleSequence",
+    "SamePad2d",
     "SpaceToDepth",
     "Upsample",
     "binomial_taps",

@@ -1,5 +1,6 @@
 """Padding of N-Jet kernels: per-side paddings, timm's dynamic 'same' padding, and the kernel taps
-that never meet the input, cropped away exactly.
+that never meet the input, cropped away exactly; and :class:`SamePad2d`, timm's 'same' padding of a
+strided window as a layer of its own.
 
 On a small map a large kernel reads mostly padding: with stride s and left padding p, tap t of
 an axis meets input pixel ``o s + t - p`` for the outputs o = 0..n_out - 1, so only the taps
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def reached_taps(size: int, kernel: int, stride: int, low: int, high: int) -> tuple[int, int]:
@@ -65,3 +67,40 @@ def same_padding(input_size, extent: int, stride: int, size: int) -> tuple[int, 
         left = total // 2 + (size - 1) // 2 - extent // 2
         pads += [left, total + size - extent - left]
     return tuple(pads)
+
+
+def strided_same_pads(input_size, kernel, stride, dilation=1) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)``: timm's dynamic 'same' padding (``pad_same``) of a window
+    (``kernel``, ``stride``, ``dilation``: ints or (y, x) pairs) for an input of ``input_size``
+    (H, W): ``ceil(n / stride)`` outputs, the odd pixel of padding after."""
+    pads = []
+    for axis in (1, 0):  # x, then y
+        n, k, s, d = (int(v if isinstance(v, int) else v[axis])
+                      for v in (input_size, kernel, stride, dilation))  # fmt: skip
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
+class SamePad2d(nn.Module):
+    """The padding a strided window with timm's dynamic 'same' padding (``Conv2dSame``,
+    ``MaxPool2dSame``, ``AvgPool2dSame``) applies, as a layer of its own: the window then runs at
+    stride 1 with no padding, and every ``stride``-th output of it is the strided window's output
+    (the antialias pass blurs before subsampling there). ``value``: -inf before a max-pool.
+    Its padding depends on the input's size, so it is traced as a leaf."""
+
+    def __init__(self, kernel_size, stride, dilation=1, value: float = 0.0):
+        super().__init__()
+        self.kernel_size, self.stride, self.dilation, self.value = (
+            kernel_size, stride, dilation, value,
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = strided_same_pads(x.shape[-2:], self.kernel_size, self.stride, self.dilation)
+        return F.pad(x, pads, value=self.value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+            f"value={self.value}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 
+import torch
 from torch import nn
 
 from reverso.errors import WidthError
@@ -87,6 +88,25 @@ def same_padding(kernel_size, dilation) -> tuple[int, int] | str:
 #: match the pyramid's); "keep" keeps the conv's own padding, so that a stride-s blur after it
 #: gives exactly the strided conv's output size (antialiasing, as the reference code does)
 STRIDE_ONE_PADDING = ("same", "keep")
+
+
+#: timm's layers that pad for each input size as TensorFlow's 'SAME' does (``ceil(n / stride)``
+#: outputs, :func:`reverso.nn.padding.strided_same_pads`)
+SAME_PADDING = ("Conv2dSame", "MaxPool2dSame", "AvgPool2dSame")
+
+
+def pads_same(module: nn.Module) -> bool:
+    return type(module).__name__ in SAME_PADDING
+
+
+def unpadded_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` at stride 1 without padding, with a copy of ``conv``'s parameters (for
+    a conv whose padding now comes from a layer before it)."""
+    with torch.device("meta"):
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, 0,
+                        conv.dilation, conv.groups, conv.bias is not None)  # fmt: skip
+    new.weight, new.bias = copy.deepcopy(conv.weight), copy.deepcopy(conv.bias)
+    return new.train(conv.training)
 
 
 def conv_at_stride_one(conv: nn.Conv2d, *, padding: str = "same") -> nn.Conv2d:

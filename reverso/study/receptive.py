@@ -47,6 +47,7 @@ from reverso.nn import (
     Merge,
     NeighbourhoodToDepth,
     NJetConv2d,
+    SamePad2d,
     SpaceToDepth,
     Upsample,
 )
@@ -284,6 +285,8 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         return "linear", GLOBAL if base.max == math.inf else base
     if any(isinstance(c, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) for c in m.modules()):
         return "block (its convs in order)", _sequence_rf(m, base)
+    if isinstance(m, SamePad2d):  # padding only: the window after it reads the same pixels
+        return "same padding", base
     window = _declared_window(m)
     if window is not None:  # timm's CondConv2d, a user's own conv-like leaf
         extent, step = window
