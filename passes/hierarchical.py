@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +77,7 @@ def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) ->
             "add maps of different attribute levels. Convert a plain CNN (no residual units)"
         )
     units, head_start = _body(gm)
+    _check_head(gm, head_start)
     classes = _classes(gm)
     if _weighted(gm, head_start) is None:  # a pooling head reads the classes off the last conv
         head = "readout"
@@ -147,6 +149,34 @@ def _body(gm: fx.GraphModule):
     if last_conv[2] > 1:  # a pool after the last conv stays: nothing follows to take its stride
         last_conv[1] = [n for n in last_conv[1] if not ir.is_pool(gm, n)]
     return units, head_start
+
+
+def _check_head(gm: fx.GraphModule, head_start: fx.Node) -> None:
+    """Between the body and the head's first layer with weights only global pooling, flattening,
+    dropout and activations may run (the head is rebuilt for, or replaced by what, the HCNN body
+    gives); a model that goes on working on its maps (reshaped into tokens or patches) is no
+    plain CNN."""
+    node = head_start
+    while node.op != "output":
+        module = ir.module_of(gm, node)
+        if module is not None and next(module.parameters(), None) is not None:
+            return  # the head's first weighted layer: rebuilt or replaced
+        value = node.meta.get("val")
+        pooled = (
+            not isinstance(value, torch.Tensor)  # sizes read for a view
+            or value.dim() <= 2  # (batch, features)
+            or ir.spatial(node) == (1, 1)
+            or _is_adaptive_pool(gm, node)
+        )
+        if not (pooled or ir.is_pointwise(gm, node)):
+            raise UnsupportedTopologyError(
+                f"after the last conv the model goes on working on its maps at "
+                f"{ir.describe(gm, node)} (a value of shape {tuple(value.shape)}) before any "
+                "global pooling or flattening into a classifier: the hierarchical pass rebuilds "
+                "plain CNNs (conv-pool chains with such a head), not models that reshape their "
+                "maps into tokens or patches"
+            )
+        node = node.next
 
 
 def _is_map(gm: fx.GraphModule, node: fx.Node) -> bool:

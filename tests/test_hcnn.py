@@ -139,6 +139,26 @@ def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
         reverso.hierarchical(vgg, (3, 32, 32), K=7)
 
 
+class _Tokens(torch.nn.Module):
+    """A conv stem whose maps become tokens for a Linear layer (as TNT's pixel embedding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix, self.fc = torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.fc(self.mix(tokens).mean(1))
+
+
+@pytest.mark.parametrize("head", ["keep", "readout"])
+def test_a_model_that_goes_on_working_on_its_maps_is_refused(head):
+    # rebuilding its "head" would have to re-width the tokens (keep) or drop them (readout)
+    with pytest.raises(UnsupportedTopologyError, match=r"'flatten'.*\(2, 8, 256\).*tokens"):
+        reverso.hierarchical(_Tokens(), (3, 32, 32), K=8, Q=4, head=head)
+
+
 def test_a_rebuilt_model_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     converted = reverso.hierarchical(reverso.models.create("nin_light"), (1, 28, 28), K=8, Q=4)
