@@ -45,7 +45,6 @@ import torch.fx as fx
 from torch import nn
 
 from reverso import ir
-from reverso.analysis.probe import nchw_maps
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import InputSizeError, UnsupportedTopologyError, WidthError, check_choice
 from reverso.ir.dataflow import is_mutation
@@ -97,13 +96,12 @@ class Reversible(Pass):
                 "transitions='psi' makes downsamplings invertible, but a top-down net's "
                 "transitions upsample: use transitions='keep' for top-down nets"
             )
-        maps = nchw_maps(gm, ctx.input_size)  # channels-last additions are no units
-        _trunk_activations(gm, residual_units(gm, maps), move=self.post_act == "move")
-        chains = runs(residual_units(gm, maps), transitions=psi)
+        _trunk_activations(gm, residual_units(gm), move=self.post_act == "move")
+        chains = runs(residual_units(gm), transitions=psi)
         if not chains:
             raise UnsupportedTopologyError(
                 f"{type(ctx.model).__name__} has no residual unit with an identity shortcut "
-                "(y = x + F(x), x and F(x) of one shape) for a coupling block to replace"
+                "(y = x + F(x), x and F(x) NCHW maps of one shape) for a coupling block to replace"
             )
         for i, chain in enumerate(chains):
             width = channels(chain[0].shortcut)  # the trunk's width now

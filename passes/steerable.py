@@ -26,7 +26,6 @@ import torch.fx as fx
 from torch import nn
 
 from reverso import ir
-from reverso.analysis.probe import nchw_maps
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, UnsupportedTopologyError, check_choice
 from reverso.ir.shapes import channels
@@ -71,8 +70,6 @@ class Steerable(Pass):
         settings = dict(self.settings)
         unit = settings.pop("unit")
         swap = swap_convs_for_steerable if unit == "conv" else swap_units_for_steerable
-        if unit == "block":  # additions of channels-last maps are no residual units
-            settings["maps"] = nchw_maps(gm, ctx.input_size)
         report = swap(gm, **settings)
         ctx.state["steerable_report"] = report
         return PassResult(gm, True)
@@ -159,11 +156,10 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
 
 
 def swap_units_for_steerable(
-    gm: fx.GraphModule, *, every=2, order, sigma, pose, mode, maps=None
+    gm: fx.GraphModule, *, every=2, order, sigma, pose, mode
 ) -> SteerableReport:
-    """Replace every ``every``-th residual unit of ``gm`` by a steerable block (``maps``: the NCHW
-    feature maps, when known)."""
-    units = residual_units(gm, maps)
+    """Replace every ``every``-th residual unit of ``gm`` by a steerable block."""
+    units = residual_units(gm)
     if not units:
         raise UnsupportedTopologyError(
             f"steerable(unit='block'): {type(gm).__name__} has no residual units (additions "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from reverso.errors import ReversoError, UnsupportedTopologyError, failed_node
+from reverso.errors import UnsupportedTopologyError, failed_node
 from reverso.frontend.tracing import example_input, traced_dtype
 from reverso.ir import (
     by_name,
@@ -76,15 +76,6 @@ def scaling_values(gm: fx.GraphModule, input_size) -> tuple[set[fx.Node], set[fx
     The nodes' shapes are left as they were."""
     scaling, maps, *_ = _scaling_values(gm, input_size)
     return scaling, maps
-
-
-def nchw_maps(gm: fx.GraphModule, input_size) -> set[fx.Node] | None:
-    """The NCHW feature maps of ``gm`` (not channels-last maps or tokens, which are 4D or 3D
-    too), or None for a model that cannot be probed at a second input size."""
-    try:
-        return scaling_values(gm, input_size)[1]
-    except ReversoError:
-        return None
 
 
 def _scaling_values(gm: fx.GraphModule, input_size):

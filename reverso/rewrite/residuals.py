@@ -1,7 +1,7 @@
 """Residual units read off the graph: additions ``s + F(s)`` and ``P(s) + F(s)``.
 
 Used by the ``reversible`` and ``steerable`` passes. A unit is an addition of two maps of one shape
-whose inputs are computed from one map ``s`` alone: ``s`` itself (an identity shortcut, also
+whose inputs are computed from one NCHW map ``s`` alone: ``s`` itself (an identity shortcut, also
 through ``nn.Identity`` modules) or a short projection
 ``P(s)`` (a transition's strided 1x1 conv, or pool and conv). Every node between ``s`` and the
 addition is used only inside the unit, so the unit can be lifted out whole.
@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from reverso import ir
 from reverso.ir.shapes import channels, spatial
-from reverso.rewrite.widths import width_defining
+from reverso.rewrite.widths import REGISTRY, width_defining
 
 
 @dataclass
@@ -38,14 +38,12 @@ class ResidualUnit:
         return [*self.passthrough, *self.projection, *self.branch, self.add]
 
 
-def residual_units(gm: fx.GraphModule, maps: set[fx.Node] | None = None) -> list[ResidualUnit]:
-    """Every residual unit of ``gm`` in graph order; units nested in another's branch left out.
-    ``maps``: the NCHW feature maps, when known (``reverso.analysis.probe.nchw_maps``); an
-    addition of channels-last maps, 4D too, is then no unit."""
+def residual_units(gm: fx.GraphModule) -> list[ResidualUnit]:
+    """Every residual unit of ``gm`` in graph order; units nested in another's branch left out."""
     order = graph_order(gm)
     units = []
     for add in gm.graph.nodes:
-        pair = _maps_added(add) if maps is None or add in maps else None
+        pair = _maps_added(add)
         if pair is None:
             continue
         unit = _identity_unit(gm, add, *pair, order) or _projection_unit(gm, add, *pair, order)
@@ -86,7 +84,7 @@ def _identity_unit(gm, add, a, b, order) -> ResidualUnit | None:
     for s, r in ((a, b), (b, a)):
         s, passthrough = _through_identities(gm, s)
         branch = _computed_from(s, r, add)
-        if branch is not None and _sets_width(gm, branch):
+        if branch is not None and _is_unit_branch(gm, branch):
             return ResidualUnit(add, s, sorted(branch, key=order), passthrough=passthrough)
     return None
 
@@ -111,7 +109,7 @@ def _projection_unit(gm, add, a, b, order) -> ResidualUnit | None:
     if side_a & side_b:
         return None
     residual, projection = sorted((side_a, side_b), key=lambda side: -len(side))
-    if not _sets_width(gm, residual):
+    if not _is_unit_branch(gm, residual):
         return None
     # a pre-activation (or a trunk activation) both sides share belongs to the unit
     while (
@@ -161,8 +159,15 @@ def _single_source(x: fx.Node, add: fx.Node) -> tuple[fx.Node, set[fx.Node]] | N
     return (s, inside) if inside else None
 
 
-def _sets_width(gm: fx.GraphModule, nodes) -> bool:
-    return any(width_defining(gm, n) for n in nodes if n.op == "call_module")
+def _is_unit_branch(gm: fx.GraphModule, nodes) -> bool:
+    """The branch holds a layer that sets its width, and it works on NCHW maps: its first layer
+    with a width rule reads channels at dim 1 (a conv, a BatchNorm), not last (a LayerNorm or
+    Linear layer: the unit adds channels-last values, 4D too, as MambaOut's and VOLO's do)."""
+    layers = [n for n in sorted(nodes, key=graph_order(gm)) if n.op == "call_module"]
+    first = next((r for n in layers if (r := REGISTRY.lookup(gm.get_submodule(n.target)))), None)
+    if first is not None and first.channel_dim != 1:
+        return False
+    return any(width_defining(gm, n) for n in layers)
 
 
 def graph_order(gm: fx.GraphModule):
