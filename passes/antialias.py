@@ -125,7 +125,7 @@ class Antialias(Pass):
     def conv(self, gm: fx.GraphModule, node: fx.Node) -> None:
         conv = gm.get_submodule(node.target)
         stride = _stride(gm, node)
-        if pads_same(conv) and ir.conv_kernel(gm, node) > 1:  # timm's Conv2dSame
+        if pads_same(conv) and ir.conv_kernel(gm, node) > 1:  # timm's Conv2dSame, StdConv2dSame
             self.same_pad(gm, node, conv, 0.0)
             dense = unpadded_conv(conv)
         else:

@@ -154,10 +154,10 @@ def test_avg_pool_without_padding_in_the_divisor_is_kept_exactly(ceil_mode):
 
 
 def test_timm_same_padding_layers_are_padded_as_at_their_stride():
-    """timm's Conv2dSame, MaxPool2dSame and AvgPool2dSame pad for each input size; at stride 1
+    """timm's Conv2dSame, StdConv2dSame, MaxPool2dSame and AvgPool2dSame pad for each input size; at stride 1
     they would pad one pixel off on even sizes. A SamePad2d pads as the strided layer did: every
     size is kept, filter_size=1 is exact on odd and even sizes, and the result traces again."""
-    from timm.layers import Conv2dSame
+    from timm.layers import Conv2dSame, StdConv2dSame
     from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
     from reverso.nn import SamePad2d
@@ -166,18 +166,18 @@ def test_timm_same_padding_layers_are_padded_as_at_their_stride():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), MaxPool2dSame(3, 2),
         Conv2dSame(8, 8, 3, stride=2), torch.nn.ReLU(), AvgPool2dSame(2, 2),
-        torch.nn.Conv2d(8, 4, 3, padding=1),
+        StdConv2dSame(8, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1),
     ).eval().double()  # fmt: skip
     exact = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1)
     blurred = reverso.antialias(model, input_size=(3, 32, 32))
-    assert sum(isinstance(m, SamePad2d) for m in blurred.modules()) == 3
+    assert sum(isinstance(m, SamePad2d) for m in blurred.modules()) == 4
     for n in (15, 16, 17, 30):
         x = torch.rand(2, 3, n, n, dtype=torch.float64)
         assert torch.allclose(exact(x), model(x), atol=1e-12, rtol=0)
         assert blurred(x).shape == model(x).shape
     retraced = reverso.trace(blurred, (3, 17, 17))  # SamePad2d stays a leaf
-    assert sum(n.op == "call_module" and "same_pad" in n.target for n in retraced.graph.nodes) == 3
+    assert sum(n.op == "call_module" and "same_pad" in n.target for n in retraced.graph.nodes) == 4
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a known layer: no "reverso does not know" warning
         rfs = reverso.receptive_fields(blurred, (3, 32, 32))
-    assert [kind for kind, _ in rfs.rows.values()].count("same padding") == 3
+    assert [kind for kind, _ in rfs.rows.values()].count("same padding") == 4

@@ -96,12 +96,19 @@ SAME_PADDING = ("Conv2dSame", "MaxPool2dSame", "AvgPool2dSame")
 
 
 def pads_same(module: nn.Module) -> bool:
-    return type(module).__name__ in SAME_PADDING
+    """timm's 'SAME' padding per input size: a layer of :data:`SAME_PADDING`, or one that says so
+    with ``same_pad = True`` (``StdConv2dSame``, ``ScaledStdConv2dSame``)."""
+    return type(module).__name__ in SAME_PADDING or getattr(module, "same_pad", None) is True
 
 
 def unpadded_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """A plain ``nn.Conv2d`` at stride 1 without padding, with a copy of ``conv``'s parameters (for
-    a conv whose padding now comes from a layer before it)."""
+    """``conv`` at stride 1 without its 'SAME' padding (:func:`pads_same`), with a copy of its
+    parameters, for a conv whose padding now comes from a layer before it: a plain ``nn.Conv2d``
+    for ``Conv2dSame``, the conv itself with ``same_pad = False`` for the others."""
+    if getattr(conv, "same_pad", None) is True:  # its forward does more (weight standardisation)
+        new = conv_at_stride_one(conv, padding="keep")
+        new.same_pad = False
+        return new
     with torch.device("meta"):
         new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, 0,
                         conv.dilation, conv.groups, conv.bias is not None)  # fmt: skip
