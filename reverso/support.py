@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from reverso.convert.topdown import topdown
 from reverso.errors import ReversoError
+from reverso.sweep import TRANSFORMS
 
 #: timm models that must convert (64x64 inputs, 10 classes)
 SWEEP = (
@@ -246,8 +247,11 @@ def catalogue_table(outcomes) -> str:
     return "\n".join(lines)
 
 
-def sweep_catalogue(side: int, jobs: int, memory_gb: float, only: str | None = None) -> list:
-    """Every timm module's smallest model and every torchvision model, ``jobs`` at a time."""
+def sweep_catalogue(
+    side: int, jobs: int, memory_gb: float, only: str | None = None, transform: str = "topdown"
+) -> list:
+    """Every timm module's smallest model and every torchvision model, ``jobs`` at a time, each
+    converted by ``reverso.<transform>``."""
     from concurrent.futures import ThreadPoolExecutor
 
     from reverso.sweep import check_isolated, smallest_timm_models, torchvision_models
@@ -258,7 +262,7 @@ def sweep_catalogue(side: int, jobs: int, memory_gb: float, only: str | None = N
         models = [(s, m) for s, m in models if only in m]
 
     def one(entry):
-        outcome = check_isolated(*entry, side, memory_gb=memory_gb)
+        outcome = check_isolated(*entry, side, memory_gb=memory_gb, transform=transform)
         print(f"{entry[0]} {entry[1]}: {outcome.outcome} {outcome.message[:120]}", flush=True)
         return outcome
 
@@ -276,9 +280,17 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="--all: models converted at once")
     parser.add_argument("--memory-gb", type=float, default=12.0, help="--all: per-model memory cap")
     parser.add_argument("--only", help="--all: just the models whose name contains this")
+    parser.add_argument("--transform", default="topdown", choices=TRANSFORMS,
+                        help="--all: the conversion to sweep (other than topdown: printed, or --out)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.all:
-        outcomes = sweep_catalogue(args.size or 96, args.jobs, args.memory_gb, args.only)
+        outcomes = sweep_catalogue(
+            args.size or 96, args.jobs, args.memory_gb, args.only, args.transform
+        )
+        if args.transform != "topdown":  # the counts and every failure, by model
+            text = transform_table(args.transform, outcomes)
+            _write_or_print(text, args.out)
+            return
         with open(args.out or "docs/support.md", "w") as f:
             f.write(CATALOGUE_HEADER.format(size=args.size or 96, torch=torch.__version__))
             f.write(catalogue_table(outcomes) + "\n")
@@ -296,9 +308,26 @@ def main(argv=None) -> None:
         "clipped to 1, lr 0.003). Parameter growth comes from the spec's merges (a 3x3 fuse conv "
         'at the unit\'s own width in every up-unit merge); `merge="add"` avoids it.\n\n'
     )
-    text = header + support_table(results) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
+    _write_or_print(header + support_table(results) + "\n", args.out)
+
+
+def transform_table(transform: str, outcomes) -> str:
+    """A sweep of another transform than topdown: the counts, then the models it did not convert."""
+    from reverso.sweep import OUTCOMES
+
+    counts = ", ".join(f"{n} {o}" for o in OUTCOMES if (n := sum(r.outcome == o for r in outcomes)))
+    lines = [f"# reverso.{transform} on the catalogue", "", counts, "",
+             "| source | model | size | outcome | message |", "|---|---|---:|---|---|"]  # fmt: skip
+    for r in outcomes:
+        if r.outcome != "converts":
+            message = r.message.replace("|", "/")[:300]
+            lines.append(f"| {r.source} | {r.model} | {r.size} | {r.outcome} | {message} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_or_print(text: str, out: str | None) -> None:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
     else:
         print(text)

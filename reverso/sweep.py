@@ -1,7 +1,8 @@
 """The catalogue sweep: convert a model in a process of its own and classify what happened.
 
-Each model is built untrained (``num_classes=10``), converted with the default options, then run
-forward and backward on a batch of 4 and given one SGD step. The outcome is one of
+Each model is built untrained (``num_classes=10``), converted with the default options (by
+``reverso.topdown``, or any other of :data:`TRANSFORMS`), then run forward and backward on a batch
+of 4 and given one SGD step. The outcome is one of
 :data:`OUTCOMES`; a refusal that wraps a torch error is checked against the model itself: if the
 bottom-up model runs eagerly at that size, the refusal hides a bug and counts as an internal
 error. The child process watches its own memory (``memory_gb``) and time (``timeout_s``).
@@ -20,6 +21,9 @@ import time
 from dataclasses import dataclass
 
 OUTCOMES = ("converts", "refused", "internal error", "out of memory", "timeout")
+#: the conversions a sweep runs: ``reverso.<name>(model, input_size=...)`` with its defaults
+TRANSFORMS = ("topdown", "njet", "antialias", "frames", "steerable", "hierarchical", "reversible",
+              "checkpoint")  # fmt: skip
 
 
 @dataclass
@@ -94,12 +98,15 @@ def input_side(model, default: int) -> int:
     return cfg["input_size"][-1] if cfg.get("fixed_input_size") else default
 
 
-def check(source: str, name: str, side: int) -> Outcome:
-    """Convert one model in this process and classify the outcome."""
+def check(source: str, name: str, side: int, transform: str = "topdown") -> Outcome:
+    """Convert one model in this process (``reverso.<transform>``) and classify the outcome."""
     import torch
     import torch.nn.functional as F
 
-    from reverso.convert.topdown import topdown
+    import reverso
+
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
 
     result = Outcome(source, name)
     model = build(source, name)
@@ -110,7 +117,7 @@ def check(source: str, name: str, side: int) -> Outcome:
     start = time.perf_counter()
     try:
         with memory:
-            td = topdown(model, input_size=size)
+            td = getattr(reverso, transform)(model, input_size=size)
     except Exception as err:
         result.outcome, result.message = classify(err, model, size), _first_line(err)
         return result
@@ -162,10 +169,17 @@ def classify(err: BaseException, model, size) -> str:
 
 
 def check_isolated(
-    source: str, name: str, side: int, *, memory_gb: float = 12.0, timeout_s: float = 600.0
+    source: str,
+    name: str,
+    side: int,
+    *,
+    memory_gb: float = 12.0,
+    timeout_s: float = 600.0,
+    transform: str = "topdown",
 ) -> Outcome:
     """:func:`check` in a child process that stops itself past ``memory_gb`` of resident memory."""
-    command = [sys.executable, "-m", "reverso.sweep", source, name, str(side), str(memory_gb)]
+    command = [sys.executable, "-m", "reverso.sweep", source, name, str(side), str(memory_gb),
+               transform]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -219,8 +233,8 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-if __name__ == "__main__":  # the child of check_isolated: SOURCE NAME SIDE MEMORY_GB
+if __name__ == "__main__":  # the child of check_isolated: SOURCE NAME SIDE MEMORY_GB TRANSFORM
     source, name, side, memory_gb = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     pending = Outcome(source, name, size=side)
     threading.Thread(target=_watch, args=(memory_gb * 1024, pending), daemon=True).start()
-    print(json.dumps(dataclasses.asdict(check(source, name, side))), flush=True)
+    print(json.dumps(dataclasses.asdict(check(source, name, side, sys.argv[5]))), flush=True)

@@ -6,7 +6,7 @@ import pytest
 
 import reverso
 from reverso.support import REPRESENTATIVE, SWEEP, check_timm_model
-from reverso.sweep import Outcome, check, classify
+from reverso.sweep import TRANSFORMS, Outcome, check, classify
 
 
 @pytest.mark.parametrize("name", SWEEP)
@@ -68,5 +68,33 @@ def test_the_whole_catalogue_has_no_internal_errors(tmp_path):
     from reverso.support import sweep_catalogue
 
     outcomes = sweep_catalogue(96, jobs=2, memory_gb=12)
+    bugs = [f"{o.model}: {o.message}" for o in outcomes if o.outcome == "internal error"]
+    assert not bugs, "\n".join(bugs)
+
+
+#: a model of the catalogue each transform converts (hierarchical: a plain CNN, whose last SE
+#: block is part of the head at 32x32)
+TRANSFORM_MODELS = {"njet": ("test_convnext", 64), "antialias": ("test_convnext", 64),
+                    "frames": ("lcnet_050", 64), "steerable": ("resnet10t", 64),
+                    "hierarchical": ("lcnet_050", 32), "reversible": ("test_convnext", 64),
+                    "checkpoint": ("test_convnext", 64)}  # fmt: skip
+
+
+@pytest.mark.parametrize("transform", sorted(TRANSFORM_MODELS))
+def test_the_sweep_runs_every_transform(transform):
+    name, side = TRANSFORM_MODELS[transform]
+    result = check("timm", name, side, transform)
+    assert result.outcome == "converts", result.message
+    assert result.loss_after < result.loss_before
+    assert set(TRANSFORM_MODELS) == set(TRANSFORMS) - {"topdown"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transform", sorted(TRANSFORM_MODELS))
+def test_no_transform_has_internal_errors_on_the_catalogue(transform):
+    """Each about 30-40 minutes on 2 cores (``python -m reverso.support --all --transform X``)."""
+    from reverso.support import sweep_catalogue
+
+    outcomes = sweep_catalogue(96, jobs=2, memory_gb=12, transform=transform)
     bugs = [f"{o.model}: {o.message}" for o in outcomes if o.outcome == "internal error"]
     assert not bugs, "\n".join(bugs)
