@@ -13,9 +13,9 @@ The rules, applied to the fx graph of any traceable model:
 
 Padding and stride arithmetic keep every output size exactly that of the original model for
 every input size (``ceil_mode`` pools included; timm's 'SAME'-padded layers get a
-:class:`~reverso.nn.SamePad2d` that pads as they did at their stride), and no weight changes: only strides change and
-fixed blur filters are added, so a pretrained model stays usable. ``filter_size=1`` is the
-identity rewrite.
+:class:`~reverso.nn.SamePad2d` that pads as they did at their stride), and no weight changes:
+only strides change and fixed blur filters are added, so a pretrained model stays usable.
+``filter_size=1`` is the identity rewrite.
 
 ``variant="official"`` follows the official antialiased-cnns code (github.com/adobe/antialiased-cnns)
 where it differs, so that its models and checkpoints are reproduced exactly:

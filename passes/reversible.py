@@ -3,10 +3,11 @@
 The rules, on the fx graph of any model (a bottom-up net, or the top-down net reverso emits):
 
 1. **Eligible unit** (:mod:`reverso.rewrite.residuals`): an addition ``s + r`` of two NCHW maps of
-   one shape (``s`` possibly through ``nn.Identity`` calls) where ``r`` is computed from ``s`` alone (the *branch*: every node between them is used
-   only inside the branch) and holds at least one layer that sets its width: a residual unit
-   with an identity shortcut. Its width C must be even. A unit with a projection shortcut
-   ``P(s) + F(s)`` (a transition) is eligible only with ``transitions="psi"`` (rule 5).
+   one shape (``s`` possibly through ``nn.Identity`` calls) where ``r`` is computed from ``s``
+   alone (the *branch*: every node between them is used only inside the branch) and holds at
+   least one layer that sets its width: a residual unit with an identity shortcut. Its width C
+   must be even. A unit with a projection shortcut ``P(s) + F(s)`` (a transition) is eligible
+   only with ``transitions="psi"`` (rule 5).
 2. **Trunk**: consecutive eligible units (the next one's shortcut is this one's addition) form a
    run. An activation between them (a post-activation trunk, as torchvision's and timm's
    ResNets) is refused, or with ``post_act="move"`` moved into the next branch: the next unit

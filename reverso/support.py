@@ -281,7 +281,7 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-gb", type=float, default=12.0, help="--all: per-model memory cap")
     parser.add_argument("--only", help="--all: just the models whose name contains this")
     parser.add_argument("--transform", default="topdown", choices=TRANSFORMS,
-                        help="--all: the conversion to sweep (other than topdown: printed, or --out)")  # fmt: skip
+                        help="--all: the conversion to sweep (not topdown: printed, or --out)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.all:
         outcomes = sweep_catalogue(

@@ -154,9 +154,10 @@ def test_avg_pool_without_padding_in_the_divisor_is_kept_exactly(ceil_mode):
 
 
 def test_timm_same_padding_layers_are_padded_as_at_their_stride():
-    """timm's Conv2dSame, StdConv2dSame, MaxPool2dSame and AvgPool2dSame pad for each input size; at stride 1
-    they would pad one pixel off on even sizes. A SamePad2d pads as the strided layer did: every
-    size is kept, filter_size=1 is exact on odd and even sizes, and the result traces again."""
+    """timm's Conv2dSame, StdConv2dSame, MaxPool2dSame and AvgPool2dSame pad for each input
+    size; at stride 1 they would pad one pixel off on even sizes. A SamePad2d pads as the strided
+    layer did: every size is kept, filter_size=1 is exact on odd and even sizes, and the result
+    traces again."""
     from timm.layers import Conv2dSame, StdConv2dSame
     from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
