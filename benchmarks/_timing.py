@@ -43,10 +43,15 @@ def layer_step(module, x: torch.Tensor, backward: bool = True) -> float:
     return time.perf_counter() - start
 
 
-def median_times(step, names, iters: int) -> dict:
-    """Median step time per name over ``iters`` rounds, the names interleaved in each round."""
+def interleaved_times(step, names, iters: int) -> dict[str, list[float]]:
+    """Every step time per name over ``iters`` rounds, the names interleaved in each round."""
     times = {k: [] for k in names}
     for _ in range(iters):
         for name in names:
             times[name].append(step(name))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def median_times(step, names, iters: int) -> dict:
+    """Median step time per name over ``iters`` rounds, the names interleaved in each round."""
+    return {k: statistics.median(v) for k, v in interleaved_times(step, names, iters).items()}

@@ -75,6 +75,7 @@ def test_structured_layers_benchmark_runs():
     )
     by = {(r["workload"], r["layer"]): r for r in rows}
     assert by[("train step (fwd+bwd)", "Conv2d 3x3")]["ratio"] == 1.0
+    assert all(0 < r["best_ms"] <= r["ms"] for r in rows)  # the best step, next to the median
     assert {"DynamicSteerableConv2d", "collapsed FrameConv2d", "HConv2d K=16 Q=32"} <= {
         r["layer"] for r in rows
     }
