@@ -182,3 +182,15 @@ def test_timm_same_padding_layers_are_padded_as_at_their_stride():
         warnings.simplefilter("error")  # a known layer: no "reverso does not know" warning
         rfs = reverso.receptive_fields(blurred, (3, 32, 32))
     assert [kind for kind, _ in rfs.rows.values()].count("same padding") == 4
+
+
+@pytest.mark.parametrize("side", [64, 65])
+def test_an_antialiased_same_padding_model_converts_to_topdown(side):
+    """SamePad2d grows a small map by its border (a 4x4 map to 8x8 before a 5x5 conv): a padding
+    keeps its input's level, so the analysis sees no upsampling there."""
+    model = timm.create_model(SAME_PADDING_MODELS[0], num_classes=10)
+    blurred = reverso.antialias(model, input_size=(3, side, side))
+    td = reverso.topdown(blurred, input_size=(3, side, side))
+    y = td(torch.rand(2, 3, side, side))
+    y.sum().backward()
+    assert y.shape == (2, 10) and torch.isfinite(y).all()

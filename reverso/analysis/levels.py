@@ -1,8 +1,8 @@
 """Stage 3, levels: how many downsamplings deep every feature map is, and where they happen.
 
 A feature map's level is its input's level plus log2 of the stride of the op that made it
-(convs and pools say it exactly); only ops without a stride fall back to the ratio of sizes,
-so that unpadded convs, which shrink maps a little, never count as downsampling. For the
+(convs and pools say it exactly; a padding keeps it); only ops without a stride fall back to the
+ratio of sizes, so that unpadded convs, which shrink maps a little, never count as downsampling. For the
 spec's nets this is l = log2(H / h).
 """
 
@@ -16,7 +16,7 @@ from reverso.analysis.probe import Probe
 from reverso.analysis.segments import Segments
 from reverso.errors import InputSizeError, UnsupportedTopologyError
 from reverso.frontend.tracing import size_hint, traced_dtype
-from reverso.ir import describe, feature_input, has_stride, stalled_stride, stride_of
+from reverso.ir import describe, feature_input, has_stride, is_padding, stalled_stride, stride_of
 from reverso.ir.shapes import level_of, spatial
 
 
@@ -36,6 +36,8 @@ def measure_levels(gm: fx.GraphModule, probe: Probe, input_hw) -> dict[fx.Node, 
 
 
 def _step(gm: fx.GraphModule, n: fx.Node, size, base_size) -> int:
+    if is_padding(gm, n):  # a border, however wide against a small map, is no upsampling
+        return 0
     ratio = (base_size[0] / size[0] + base_size[1] / size[1]) / 2
     if ratio < 0.75:  # an upsampling by its factor (interpolation, a transposed conv's stride)
         return -max(1, round(math.log2(1 / ratio)))

@@ -130,6 +130,22 @@ def is_identity(gm, node) -> bool:
     return isinstance(module_of(gm, node), nn.Identity)
 
 
+#: torch's padding layers (zero, constant, reflect, replicate, circular)
+PADDINGS = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+            nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)  # fmt: skip
+
+
+def is_padding(gm, node) -> bool:
+    """``F.pad``, a torch padding layer or reverso's SamePad2d: the map grows by its border only."""
+    from reverso.nn.padding import SamePad2d
+
+    if node.op == "call_function":
+        return node.target in (F.pad, torch.constant_pad_nd)
+    if node.op == "call_method":
+        return False
+    return isinstance(module_of(gm, node), (*PADDINGS, SamePad2d))
+
+
 def is_pointwise(gm, node) -> bool:
     """Shape- and width-preserving single-input layers: norms, activations, dropouts, identities."""
     return (

@@ -70,37 +70,38 @@ def same_padding(input_size, extent: int, stride: int, size: int) -> tuple[int, 
 
 
 def strided_same_pads(input_size, kernel, stride, dilation=1) -> tuple[int, int, int, int]:
-    """``(left, right, top, bottom)``: timm's dynamic 'same' padding (``pad_same``) of a window
-    (``kernel``, ``stride``, ``dilation``: ints or (y, x) pairs) for an input of ``input_size``
-    (H, W): ``ceil(n / stride)`` outputs, the odd pixel of padding after."""
+    """``(left, right, top, bottom)`` for a window (``kernel``, ``stride``, ``dilation``: ints or
+    (y, x) pairs) run at stride 1 on an input of ``input_size`` (H, W): the left and top padding
+    timm's dynamic 'same' padding (``pad_same``) gives the strided window, so that every
+    ``stride``-th output sees the strided window's pixels, and the right and bottom padding that
+    keeps the size (H, W)."""
     pads = []
     for axis in (1, 0):  # x, then y
         n, k, s, d = (int(v if isinstance(v, int) else v[axis])
                       for v in (input_size, kernel, stride, dilation))  # fmt: skip
         total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-        pads += [total // 2, total - total // 2]
+        pads += [total // 2, (k - 1) * d - total // 2]
     return tuple(pads)
 
 
 class SamePad2d(nn.Module):
     """The padding a strided window with timm's dynamic 'same' padding (``Conv2dSame``,
-    ``MaxPool2dSame``, ``AvgPool2dSame``) applies, as a layer of its own: the window then runs at
-    stride 1 with no padding, and every ``stride``-th output of it is the strided window's output
-    (the antialias pass blurs before subsampling there). ``value``: -inf before a max-pool.
+    ``MaxPool2dSame``, ``AvgPool2dSame``) applies before the map, as a layer of its own: the
+    window then runs at stride 1 with no padding, keeps the map's size (:func:`strided_same_pads`)
+    and every ``stride``-th output of it is the strided window's output (the antialias pass blurs
+    before subsampling there). ``value``: -inf before a max-pool.
+
+    It pads only: the window it pads for is kept as ``window`` = (kernel_size, stride, dilation),
+    not as a ``stride`` attribute, which would declare a downsampling (``reverso.ir.stride_of``).
     Its padding depends on the input's size, so it is traced as a leaf."""
 
     def __init__(self, kernel_size, stride, dilation=1, value: float = 0.0):
         super().__init__()
-        self.kernel_size, self.stride, self.dilation, self.value = (
-            kernel_size, stride, dilation, value,
-        )  # fmt: skip
+        self.window, self.value = (kernel_size, stride, dilation), value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = strided_same_pads(x.shape[-2:], self.kernel_size, self.stride, self.dilation)
-        return F.pad(x, pads, value=self.value)
+        return F.pad(x, strided_same_pads(x.shape[-2:], *self.window), value=self.value)
 
     def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
-            f"value={self.value}"
-        )
+        kernel, stride, dilation = self.window
+        return f"kernel_size={kernel}, stride={stride}, dilation={dilation}, value={self.value}"
