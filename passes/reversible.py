@@ -228,12 +228,7 @@ class _Rewidth(WidthFitting):
             sizes = self._split_sizes(n)
             if sizes is not None:
                 n.args = (n.args[0], sizes, *n.args[2:])
-        try:
-            return super().run_node(n)
-        except RuntimeError:
-            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
-                raise
-            return super().run_node(n)
+        return self._run_fitting_constants(n)
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)

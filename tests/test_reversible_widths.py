@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from test_modern_blocks import ChannelsLastBlock as ChannelsLastResidual  # MambaOut-style
 from torch import nn
 
 import reverso
@@ -66,17 +67,6 @@ class SlicedBlock(nn.Module):
     def forward(self, x):
         y = self.conv(x)
         return x + torch.cat([y, self.cheap(y)], 1)[:, : self.c]
-
-
-class ChannelsLastResidual(nn.Module):
-    """A MambaOut-style unit: the addition itself is on channels-last values."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, c)
-
-    def forward(self, x):
-        return x + self.fc(self.norm(x))
 
 
 def net(block, c=16, n=2, channels_last=False):

@@ -33,6 +33,16 @@ class WidthFitting(ShapeProp):
     def fetch_attr(self, target: str):
         return self.rebuilt.get(target) or super().fetch_attr(target)
 
+    def _run_fitting_constants(self, n: fx.Node):
+        """Run ``n``; when it fails on a per-channel constant of another width than its map's,
+        fit the constant (:meth:`_fit_constants`) and run it again."""
+        try:
+            return super().run_node(n)
+        except RuntimeError:
+            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
+                raise
+            return super().run_node(n)
+
     def _fit_constants(self, n: fx.Node) -> bool:
         """A parameter or buffer the op combines with a feature map of another width (a fixed
         depthwise filter, a layer-scale gain) takes the map's width: a per-channel tensor whose

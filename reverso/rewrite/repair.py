@@ -102,12 +102,7 @@ class _Repair(WidthFitting):
                 n.args = (n.args[0], sizes, *n.args[2:])
                 self.changed = True
         self._check_reshape(n)
-        try:
-            return super().run_node(n)
-        except RuntimeError:
-            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
-                raise
-            return super().run_node(n)
+        return self._run_fitting_constants(n)
 
     def _check_reshape(self, n: fx.Node) -> None:
         """A view/reshape whose sizes (read from other values' shapes, as attention reads its

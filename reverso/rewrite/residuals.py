@@ -84,7 +84,7 @@ def _identity_unit(gm, add, a, b, order) -> ResidualUnit | None:
     for s, r in ((a, b), (b, a)):
         s, passthrough = _through_identities(gm, s)
         branch = _computed_from(s, r, add)
-        if branch is not None and _is_unit_branch(gm, branch):
+        if branch is not None and _is_unit_branch(gm, branch, order):
             return ResidualUnit(add, s, sorted(branch, key=order), passthrough=passthrough)
     return None
 
@@ -109,7 +109,7 @@ def _projection_unit(gm, add, a, b, order) -> ResidualUnit | None:
     if side_a & side_b:
         return None
     residual, projection = sorted((side_a, side_b), key=lambda side: -len(side))
-    if not _is_unit_branch(gm, residual):
+    if not _is_unit_branch(gm, residual, order):
         return None
     # a pre-activation (or a trunk activation) both sides share belongs to the unit
     while (
@@ -159,11 +159,11 @@ def _single_source(x: fx.Node, add: fx.Node) -> tuple[fx.Node, set[fx.Node]] | N
     return (s, inside) if inside else None
 
 
-def _is_unit_branch(gm: fx.GraphModule, nodes) -> bool:
+def _is_unit_branch(gm: fx.GraphModule, nodes, order) -> bool:
     """The branch holds a layer that sets its width, and it works on NCHW maps: its first layer
     with a width rule reads channels at dim 1 (a conv, a BatchNorm), not last (a LayerNorm or
     Linear layer: the unit adds channels-last values, 4D too, as MambaOut's and VOLO's do)."""
-    layers = [n for n in sorted(nodes, key=graph_order(gm)) if n.op == "call_module"]
+    layers = [n for n in sorted(nodes, key=order) if n.op == "call_module"]
     first = next((r for n in layers if (r := REGISTRY.lookup(gm.get_submodule(n.target)))), None)
     if first is not None and first.channel_dim != 1:
         return False
