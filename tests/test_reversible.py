@@ -130,11 +130,13 @@ def test_psi_transitions_and_stem_make_the_body_invertible():
     error = ((back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).mean()
     assert error < 1e-5
     # gradients: exact with psi transitions; with the injective stem, the first F reads exact
-    # zeros, where train-mode BatchNorm is ill-conditioned (docs/memory.md), so compare without it
-    psi_only = reverso.reversible(model, (3, 32, 32), transitions="psi")
-    _, grads = _grads(psi_only, x)
-    _, plain = _grads(_without_memory_saving(psi_only), x)
-    assert all(torch.allclose(g, grads[k], rtol=1e-4, atol=1e-5) for k, g in plain.items())
+    # zeros, where train-mode BatchNorm is ill-conditioned (docs/memory.md), so compare without it.
+    # Compared in float64: in float32 the inputs rebuilt through 15 coupling blocks carry
+    # rounding errors that reach 2% of the stem's gradient on some torch builds (2.14.1)
+    psi_only = reverso.reversible(model, (3, 32, 32), transitions="psi").double()
+    _, grads = _grads(psi_only, x.double())
+    _, plain = _grads(_without_memory_saving(psi_only), x.double())
+    assert all(torch.allclose(g, grads[k], rtol=1e-7, atol=1e-10) for k, g in plain.items())
 
 
 def test_psi_on_torchvision_resnet18_and_its_refusals():
