@@ -145,14 +145,20 @@ def swap_spatial_convs(
 #: N-Jet conv reproduces (:func:`_size_preserving_padding`)
 PADDING_ONLY = ("Conv2dSame",)
 KEPT_REMEDY = (
-    "an N-Jet conv computes F.conv2d of its own kernel and would drop what such a forward does "
-    "(weight standardisation, for example); to convert them anyway, replace them by nn.Conv2d "
-    "layers holding the kernel their forward uses, then call reverso.njet"
+    "an N-Jet conv computes F.conv2d of its own kernel, pads with zeros and has one stride and "
+    "dilation for both axes, so it would drop what such a conv does (weight standardisation, "
+    "reflect padding, for example); to convert them anyway, replace them by nn.Conv2d layers "
+    "that compute the same with zero padding, then call reverso.njet"
 )
 
 
 def _kept_because(conv: nn.Conv2d) -> str | None:
-    """Why a conv stays as it is: a forward the N-Jet conv cannot reproduce."""
+    """Why a conv stays as it is: what the N-Jet conv cannot reproduce."""
+    window = module_window(conv)
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}"
+    if len(set(window.stride)) != 1 or len(set(window.dilation)) != 1:
+        return f"stride {window.stride}, dilation {window.dilation} differ per axis"
     if type(conv).__name__ in PADDING_ONLY:
         return None
     return overrides_forward(conv)

@@ -178,6 +178,44 @@ def test_convs_whose_forward_is_their_own_are_kept_and_named():
         reverso.njet(nn.Sequential(StdConv2d(3, 8, 3)), input_size=(3, 16, 16))
 
 
+def test_convs_it_cannot_reproduce_are_kept_with_their_reasons():
+    """An N-Jet conv pads with zeros and has one stride per layer: a reflect-padded conv and one
+    with a different stride per axis stay as they are, named with the reason."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=(2, 1), padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1)).eval()  # fmt: skip
+    with pytest.warns(UserWarning, match=r"keeps 2 conv.*0 \(padding_mode='reflect'\).*2 \(stride"):
+        converted = reverso.njet(model, input_size=(3, 16, 16)).eval()
+    assert type(converted[0]) is nn.Conv2d and type(converted[2]) is nn.Conv2d
+    assert isinstance(converted[4], NJetConv2d)
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(converted[:4](x), model[:4](x))  # the kept convs are unchanged
+    assert converted(x).shape == model(x).shape == (1, 4, 8, 16)
+
+
+@pytest.mark.parametrize("transform", ["njet", "frames", "steerable"])
+def test_module_swaps_check_every_output_of_a_multi_output_model(transform):
+    """A backbone returning several maps (a list, a dict): each output keeps its shape."""
+
+    class Pyramid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, 2, 1)
+            self.b = nn.Conv2d(8, 16, 3, 2, 1)
+
+        def forward(self, x):
+            a = self.a(x)
+            b = self.b(a)
+            return {"fine": a, "coarse": [b, b.mean((2, 3))]}
+
+    converted = getattr(reverso, transform)(Pyramid(), input_size=(3, 32, 32))
+    out = converted(torch.rand(2, 3, 32, 32))
+    assert out["fine"].shape == (2, 8, 16, 16)
+    assert out["coarse"][0].shape == (2, 16, 8, 8) and out["coarse"][1].shape == (2, 16)
+    assert type(converted.a) is not nn.Conv2d  # (steerable swaps every second conv)
+
+
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_dynamic_same_padding_is_followed_at_every_input_size(stride):
     """timm's Conv2dSame pads per input size (the odd pixel after): the N-Jet conv pads the same

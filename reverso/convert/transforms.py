@@ -233,5 +233,7 @@ def _check_same_output(original: nn.Module, converted: nn.Module, input_size) ->
 
 
 def _output_shape(model: nn.Module, input_size):
+    """The shape of each tensor the model returns (a tuple, list or dict of them too)."""
     gm = trace(model, input_size)
-    return tuple(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["val"].shape)
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return fx.node.map_arg(output, lambda n: tuple(getattr(n.meta.get("val"), "shape", ())))
