@@ -252,6 +252,12 @@ def _stride(gm: fx.GraphModule, node: fx.Node) -> int:
 def _pool_window(gm: fx.GraphModule, node: fx.Node) -> ir.Window:
     """The pool's window, refused when its geometry differs per axis."""
     window = ir.window_of(gm, node)
+    if ir.returns_indices(gm, node):  # the trace dropped the indices nothing reads
+        raise UnsupportedTopologyError(
+            f"max-pool {ir.describe(gm, node)} returns the indices of its maxima and the model "
+            "reads them (a MaxUnpool2d, say); a blurred pool has no such indices. Anti-alias a "
+            "model whose pools return their maps only"
+        )
     for key in ("kernel", "stride", "padding", "dilation"):
         if len(set(getattr(window, key))) != 1:
             raise UnsupportedTopologyError(

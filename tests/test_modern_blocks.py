@@ -540,9 +540,10 @@ class StridedResidual(nn.Module):
         return torch.relu(self.conv(x) + self.shortcut(x))
 
 
-def test_one_strided_block_per_stage_is_no_patch_embedding():
-    """Every body unit but the last downsamples, as in a tiny ResNet with one block per stage:
-    that is not a patch embedding followed by one resolution, and it converts."""
+def test_strided_layers_then_one_resolution_are_levels_not_a_patch_embedding():
+    """Every body unit but the last downsamples, as in a tiny ResNet with one block per stage,
+    or a plain net of two strided convs and a 1x1 conv: two levels to reverse, and it converts.
+    Only a single strided first layer (ViT's patch embedding) leaves nothing to reverse."""
     net = nn.Sequential(
         StridedResidual(3, 8),
         StridedResidual(8, 16),
@@ -553,13 +554,15 @@ def test_one_strided_block_per_stage_is_no_patch_embedding():
     )
     td = reverso.topdown(net, input_size=(3, 16, 16))
     td(torch.randn(2, 3, 16, 16)).sum().backward()
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)]
     plain = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1),
         nn.Conv2d(8, 16, 3, stride=2, padding=1),
         nn.Conv2d(16, 16, 1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
+        *head,
     )
-    with pytest.raises(reverso.NoDownsamplingError, match="first layers"):
-        reverso.topdown(plain, input_size=(3, 16, 16))
+    td = reverso.topdown(plain, input_size=(3, 16, 16))
+    assert td(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+    embedding = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.Conv2d(16, 16, 1), *head)
+    with pytest.raises(reverso.NoDownsamplingError, match=r"first layer .*x4"):
+        reverso.topdown(embedding, input_size=(3, 16, 16))

@@ -1,5 +1,6 @@
 """Models written the way users write them, beyond the spec's reference models."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -62,3 +63,157 @@ def test_dilated_resnet_keeps_only_its_real_downsampling():
     assert report.levels == 3  # output stride 8: stem conv, max-pool, layer2
     td = reverso.topdown(model, input_size=(3, 64, 64))
     assert td(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+
+
+def _cbr(i, o, stride=1, k=3):
+    return nn.Sequential(
+        nn.Conv2d(i, o, k, stride, k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU()
+    )
+
+
+def _trains(net, size, batch=2):
+    """One forward and backward: the output's shape, every gradient finite."""
+    y = net.train()(torch.rand(batch, *size))
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    return y.shape
+
+
+def test_all_strided_cnn_reverses_every_level():
+    """Every conv strided (a DCGAN discriminator's layout): nothing runs at the input's level,
+    and the strided layers are the levels to reverse, not a patch embedding."""
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3)]
+    model = nn.Sequential(_cbr(3, 8, 2), _cbr(8, 16, 2), _cbr(16, 32, 2), *head)
+    report = reverso.analyze(model, (3, 64, 64))
+    assert len(report.transitions) == 3 and report.levels == 3
+    td = reverso.topdown(model, input_size=(3, 64, 64))
+    # it starts on the image at level 3 and merges the image at levels 2 and 1, where it ends
+    assert sum(isinstance(m, Merge) for m in td.modules()) == 2
+    assert td.forward_features(torch.rand(1, 3, 64, 64)).shape[-2:] == (32, 32)
+    assert _trains(td, (3, 64, 64)) == (2, 3)
+
+
+def test_strided_stem_then_one_resolution_is_a_cnn_but_tokens_are_a_transformer():
+    body = [nn.Conv2d(3, 16, 4, 4), nn.GroupNorm(4, 16), nn.GELU(), nn.Conv2d(16, 32, 2, 2)]
+    cnn = nn.Sequential(*body, nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(32, 3))  # fmt: skip
+    for arrangement in ("td", "uni", "rev"):  # rev moves the even 2x2 kernel to a strided conv
+        td = reverso.topdown(cnn, input_size=(3, 64, 64), arrangement=arrangement)
+        assert _trains(td, (3, 64, 64)) == (2, 3)
+
+    class Tokens(nn.Module):  # the same stem, then a transformer on (B, N, C) tokens
+        def __init__(self):
+            super().__init__()
+            self.stem, self.mix, self.fc = nn.Sequential(*body), nn.Linear(32, 32), nn.Linear(32, 3)
+
+        def forward(self, x):
+            tokens = self.stem(x).flatten(2).transpose(1, 2)
+            return self.fc(self.mix(tokens).mean(1))
+
+    with pytest.raises(reverso.NoDownsamplingError, match=r"patch embedding.*tokens"):
+        reverso.topdown(Tokens(), input_size=(3, 64, 64))
+
+
+class PoolsWithIndices(nn.Module):
+    """Max-pools asked for their indices, which only ``unpool`` reads."""
+
+    def __init__(self, unpool: bool):
+        super().__init__()
+        self.a, self.b, self.c = _cbr(3, 8), _cbr(8, 16), _cbr(16, 16)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2) if unpool else None
+        self.gpool, self.fc = nn.AdaptiveMaxPool2d(1, return_indices=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x, indices = self.pool(self.a(x))
+        if self.unpool is not None:  # down and back up inside one block, then down again
+            x = F.max_pool2d(self.unpool(x, indices), 2)
+        x, _ = F.max_pool2d(self.b(x), 2, return_indices=True)
+        y, _ = self.gpool(self.c(x))
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("unpool", [False, True])
+def test_max_pools_that_return_indices(unpool):
+    model = PoolsWithIndices(unpool).eval()
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert len(reverso.analyze(model, (3, 32, 32)).transitions) == 2
+    assert _trains(td, (3, 32, 32)) == (2, 3)
+    assert model.pool.return_indices and model.gpool.return_indices  # the model is untouched
+    if not unpool:
+        x = torch.rand(2, 3, 32, 32)
+        same = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1, stem=True)
+        torch.testing.assert_close(same.eval()(x), model(x))  # the pools are blur pools now
+        return
+    with pytest.raises(reverso.UnsupportedTopologyError, match=r"'pool'.*indices.*MaxUnpool2d"):
+        reverso.antialias(model, input_size=(3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        lambda: nn.Upsample(scale_factor=0.5, mode="bilinear"),
+        lambda: nn.Upsample(scale_factor=0.5, mode="nearest"),
+    ],
+)
+def test_a_resize_that_shrinks_is_a_pool(down):
+    model = nn.Sequential(_cbr(3, 8), down(), _cbr(8, 16), down(), _cbr(16, 16),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))  # fmt: skip
+    kinds = [t.kind for t in reverso.analyze(model, (3, 32, 32)).transitions]
+    assert kinds == ["standalone", "standalone"]
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    assert not any(isinstance(m, nn.Upsample) for m in td.modules())  # mirrored, not kept
+    assert _trains(td, (3, 32, 32)) == (2, 3)
+
+
+def test_functional_interpolate_downsampling():
+    class Interp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = _cbr(3, 8), _cbr(8, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = F.interpolate(self.a(x), scale_factor=0.5, mode="bilinear")
+            return self.fc(self.b(x).mean((2, 3)))
+
+    assert _trains(reverso.topdown(Interp(), input_size=(3, 32, 32)), (3, 32, 32)) == (2, 3)
+
+
+class ViewHead(nn.Module):
+    """A flatten head written with ``x.view``, which needs a dense map."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(_cbr(3, 8), nn.MaxPool2d(2), _cbr(8, 16), nn.MaxPool2d(2))
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.f(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_layers_hand_on_dense_maps_to_a_view_head():
+    """A strided slice (antialias with filter_size=1) and a cropped blur upsampling are views; the
+    layers return them dense, in their input's layout."""
+    model = ViewHead().eval()
+    x = torch.rand(2, 3, 32, 32)
+    same = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1).eval()
+    torch.testing.assert_close(same(x), model(x))
+    td = reverso.topdown(model, input_size=(3, 32, 32), upsample="blur", merge_width="inner")
+    assert _trains(td, (3, 32, 32)) == (2, 10)
+    up = reverso.nn.Upsample("blur")
+    y = up(torch.rand(1, 4, 5, 5).to(memory_format=torch.channels_last), torch.rand(1, 1, 9, 9))
+    assert y.shape == (1, 4, 9, 9) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_instance_norms_follow_new_widths():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.InstanceNorm2d(16, affine=True), nn.LeakyReLU(0.2),
+        nn.Conv2d(16, 32, 3, 2, 1), nn.InstanceNorm2d(32, track_running_stats=True), nn.PReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3),
+    )  # fmt: skip
+    for arrangement in ("td", "rev", 24):
+        td = reverso.topdown(model, input_size=(3, 32, 32), arrangement=arrangement)
+        norms = [m for m in td.features.modules() if isinstance(m, nn.InstanceNorm2d)]
+        assert norms and all(m.weight is None or m.weight.numel() == m.num_features for m in norms)
+        assert _trains(td, (3, 32, 32)) == (2, 3)

@@ -82,6 +82,8 @@ def _check_something_to_reverse(gm: fx.GraphModule, body: list[Unit], head: Unit
     # every downsampling happens in the first layers (a patch embedding), then one resolution
     later = [named[n] for u in [*body[stem:], head] for n in u.nodes]
     tokens = any(isinstance(v := n.meta.get("val"), torch.Tensor) and v.dim() == 3 for n in later)
+    if stem > 1 and not tokens:
+        return  # two or more strided layers, then feature maps: a CNN with levels to reverse
     where = (
         f"its first layer ('{body[0].exit}', x{body[0].factor})"
         if stem == 1

@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
+from reverso.frontend.indices import drop_unread_pool_indices
 from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
 from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
@@ -217,6 +218,7 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
     gm.meta["dtype"] = model_dtype(model)
     _translate(gm)
+    drop_unread_pool_indices(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
     if inline_downsampling_functions(gm) | slice_reshaped_patch_merging(gm):
         propagate_checked(gm, input_size, traced_dtype(gm))

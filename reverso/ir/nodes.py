@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.ir import activations
-from reverso.ir.shapes import channels, is_feature_map, tensor_shape
+from reverso.ir.shapes import channels, is_feature_map, spatial, tensor_shape
 from reverso.ir.windows import pair, window_of
 
 
@@ -36,7 +36,7 @@ def stride_of(gm: fx.GraphModule, n: fx.Node) -> int:
     if window is not None:
         return window.step
     module = module_of(gm, n)
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+    if isinstance(module, (nn.modules.conv._ConvTransposeNd, nn.modules.pooling._MaxUnpoolNd)):
         return 1  # its stride upsamples
     stride = getattr(module, "stride", 1)
     return int(max(pair(stride)) if stride else 1)
@@ -157,12 +157,16 @@ def is_pointwise(gm, node) -> bool:
 
 
 def is_pool(gm, node) -> bool:
-    """A (non-adaptive) spatial pooling op: max/avg pooling, or any layer that declares a stride,
-    learns nothing and keeps the channels (a blur pool: a fixed filter, then subsampling; not a
-    space-to-depth, which moves pixels into channels)."""
+    """A (non-adaptive) spatial pooling op: max/avg pooling, a resize that shrinks the map
+    (``F.interpolate(x, scale_factor=0.5)``), or any layer that declares a stride, learns nothing
+    and keeps the channels (a blur pool: a fixed filter, then subsampling; not a space-to-depth,
+    which moves pixels into channels)."""
     window = window_of(gm, node)
     if window is not None:
         return window.kind != "conv"
+    if is_resize(gm, node):
+        source = feature_input(node)
+        return source is not None and is_feature_map(node) and _shrinks(node, source)
     m = module_of(gm, node)
     source = feature_input(node)
     return (
@@ -172,6 +176,36 @@ def is_pool(gm, node) -> bool:
         and next(m.parameters(), None) is None
         and (source is None or channels(node) == channels(source))
     )
+
+
+#: functions that return (map, indices), and the function that returns the map alone
+WITH_INDICES = {
+    F.max_pool1d_with_indices: F.max_pool1d,
+    F.max_pool2d_with_indices: F.max_pool2d,
+    F.max_pool3d_with_indices: F.max_pool3d,
+    F.adaptive_max_pool1d_with_indices: F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d_with_indices: F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d_with_indices: F.adaptive_max_pool3d,
+}
+
+
+def returns_indices(gm, node) -> bool:
+    """A max-pool that returns (map, indices of the maxima): ``return_indices=True``."""
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "return_indices", False) is True
+    return node.op == "call_function" and node.target in WITH_INDICES
+
+
+def is_resize(gm, node) -> bool:
+    """``F.interpolate`` or an ``nn.Upsample`` layer (whichever way it scales)."""
+    if node.op == "call_function":
+        return node.target in (F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest)
+    return isinstance(module_of(gm, node), nn.Upsample)
+
+
+def _shrinks(node: fx.Node, source: fx.Node) -> bool:
+    (h, w), (h0, w0) = spatial(node), spatial(source)
+    return h <= h0 and w <= w0 and (h, w) != (h0, w0)
 
 
 def _calls(node: fx.Node, functions: set, methods: set) -> bool:

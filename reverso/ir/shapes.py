@@ -58,7 +58,14 @@ def _window_rule(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"output size {h}x{wd} is too small for input {tuple(x.shape)}")
     if w.kind == "conv":
         return x.new_empty((x.shape[0], m.out_channels, h, wd))
-    return x.new_empty((*x.shape[:-2], h, wd))
+    return _with_indices(m, x.new_empty((*x.shape[:-2], h, wd)))
+
+
+def _with_indices(m: nn.Module, out: torch.Tensor):
+    """A max-pool built with ``return_indices=True`` returns the indices beside its output."""
+    if getattr(m, "return_indices", False):
+        return out, out.new_empty(out.shape, dtype=torch.long)
+    return out
 
 
 def _norm_rule(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,7 @@ def _adaptive_rule(m: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
     h, w = pair(m.output_size)
     h = x.shape[-2] if h is None else h
     w = x.shape[-1] if w is None else w
-    return x.new_empty((*x.shape[:-2], h, w))
+    return _with_indices(m, x.new_empty((*x.shape[:-2], h, w)))
 
 
 def _flatten_rule(m: nn.Flatten, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .filters import FixedBuffers, binomial_taps
+from .layout import contiguous_like
 
 PAD_MODES = ("reflect", "replicate", "zeros")
 #: antialiased-cnns' ``pad_type`` names -> ``pad_mode``
@@ -73,7 +74,7 @@ class BlurPool2d(FixedBuffers, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.filter_size == 1:
-            return x[..., :: self.stride, :: self.stride]
+            return contiguous_like(x[..., :: self.stride, :: self.stride], x)
         mode = self.pad_mode
         if mode == "reflect" and (self.padding[1] >= x.shape[-1] or self.padding[3] >= x.shape[-2]):
             mode = "replicate"

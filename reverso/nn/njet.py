@@ -28,6 +28,7 @@ from .gaussian import (
     radius_tensor,
 )
 from .host_copy import LaggedHostCopy
+from .layout import memory_format_of
 from .padding import crop_unreached_taps, even_padding, pad4, reached_taps, same_padding
 
 ROUTES = ("auto", "dense", "separable")
@@ -276,11 +277,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
             radius=radius_tensor(sigma, self.extent, self.size_rule), scale_normalize=True,
         )  # fmt: skip
         s = g.shape[-1]
-        layout = (
-            torch.channels_last
-            if x.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
+        layout = memory_format_of(x)
         # the grouped 1D passes and the 1x1 mixing run much faster on channels-last tensors
         x = x.contiguous(memory_format=torch.channels_last)
         wx = g.view(1, n1, 1, 1, s).expand(c_in, n1, 1, 1, s).reshape(c_in * n1, 1, 1, s)

@@ -9,6 +9,7 @@ from torch import nn
 from reverso.names import UPSAMPLE_MODES
 
 from .filters import FixedBuffers, triangle_taps
+from .layout import contiguous_like
 
 
 class Upsample(FixedBuffers, nn.Module):
@@ -48,7 +49,7 @@ class Upsample(FixedBuffers, nn.Module):
         h, w = int(size[0]), int(size[1])
         if y.shape[-2] < h or y.shape[-1] < w:
             y = F.pad(y, (0, max(0, w - y.shape[-1]), 0, max(0, h - y.shape[-2])), mode="replicate")
-        return y[..., :h, :w]
+        return contiguous_like(y[..., :h, :w], x)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, factor={self.factor}"

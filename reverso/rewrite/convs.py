@@ -15,6 +15,7 @@ from torch import nn
 
 from reverso.errors import WidthError
 from reverso.ir.nodes import is_depthwise
+from reverso.ir.windows import pair
 
 
 def placed_like(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -155,15 +156,13 @@ def at_stride_one(module: nn.Module, *, padding: str = "same") -> nn.Module | No
 
 
 def conv_with_kernel(conv: nn.Conv2d, kernel_size: int) -> nn.Conv2d:
-    """A fresh conv like ``conv`` with another (odd) kernel size and 'same' padding."""
-    k = (kernel_size, kernel_size)
+    """A fresh conv like ``conv`` with another kernel size and 'same' padding (for an even
+    kernel on a strided conv, which torch cannot pad 'same', (k - 1) // 2 on each side)."""
+    k, d = (kernel_size, kernel_size), pair(conv.dilation)
+    padding = same_padding(k, d)
+    if padding == "same" and max(pair(conv.stride)) > 1:
+        padding = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
     return placed_like(
-        rebuild_conv(
-            conv,
-            conv.in_channels,
-            conv.out_channels,
-            kernel_size=k,
-            padding=same_padding(k, conv.dilation),
-        ),
+        rebuild_conv(conv, conv.in_channels, conv.out_channels, kernel_size=k, padding=padding),
         conv,
     )

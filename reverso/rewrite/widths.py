@@ -235,6 +235,9 @@ REGISTRY.register(nn.Conv2d, _conv_rule)
 REGISTRY.register(
     nn.modules.batchnorm._BatchNorm, _norm_rule(lambda m: m.num_features, rebuild_batchnorm)
 )
+REGISTRY.register(  # the same fields as a BatchNorm (running statistics only when tracked)
+    nn.modules.instancenorm._InstanceNorm, _norm_rule(lambda m: m.num_features, rebuild_batchnorm)
+)
 REGISTRY.register(nn.GroupNorm, _norm_rule(lambda m: m.num_channels, rebuild_groupnorm))
 REGISTRY.register(
     nn.LayerNorm, _norm_rule(lambda m: m.normalized_shape[-1], rebuild_layernorm, channel_dim=-1)

@@ -1,0 +1,28 @@
+"""Memory layouts: what a layer hands on is dense in the layout it was given.
+
+A crop (``y[..., :h, :w]``) or a strided slice (``x[..., ::2, ::2]``) is a view whose strides
+skip elements; a model that goes on with ``x.view(n, -1)`` (a flatten head written by hand)
+cannot read it. Layers that end on such a view return it dense, in their input's layout
+(channels-last stays channels-last).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-D tensor stored channels-last (and not also NCHW-dense,
+    as maps with one channel or one pixel are), ``torch.contiguous_format`` otherwise."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def contiguous_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` dense in ``x``'s layout (no copy when it already is)."""
+    return y.contiguous(memory_format=memory_format_of(x))
