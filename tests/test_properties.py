@@ -18,6 +18,28 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     check_topdown(spec.build(), spec.input_size)
 
 
+@pytest.mark.parametrize("transition", ["resize", "max_indices"])
+def test_resizes_and_pools_with_indices_convert_with_all_properties(transition):
+    """Downsampling written as a bilinear resize, or as a max-pool returning unread indices,
+    between groups normalised with InstanceNorm (odd sizes)."""
+    spec = CNNSpec(
+        3,
+        ((UnitSpec("gated", 6, 3),), (UnitSpec("residual", 8, 3), UnitSpec("plain", 8, 5))),
+        (TransitionSpec(transition),),
+        stem_stride=True,
+        norm=True,
+        act="silu",
+        head="conv1x1",
+        num_classes=4,
+        input_size=(3, 19, 22),
+        norm_kind="instance",
+    )
+    td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])
+    assert td is not None
+    td(torch.rand(2, *spec.input_size)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize(
     "unit", ["gated", "selective", "layer_scale", "partial", "shuffle", "unpadded"]
 )

@@ -34,6 +34,7 @@ class UnitSpec:
 class TransitionSpec:
     kind: str  # "max" | "avg" | "conv" (a strided conv / strided first block) | "blur"
     #  | "unshuffle" (F.pixel_unshuffle) | "slices" (four strided slices concatenated)
+    #  | "resize" (F.interpolate by 0.5) | "max_indices" (a max-pool that returns indices)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class CNNSpec:
     num_classes: int
     input_size: tuple[int, int, int] = field(default=(3, 32, 32))
     double_stem: bool = False  # a second strided conv right after a strided stem
-    norm_kind: str = "batch"  # "batch" | "group" | "layernorm2d"
+    norm_kind: str = "batch"  # "batch" | "group" | "layernorm2d" | "instance"
 
     def build(self, seed: int = 0) -> nn.Module:
         """The model as an ordinary nn.Module (weights from ``seed``)."""
@@ -74,6 +75,8 @@ def norm_layer(width: int, kind: str = "batch") -> nn.Module:
         from timm.layers import LayerNorm2d
 
         return LayerNorm2d(width)
+    if kind == "instance":
+        return nn.InstanceNorm2d(width, affine=True)
     return (
         nn.BatchNorm2d(width)
         if kind == "batch"
@@ -241,6 +244,34 @@ class SpaceToDepthDown(nn.Module):
         return torch.cat(parts, 1)
 
 
+class HalfResize(nn.Module):
+    """Downsampling written as a resize: bilinear interpolation to half the size."""
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+
+
+class MaxPoolIndices(nn.Module):
+    """A max-pool asked for the indices of its maxima, which nothing reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        pooled, _ = self.pool(x)
+        return pooled
+
+
+#: the transitions that are one parameter-free layer
+POOLS = {
+    "max": lambda: nn.MaxPool2d(2),
+    "avg": lambda: nn.AvgPool2d(2),
+    "resize": HalfResize,
+    "max_indices": MaxPoolIndices,
+}
+
+
 class RandomCNN(nn.Module):
     def __init__(self, spec: CNNSpec):
         super().__init__()
@@ -248,8 +279,8 @@ class RandomCNN(nn.Module):
         cin = spec.in_chans
         for gi, group in enumerate(spec.groups):
             trans = spec.transitions[gi - 1] if gi > 0 else None
-            if trans is not None and trans.kind in ("max", "avg"):
-                layers.append(nn.MaxPool2d(2) if trans.kind == "max" else nn.AvgPool2d(2))
+            if trans is not None and trans.kind in POOLS:
+                layers.append(POOLS[trans.kind]())
             elif trans is not None and trans.kind == "blur":
                 layers.append(BlurDown(cin))
             elif trans is not None and trans.kind in ("unshuffle", "slices"):
@@ -301,7 +332,8 @@ def groups(*, max_units: int = 3, residual: bool = True):
 
 
 def transitions(*, modern: bool = True):
-    kinds = ["max", "avg", "conv", *(["blur", "unshuffle", "slices"] if modern else [])]
+    modern_kinds = ["blur", "unshuffle", "slices", "resize", "max_indices"]
+    kinds = ["max", "avg", "conv", *(modern_kinds if modern else [])]
     return st.builds(TransitionSpec, kind=st.sampled_from(kinds))
 
 
@@ -310,10 +342,12 @@ def bottom_up_cnns(
     draw, *, max_transitions: int = 4, max_units: int = 3, residual: bool = True
 ) -> CNNSpec:
     """Random bottom-up CNNs: 1-4 transitions (max/avg pooling, strided convs, hand-written blur
-    pools, pixel_unshuffle, strided-slice patch merging), plain, residual, layer-scale,
-    partial-conv, gated, selective-kernel, channel-shuffle and unpadded units with kernels 1/3/5 and random widths, a stem
-    of one or two strided convs, with/without BatchNorm, GroupNorm or LayerNorm2d, ReLU/SiLU,
-    and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling depth."""
+    pools, pixel_unshuffle, strided-slice patch merging, a bilinear resize by 0.5, a max-pool
+    returning indices), plain, residual, layer-scale, partial-conv, gated, selective-kernel,
+    channel-shuffle and unpadded units with kernels 1/3/5 and random widths, a stem of one or
+    two strided convs, with/without BatchNorm, GroupNorm, LayerNorm2d or InstanceNorm,
+    ReLU/SiLU, and a GAP+Linear or 1x1-conv classifier; the input survives the downsampling
+    depth."""
     n_trans = draw(st.integers(1, max_transitions))
     gs = tuple(draw(groups(max_units=max_units, residual=residual)) for _ in range(n_trans + 1))
     ts = tuple(draw(transitions()) for _ in range(n_trans))
@@ -344,5 +378,5 @@ def bottom_up_cnns(
         num_classes=draw(st.integers(2, 10)),
         input_size=(in_chans, h, w),
         double_stem=double_stem,
-        norm_kind=draw(st.sampled_from(["batch", "group", "layernorm2d"])),
+        norm_kind=draw(st.sampled_from(["batch", "group", "layernorm2d", "instance"])),
     )
