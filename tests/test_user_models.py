@@ -217,3 +217,68 @@ def test_instance_norms_follow_new_widths():
         norms = [m for m in td.features.modules() if isinstance(m, nn.InstanceNorm2d)]
         assert norms and all(m.weight is None or m.weight.numel() == m.num_features for m in norms)
         assert _trains(td, (3, 32, 32)) == (2, 3)
+
+
+class CifarBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))  # fmt: skip
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarNet(nn.Module):
+    """The layout of popular CIFAR training code: the last 4x4 map pooled by a window of its
+    size (``F.avg_pool2d(out, 4)``, or computed from the shape), then ``view`` and a Linear."""
+
+    def __init__(self, pool: str):
+        super().__init__()
+        self.pool = pool
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.layers = nn.Sequential(CifarBlock(8, 8, 1), CifarBlock(8, 16, 2),
+                                    CifarBlock(16, 16, 2), CifarBlock(16, 32, 2))  # fmt: skip
+        self.avg = nn.AvgPool2d(4)
+        self.linear = nn.Linear(32, 10)
+
+    def forward(self, x):
+        out = self.layers(self.stem(x))
+        if self.pool == "fixed":
+            out = F.avg_pool2d(out, 4)
+        elif self.pool == "from_shape":
+            out = F.avg_pool2d(out, out.size()[2:])
+        elif self.pool == "module":
+            out = self.avg(out)
+        else:
+            out = F.max_pool2d(out, out.size(3))
+        return self.linear(out.view(out.size(0), -1))
+
+
+@pytest.mark.parametrize("pool", ["fixed", "from_shape", "module", "max"])
+def test_a_window_as_large_as_the_last_map_is_global_pooling(pool):
+    """At the traced size the pool reads the whole map: it is the head's global pooling (not a
+    fourth downsampling), so the top-down net pools its full-resolution map globally and takes
+    other input sizes."""
+    model = CifarNet(pool).eval()
+    report = reverso.analyze(model, (3, 32, 32))
+    assert len(report.transitions) == 3 and report.levels == 3
+    assert report.units[-1].nodes[0].startswith("adaptive_")  # the head starts at the pool
+    td = reverso.topdown(model, input_size=(3, 32, 32))
+    for side in (32, 40, 64):
+        assert td.eval()(torch.rand(2, 3, side, side)).shape == (2, 10)
+    assert _trains(td, (3, 32, 32)) == (2, 10)
+    # the head's pool is no aliasing: six strided convs, the first kept (stem=False)
+    blurred = reverso.antialias(model, input_size=(3, 32, 32))
+    assert sum(isinstance(m, reverso.nn.BlurPool2d) for m in blurred.modules()) == 5
+    x = torch.rand(2, 3, 32, 32)
+    same = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1, stem=True).eval()
+    torch.testing.assert_close(same(x), model(x))

@@ -15,8 +15,8 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
-from reverso.frontend.indices import drop_unread_pool_indices
 from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
+from reverso.frontend.normalize import drop_unread_pool_indices, whole_map_pools_as_global
 from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import check_input_size, propagate
@@ -220,7 +220,8 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     _translate(gm)
     drop_unread_pool_indices(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
-    if inline_downsampling_functions(gm) | slice_reshaped_patch_merging(gm):
+    rewritten = whole_map_pools_as_global(gm)
+    if inline_downsampling_functions(gm) | slice_reshaped_patch_merging(gm) | rewritten:
         propagate_checked(gm, input_size, traced_dtype(gm))
     return gm
 

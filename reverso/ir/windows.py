@@ -52,8 +52,8 @@ def module_window(m: nn.Module) -> Window | None:
         padding = m.padding if isinstance(m.padding, str) else pair(m.padding)
         return Window("conv", pair(m.kernel_size), pair(m.stride), padding, pair(m.dilation))
     if type(m).__name__ == "MixedConv2d":
-        convs = [module_window(c) for c in m.values()]
-        return max(convs, key=lambda w: w.extent)
+        convs = [module_window(c) for c in m.values()]  # None for convs of other kinds
+        return None if None in convs else max(convs, key=lambda w: w.extent)
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) or type(m).__name__ in _POOL_SAME:
         return Window(
             "max" if isinstance(m, nn.MaxPool2d) or "Max" in type(m).__name__ else "avg",
@@ -73,7 +73,10 @@ def window_of(gm: fx.GraphModule, node: fx.Node) -> Window | None:
         is_max = node.target in (F.max_pool2d, torch.max_pool2d)
         names = ["input", "kernel_size", "stride", "padding"]
         names += ["dilation", "ceil_mode"] if is_max else ["ceil_mode", "count_include_pad"]
-        bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        bound = {k: _known(v) for k, v in zip(names, node.args, strict=False)}
+        bound |= {k: _known(v) for k, v in node.kwargs.items()}
+        if not all(_is_size(bound.get(k, 0)) for k in names[1:4]):
+            return None  # a size computed from a shape, not yet propagated
         kernel = pair(bound["kernel_size"])
         return Window(
             "max" if is_max else "avg",
@@ -87,6 +90,17 @@ def window_of(gm: fx.GraphModule, node: fx.Node) -> Window | None:
     if node.op == "call_function" and node.target is F.conv2d:
         return _conv2d_window(node)
     return module_window(gm.get_submodule(node.target)) if node.op == "call_module" else None
+
+
+def _known(v):
+    """A size given as a node (``x.size()[2:]``, ``x.size(3)``): its propagated value."""
+    return v.meta.get("val") if isinstance(v, fx.Node) else v
+
+
+def _is_size(v) -> bool:
+    """None (a default), an int or a tuple of ints."""
+    items = v if isinstance(v, (tuple, list)) else [v]
+    return all(x is None or isinstance(x, int) for x in items)
 
 
 def _conv2d_window(node: fx.Node) -> Window | None:
