@@ -139,6 +139,24 @@ def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
         reverso.hierarchical(vgg, (3, 32, 32), K=7)
 
 
+@pytest.mark.parametrize("down", ["max", "resize"])
+def test_a_pool_or_a_shrinking_resize_folds_into_the_next_layers_stride(down):
+    """The pass folds a pool into the next HCNN layer's stride: a bilinear resize by 0.5 is
+    such a pool, and the rebuilt layer downsamples by 2 (its map is not left 2x too large)."""
+    pool = torch.nn.MaxPool2d(2) if down == "max" else torch.nn.Upsample(scale_factor=0.5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), pool,
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
+    )  # fmt: skip
+    converted = reverso.hierarchical(model, (3, 16, 16), K=8, Q=4)
+    assert [m.stride for m in converted.modules() if isinstance(m, HConv2d)] == [2]
+    assert not any(
+        isinstance(m, (torch.nn.MaxPool2d, torch.nn.Upsample)) for m in converted.modules()
+    )
+    assert converted(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
 class _Tokens(torch.nn.Module):
     """A conv stem whose maps become tokens for a Linear layer (as TNT's pixel embedding)."""
 
