@@ -18,6 +18,14 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     check_topdown(spec.build(), spec.input_size)
 
 
+def _converts_and_trains(spec: CNNSpec) -> None:
+    """All properties at the spec's size and at 16x16, then one backward with finite gradients."""
+    td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])
+    assert td is not None
+    td(torch.rand(2, *spec.input_size)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize("transition", ["resize", "max_indices"])
 def test_resizes_and_pools_with_indices_convert_with_all_properties(transition):
     """Downsampling written as a bilinear resize, or as a max-pool returning unread indices,
@@ -34,10 +42,7 @@ def test_resizes_and_pools_with_indices_convert_with_all_properties(transition):
         input_size=(3, 19, 22),
         norm_kind="instance",
     )
-    td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])
-    assert td is not None
-    td(torch.rand(2, *spec.input_size)).sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
+    _converts_and_trains(spec)
 
 
 @pytest.mark.parametrize(
@@ -61,11 +66,7 @@ def test_every_modern_pattern_converts_with_all_properties(unit, transition):
         input_size=(3, 17, 20),
         norm_kind="layernorm2d",
     )
-    td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])
-    assert td is not None
-    x = torch.rand(2, *spec.input_size)
-    td(x).sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in td.parameters() if p.grad is not None)
+    _converts_and_trains(spec)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
