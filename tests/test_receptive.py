@@ -137,12 +137,20 @@ def test_gradients_stay_inside_the_exact_receptive_field_of_top_down_nets(upsamp
         assert max(support) == rf
 
 
+@pytest.mark.parametrize("norm", [nn.GroupNorm(1, 4), nn.InstanceNorm2d(4, affine=True)])
+def test_a_norm_over_the_whole_map_is_named_when_gradients_leave_the_receptive_field(norm):
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), norm, nn.Conv2d(4, 4, 1))
+    with pytest.raises(AssertionError, match=r"'1' \((GroupNorm|InstanceNorm2d)\) normalises"):
+        check_erf_within_receptive_field(model, (1, 12, 12))
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bottom_up_cnns(max_transitions=3))
 def test_gradients_stay_inside_the_exact_receptive_field(spec):
-    # GroupNorm's statistics span the whole map, so its gradients reach every pixel: the
-    # receptive field (the convs' and pools' geometry) bounds them only for per-pixel norms
-    assume(not (spec.norm and spec.norm_kind == "group"))
+    # GroupNorm's and InstanceNorm's statistics span the whole map, so their gradients reach
+    # every pixel: the receptive field (the convs' and pools' geometry) bounds them only for
+    # per-pixel norms
+    assume(not (spec.norm and spec.norm_kind in ("group", "instance")))
     model = spec.build()
     check_erf_within_receptive_field(model, spec.input_size)
     # the bound for top-down nets assumes a merge's two inputs centred on each other; after
@@ -307,3 +315,11 @@ def test_an_unknown_leaf_is_read_from_its_declared_window_or_warned_about(leaf):
     else:
         with pytest.warns(UserWarning, match=r"layer \(_OpaqueConv\).*kernel_size and stride"):
             reverso.receptive_fields(gm)
+
+
+def test_a_backbone_that_returns_its_map_is_measured_at_that_map():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1))
+    support, rf = check_erf_within_receptive_field(model, (1, 12, 12))
+    assert support == (5, 5) and rf == 5  # the last conv's map, not the graph's output node
+    with pytest.raises(reverso.OptionError, match="no receptive field for node 'nope'"):
+        reverso.receptive_fields(model, (1, 12, 12))["nope"]

@@ -118,7 +118,9 @@ def _last_feature_map(gm: fx.GraphModule, model_name: str) -> str:
     """The name of the last node of ``gm`` that is still a spatial feature map."""
     last = None
     for n in gm.graph.nodes:
-        if is_feature_map(n) and n.meta["val"].shape[-1] > 1 and n.op != "placeholder":
+        if n.op in ("placeholder", "output"):  # the output node only repeats what it returns
+            continue
+        if is_feature_map(n) and n.meta["val"].shape[-1] > 1:
             last = n
     if last is None:
         raise OptionError(f"{model_name} has no spatial feature map to measure")

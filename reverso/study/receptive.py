@@ -92,6 +92,11 @@ class RFReport:
     rows: dict[str, tuple[str, RF]]  # node name -> (what it is, RF)
 
     def __getitem__(self, name: str) -> RF:
+        if name not in self.rows:
+            raise OptionError(
+                f"no receptive field for node {name!r}: pass one of the model's feature-map "
+                f"nodes, e.g. {', '.join(list(self.rows)[-3:])}"
+            )
         return self.rows[name][1]
 
     def convs(self) -> list[tuple[str, RF]]:

@@ -155,6 +155,8 @@ def check_erf_within_receptive_field(
     Compares the empirical support of the gradient (:func:`reverso.erf`) of ``node`` (default:
     the last feature map) with :func:`reverso.receptive_fields` under the exact rules. Works on
     bottom-up models and on :class:`~reverso.TopDownNet`. Returns (support, receptive field).
+    Norms whose statistics span the map (GroupNorm, InstanceNorm) spread gradients to every pixel,
+    beyond any receptive field: the message names one when the model has it.
     """
     from reverso.study.erf import erf
     from reverso.study.receptive import receptive_fields
@@ -164,8 +166,22 @@ def check_erf_within_receptive_field(
     assert max(measured.support) <= rf.max, (
         f"the gradient of '{measured.node}' spans {measured.support[0]}x{measured.support[1]} "
         f"input pixels, more than its theoretical receptive field of {rf.max:g}"
+        + _map_statistics_hint(model)
     )
     return measured.support, rf.max
+
+
+def _map_statistics_hint(model: nn.Module) -> str:
+    """Names a norm whose statistics span the whole map: its gradients reach every pixel, so no
+    receptive field (the geometry of convs and pools) bounds them."""
+    spatial_norms = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    name = next((n for n, m in model.named_modules() if isinstance(m, spatial_norms)), None)
+    if name is None:
+        return ""
+    return (
+        f"; note that '{name}' ({type(model.get_submodule(name)).__name__}) normalises over the "
+        "whole map, which spreads gradients to every pixel: check a model with per-pixel norms"
+    )
 
 
 def check_topdown_reaches_receptive_field(
