@@ -19,6 +19,7 @@ from reverso.frontend.inline import inline_downsampling_functions, slice_reshape
 from reverso.frontend.normalize import drop_unread_pool_indices, whole_map_pools_as_global
 from reverso.ir.edit import set_module
 from reverso.ir.modes import evaluating
+from reverso.ir.shape_rules import channel_norm_rule, register_shape_rule
 from reverso.ir.shapes import check_input_size, propagate
 from reverso.ir.windows import pair
 from reverso.rewrite.widths import REGISTRY
@@ -38,7 +39,21 @@ def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
     from torchvision.ops import StochasticDepth  # torchvision's drop path, likewise
 
     modules.append(StochasticDepth)
+    _register_timm_norm_shapes(tl)
     return tuple(modules), tuple(tl.get_notrace_functions())
+
+
+#: timm's channels-first norms and norm-act layers: shape-preserving after a channel check
+_TIMM_CHANNEL_NORMS = ("BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct", "GroupNorm1Act",
+                       "GroupNorm", "GroupNorm1", "LayerNorm2d", "LayerNormAct2d")  # fmt: skip
+
+
+def _register_timm_norm_shapes(tl) -> None:
+    """Shape rules for timm's norm layers: on meta tensors their decompositions cost more than
+    every other layer of a timm model together."""
+    for name in _TIMM_CHANNEL_NORMS:
+        if hasattr(tl, name):
+            register_shape_rule(getattr(tl, name), channel_norm_rule)
 
 
 class ReversoTracer(fx.Tracer):
