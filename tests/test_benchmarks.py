@@ -26,7 +26,7 @@ def test_hand_written_td_resnet32_is_the_emitted_network():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--device", "cpu", "--batch", "2", "--size", "64", "--iters", "1", "--no-compile"]]
+    "argv", [["--device", "cpu", "--batch", "2", "--size", "32", "--iters", "1", "--no-compile"]]
 )
 def test_gpu_throughput_script_runs_on_cpu(argv):
     rows = load_script("benchmarks", "gpu_throughput").main(argv)

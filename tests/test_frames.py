@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from sweep_models import SWEEP_PARAMS
 from torch import nn
 
 import reverso
@@ -11,7 +12,6 @@ from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.nn import FRAMES, FrameConv2d, frame_atoms
 from reverso.nn.frames import frame_rank
 from reverso.nn.gaussian import gaussian_basis_2d
-from reverso.support import SWEEP
 
 
 @pytest.mark.parametrize("frame", FRAMES)
@@ -124,7 +124,7 @@ def test_frames_compose_with_topdown():
     assert torch.allclose(framed(x), td(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", SWEEP_PARAMS)
 def test_frames_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)

@@ -4,15 +4,15 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from sweep_models import SWEEP_PARAMS
 from torch import nn
 
 import reverso
 from reverso.nn import NJetConv2d
 from reverso.study.data import mnist5k
-from reverso.support import SWEEP
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", SWEEP_PARAMS)
 def test_njet_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)

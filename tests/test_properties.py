@@ -8,13 +8,21 @@ from hypothesis import HealthCheck, given, settings
 from reverso.testing import bottom_up_cnns, check_topdown
 from reverso.testing.strategies import CNNSpec, TransitionSpec, UnitSpec
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS
 @given(bottom_up_cnns())
 def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     # conversion succeeds or raises ReversoError (check_topdown returns None then); anything else fails
+    check_topdown(spec.build(), spec.input_size)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bottom_up_cnns())
+def test_many_random_bottom_up_cnns_convert_with_all_properties(spec):
+    """The same property over many more drawn nets (about 4 minutes)."""
     check_topdown(spec.build(), spec.input_size)
 
 

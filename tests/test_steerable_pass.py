@@ -3,12 +3,12 @@
 import pytest
 import timm
 import torch
+from sweep_models import SWEEP_PARAMS
 from torch import nn
 
 import reverso
 from reverso.errors import OptionError, UnsupportedTopologyError
 from reverso.nn import DynamicSteerableConv2d
-from reverso.support import SWEEP
 
 
 def test_convs_whose_kernels_the_frame_holds_convert_exactly():
@@ -84,7 +84,7 @@ def test_steerable_composes_with_topdown():
         assert y.shape == (2, 10) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", SWEEP_PARAMS)
 def test_steerable_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)

@@ -3,13 +3,14 @@
 import math
 
 import pytest
+from sweep_models import SWEEP_PARAMS
 
 import reverso
-from reverso.support import REPRESENTATIVE, SWEEP, check_timm_model
+from reverso.support import REPRESENTATIVE, check_timm_model
 from reverso.sweep import TRANSFORMS, Outcome, check, classify
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", SWEEP_PARAMS)
 def test_timm_model_converts_and_trains(name):
     result = check_timm_model(name, input_size=(3, 64, 64))
     assert result.status == "ok", result.message
