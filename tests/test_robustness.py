@@ -72,18 +72,18 @@ def test_accuracy_loss_curve_and_area_from_known_norms():
 
 
 @pytest.fixture(scope="module")
-def trained(mnist):
+def trained(small):
     torch.manual_seed(0)
     bu = LeNetFC()
-    train(bu, mnist, epochs=2, progress=False)
+    train(bu, small, epochs=4, progress=False)
     td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
-    train(td, mnist, epochs=2, progress=False)
+    train(td, small, epochs=4, progress=False)
     return bu, td
 
 
 def test_every_attack_gives_a_monotone_curve(trained, mnist, tmp_path):
     bu, _ = trained
-    report = robustness(bu, mnist, samples=24, repeats=1, budget="fast", progress=False, name="BU")
+    report = robustness(bu, mnist, samples=12, repeats=1, budget="fast", progress=False, name="BU")
     assert list(report.results) == list(ATTACKS)
     for name, r in report.results.items():
         _, loss = r.loss_curve()
