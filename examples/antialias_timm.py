@@ -2,7 +2,7 @@
 outputs unchanged, and blurring makes the features more shift-equivariant and the predictions more
 shift-consistent on natural images (scikit-image's samples; no download).
 
-    python examples/antialias_timm.py [--model resnet18] [--filter-size 4] [--size 224]
+    python examples/antialias_timm.py [--model resnet18] [--filter-size 4] [--size 224] [--pairs 20]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--size", type=int, default=224, help="crop size (images are resized to size + 32)"
     )
+    parser.add_argument("--pairs", type=int, default=20, help="shifted crop pairs per image")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = timm.create_model(
@@ -63,8 +64,8 @@ def main(argv=None) -> dict:
             f"  {node:<16} baseline {before:.4f}   filter {args.filter_size}: {after:.4f}   ({before / max(after, 1e-12):.1f}x better)"
         )
     for label, net in (("baseline", model), (f"filter {args.filter_size}", blurred)):
-        hard = consistency(net, big, max_shift=32, pairs=20)
-        soft = consistency(net, big, max_shift=32, pairs=20, soft=True)
+        hard = consistency(net, big, max_shift=32, pairs=args.pairs)
+        soft = consistency(net, big, max_shift=32, pairs=args.pairs, soft=True)
         result["consistency"][label] = (hard, soft)
     print("\nshift consistency over random 32-px shifts (two crops of each image):")
     for label, (hard, soft) in result["consistency"].items():

@@ -11,6 +11,7 @@ def test_conversion_benchmark_runs():
     assert result["convert_s"] > 0 and result["baseline_s"] > 0
 
 
+@pytest.mark.slow  # the conversion benchmark's timing mode runs by default
 def test_conversion_memory_is_reported_beside_the_parameter_bytes():
     (row,) = load_script("benchmarks", "conversion").main(["--memory", "resnet18", "--size", "64"])
     assert row["outcome"] == "converts" and row["param_mb"] > 100  # 11M + 20M float32 parameters

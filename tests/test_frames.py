@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from sweep_models import SWEEP_PARAMS
+from sweep_models import LAYER_PASS_PARAMS
 from torch import nn
 
 import reverso
@@ -124,7 +124,7 @@ def test_frames_compose_with_topdown():
     assert torch.allclose(framed(x), td(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", SWEEP_PARAMS)
+@pytest.mark.parametrize("name", LAYER_PASS_PARAMS)
 def test_frames_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from reverso.testing import bottom_up_cnns, check_topdown
 from reverso.testing.strategies import CNNSpec, TransitionSpec, UnitSpec
 
-SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @SETTINGS
@@ -77,7 +77,7 @@ def test_every_modern_pattern_converts_with_all_properties(unit, transition):
     _converts_and_trains(spec)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bottom_up_cnns(max_transitions=3))
 @pytest.mark.parametrize("arrangement", ["uni", "rev"])
 def test_random_cnns_in_other_arrangements(arrangement, spec):

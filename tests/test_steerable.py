@@ -232,8 +232,8 @@ def test_the_steering_functions_and_their_backward_match_autograd(groups, min_or
     torch.manual_seed(0)
     order = 3
     m = (order + 1) * (order + 2) // 2 - min_order * (min_order + 1) // 2
-    z = torch.randn(2, 3, m, 3, 2, dtype=torch.float64, requires_grad=True)
-    theta = (4 * torch.rand(2, groups, 3, 2, dtype=torch.float64) - 2).requires_grad_()
+    z = torch.randn(2, 3, m, 2, 1, dtype=torch.float64, requires_grad=True)
+    theta = (4 * torch.rand(2, groups, 2, 1, dtype=torch.float64) - 2).requires_grad_()
     plan = steering_terms(min_order, order)
     weights = torch.randn_like(z)
     expected = reference_steering(z, theta, min_order, order)

@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from sweep_models import SWEEP_PARAMS
+from sweep_models import LAYER_PASS_PARAMS
 from torch import nn
 
 import reverso
@@ -84,7 +84,7 @@ def test_steerable_composes_with_topdown():
         assert y.shape == (2, 10) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", SWEEP_PARAMS)
+@pytest.mark.parametrize("name", LAYER_PASS_PARAMS)
 def test_steerable_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)

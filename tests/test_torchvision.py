@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from sweep_models import params
 
 from reverso.testing import check_topdown
 
@@ -20,7 +21,11 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("name", MODELS)
+#: the other four repeat block families that timm models of the default run hold
+QUICK = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet", "alexnet", "swin_t"]
+
+
+@pytest.mark.parametrize("name", params(MODELS, QUICK))
 def test_torchvision_model_converts_with_all_properties(name):
     kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
     torch.manual_seed(0)

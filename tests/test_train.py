@@ -109,6 +109,7 @@ def test_mixed_precision_runs_and_learns(small):
     assert result.runs[0].history[-1]["loss"] < result.runs[0].history[0]["loss"]
 
 
+@pytest.mark.slow  # the default run trains a top-down LeNetFC in the demo test (2 epochs)
 def test_top_down_net_trains(mnist):
     torch.manual_seed(0)
     td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
