@@ -22,7 +22,7 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bottom_up_cnns())
 def test_many_random_bottom_up_cnns_convert_with_all_properties(spec):
-    """The same property over many more drawn nets (about 4 minutes)."""
+    """The same property over many more drawn nets (about 2 minutes)."""
     check_topdown(spec.build(), spec.input_size)
 
 
