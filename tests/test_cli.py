@@ -91,7 +91,7 @@ def test_erf_of_a_model_and_its_top_down_form_in_one_figure(tmp_path, capsys):
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     path, plot = folder / "td.safetensors", folder / "curve.png"
-    code = main(["train", "lenet_fc", "--topdown", "--data", "digits", "--size", "28", "--epochs", "3",
+    code = main(["train", "lenet_fc", "--topdown", "--data", "digits", "--size", "28", "--epochs", "5",
                  "--recipe", "mnist", "-o", str(path), "--plot", str(plot),
                  "--checkpoint", str(folder / "ckpt")])  # fmt: skip
     assert code == 0

@@ -162,6 +162,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # test_train's data-parallel test runs DDP (two gloo ranks) by default
 def test_distributed_data_parallel(tmp_path):
     import torch.multiprocessing as mp
     from ddp_worker import worker
