@@ -131,9 +131,11 @@ def _body(gm: fx.GraphModule):
             units.append([node, [], 1])
         elif ir.is_pool(gm, node):
             window = ir.window_of(gm, node)
-            units[-1][1].append(node)  # a resize that shrinks by f folds in as a stride f
-            factor = ir.spatial(ir.feature_input(node))[0] // ir.spatial(node)[0]
-            units[-1][2] *= window.step if window is not None else factor
+            units[-1][1].append(node)
+            if window is not None:
+                units[-1][2] *= window.step
+            else:  # a resize that shrinks by f folds in as a stride f
+                units[-1][2] *= ir.spatial(ir.feature_input(node))[0] // ir.spatial(node)[0]
         elif ir.is_norm(gm, node) or ir.is_activation(gm, node):
             units[-1][1].append(node)
         elif not (ir.is_dropout(gm, node) or ir.is_identity(gm, node)):

@@ -5,12 +5,12 @@ import timm.layers as tl
 import torch
 from torch import nn
 
-from reverso.frontend.tracing import _timm_leaves
+from reverso.frontend.tracing import register_timm_norm_shapes
 from reverso.ir.shape_rules import SHAPE_RULES
 from reverso.names import PYRAMIDS
 from reverso.nn import ImagePyramid
 
-_timm_leaves()  # what the first trace does: register the rules for timm's layers
+register_timm_norm_shapes()  # what the first trace does
 
 NORMS = [
     nn.BatchNorm2d(8),

@@ -8,6 +8,7 @@ their own leaves with ``leaf_modules=`` (classes or qualified module names).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -39,7 +40,7 @@ def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
     from torchvision.ops import StochasticDepth  # torchvision's drop path, likewise
 
     modules.append(StochasticDepth)
-    _register_timm_norm_shapes(tl)
+    register_timm_norm_shapes()
     return tuple(modules), tuple(tl.get_notrace_functions())
 
 
@@ -48,9 +49,12 @@ _TIMM_CHANNEL_NORMS = ("BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct", "Gr
                        "GroupNorm", "GroupNorm1", "LayerNorm2d", "LayerNormAct2d")  # fmt: skip
 
 
-def _register_timm_norm_shapes(tl) -> None:
-    """Shape rules for timm's norm layers: on meta tensors their decompositions cost more than
-    every other layer of a timm model together."""
+@functools.cache
+def register_timm_norm_shapes() -> None:
+    """Shape rules for timm's norm layers, registered once per process: on meta tensors their
+    decompositions cost more than every other layer of a timm model together."""
+    import timm.layers as tl
+
     for name in _TIMM_CHANNEL_NORMS:
         if hasattr(tl, name):
             register_shape_rule(getattr(tl, name), channel_norm_rule)

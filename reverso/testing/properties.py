@@ -174,12 +174,13 @@ def check_erf_within_receptive_field(
 def _map_statistics_hint(model: nn.Module) -> str:
     """Names a norm whose statistics span the whole map: its gradients reach every pixel, so no
     receptive field (the geometry of convs and pools) bounds them."""
-    spatial_norms = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-    name = next((n for n, m in model.named_modules() if isinstance(m, spatial_norms)), None)
-    if name is None:
+    spatial_norms = (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, spatial_norms)), None)
+    if found is None:
         return ""
+    name, norm = found
     return (
-        f"; note that '{name}' ({type(model.get_submodule(name)).__name__}) normalises over the "
+        f"; note that '{name}' ({type(norm).__name__}) normalises over the "
         "whole map, which spreads gradients to every pixel: check a model with per-pixel norms"
     )
 
