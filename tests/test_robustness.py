@@ -1,6 +1,7 @@
 """Foolbox 3 attacks: oracles with known smallest perturbations, monotone curves, per-branch study."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -162,7 +163,9 @@ def test_attacking_leaves_every_layer_in_its_own_mode():
     model = LeNetFC().train()
     model.c1.bn.eval()  # frozen by the user
     images, labels = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
-    robustness(model, (images, labels), attacks="contrast", samples=4, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        robustness(model, (images, labels), attacks="contrast", samples=4, progress=False)
+    assert not [w for w in caught if "training mode" in str(w.message)]  # Foolbox's warning
     assert model.training and model.c2.bn.training and not model.c1.bn.training
 
 

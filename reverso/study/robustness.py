@@ -131,7 +131,8 @@ def robustness(
         repeats, samples = capped["repeats"], capped["samples"]
     images, labels, normalize = attack_inputs(data, samples)
     with evaluating(model):  # every submodule's own mode comes back afterwards
-        net = AttackedModel(model, normalize, levels).to(next(model.parameters()).device)
+        # eval() marks the wrapper too: Foolbox warns about a model in training mode
+        net = AttackedModel(model, normalize, levels).to(next(model.parameters()).device).eval()
         norms, correct = _smallest_perturbations(
             net, images, labels, attacks, repeats, budget, seed, batch_size, progress, select
         )
