@@ -11,6 +11,7 @@
 Everything a pass writer needs is importable from here: ``from reverso import ir``.
 """
 
+from reverso.ir import activations
 from reverso.ir.dataflow import (
     carries_tensor,
     dataflow_graph,
@@ -22,12 +23,11 @@ from reverso.ir.dataflow import (
 from reverso.ir.edit import add_module_node, own_copy, set_module, unique_name
 from reverso.ir.modes import evaluating, keeping_modes
 from reverso.ir.nodes import (
-    ACTIVATIONS,
-    DROPOUTS,
     NORMS,
     by_name,
     conv_kernel,
     describe,
+    dropout_types,
     feature_input,
     has_stride,
     is_activation,
@@ -145,4 +145,6 @@ __all__ = [
     "window_of",
 ]  # fmt: skip
 
-__getattr__ = submodules(__name__)
+# ACTIVATIONS and DROPOUTS include timm's layers: built on first use, so that importing the IR
+# (every study tool does) does not import timm
+__getattr__ = submodules(__name__, ACTIVATIONS=activations.module_types, DROPOUTS=dropout_types)

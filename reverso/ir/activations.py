@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reverso.lazy import constants
 
 #: activation name -> its torch module type; functional forms are ``F.<name>``/``torch.<name>``
 #: and their in-place variants (``F.relu_``), methods are ``x.<name>()`` and ``x.<name>_()``
@@ -44,7 +48,10 @@ METHODS: frozenset[str] = frozenset(
 )
 
 
-def _module_types() -> tuple[type, ...]:
+@functools.cache
+def module_types() -> tuple[type, ...]:
+    """Every activation module type reverso recognises: torch's and timm's (timm is imported on the
+    first call, not with this module). Also readable as ``MODULE_TYPES``."""
     types = list(TORCH_TYPES)
     try:
         import timm.layers.activations as ta
@@ -54,8 +61,7 @@ def _module_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-#: every activation module type reverso recognises (torch's and timm's)
-MODULE_TYPES: tuple[type, ...] = _module_types()
+__getattr__ = constants(__name__, MODULE_TYPES=module_types)
 
 
 def module_for(target) -> nn.Module | None:

@@ -6,6 +6,7 @@ model. Geometry (kernel, stride, padding, dilation) comes from :mod:`reverso.ir.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from reverso.ir import activations
 from reverso.ir.shapes import channels, is_feature_map, spatial, tensor_shape
 from reverso.ir.windows import pair, window_of
+from reverso.lazy import constants
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -70,7 +72,6 @@ _MUL = {operator.mul, operator.imul, torch.mul}
 _CAT = {torch.cat, torch.concat}
 _NORM_FUNCS = {F.layer_norm, F.batch_norm, F.group_norm, F.instance_norm}
 
-ACTIVATIONS = activations.MODULE_TYPES
 NORMS = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
@@ -79,7 +80,10 @@ NORMS = (
 )
 
 
-def _dropout_types() -> tuple[type, ...]:
+@functools.cache
+def dropout_types() -> tuple[type, ...]:
+    """torch's dropout layers and timm's (DropPath, DropBlock2d; timm is imported on the first
+    call). Also readable as ``DROPOUTS``; ``ACTIVATIONS`` is :func:`activations.module_types`."""
     types = [nn.Dropout, nn.Dropout2d, nn.AlphaDropout]
     try:
         import timm.layers as tl
@@ -90,7 +94,7 @@ def _dropout_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-DROPOUTS = _dropout_types()
+__getattr__ = constants(__name__, ACTIVATIONS=activations.module_types, DROPOUTS=dropout_types)
 
 
 def is_conv(gm, node) -> bool:
@@ -117,13 +121,13 @@ def is_activation(gm, node) -> bool:
         return node.target in activations.FUNCTIONS
     if node.op == "call_method":
         return node.target in activations.METHODS
-    return isinstance(module_of(gm, node), ACTIVATIONS)
+    return isinstance(module_of(gm, node), activations.module_types())
 
 
 def is_dropout(gm, node) -> bool:
     if node.op == "call_function":
         return node.target in {F.dropout, F.dropout2d}
-    return isinstance(module_of(gm, node), DROPOUTS)
+    return isinstance(module_of(gm, node), dropout_types())
 
 
 def is_identity(gm, node) -> bool:

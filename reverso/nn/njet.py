@@ -8,6 +8,7 @@ structured receptive field layer (Jacobsen et al., RFNN).
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import ClassVar
@@ -89,6 +90,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         subsampling_rule: str = "paper",
     ):
         super().__init__()
+        _run_support_tracking_eagerly()
         sigmas = [float(s) for s in (sigma if isinstance(sigma, Sequence) else [sigma])]
         if order < 0 or order > 8:
             raise ValueError(f"order must be between 0 and 8, got {order}")
@@ -190,7 +192,10 @@ class NJetConv2d(FixedBuffers, nn.Module):
             self.follow_support()  # the last optimiser step may have moved sigma
         return self
 
-    @torch.compiler.disable
+    def __setstate__(self, state) -> None:  # unpickled or deep-copied layers skip __init__
+        super().__setstate__(state)
+        _run_support_tracking_eagerly()
+
     def _track_support(self, size: tuple[int, int]) -> None:
         """Training: grow the grid when sigma's support outgrows it, shrink it with hysteresis."""
         sigma = self._host_sigma.read(self._sigmas().max())  # CPU: now; CUDA: one step late
@@ -384,3 +389,11 @@ def structured_receptive_field(
 
 def _refit_support(module: NJetConv2d, _incompatible_keys) -> None:
     module.follow_support()  # the loaded sigma may need another grid
+
+
+@functools.cache
+def _run_support_tracking_eagerly() -> None:
+    """Make ``NJetConv2d._track_support`` a graph break that runs eagerly under ``torch.compile``
+    (it reads sigma on the host). Done when the first layer is built or unpickled, not at import:
+    ``torch.compiler.disable`` imports torch._dynamo, about 2 s that ``import reverso`` need not pay."""
+    NJetConv2d._track_support = torch.compiler.disable(NJetConv2d._track_support)
