@@ -9,6 +9,8 @@ no weight transfer is possible):
 - every later conv becomes an :class:`~reverso.nn.hierarchical.HConv2d` with its kernel (odd,
   square) as the spatial filters and its stride on them; the norms and activations after a conv
   are the layer's own now and go; a pool between two convs becomes the next layer's stride;
+- the HCNN layers are dense with 'same' zero padding (the thesis's), whatever the conv's groups,
+  padding and padding mode were; a dilated conv is refused (its receptive field would shrink);
 - ``head="keep"``: the model's head stays, its first layer rebuilt for the ``C`` channels (the
   authors' code: global pooling and a classifier); ``head="readout"``: the head goes, the last
   layer gets one output per class and the readout (eq. 36) follows (the thesis).
@@ -89,6 +91,11 @@ def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) ->
             raise UnsupportedTopologyError(
                 f"conv '{conv.name}' has a {k[0]}x{k[1]} kernel and stride {s}; "
                 "HCNN layers need square odd kernels and one stride"
+            )
+        if module.dilation != (1, 1):
+            raise UnsupportedTopologyError(
+                f"conv '{conv.name}' is dilated {module.dilation}; HCNN layers have no dilation, "
+                "so its receptive field would shrink. Convert a model without dilated convs"
             )
         s = s[0] * stride
         if index == 0:
@@ -260,7 +267,8 @@ def _rebuild_head(gm: fx.GraphModule, start: fx.Node, example) -> None:
         layer = nn.Linear(features, module.out_features, bias=module.bias is not None)
     else:
         layer = nn.Conv2d(new.shape[1], module.out_channels, module.kernel_size, module.stride,
-                          module.padding, module.dilation, bias=module.bias is not None)  # fmt: skip
+                          module.padding, module.dilation, bias=module.bias is not None,
+                          padding_mode=module.padding_mode)  # fmt: skip
     ir.set_module(gm, path, layer.to(_device(gm)))
 
 

@@ -125,8 +125,10 @@ def test_the_pass_rebuilds_plain_cnns(name, head):
 def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
     torch.manual_seed(0)
     vgg = timm.create_model("vgg11_bn", num_classes=10)
+    vgg.pre_logits.fc1.padding_mode = "reflect"
     converted = reverso.hierarchical(vgg, (3, 32, 32), K=8, Q=4)
-    assert converted.pre_logits.fc1.in_channels == 32  # rebuilt for the (K/2) K channels
+    fc1 = converted.pre_logits.fc1  # rebuilt for the (K/2) K channels, its other settings kept
+    assert (fc1.in_channels, fc1.kernel_size, fc1.padding_mode) == (32, (7, 7), "reflect")
     for model in (converted, reverso.hierarchical(timm.create_model("lcnet_050", num_classes=10),
                                                   (3, 32, 32), K=8, Q=4)):  # fmt: skip
         y = model(torch.rand(2, 3, 32, 32))  # the sweep's plain CNNs train
@@ -137,6 +139,16 @@ def test_the_pass_keeps_a_weighted_head_and_refuses_residual_models():
         reverso.hierarchical(timm.create_model("resnet18"), (3, 32, 32))
     with pytest.raises(OptionError, match="even"):
         reverso.hierarchical(vgg, (3, 32, 32), K=7)
+
+
+def test_a_dilated_conv_is_refused():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
+    )  # fmt: skip
+    with pytest.raises(UnsupportedTopologyError, match=r"conv '_2' is dilated \(2, 2\)"):
+        reverso.hierarchical(model, (3, 16, 16), K=8, Q=4)
 
 
 @pytest.mark.parametrize("down", ["max", "resize"])
