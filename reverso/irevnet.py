@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from .nn.space_to_depth import SpaceToDepth
 
@@ -75,7 +77,7 @@ class IRevNet(nn.Module):
                     body.append(InjectivePad(2 * channels - width))
                     width = 2 * channels
                 if width // 2 * s * s != channels:
-                    raise ValueError(
+                    raise OptionError(
                         f"a block of stride {s} maps {width // 2} channels per half to "
                         f"{width // 2 * s * s}, not {channels}"
                     )

@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from reverso.errors import OptionError
+
 OUTCOMES = ("converts", "refused", "internal error", "out of memory", "timeout")
 #: the conversions a sweep runs: ``reverso.<name>(model, input_size=...)`` with its defaults
 TRANSFORMS = ("topdown", "njet", "antialias", "frames", "steerable", "hierarchical", "reversible",
@@ -106,7 +108,7 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
     import reverso
 
     if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+        raise OptionError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
 
     result = Outcome(source, name)
     model = build(source, name)

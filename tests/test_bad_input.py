@@ -135,3 +135,46 @@ def test_every_error_is_a_reverso_error():
         reverso.PassError,
     ):
         assert issubclass(cls, reverso.ReversoError)
+
+
+@pytest.mark.parametrize(
+    "convert, kwargs, match",
+    [
+        (reverso.njet, {"order": -1}, "order must be between 0 and 8"),
+        (reverso.njet, {"sigma": -1.0}, "sigma must be positive"),
+        (reverso.antialias, {"filter_size": 0}, "filter_size must be between 1 and 7"),
+    ],
+)
+def test_a_pass_option_checked_by_the_layer_it_builds_is_an_option_error(convert, kwargs, match):
+    """Not a PassError around a ValueError: the layers check their arguments with OptionError."""
+    with pytest.raises(reverso.OptionError, match=match):
+        convert(LeNetFC(), input_size=(1, 28, 28), **kwargs)
+
+
+def test_study_tools_refuse_arguments_of_the_wrong_kind():
+    with pytest.raises(reverso.OptionError, match="samples must be a positive integer"):
+        reverso.erf(LeNetFC(), (1, 28, 28), samples=0)
+    with pytest.raises(reverso.OptionError, match=r"data must be a reverso\.data\.Data, got list"):
+        reverso.train(LeNetFC(), [torch.rand(1, 28, 28)], epochs=1)
+    with pytest.raises(reverso.OptionError, match="x must be an input batch"):
+        reverso.saved_bytes(LeNetFC(), (1, 28, 28))
+
+
+def test_the_package_raises_no_bare_value_errors():
+    """Argument checks raise OptionError (a ValueError too), so callers can catch ReversoError."""
+    import ast
+    from pathlib import Path
+
+    root = Path(reverso.__file__).parents[1]
+    found = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in [
+            *root.joinpath("reverso").rglob("*.py"),
+            *root.joinpath("passes").rglob("*.py"),
+        ]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Raise)
+        and isinstance(node.exc, ast.Call)
+        and getattr(node.exc.func, "id", None) in ("ValueError", "TypeError", "KeyError")
+    ]
+    assert found == ["reverso/rewrite/segments.py:66"], found  # an internal invariant

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .filters import FixedBuffers, gaussian_taps
 from .pyramid import blur_subsample
 
@@ -20,7 +22,7 @@ class GaussianBlur2d(FixedBuffers, nn.Module):
     def __init__(self, sigma: float):
         super().__init__()
         if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+            raise OptionError(f"sigma must be positive, got {sigma}")
         self.sigma = float(sigma)
         self.register_fixed_buffers()
 

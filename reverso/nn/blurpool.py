@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .filters import FixedBuffers, binomial_taps
 from .layout import contiguous_like
 
@@ -43,16 +45,16 @@ class BlurPool2d(FixedBuffers, nn.Module):
         super().__init__()
         if pad_type is not None:  # the official antialiased-cnns spelling: refl, repl, zero, ...
             if pad_type not in OFFICIAL_PAD_TYPES:
-                raise ValueError(
+                raise OptionError(
                     f"pad_type must be one of {tuple(OFFICIAL_PAD_TYPES)}, got {pad_type!r}"
                 )
             pad_mode = OFFICIAL_PAD_TYPES[pad_type]
         if not 1 <= filter_size <= 7:
-            raise ValueError(f"filter_size must be between 1 and 7, got {filter_size}")
+            raise OptionError(f"filter_size must be between 1 and 7, got {filter_size}")
         if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+            raise OptionError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if stride < 1:
-            raise ValueError(f"stride must be at least 1, got {stride}")
+            raise OptionError(f"stride must be at least 1, got {stride}")
         self.channels, self.filter_size, self.stride, self.pad_mode = (
             channels,
             filter_size,

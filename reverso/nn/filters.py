@@ -6,11 +6,13 @@ import math
 
 import torch
 
+from reverso.errors import OptionError
+
 
 def gaussian_taps(sigma: float, radius: int | None = None) -> torch.Tensor:
     """Sampled Gaussian, half-width ceil(3 sigma) unless given, normalised to sum 1."""
     if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise OptionError(f"sigma must be positive, got {sigma}")
     radius = math.ceil(3 * sigma) if radius is None else radius
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     taps = torch.exp(-(x**2) / (2 * sigma**2))
@@ -20,7 +22,7 @@ def gaussian_taps(sigma: float, radius: int | None = None) -> torch.Tensor:
 def binomial_taps(size: int) -> torch.Tensor:
     """Row ``size - 1`` of Pascal's triangle, normalised: [1], [1, 1], [1, 2, 1], [1, 3, 3, 1], ..."""
     if size < 1:
-        raise ValueError(f"filter size must be at least 1, got {size}")
+        raise OptionError(f"filter size must be at least 1, got {size}")
     taps = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=torch.float64)
     return taps / taps.sum()
 

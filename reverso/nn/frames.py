@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .filters import FixedBuffers
 from .gaussian import gaussian_derivatives_1d
 
@@ -48,9 +50,9 @@ def frame_atoms(frame: str, kernel_size, *, sigma: float = 1.0) -> torch.Tensor:
     """``(M, k_y, k_x)`` float64 atoms of a named frame for a kernel of ``kernel_size``."""
     ky, kx = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if frame not in FRAMES:
-        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        raise OptionError(f"frame must be one of {FRAMES}, got {frame!r}")
     if frame == "framelet" and not {ky, kx} <= {1, 3}:
-        raise ValueError(f"the framelet frame is defined for sides of 1 or 3, not {ky}x{kx}")
+        raise OptionError(f"the framelet frame is defined for sides of 1 or 3, not {ky}x{kx}")
     rows, cols = _axis_atoms(frame, ky, sigma), _axis_atoms(frame, kx, sigma)
     rows = rows / rows.norm(dim=1, keepdim=True)  # unit atoms: the frame sets the directions of
     cols = cols / cols.norm(dim=1, keepdim=True)  # the geometry, not one learning rate per atom
@@ -125,7 +127,7 @@ def _footprint_svd(atoms: torch.Tensor, kernel_size, dilation):
     dy, dx = dilation
     oy, ox = (sy - (dy * (ky - 1) + 1)) // 2, (sx - (dx * (kx - 1) + 1)) // 2
     if oy < 0 or ox < 0:
-        raise ValueError(f"a {ky}x{kx} kernel (dilation {dilation}) is larger than the frame")
+        raise OptionError(f"a {ky}x{kx} kernel (dilation {dilation}) is larger than the frame")
     rows = torch.arange(oy, oy + dy * (ky - 1) + 1, dy)
     cols = torch.arange(ox, ox + dx * (kx - 1) + 1, dx)
     footprint = (rows[:, None] * sx + cols[None, :]).reshape(-1)
@@ -176,7 +178,7 @@ class FrameConv2d(FixedBuffers, nn.Module):
             self.frame = "custom"
             self.register_buffer("atoms", frame.detach().to(torch.float32).clone())
         if tuple(self.atoms.shape[-2:]) != self.kernel_size:
-            raise ValueError(
+            raise OptionError(
                 f"atoms of size {tuple(self.atoms.shape[-2:])} for a {self.kernel_size} kernel"
             )
         rank, pixels = frame_rank(self.atoms), self.kernel_size[0] * self.kernel_size[1]

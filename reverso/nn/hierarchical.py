@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 PADDINGS = ("zeros", "circular")
 VARIANTS = ("plus", "linear")
 
@@ -56,11 +58,11 @@ class HConv2d(nn.Module):
     ):
         super().__init__()
         if padding not in PADDINGS or variant not in VARIANTS or marginal not in ("mean", "sum"):
-            raise ValueError(
+            raise OptionError(
                 f"padding must be one of {PADDINGS}, variant one of {VARIANTS}, marginal mean or sum"
             )
         if kernel % 2 == 0 or attr_kernel[0] % 2 == 0 or attr_kernel[1] % 2 == 0:
-            raise ValueError(f"kernels must be odd, got {kernel} and {attr_kernel}")
+            raise OptionError(f"kernels must be odd, got {kernel} and {attr_kernel}")
         self.a_in, self.k_in, self.k_out = a_in, k_in, k_out
         self.kernel, self.attr_kernel = kernel, tuple(attr_kernel)
         self.stride, self.attr_stride = stride, attr_stride

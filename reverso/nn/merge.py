@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reverso.errors import OptionError
 from reverso.names import MERGES
 
 from .upsample import Upsample
@@ -37,9 +38,9 @@ class Merge(nn.Module):
     ):
         super().__init__()
         if variant not in MERGES:
-            raise ValueError(f"merge must be one of {MERGES}, got {variant!r}")
+            raise OptionError(f"merge must be one of {MERGES}, got {variant!r}")
         if (fuse is None) != (variant == "add"):
-            raise ValueError(
+            raise OptionError(
                 f"merge {variant!r} {'needs' if variant != 'add' else 'takes no'} a fuse block"
             )
         self.variant = variant

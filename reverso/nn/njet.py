@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError, check_choice
+
 from .filters import FixedBuffers
 from .gaussian import (
     SIZE_RULES,
@@ -93,19 +95,14 @@ class NJetConv2d(FixedBuffers, nn.Module):
         _run_support_tracking_eagerly()
         sigmas = [float(s) for s in (sigma if isinstance(sigma, Sequence) else [sigma])]
         if order < 0 or order > 8:
-            raise ValueError(f"order must be between 0 and 8, got {order}")
+            raise OptionError(f"order must be between 0 and 8, got {order}")
         if not sigmas or min(sigmas) <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if size_rule not in SIZE_RULES:
-            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
-        if subsampling_rule not in SUBSAMPLING_RULES:
-            raise ValueError(
-                f"subsampling_rule must be one of {SUBSAMPLING_RULES}, got {subsampling_rule!r}"
-            )
-        if route not in ROUTES:
-            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+            raise OptionError(f"sigma must be positive, got {sigma!r}")
+        check_choice("size_rule", size_rule, SIZE_RULES)
+        check_choice("subsampling_rule", subsampling_rule, SUBSAMPLING_RULES)
+        check_choice("route", route, ROUTES)
         if in_channels % groups or out_channels % groups:
-            raise ValueError(
+            raise OptionError(
                 f"channels {in_channels}->{out_channels} are not divisible by groups={groups}"
             )
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -136,7 +133,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.route = route
         if route == "separable" and (groups != 1 or len(sigmas) != 1):
-            raise ValueError(
+            raise OptionError(
                 "the separable route needs groups=1 and a single sigma; use route='dense'"
             )
         self.register_load_state_dict_post_hook(_refit_support)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 
 def reached_taps(size: int, kernel: int, stride: int, low: int, high: int) -> tuple[int, int]:
     """``(first, last)`` tap of one axis that meets an input of ``size`` pixels, padded ``low``
@@ -53,7 +55,7 @@ def pad4(padding) -> tuple[int, int, int, int]:
     if isinstance(padding, int):
         return (padding,) * 4
     if len(padding) != 4:
-        raise ValueError(f"padding must be an int or (left, right, top, bottom), got {padding!r}")
+        raise OptionError(f"padding must be an int or (left, right, top, bottom), got {padding!r}")
     return tuple(int(p) for p in padding)
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
 from reverso.names import PYRAMIDS
 
 from .filters import FixedBuffers, binomial_taps, gaussian_taps
@@ -44,7 +45,7 @@ def pyramid_taps(kind: str, factor: int) -> torch.Tensor:
         return gaussian_taps(factor / 2)  # sigma = f/2 input pixels, half-width ceil(3 sigma)
     if kind == "binomial":
         return binomial_taps(factor * factor + 1)  # same variance f^2/4 as the Gaussian
-    raise ValueError(f"unknown pyramid kind {kind!r}")
+    raise OptionError(f"unknown pyramid kind {kind!r}")
 
 
 def blur_subsample(x: torch.Tensor, taps: torch.Tensor, factor: int) -> torch.Tensor:
@@ -79,10 +80,10 @@ class ImagePyramid(FixedBuffers, nn.Module):
     def __init__(self, levels: Sequence[int], kind: str = "gaussian"):
         super().__init__()
         if kind not in PYRAMIDS:
-            raise ValueError(f"pyramid must be one of {PYRAMIDS}, got {kind!r}")
+            raise OptionError(f"pyramid must be one of {PYRAMIDS}, got {kind!r}")
         levels = tuple(int(v) for v in levels)
         if not levels or min(levels) < 0 or len(set(levels)) != len(levels):
-            raise ValueError(f"levels must be distinct non-negative integers, got {levels}")
+            raise OptionError(f"levels must be distinct non-negative integers, got {levels}")
         self.levels = levels
         self.kind = kind
         self.register_fixed_buffers()

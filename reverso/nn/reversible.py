@@ -22,6 +22,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .checkpoint import kept_running_stats
 from .space_to_depth import SpaceToDepth
 
@@ -47,7 +49,7 @@ class CouplingBlock(nn.Module):
     def __init__(self, residual: nn.Module, stride: int = 1):
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"a coupling block's stride is 1 or 2 (psi(2)), got {stride}")
+            raise OptionError(f"a coupling block's stride is 1 or 2 (psi(2)), got {stride}")
         self.residual = residual
         self.stride = stride
         self.psi = SpaceToDepth(2) if stride == 2 else nn.Identity()

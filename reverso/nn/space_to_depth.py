@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import InputSizeError, OptionError
+
 
 def _check_block(block_size: int) -> int:
     if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        raise OptionError(f"block_size must be a positive int, got {block_size!r}")
     return block_size
 
 
@@ -36,7 +38,7 @@ class SpaceToDepth(nn.Module):
         n, c, h, w = x.shape
         b = self.block_size
         if h % b or w % b:
-            raise ValueError(
+            raise InputSizeError(
                 f"SpaceToDepth({b}) needs a height and width divisible by {b}, got {h}x{w}"
             )
         x = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
@@ -63,7 +65,7 @@ class DepthToSpace(nn.Module):
         n, cb, h, w = x.shape
         b = self.block_size
         if cb % (b * b):
-            raise ValueError(f"DepthToSpace({b}) needs channels divisible by {b * b}, got {cb}")
+            raise InputSizeError(f"DepthToSpace({b}) needs channels divisible by {b * b}, got {cb}")
         c = cb // (b * b)
         x = x.reshape(n, b, b, c, h, w).permute(0, 3, 4, 1, 5, 2)
         return x.reshape(n, c, h * b, w * b)
@@ -87,7 +89,7 @@ class NeighbourhoodToDepth(nn.Module):
     def __init__(self, block_size: int = 2, order: str = "tf"):
         super().__init__()
         if order not in ("tf", "torch"):
-            raise ValueError(f"order must be 'tf' or 'torch', got {order!r}")
+            raise OptionError(f"order must be 'tf' or 'torch', got {order!r}")
         self.block_size = _check_block(block_size)
         self.order = order
         self.stride = 1

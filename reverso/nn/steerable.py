@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
+
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
 from .pointwise import pointwise_conv
@@ -71,14 +73,14 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     ):
         super().__init__()
         if pose not in POSES or mode not in MODES:
-            raise ValueError(f"pose must be one of {POSES} and mode one of {MODES}")
+            raise OptionError(f"pose must be one of {POSES} and mode one of {MODES}")
         if not 0 <= min_order <= order or order < 1:
-            raise ValueError(
+            raise OptionError(
                 f"need 0 <= min_order <= order and order >= 1, got {min_order}, {order}"
             )
         size = kernel_size or 2 * radius_for(sigma) + 1
         if size % 2 == 0:
-            raise ValueError(f"the frame's grid must have an odd size, got {size}")
+            raise OptionError(f"the frame's grid must have an odd size, got {size}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.order, self.min_order = order, min_order
         # the frame is state (a conversion picks its scale per layer): saved with its scale

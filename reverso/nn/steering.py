@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from reverso.errors import OptionError
+
 
 @functools.cache
 def _monomial_matrices(order: int) -> np.ndarray:
@@ -47,7 +49,7 @@ def _multiply(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def steering_monomials(order: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """``(order + 1, order + 1, order + 1)``: ``A[k]`` with ``R_n(theta) = sum_k c^(n-k) s^k A[k]``."""
     if order < 0:
-        raise ValueError(f"order must be >= 0, got {order}")
+        raise OptionError(f"order must be >= 0, got {order}")
     return torch.as_tensor(_monomial_matrices(order), dtype=dtype, device=device)
 
 

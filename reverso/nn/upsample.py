@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reverso.errors import OptionError
 from reverso.names import UPSAMPLE_MODES
 
 from .filters import FixedBuffers, triangle_taps
@@ -23,7 +24,7 @@ class Upsample(FixedBuffers, nn.Module):
     def __init__(self, mode: str = "nearest", factor: int = 2):
         super().__init__()
         if mode not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
+            raise OptionError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
         self.mode = mode
         self.factor = int(factor)
         self.register_fixed_buffers()

@@ -13,7 +13,7 @@ import inspect
 import torch
 from torch import nn
 
-from reverso.errors import WidthError
+from reverso.errors import OptionError, WidthError
 from reverso.ir.nodes import is_depthwise
 from reverso.ir.windows import pair
 
@@ -120,7 +120,7 @@ def unpadded_conv(conv: nn.Conv2d) -> nn.Conv2d:
 def conv_at_stride_one(conv: nn.Conv2d, *, padding: str = "same") -> nn.Conv2d:
     """A copy of ``conv`` (same weights) at stride 1, padded by the ``padding`` policy."""
     if padding not in STRIDE_ONE_PADDING:
-        raise ValueError(f"padding must be one of {STRIDE_ONE_PADDING}, got {padding!r}")
+        raise OptionError(f"padding must be one of {STRIDE_ONE_PADDING}, got {padding!r}")
     new = copy.deepcopy(conv)
     new.stride = (1, 1)
     # timm's Conv2dSame pads dynamically, which keeps the size by itself

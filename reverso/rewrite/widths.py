@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reverso.errors import WidthError
+from reverso.errors import OptionError, WidthError
 from reverso.ir import module_of
 from reverso.ir.nodes import is_depthwise
 from reverso.rewrite.convs import placed_like, rebuild_conv
@@ -47,7 +47,7 @@ class WidthRegistry:
 
     def register(self, layer_type: type, rule: WidthRule) -> None:
         if not isinstance(layer_type, type) or not issubclass(layer_type, nn.Module):
-            raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
+            raise OptionError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
         self._rules[layer_type] = rule
 
     def lookup(self, module: nn.Module) -> WidthRule | None:

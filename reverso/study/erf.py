@@ -71,6 +71,8 @@ def erf(
     input_size = resolve_input_size(model, input_size)
     if not 0 < mass <= 1:
         raise OptionError(f"mass must be in (0, 1], got {mass}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise OptionError(f"samples must be a positive integer, got {samples!r}")
     samples = smoke_cap("erf", samples=(samples, 2))["samples"]
     if isinstance(model, TopDownNet):
         source = model.features

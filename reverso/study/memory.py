@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from reverso.errors import OptionError
 from reverso.ir.modes import keeping_modes
 
 
@@ -24,6 +25,11 @@ def saved_bytes(model: nn.Module, x: torch.Tensor, *, train: bool = True) -> int
     The forward runs with gradients enabled, in training mode unless ``train=False``; the model's
     mode and its norm layers' running statistics are left as they were.
     """
+    if not isinstance(x, torch.Tensor):
+        raise OptionError(
+            f"x must be an input batch (a tensor such as torch.rand(8, 3, 224, 224)), got "
+            f"{type(x).__name__}"
+        )
     counter = _Counter(model)
     with _measuring(model, train), counter.hooks():
         model(x)
