@@ -11,6 +11,7 @@ of :mod:`reverso.irevnet` and the hierarchical attribute CNNs of :mod:`reverso.h
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -174,6 +175,11 @@ def create(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise OptionError(f"unknown reference model '{name}'; choose one of {', '.join(MODELS)}")
     factory, input_size = MODELS[name]
+    accepted = inspect.signature(factory).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise OptionError(f"{name} takes no {', '.join(unknown)}; it takes {', '.join(accepted)}")
     model = factory(**kwargs)
     in_chans = kwargs.get("in_chans", input_size[0])
     model.pretrained_cfg = {"input_size": (in_chans, *input_size[1:])}

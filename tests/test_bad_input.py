@@ -178,3 +178,41 @@ def test_the_package_raises_no_bare_value_errors():
         and getattr(node.exc.func, "id", None) in ("ValueError", "TypeError", "KeyError")
     ]
     assert found == ["reverso/rewrite/segments.py:66"], found  # an internal invariant
+
+
+def test_more_study_arguments_of_the_wrong_kind(tmp_path):
+    net, images = LeNetFC(), torch.rand(2, 1, 28, 28)
+    with pytest.raises(reverso.OptionError, match=r"target must be one class in \[0, 10\)"):
+        reverso.gradcam(net, images, target=10)
+    assert reverso.gradcam(net, images, target=3).maps.shape[0] == 2  # one int: that class for all
+    with pytest.raises(reverso.OptionError, match="max_shift must be an integer >= 1"):
+        reverso.shift_consistency(net, images, max_shift=0)
+    with pytest.raises(reverso.OptionError, match="max_shift must be an integer >= 0"):
+        reverso.shift_adversary_accuracy(net, images, torch.zeros(2), max_shift=-1)  # was 100%
+    pair = (images, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(reverso.OptionError, match="samples must be a positive integer"):
+        reverso.robustness(net, pair, attacks="contrast", samples=0, progress=False)
+    digits = reverso.data.load("digits")
+    with pytest.raises(reverso.OptionError, match="number of images must be a positive integer"):
+        digits.test_tensors(-1)
+    with pytest.raises(reverso.OptionError, match="size must be a positive integer"):
+        reverso.data.load("digits", size=-3)
+    with pytest.raises(reverso.OptionError, match=r"data must be a reverso\.data\.Data, got str"):
+        reverso.evaluate(net, "mnist5k")
+    with pytest.raises(reverso.OptionError, match="'a' is a int, not a TrainResult"):
+        reverso.plot_training({"a": 3}, tmp_path / "t.png")
+    with pytest.raises(reverso.OptionError, match="needs a RobustnessReport or a non-empty dict"):
+        reverso.plot_robustness({}, tmp_path / "r.png")
+    with pytest.raises(reverso.OptionError, match="lenet_fc takes no depth; it takes num_classes"):
+        reverso.models.create("lenet_fc", depth=3)
+
+
+def test_check_topdown_raises_the_callers_own_mistakes():
+    """It returns None for a model reverso refuses, but a wrong argument is the caller's error."""
+    from reverso.testing import check_topdown
+
+    with pytest.raises(reverso.InputSizeError, match="input_size must be"):
+        check_topdown(LeNetFC(), (1, 28))
+    with pytest.raises(reverso.OptionError, match="arrangement='zz'"):
+        check_topdown(LeNetFC(), (1, 28, 28), arrangement="zz")
+    assert check_topdown(AllSameResolution(), (3, 16, 16)) is None  # refused: no downsampling

@@ -76,6 +76,8 @@ def digits(test: int = 297, size: int | None = None) -> Data:
 def _held_out(name, images, labels, test, size, classes) -> Data:
     if not 0 < test < len(labels):
         raise OptionError(f"test must be between 1 and {len(labels) - 1}, got {test}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise OptionError(f"size must be a positive integer (pixels per side), got {size!r}")
     if size is not None:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = images.clamp(0, 1)

@@ -26,6 +26,20 @@ from reverso.study.robustness import RobustnessReport
 from reverso.study.train import TrainResult
 
 
+def _labelled(results, kind: type, what: str) -> dict:
+    """``results`` as a non-empty ``{label: kind}`` dict (one ``kind`` alone is labelled "model")."""
+    if isinstance(results, kind):
+        return {"model": results}
+    if not isinstance(results, dict) or not results:
+        raise OptionError(f"{what} needs a {kind.__name__} or a non-empty dict of them by label")
+    wrong = next((k for k, v in results.items() if not isinstance(v, kind)), None)
+    if wrong is not None:
+        raise OptionError(
+            f"{what}: {wrong!r} is a {type(results[wrong]).__name__}, not a {kind.__name__}"
+        )
+    return results
+
+
 @styled
 def plot_training(
     results: dict[str, TrainResult] | TrainResult, path: str | Path, *, title: str | None = None
@@ -33,8 +47,7 @@ def plot_training(
     """Training curves, one colour per model: validation accuracy (left) and training loss
     (right) per epoch, the mean over runs with the band of the runs' min and max; .png, .pdf or
     .svg by the suffix of ``path``."""
-    if isinstance(results, TrainResult):
-        results = {"model": results}
+    results = _labelled(results, TrainResult, "plot_training")
     fig, axes = new_figure(1, 2, size=(TEXT_WIDTH * 0.8, 2.6))
     accuracy, loss = axes[0]
     for label, result in results.items():
@@ -75,8 +88,7 @@ def plot_robustness(
     model; the legend gives each curve's area (as in the report's table: the mean accuracy loss
     over the whole image space, lower is more robust). ``upto`` limits the x axis (default: a
     little past the largest perturbation found). .png, .pdf or .svg by the suffix of ``path``."""
-    if not reports:
-        raise OptionError("plot_robustness needs at least one report")
+    reports = _labelled(reports, RobustnessReport, "plot_robustness")
     attacks = list(next(iter(reports.values())).results)
     cols = min(len(attacks), 3)
     rows = math.ceil(len(attacks) / cols)
@@ -147,9 +159,7 @@ def plot_erfs(erfs: dict[str, ERF], path: str | Path, *, title: str | None = Non
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
-    if not erfs:
-        raise OptionError("plot_erfs needs at least one ERF")
-    results = list(erfs.items())
+    results = list(_labelled(erfs, ERF, "plot_erfs").items())
     top = max(float(r.map.max()) for _, r in results) * 100
     norm = PowerNorm(0.5, vmin=0, vmax=top)  # square-root scale: the tails stay visible
     width = min(TEXT_WIDTH, COLUMN * 0.95 * len(results) + 0.6)

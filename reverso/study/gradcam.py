@@ -87,24 +87,39 @@ def _same_map(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a is b or (a.shape == b.shape and a.data_ptr() == b.data_ptr())
 
 
+def _targets(target, logits: torch.Tensor) -> torch.Tensor:
+    """One class index per image: ``target`` as given, or one int repeated."""
+    n, classes = logits.shape
+    chosen = torch.as_tensor(target, device=logits.device).long().flatten()
+    chosen = chosen.expand(n) if chosen.numel() == 1 else chosen
+    if chosen.numel() != n or chosen.min() < 0 or chosen.max() >= classes:
+        raise OptionError(
+            f"target must be one class in [0, {classes}) per image ({n}) or one for all, got "
+            f"{target!r}"
+        )
+    return chosen
+
+
 def gradcam(
     model: nn.Module,
     images: torch.Tensor,
     *,
     layer: str | nn.Module | None = None,
-    target: torch.Tensor | None = None,
+    target: torch.Tensor | int | None = None,
     normalize=None,
     formula: str = "reference",
 ) -> CAM:
     """Grad-CAM maps of ``images`` (N, C, H, W) on ``layer`` (a module name or module; default
-    the last conv, after its BN-ReLU), for the ``target`` classes (default: the predicted ones).
+    the last conv, after its BN-ReLU), for the ``target`` classes (default: the predicted ones;
+    one class per image, or one int for all).
 
     ``formula="reference"`` (the top-down authors' code): the gradient of the class's softmax
     probability; cam = sum_k w_k A_k, minus its mean, divided by its L2 norm, resized
     bilinearly, ReLU, divided by its max. ``"relu_max"`` (Selvaraju et al., reverso's earlier
     default): the gradient of the logit; ReLU, resized, divided by its max."""
-    if images.dim() != 4:
-        raise OptionError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise OptionError(f"images must be a tensor (N, C, H, W), got {shape}")
     if formula not in FORMULAS:
         raise OptionError(f"formula must be one of {FORMULAS}, got {formula!r}")
     prepare = normalize or (lambda x: x)
@@ -123,7 +138,7 @@ def gradcam(
             with torch.enable_grad():
                 x = prepare(images).detach().requires_grad_(True)  # a graph even if frozen
                 logits = model(x)
-                chosen = logits.argmax(1) if target is None else target.to(logits.device)
+                chosen = logits.argmax(1) if target is None else _targets(target, logits)
                 if "a" not in store:
                     raise OptionError(f"layer {name!r} did not run in the forward pass")
                 if formula == "reference":

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from reverso.errors import DatasetError
+from reverso.errors import DatasetError, OptionError
 
 
 class TensorImages(Dataset):
@@ -83,8 +83,19 @@ class Data:
         )
 
 
+def check_data(data) -> None:
+    """An OptionError unless ``data`` is a :class:`Data` (what the training tools read)."""
+    if not isinstance(data, Data):
+        raise OptionError(
+            f"data must be a reverso.data.Data, got {type(data).__name__}: load one with "
+            "reverso.data.load('mnist5k') (or 'cifar10', 'image_folder', ... with root=)"
+        )
+
+
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of (the first ``limit`` samples of) any dataset as two tensors."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise OptionError(f"the number of images must be a positive integer, got {limit!r}")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if isinstance(dataset, TensorImages):
         return dataset.batch(torch.arange(n))

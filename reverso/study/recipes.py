@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError
-from reverso.study.images import Data
+from reverso.study.images import check_data
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ def get(name: str) -> Recipe:
 def settings(recipe: Recipe | None, model, data, **given) -> tuple[int, int, float, float]:
     """(epochs, batch size, lr, PyTorch weight decay): what was given, else the recipe's (its
     top-down values for a TopDownNet), else 30 epochs, batch 128, lr 0.1 and the dataset's."""
-    if not isinstance(data, Data):
-        raise OptionError(
-            f"data must be a reverso.data.Data, got {type(data).__name__}: load one with "
-            "reverso.data.load('mnist5k') (or 'cifar10', 'image_folder', ... with root=)"
-        )
+    check_data(data)
     if recipe is not None:
         from reverso.convert.network import TopDownNet
 

@@ -125,6 +125,10 @@ def robustness(
         raise OptionError(f"budget must be one of {tuple(BUDGETS)}, got {budget!r}")
     if not isinstance(repeats, int) or repeats < 1:
         raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
+    if samples is not None and (
+        isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+    ):
+        raise OptionError(f"samples must be a positive integer (or None: all), got {samples!r}")
     if smoke():
         budget = "fast"
         capped = smoke_cap("robustness", repeats=(repeats, 1), samples=(samples or 10**9, 16))

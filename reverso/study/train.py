@@ -30,7 +30,7 @@ from reverso.errors import OptionError, ReversoError
 from reverso.ir.modes import evaluating
 from reverso.settings import smoke_cap
 from reverso.study import distributed, recipes
-from reverso.study.data import Data, TensorImages
+from reverso.study.images import Data, TensorImages, check_data
 
 
 @dataclass
@@ -389,6 +389,7 @@ def evaluate(
     model: nn.Module, data: Data, dataset: Dataset | None = None, device=None, batch_size: int = 256
 ) -> float:
     """Accuracy of ``model`` on ``dataset`` (default: the test set), in eval mode."""
+    check_data(data)
     dataset = data.test if dataset is None else dataset
     device = device or next(model.parameters()).device
     correct = 0

@@ -15,9 +15,9 @@ from torch import nn
 from reverso import ir
 from reverso.convert.network import TopDownNet
 from reverso.convert.topdown import topdown
-from reverso.errors import ReversoError
+from reverso.errors import OptionError, ReversoError
 from reverso.ir.modes import evaluating, keeping_modes
-from reverso.ir.shapes import level_of, spatial
+from reverso.ir.shapes import check_input_size, level_of, spatial
 from reverso.nn import Merge
 
 
@@ -28,10 +28,14 @@ def check_topdown(
 
     Conversion must succeed or refuse with a :class:`ReversoError` that diagnoses the model (then
     None is returned); any other exception, or a refusal that only wraps a torch error while the
-    model itself runs at that size (a bug dressed as a refusal), fails.
+    model itself runs at that size (a bug dressed as a refusal), fails. A wrong argument (a
+    malformed ``input_size``, an unknown option value) is the caller's error and is raised.
     """
+    input_size = check_input_size(input_size)
     try:
         td = topdown(model, input_size=input_size, **options)
+    except OptionError:
+        raise
     except ReversoError as err:
         from reverso.sweep import classify
 
