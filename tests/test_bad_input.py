@@ -216,3 +216,19 @@ def test_check_topdown_raises_the_callers_own_mistakes():
     with pytest.raises(reverso.OptionError, match="arrangement='zz'"):
         check_topdown(LeNetFC(), (1, 28, 28), arrangement="zz")
     assert check_topdown(AllSameResolution(), (3, 16, 16)) is None  # refused: no downsampling
+
+
+class _HeadReadsTheImage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3))) + x.mean()
+
+
+def test_a_head_that_also_reads_the_image_is_named_as_such():
+    # was "no convolutional body before its head", though the model has one
+    with pytest.raises(reverso.UnsupportedTopologyError, match="'add' .* joins several paths"):
+        reverso.topdown(_HeadReadsTheImage(), input_size=(3, 16, 16))

@@ -19,6 +19,7 @@ from reverso.analysis.segments import Segments
 from reverso.errors import NoDownsamplingError, UnsupportedTopologyError
 from reverso.ir import (
     by_name,
+    carries_tensor,
     conv_kernel,
     descendants_within,
     describe,
@@ -126,6 +127,7 @@ def build_units(gm, probe: Probe, segments: Segments, levels, strided) -> tuple[
     units = _move_fc_classifier(gm, units, head, probe.num_classes)
     units.append(head)
     if len(units) < 2:
+        _refuse_parallel_paths(gm, segments.chain[1])
         raise NoDownsamplingError(
             "the model has no convolutional body before its head (the first node, "
             f"{describe(gm, segments.chain[1])}, already leaves feature-map form)"
@@ -135,6 +137,18 @@ def build_units(gm, probe: Probe, segments: Segments, levels, strided) -> tuple[
         u.index = i
         _measure(gm, named, u, levels, strided)
     return units, preact
+
+
+def _refuse_parallel_paths(gm: fx.GraphModule, first: fx.Node) -> None:
+    """A model whose first node on every input-to-output path joins several values: its body is
+    one of parallel paths from the image (a head that also reads the image, models side by side)."""
+    if sum(carries_tensor(a) for a in first.all_input_nodes) > 1:
+        raise UnsupportedTopologyError(
+            f"{describe(gm, first)} joins several paths from the input image after they leave "
+            "feature-map form (a head that also reads the image, or nets run side by side); "
+            "reverso converts one convolutional body followed by its head: convert the CNN "
+            "branch on its own"
+        )
 
 
 def _move_fc_classifier(gm, units: list[Unit], head: Unit, num_classes: int) -> list[Unit]:

@@ -249,7 +249,10 @@ def _drop_unused_input(gm: fx.GraphModule) -> fx.GraphModule:
     for n in list(gm.graph.nodes):
         if n.op == "placeholder" and n.name == "image":
             if n.users:
-                raise NotImplementedError("a head that reads the input image is not supported")
+                raise UnsupportedTopologyError(
+                    "the head reads the input image; reverso converts a convolutional body "
+                    "followed by a head that reads only the body's last feature map"
+                )
             gm.graph.erase_node(n)
     gm.recompile()
     return gm
