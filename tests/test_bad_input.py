@@ -230,5 +230,20 @@ class _HeadReadsTheImage(nn.Module):
 
 def test_a_head_that_also_reads_the_image_is_named_as_such():
     # was "no convolutional body before its head", though the model has one
-    with pytest.raises(reverso.UnsupportedTopologyError, match="'add' .* joins several paths"):
+    with pytest.raises(reverso.UnsupportedTopologyError, match=r"'add' .* joins several paths"):
         reverso.topdown(_HeadReadsTheImage(), input_size=(3, 16, 16))
+
+
+def test_the_testing_checks_refuse_a_network_that_is_not_top_down():
+    from reverso import testing
+
+    bu = LeNetFC()
+    for check in (testing.check_coarse_entry, testing.check_resolution_never_decreases,
+                  testing.check_one_merge_per_transition, testing.check_units_once):  # fmt: skip
+        with pytest.raises(reverso.OptionError, match=rf"{check.__name__} checks a network"):
+            check(bu)
+    with pytest.raises(reverso.OptionError, match="got LeNetFC: convert the model first"):
+        testing.check_runs(bu, (1, 28, 28))
+    td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
+    with pytest.raises(reverso.InputSizeError, match="input_size must be"):
+        testing.check_output_shape(bu, td, (28, 28))
