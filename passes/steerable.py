@@ -27,7 +27,7 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError, check_choice
+from reverso.errors import OptionError, UnsupportedTopologyError, check_choice, check_count
 from reverso.ir.shapes import channels
 from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d, steerable_frame
 from reverso.rewrite.residuals import residual_units
@@ -87,8 +87,7 @@ def check_options(unit, pose, mode, every, order=2, sigma=1.0) -> None:
             f"order={order!r}, sigma={sigma!r}: a steerable frame needs order >= 1 (order 0 does "
             "not turn) and a positive sigma"
         )
-    if not isinstance(every, int) or every < 1:
-        raise OptionError(f"every must be a positive integer, got {every!r}")
+    check_count("every", every)
 
 
 def swap_convs_for_steerable(root: nn.Module, *, every=2, **settings) -> SteerableReport:

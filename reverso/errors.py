@@ -23,6 +23,13 @@ def check_choice(name: str, value, allowed) -> None:
         )
 
 
+def check_count(name: str, value, least: int = 1) -> None:
+    """An :class:`OptionError` naming the argument unless ``value`` is an int >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        wanted = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise OptionError(f"{name} must be {wanted}, got {value!r}")
+
+
 class TraceError(ReversoError):
     """The model could not be traced with torch.fx."""
 

@@ -185,7 +185,7 @@ def test_more_study_arguments_of_the_wrong_kind(tmp_path):
     with pytest.raises(reverso.OptionError, match=r"target must be one class in \[0, 10\)"):
         reverso.gradcam(net, images, target=10)
     assert reverso.gradcam(net, images, target=3).maps.shape[0] == 2  # one int: that class for all
-    with pytest.raises(reverso.OptionError, match="max_shift must be an integer >= 1"):
+    with pytest.raises(reverso.OptionError, match="max_shift must be a positive integer"):
         reverso.shift_consistency(net, images, max_shift=0)
     with pytest.raises(reverso.OptionError, match="max_shift must be an integer >= 0"):
         reverso.shift_adversary_accuracy(net, images, torch.zeros(2), max_shift=-1)  # was 100%

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_count
 from reverso.study.images import Data, TensorImages, tensors
 from reverso.study.local_datasets import cifar10, fashion_mnist, image_folder, mnist
 
@@ -76,9 +76,8 @@ def digits(test: int = 297, size: int | None = None) -> Data:
 def _held_out(name, images, labels, test, size, classes) -> Data:
     if not 0 < test < len(labels):
         raise OptionError(f"test must be between 1 and {len(labels) - 1}, got {test}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise OptionError(f"size must be a positive integer (pixels per side), got {size!r}")
     if size is not None:
+        check_count("size", size)
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = images.clamp(0, 1)
     # stratified: the same share of every class goes to the test set

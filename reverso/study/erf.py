@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_count
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import is_feature_map
@@ -71,8 +71,7 @@ def erf(
     input_size = resolve_input_size(model, input_size)
     if not 0 < mass <= 1:
         raise OptionError(f"mass must be in (0, 1], got {mass}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise OptionError(f"samples must be a positive integer, got {samples!r}")
+    check_count("samples", samples)
     samples = smoke_cap("erf", samples=(samples, 2))["samples"]
     if isinstance(model, TopDownNet):
         source = model.features

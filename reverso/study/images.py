@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from reverso.errors import DatasetError, OptionError
+from reverso.errors import DatasetError, OptionError, check_count
 
 
 class TensorImages(Dataset):
@@ -94,8 +94,8 @@ def check_data(data) -> None:
 
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of (the first ``limit`` samples of) any dataset as two tensors."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise OptionError(f"the number of images must be a positive integer, got {limit!r}")
+    if limit is not None:
+        check_count("the number of images", limit)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if isinstance(dataset, TensorImages):
         return dataset.batch(torch.arange(n))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_count
 from reverso.study.images import check_data
 
 
@@ -94,16 +94,13 @@ def settings(recipe: Recipe | None, model, data, **given) -> tuple[int, int, flo
 
 
 def check_settings(epochs, batch_size, lr, val_fraction, repeats, milestones) -> None:
-    if not isinstance(epochs, int) or epochs < 1:
-        raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
     if not lr > 0:
         raise OptionError(f"lr must be positive, got {lr!r}")
     if not 0 <= val_fraction < 1:
         raise OptionError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
+    check_count("repeats", repeats)
     if any(not 0 < m < 1 for m in milestones):
         raise OptionError(f"milestones are fractions of the epochs in (0, 1), got {milestones!r}")
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from reverso import ir
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_count
 from reverso.ir.modes import evaluating
 from reverso.settings import smoke, smoke_cap
 from reverso.study.attacks import ATTACKS, BUDGETS, minimal_perturbations
@@ -123,12 +123,9 @@ def robustness(
         raise OptionError(f"unknown attacks {unknown}; choose from {', '.join(ATTACKS)}")
     if budget not in BUDGETS:
         raise OptionError(f"budget must be one of {tuple(BUDGETS)}, got {budget!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise OptionError(f"repeats must be a positive integer, got {repeats!r}")
-    if samples is not None and (
-        isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
-    ):
-        raise OptionError(f"samples must be a positive integer (or None: all), got {samples!r}")
+    check_count("repeats", repeats)
+    if samples is not None:
+        check_count("samples", samples)
     if smoke():
         budget = "fast"
         capped = smoke_cap("robustness", repeats=(repeats, 1), samples=(samples or 10**9, 16))

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from reverso.errors import OptionError
+from reverso.errors import OptionError, check_count
 from reverso.frontend.tracing import trace
 
 
@@ -38,8 +38,8 @@ def consistency(
     ``soft=True`` returns the mean cosine similarity of the two output vectors instead, which also
     tells apart models whose top class does not move (an untrained net predicts one class for all)."""
     _check_images(images)
-    _check_count("max_shift", max_shift, 1)
-    _check_count("pairs", pairs, 1)
+    check_count("max_shift", max_shift)
+    check_count("pairs", pairs)
     n, _, h, w = images.shape
     size = (h - max_shift, w - max_shift)
     if min(size) < 1:
@@ -87,7 +87,7 @@ def shift_adversary_accuracy(
 ) -> float:
     """Accuracy when an image counts only if every circular shift within +-max_shift is right."""
     _check_images(images)
-    _check_count("max_shift", max_shift, 0)
+    check_count("max_shift", max_shift, 0)
     correct = torch.ones(images.shape[0], dtype=torch.bool)
     for dy in range(-max_shift, max_shift + 1):
         for dx in range(-max_shift, max_shift + 1):
@@ -129,11 +129,6 @@ def _crop(images: torch.Tensor, offsets: torch.Tensor, size) -> torch.Tensor:
             for img, (y, x) in zip(images, offsets.tolist(), strict=True)
         ]
     )
-
-
-def _check_count(name: str, value, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise OptionError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _check_images(images: torch.Tensor) -> None:
