@@ -28,6 +28,7 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.ir.modes import evaluating
 from reverso.nn import NJetConv2d
+from reverso.study.images import check_images
 from reverso.study.plotting import TEXT_WIDTH, new_figure, save_figure, styled
 
 CONVS = (nn.Conv2d, NJetConv2d)
@@ -117,9 +118,7 @@ def gradcam(
     probability; cam = sum_k w_k A_k, minus its mean, divided by its L2 norm, resized
     bilinearly, ReLU, divided by its max. ``"relu_max"`` (Selvaraju et al., reverso's earlier
     default): the gradient of the logit; ReLU, resized, divided by its max."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise OptionError(f"images must be a tensor (N, C, H, W), got {shape}")
+    check_images(images)
     if formula not in FORMULAS:
         raise OptionError(f"formula must be one of {FORMULAS}, got {formula!r}")
     prepare = normalize or (lambda x: x)

@@ -92,6 +92,13 @@ def check_data(data) -> None:
         )
 
 
+def check_images(images) -> None:
+    """An OptionError unless ``images`` is a batch of images: a float tensor (N, C, H, W)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise OptionError(f"images must be a float tensor (N, C, H, W), got {got}")
+
+
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of (the first ``limit`` samples of) any dataset as two tensors."""
     if limit is not None:

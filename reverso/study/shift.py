@@ -20,6 +20,7 @@ from torch import nn
 
 from reverso.errors import OptionError, check_count
 from reverso.frontend.tracing import trace
+from reverso.study.images import check_images
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def consistency(
 
     ``soft=True`` returns the mean cosine similarity of the two output vectors instead, which also
     tells apart models whose top class does not move (an untrained net predicts one class for all)."""
-    _check_images(images)
+    check_images(images)
     check_count("max_shift", max_shift)
     check_count("pairs", pairs)
     n, _, h, w = images.shape
@@ -69,7 +70,7 @@ def feature_equivariance(
 ) -> float:
     """Mean cosine distance between ``features(shift(x, d))`` and ``shift(features(x), d / stride)``
     over the given circular shifts d (pixels, both axes); 0 is perfect equivariance."""
-    _check_images(images)
+    check_images(images)
     base = features(images)
     stride = images.shape[-1] / base.shape[-1]
     distances = []
@@ -86,7 +87,7 @@ def shift_adversary_accuracy(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, max_shift: int = 4
 ) -> float:
     """Accuracy when an image counts only if every circular shift within +-max_shift is right."""
-    _check_images(images)
+    check_images(images)
     check_count("max_shift", max_shift, 0)
     correct = torch.ones(images.shape[0], dtype=torch.bool)
     for dy in range(-max_shift, max_shift + 1):
@@ -129,8 +130,3 @@ def _crop(images: torch.Tensor, offsets: torch.Tensor, size) -> torch.Tensor:
             for img, (y, x) in zip(images, offsets.tolist(), strict=True)
         ]
     )
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise OptionError("images must be a float tensor of shape (N, C, H, W)")

@@ -53,8 +53,8 @@ def check_topdown(
 
 def check_output_shape(model: nn.Module, td: TopDownNet, input_size) -> None:
     """The top-down net's output has the bottom-up net's shape."""
-    td, input_size = _topdown_net(td, "check_output_shape"), check_input_size(input_size)
-    x = torch.rand(2, *input_size)
+    _require_topdown(td, "check_output_shape")
+    x = torch.rand(2, *check_input_size(input_size))
     with evaluating(model), evaluating(td), torch.no_grad():
         bu_shape, td_shape = model(x).shape, td(x).shape
     assert bu_shape == td_shape, (
@@ -64,7 +64,7 @@ def check_output_shape(model: nn.Module, td: TopDownNet, input_size) -> None:
 
 def check_coarse_entry(td: TopDownNet) -> None:
     """The first top-down layer reads the coarsest level of the bottom-up net."""
-    _topdown_net(td, "check_coarse_entry")
+    _require_topdown(td, "check_coarse_entry")
     gm = td.features
     first = next(
         (n for n in gm.graph.nodes if n.op == "call_module" and ir.unit_of(n) is not None),
@@ -85,7 +85,7 @@ def check_resolution_never_decreases(td: TopDownNet) -> None:
     the level (log2 of the size ratio, rounded) never rises. A conv or pool of stride 1 may trim
     its map (an unpadded "valid" conv takes k - 1 pixels, whatever the map's size); a pad keeps
     the level."""
-    _topdown_net(td, "check_resolution_never_decreases")
+    _require_topdown(td, "check_resolution_never_decreases")
     chain = [
         n
         for n in _main_path(td.features)
@@ -106,7 +106,7 @@ def check_resolution_never_decreases(td: TopDownNet) -> None:
 
 def check_one_merge_per_transition(td: TopDownNet) -> None:
     """Every mirrored transition has exactly one merge."""
-    _topdown_net(td, "check_one_merge_per_transition")
+    _require_topdown(td, "check_one_merge_per_transition")
     merges = [m for m in td.features.modules() if isinstance(m, Merge)]
     mirrored = [t for t in td.report.transitions if not t.first]
     assert len(merges) == len(mirrored), (
@@ -116,7 +116,7 @@ def check_one_merge_per_transition(td: TopDownNet) -> None:
 
 def check_units_once(td: TopDownNet) -> None:
     """Every bottom-up unit appears in the top-down net exactly once (as one contiguous piece)."""
-    _topdown_net(td, "check_units_once")
+    _require_topdown(td, "check_units_once")
     order = []
     for gm in (td.features, td.head.pre_logits, td.head.fc):
         for n in gm.graph.nodes:
@@ -134,7 +134,7 @@ def check_units_once(td: TopDownNet) -> None:
 
 def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
     """The net runs in train and eval mode, at the traced size and at other (odd, non-square) sizes."""
-    _topdown_net(td, "check_runs")
+    _require_topdown(td, "check_runs")
     c, h, w = check_input_size(input_size)
     sizes = other_sizes if other_sizes is not None else [(h, w), (h + 1, w + 3), (2 * h, w)]
     with keeping_modes(td):
@@ -150,13 +150,12 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
                 )
 
 
-def _topdown_net(td, check: str) -> TopDownNet:
+def _require_topdown(td, check: str) -> None:
     if not isinstance(td, TopDownNet):
         raise OptionError(
             f"{check} checks a network that reverso.topdown returned, got {type(td).__name__}: "
             "convert the model first, or run check_topdown(model, input_size)"
         )
-    return td
 
 
 def _main_path(gm: fx.GraphModule) -> list[fx.Node]:
@@ -222,7 +221,7 @@ def check_topdown_reaches_receptive_field(
     """
     from reverso.study.receptive import receptive_fields
 
-    _topdown_net(td, "check_topdown_reaches_receptive_field")
+    _require_topdown(td, "check_topdown_reaches_receptive_field")
     bu_convs = receptive_fields(bu, input_size).convs()
     td_convs = receptive_fields(td, input_size).convs()
     assert bu_convs and td_convs, "both networks need at least one conv"
