@@ -101,6 +101,15 @@ def test_frames_converts_a_timm_model_exactly_and_reports_what_it_kept():
     assert torch.allclose(plain(x), model(x), atol=1e-4)
 
 
+def test_a_frame_conv_on_its_own_collapses_to_its_plain_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    framed, _ = FrameConv2d.from_conv(conv, "gauss9")
+    plain = reverso.collapse_frames(framed)
+    x = torch.rand(2, 3, 8, 8)
+    assert type(plain) is nn.Conv2d and torch.allclose(plain(x), conv(x), atol=1e-5)
+
+
 def test_convs_that_compute_something_else_are_kept_and_bad_input_is_refused():
     from timm.layers import StdConv2d
 

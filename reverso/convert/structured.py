@@ -97,9 +97,12 @@ def hierarchical(
 
 def collapse_frames(model: nn.Module) -> nn.Module:
     """``model`` with every :class:`~reverso.nn.FrameConv2d` collapsed into a plain conv, in place
-    (same outputs, a plain conv's cost at inference)."""
+    (same outputs, a plain conv's cost at inference). A ``FrameConv2d`` passed on its own comes
+    back as its plain conv (a new module: there is no parent to replace it in)."""
     from reverso.nn.frames import FrameConv2d
 
+    if isinstance(model, FrameConv2d):
+        return model.collapse()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, FrameConv2d):
