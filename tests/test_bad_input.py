@@ -1,5 +1,7 @@
 """Bad input gets a ReversoError that says what is wrong and what to do."""
 
+import warnings
+
 import pytest
 import torch
 from golden_models import LeNetFC
@@ -102,6 +104,32 @@ def test_wrong_model_arguments():
         reverso.topdown(42, input_size=(3, 32, 32))
     with pytest.raises(reverso.OptionError, match="leaf_modules"):
         reverso.topdown(LeNetFC(), input_size=(1, 28, 28), leaf_modules=[3])
+
+
+def test_wrapped_scripted_and_lazy_models_are_told_what_to_pass():
+    """DataParallel, torch.compile and TorchScript wrap the model to convert; lazy modules have
+    no shapes yet. Each is refused before tracing, with what to pass instead."""
+    model, size = LeNetFC(), (1, 28, 28)
+    with warnings.catch_warnings():  # without a GPU DataParallel warns that it does nothing
+        warnings.simplefilter("ignore")
+        parallel = nn.DataParallel(model)
+    with pytest.raises(reverso.OptionError, match=r"DataParallel wraps .*pass model\.module"):
+        reverso.topdown(parallel, input_size=size)
+    with pytest.raises(reverso.OptionError, match=r"torch\.compile.*model\._orig_mod"):
+        reverso.njet(torch.compile(model), input_size=size)
+    with pytest.raises(reverso.TraceError, match="TorchScript module"):
+        reverso.antialias(torch.jit.trace(model, torch.rand(1, *size)), input_size=size)
+    lazy = nn.Sequential(
+        nn.LazyConv2d(4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 2, 1),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    with pytest.raises(reverso.OptionError, match=r"'0', '4' have lazy parameters.*run the model"):
+        reverso.topdown(lazy, input_size=(3, 16, 16))
+    lazy(torch.rand(1, 3, 16, 16))  # initialised: converts
+    assert reverso.topdown(lazy, input_size=(3, 16, 16))(torch.rand(2, 3, 16, 16)).shape == (2, 3)
 
 
 def test_timm_name_uses_its_pretrained_input_size():

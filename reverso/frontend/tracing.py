@@ -155,6 +155,7 @@ def _traces(m: nn.Module, parent: ReversoTracer) -> bool:
 def resolve_model(model) -> nn.Module:
     """An nn.Module, or a timm model name created with ``pretrained=False``."""
     if isinstance(model, nn.Module):
+        check_convertible(model)
         return model
     if isinstance(model, str):
         import timm
@@ -165,6 +166,35 @@ def resolve_model(model) -> nn.Module:
     raise OptionError(
         f"model must be an nn.Module or a timm model name, got {type(model).__name__}"
     )
+
+
+def check_convertible(model: nn.Module) -> None:
+    """Refuse, with what to pass instead, the modules that only wrap the model to convert
+    (DataParallel, DistributedDataParallel, ``torch.compile``), TorchScript modules (no Python
+    forward to trace) and models whose lazy modules have not run yet (no shapes to read)."""
+    kind = type(model).__name__
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        raise OptionError(
+            f"{kind} wraps the model to convert: pass model.module, then wrap the converted model again"
+        )
+    if kind == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        raise OptionError(
+            "this model was compiled with torch.compile: convert the model it wraps "
+            "(model._orig_mod), then compile the converted model"
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TraceError(
+            f"{kind} is a TorchScript module, which has no Python forward for torch.fx to trace: "
+            "convert the nn.Module it was scripted from"
+        )
+    lazy = [name or kind for name, m in model.named_modules()
+            if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]  # fmt: skip
+    if lazy:
+        raise OptionError(
+            f"module(s) {', '.join(repr(n) for n in lazy)} have lazy parameters that are not "
+            "initialised yet: run the model once on a batch of the input size, "
+            "e.g. model(torch.zeros(1, 3, 224, 224)), then convert it"
+        )
 
 
 def did_you_mean(name: str, extra=()) -> str:
