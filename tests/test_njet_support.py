@@ -2,6 +2,7 @@
 through, no ceiling on sigma, hysteresis, sizes kept, bounded recompiles, no host sync on CUDA."""
 
 import copy
+import math
 import pickle
 import warnings
 
@@ -108,6 +109,23 @@ def test_eval_and_loading_fit_the_exact_support():
     assert nested[1].radius == radius_for(2.7)  # the hook runs inside a parent's load too
     clone = pickle.loads(pickle.dumps(copy.deepcopy(layer)))  # no CUDA event travels along
     assert clone.radius == layer.radius and clone._host_sigma.pending is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_diverged_sigma_gives_non_finite_outputs_not_an_error(value):
+    """A step that made sigma NaN or inf (or ``to_empty`` memory) keeps the grid, and
+    ``eval()``, a state_dict load and the next forward do not raise (they raised Python's
+    "cannot convert float NaN to integer"); a NaN sigma gives NaN outputs."""
+    layer = NJetConv2d(2, 3, sigma=1.0)
+    radius = layer.radius
+    with torch.no_grad():
+        layer.scale.fill_(value)
+    y = layer(torch.rand(1, 2, 12, 12))
+    assert layer.radius == radius and torch.isnan(y).all() == math.isnan(value)
+    assert layer.eval().radius == radius
+    fresh = NJetConv2d(2, 3, sigma=1.0)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.radius == radius
 
 
 def test_warns_once_when_the_support_outgrows_the_input():

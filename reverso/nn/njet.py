@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 from typing import ClassVar
@@ -173,8 +174,11 @@ class NJetConv2d(FixedBuffers, nn.Module):
 
     def support_radius(self) -> int:
         """Half-width of the current kernel's support: the largest over the scales (reads sigma on
-        the host)."""
-        return radius_for(float(self._sigmas().detach().max()), self.extent, self.size_rule)
+        the host). A non-finite sigma (a diverged step, memory from ``to_empty``) keeps the grid."""
+        sigma = float(self._sigmas().detach().max())
+        return (
+            radius_for(sigma, self.extent, self.size_rule) if math.isfinite(sigma) else self.radius
+        )
 
     def follow_support(self) -> NJetConv2d:
         """Fit the grid to sigma's exact support now (reads sigma on the host: a sync on CUDA)."""
@@ -196,7 +200,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
     def _track_support(self, size: tuple[int, int]) -> None:
         """Training: grow the grid when sigma's support outgrows it, shrink it with hysteresis."""
         sigma = self._host_sigma.read(self._sigmas().max())  # CPU: now; CUDA: one step late
-        if sigma is None:
+        if sigma is None or not math.isfinite(sigma):  # NaN or inf: the outputs will say so
             return
         need = radius_for(sigma, self.extent, self.size_rule)
         relaxed = radius_for(sigma * (1 + self.HYSTERESIS), self.extent, self.size_rule)
