@@ -107,7 +107,7 @@ def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) ->
             last = index == len(units) - 1 and head == "readout"
             new = HConv2d(K // 2, K, classes if last else K, Q=Q, kernel=k[0], stride=s,
                           attr_kernel=attr_kernel, variant=variant)  # fmt: skip
-        ir.set_module(gm, conv.target, new.to(_device(gm)))
+        ir.set_module(gm, conv.target, ir.placed_in(gm, new))
         stride = pooled
         for node in removed:  # the conv's norm and activation, and pools folded into the stride
             node.replace_all_uses_with(node.all_input_nodes[0])
@@ -269,8 +269,4 @@ def _rebuild_head(gm: fx.GraphModule, start: fx.Node, example) -> None:
         layer = nn.Conv2d(new.shape[1], module.out_channels, module.kernel_size, module.stride,
                           module.padding, module.dilation, bias=module.bias is not None,
                           padding_mode=module.padding_mode)  # fmt: skip
-    ir.set_module(gm, path, layer.to(_device(gm)))
-
-
-def _device(gm: fx.GraphModule):
-    return next((p.device for p in gm.parameters()), None)
+    ir.set_module(gm, path, ir.placed_in(gm, layer))

@@ -282,3 +282,57 @@ def test_a_window_as_large_as_the_last_map_is_global_pooling(pool):
     x = torch.rand(2, 3, 32, 32)
     same = reverso.antialias(model, input_size=(3, 32, 32), filter_size=1, stem=True).eval()
     torch.testing.assert_close(same(x), model(x))
+
+
+class BiasedNet(nn.Module):
+    """Convs with biases (timm's and torchvision's have none) and a mean head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)
+        self.c3, self.fc = nn.Conv2d(16, 16, 3, 2, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.c3(F.relu(self.c2(F.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _resnet10t():
+    import timm
+
+    return timm.create_model("resnet10t", num_classes=10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "convert, make",
+    [("topdown", BiasedNet), ("antialias", BiasedNet), ("hierarchical", BiasedNet),
+     ("reversible", _resnet10t)],
+)  # fmt: skip
+def test_a_model_in_another_dtype_is_converted_in_that_dtype(convert, make, dtype):
+    """The layers a pass makes take the model's dtype (they were float32: a float64 or bfloat16
+    model failed inside the pass or at its first forward, or kept float32 filters), and a
+    bfloat16 reversible net runs its branches in bfloat16 around the float32 trunk."""
+    torch.manual_seed(0)
+    converted = getattr(reverso, convert)(make().to(dtype), input_size=(3, 32, 32))
+    tensors = [*converted.parameters(), *converted.buffers()]
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {dtype}
+    y = converted(torch.rand(2, 3, 32, 32, dtype=dtype))
+    y.float().sum().backward()
+    assert y.dtype == dtype and y.shape == (2, 10) and torch.isfinite(y).all()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in converted.parameters())
+
+
+@pytest.mark.parametrize("convert", ["antialias", "reversible", "njet", "checkpoint"])
+def test_a_model_on_the_meta_device_converts_to_one_on_the_meta_device(convert):
+    """Every layer a pass makes or rebuilds lives where the model does (antialias's blurs and
+    reversible's rebuilt convs were created on the CPU, in a network otherwise on meta)."""
+    with torch.device("meta"):
+        model = _resnet10t()
+    converted = getattr(reverso, convert)(model, input_size=(3, 32, 32))
+    assert {t.device.type for t in [*converted.parameters(), *converted.buffers()]} == {"meta"}
+    converted = reverso.nn.init_non_persistent_buffers(converted.to_empty(device="cpu"))
+    for blur in (m for m in converted.modules() if isinstance(m, reverso.nn.BlurPool2d)):
+        fresh = reverso.nn.BlurPool2d(blur.channels, blur.filter_size, blur.stride)
+        assert torch.equal(dict(blur.named_buffers())["filt"], dict(fresh.named_buffers())["filt"])
+    assert converted.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)

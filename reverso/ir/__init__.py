@@ -20,7 +20,7 @@ from reverso.ir.dataflow import (
     has_ancestor_in,
     main_chain,
 )
-from reverso.ir.edit import add_module_node, own_copy, set_module, unique_name
+from reverso.ir.edit import add_module_node, own_copy, placed_in, set_module, unique_name
 from reverso.ir.modes import evaluating, keeping_modes
 from reverso.ir.nodes import (
     NORMS,
@@ -128,6 +128,7 @@ __all__ = [
     "module_window",
     "nodes_with_role",
     "own_copy",
+    "placed_in",
     "pyramid_levels",
     "returns_indices",
     "role_of",

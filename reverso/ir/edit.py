@@ -1,12 +1,14 @@
 """Small graph edits that keep reverso's tags: free names, module swaps, inserted calls.
 
 A node inserted with :func:`add_module_node` joins the unit of the node it is placed for
-(``meta_from=``), by the tag protocol's one inheritance policy (:func:`reverso.ir.tags.inherit`).
+(``meta_from=``), by the tag protocol's one inheritance policy (:func:`reverso.ir.tags.inherit`),
+and its layer takes the model's device and dtype (:func:`placed_in`).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 
 import torch.fx as fx
@@ -54,10 +56,11 @@ def add_module_node(
 ) -> fx.Node:
     """Add ``module`` under a free name and a call to it placed after/before a node.
 
-    With ``meta_from`` the new node joins the unit of that node.
+    With ``meta_from`` the new node joins the unit of that node. The module is moved to ``gm``'s
+    device and floating dtype (:func:`placed_in`).
     """
     target = unique_name(gm, name)
-    gm.add_submodule(target, module)
+    gm.add_submodule(target, placed_in(gm, module))
     ctx = (
         gm.graph.inserting_after(after) if after is not None else gm.graph.inserting_before(before)
     )
@@ -66,6 +69,18 @@ def add_module_node(
     if meta_from is not None:
         inherit(node, meta_from)
     return node
+
+
+def placed_in(gm: nn.Module, module: nn.Module) -> nn.Module:
+    """``module``, moved in place to the device and floating dtype of ``gm``'s first floating
+    parameter or buffer: a layer a pass makes computes in the model's dtype (a float64 or bfloat16
+    model gets float64 or bfloat16 layers) and lives where the model does (on the meta device for
+    a model built there). Unchanged for a model without one."""
+    tensors = itertools.chain(gm.parameters(), gm.buffers())
+    ref = next((t for t in tensors if t.is_floating_point()), None)
+    if ref is not None:
+        module.to(device=ref.device, dtype=ref.dtype)
+    return module
 
 
 def own_copy(module: nn.Module, model: nn.Module) -> nn.Module:

@@ -56,13 +56,21 @@ class CouplingBlock(nn.Module):
         self.psi_inverse = self.psi.inverse() if stride == 2 else nn.Identity()
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.residual(x2)
-        return self.psi(x2), self.psi(x1) + f.to(x1.dtype)
+        return self.psi(x2), self.psi(x1) + self.branch(x2)
 
     def inverse(self, y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = self.psi_inverse(y1)
-        x1 = self.psi_inverse(y2 - self.residual(x2).to(y2.dtype))
+        x1 = self.psi_inverse(y2 - self.branch(x2))
         return x1, x2
+
+    def branch(self, x2: torch.Tensor) -> torch.Tensor:
+        """``F(x2)`` in the trunk's dtype. F reads the trunk in the dtype of its weights: a
+        bfloat16 or float16 model's F computes in that dtype, while the trunk's additions stay in
+        float32 (autocast casts for F itself)."""
+        weight = next((p for p in self.residual.parameters() if p.is_floating_point()), None)
+        if weight is not None and weight.dtype in (torch.float16, torch.bfloat16):
+            return self.residual(x2.to(weight.dtype)).to(x2.dtype)
+        return self.residual(x2).to(x2.dtype)
 
 
 class InjectivePad(nn.Module):
@@ -104,13 +112,13 @@ class ReversibleSequence(nn.Module):
             y1, y2 = x1, x2
             for block in self.blocks:
                 y1, y2 = block(y1, y2)
-        return merge(y1, y2)
+        return _leaving_trunk(merge(y1, y2), x)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         y1, y2 = split(_trunk(y))
         for block in reversed(self.blocks):
             y1, y2 = block.inverse(y1, y2)
-        return merge(y1, y2)
+        return _leaving_trunk(merge(y1, y2), y)
 
     def extra_repr(self) -> str:
         return f"memory_saving={self.memory_saving}"
@@ -119,6 +127,14 @@ class ReversibleSequence(nn.Module):
 def _trunk(x: torch.Tensor) -> torch.Tensor:
     """The trunk in float32 (or float64) whatever autocast made of the input."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _leaving_trunk(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The float32 trunk's result for the next layer: kept in float32 under autocast (which casts
+    for the layers that want low precision), else in the dtype the input came in (a bfloat16
+    model's next layer takes bfloat16)."""
+    autocast = y.device.type != "meta" and torch.is_autocast_enabled(y.device.type)
+    return y if autocast else y.to(x.dtype)
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -154,7 +170,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 kept_running_stats(block),
                 torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on),
             ):
-                f = block.residual(x2).to(y2.dtype)
+                f = block.branch(x2)
                 # inside: batch norm's backward reads the running statistics restored on exit
                 own = [p for p in block.parameters() if p.requires_grad]
                 grads = torch.autograd.grad(f, [x2, *own], g2, allow_unused=True)

@@ -23,7 +23,7 @@ def placed_like(new: nn.Module, old: nn.Module) -> nn.Module:
     ref = next(old.parameters(), None)
     if ref is None:
         ref = next(old.buffers(), None)
-    if ref is not None and ref.device.type != "meta":
+    if ref is not None:  # on the meta device too: a model built there stays there
         new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
     new.train(old.training)
     return new
