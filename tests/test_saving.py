@@ -59,6 +59,36 @@ def test_timm_sources_and_sibling_transforms(tmp_path):
         assert same_outputs(converted, loaded, x), name
 
 
+def test_chains_of_conversions_round_trip(tmp_path):
+    """A conversion of a network reverso made records that network's recipe as its base, so the
+    whole chain is rebuilt (the file recorded the last step only, over the original model: the
+    weights did not fit, or a checkpointed top-down net came back without its checkpoints)."""
+    torch.manual_seed(0)
+    model, size = timm.create_model("resnet10t", num_classes=5), (3, 32, 32)
+    x = torch.rand(2, *size)
+    td = reverso.topdown(model, input_size=size)
+    for name, chain in (
+        ("njet of topdown", reverso.njet(td, input_size=size)),
+        ("frames of topdown", reverso.frames(td, input_size=size)),
+        ("checkpoint of topdown", reverso.checkpoint(td, input_size=size)),
+        ("topdown of antialias", reverso.topdown(reverso.antialias(model, input_size=size))),
+        ("steerable of antialias of torchvision", reverso.steerable(
+            reverso.antialias(torchvision.models.resnet18(num_classes=5), input_size=size)
+        )),
+    ):  # fmt: skip
+        loaded = reverso.load(reverso.save(chain, tmp_path / "chain.safetensors"))
+        assert type(loaded).__name__ == type(chain).__name__, name  # fx classes are per instance
+        assert same_outputs(chain, loaded, x), name
+        steps, recipe = [], chain.reverso_recipe if hasattr(chain, "reverso_recipe") else None
+        recipe = recipe or {"transform": "topdown", **chain.recipe}
+        while recipe is not None:
+            steps.append(recipe["transform"])
+            recipe = recipe.get("base")
+        assert " of ".join(steps) == name.removesuffix(" of torchvision"), name
+    checkpointed = reverso.load(reverso.save(reverso.checkpoint(td), tmp_path / "c.safetensors"))
+    assert any("checkpoint" in type(m).__name__.lower() for m in checkpointed.modules())
+
+
 def test_a_users_model_needs_its_factory_and_trust(tmp_path):
     td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
     with pytest.raises(reverso.OptionError, match=r"source='package\.module:function'"):

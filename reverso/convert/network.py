@@ -145,7 +145,7 @@ class TopDownNet(nn.Module):
         self.num_classes = num_classes
 
 
-def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
+def emit(gm: fx.GraphModule, ctx, *, origin: dict) -> TopDownNet:
     """Split the compiled graph into features and head and wrap it as a :class:`TopDownNet`."""
     plan = ctx.plan
     head_units = set(plan.head)
@@ -178,7 +178,7 @@ def emit(gm: fx.GraphModule, ctx, *, source) -> TopDownNet:
         feature_info=features_info,
         pretrained_cfg=cfg,
         recipe={
-            "source": source,
+            **origin,  # the source model, or the recipe of the network it was converted from
             "input_size": list(ctx.input_size),
             "options": dict(vars(ctx.options)),
             "passes": [name for name, _ in ctx.history if name != WIDTH_REPAIR],

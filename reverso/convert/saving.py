@@ -2,8 +2,11 @@
 
 The recipe says how to rebuild the module: the source model (a timm name, or a
 ``"package.module:function"`` factory with its keyword arguments), the transform (``topdown``,
-``njet``, ``antialias``, ``checkpoint``, ``reversible`` or ``none``) with its options and passes. :func:`load` rebuilds the
-module from the recipe, then loads the weights strictly. Nothing is unpickled: safetensors holds
+``njet``, ``antialias``, ``checkpoint``, ``reversible``, ``frames``, ``steerable``,
+``hierarchical`` or ``none``) with its options and passes. A conversion of a network reverso made
+(a chain, e.g. frames of a top-down net) names the recipe of that network as its ``"base"``
+instead of a source. :func:`load` rebuilds the module from the recipe, then loads the weights
+strictly. Nothing is unpickled: safetensors holds
 raw tensors and the recipe is JSON.
 
 A recipe could name any function, so :func:`load` only calls factories of reverso itself, of timm,
@@ -126,8 +129,30 @@ def load(
     return model.to(device)
 
 
-def _recipe_of(model, source, source_kwargs, input_size) -> dict:
+def conversion_recipe(model: nn.Module) -> dict | None:
+    """A copy of the recipe of a network reverso made (the last conversion of a chain, whose
+    ``"base"`` is the recipe of the one before); None for any other model."""
     from reverso.convert.network import TopDownNet
+
+    recipe = getattr(model, "reverso_recipe", None)
+    if recipe is not None:
+        return copy.deepcopy(dict(recipe))
+    if isinstance(model, TopDownNet):
+        return {"transform": "topdown", **copy.deepcopy(model.recipe)}
+    return None
+
+
+def origin(model: nn.Module) -> dict:
+    """What a conversion of ``model`` records as its input: ``{"base": recipe}`` when reverso made
+    ``model`` (a chain: ``reverso.frames(reverso.topdown(m))``, ``reverso.topdown(reverso.njet(m))``),
+    else ``{"source": how to build model}``."""
+    from reverso.frontend.provenance import source_of
+
+    base = conversion_recipe(model)
+    return {"base": base} if base is not None else {"source": source_of(model)}
+
+
+def _recipe_of(model, source, source_kwargs, input_size) -> dict:
     from reverso.frontend.provenance import (
         SourceModel,
         remember_source,
@@ -136,34 +161,28 @@ def _recipe_of(model, source, source_kwargs, input_size) -> dict:
     )
     from reverso.frontend.tracing import model_dtype
 
-    if isinstance(model, TopDownNet):
-        recipe = {"transform": "topdown", **model.recipe}
-        if any(p is None for p in recipe.get("pipeline", [])):
-            names = [
-                n for n, c in zip(recipe["passes"], recipe["pipeline"], strict=False) if c is None
-            ]
-            raise OptionError(
-                f"this network was compiled with passes reverso cannot rebuild ({', '.join(names)}: "
-                "your own); save its state_dict instead, and recompile with the same passes to load it"
-            )
-    elif getattr(model, "reverso_recipe", None) is not None:
-        recipe = dict(model.reverso_recipe)
-    else:
+    recipe = conversion_recipe(model)
+    if recipe is None:
         recipe = {"transform": "none", "source": source_of(model), "input_size": None, "kwargs": {}}
+    first = recipe  # the chain's first conversion: the one that names the source model
+    while "base" in first:
+        _refuse_custom_passes(first)
+        first = first["base"]
+    _refuse_custom_passes(first)
     if source is not None:
         if isinstance(source, str):
             holder = nn.Module()
-            recipe["source"] = remember_source(
+            first["source"] = remember_source(
                 holder, source, **(source_kwargs or {})
             ).reverso_source
         else:
-            recipe["source"] = dict(source)
+            first["source"] = dict(source)
     if input_size is not None:
         recipe["input_size"] = list(input_size)
-    if not recipe.get("source"):
-        original = getattr(model, "reverso_source_model", None) or SourceModel.of(model)
-        recipe["source"] = copy.deepcopy(torchvision_source(original))
-        if recipe["source"] is None:
+    if not first.get("source"):
+        original = SourceModel.original(model)
+        first["source"] = copy.deepcopy(torchvision_source(original))
+        if first["source"] is None:
             raise OptionError(
                 f"reverso cannot tell how to rebuild the original {original.short_name} "
                 f"({original.class_name}): pass source='package.module:function' (and "
@@ -175,6 +194,16 @@ def _recipe_of(model, source, source_kwargs, input_size) -> dict:
     return recipe
 
 
+def _refuse_custom_passes(recipe: dict) -> None:
+    """A top-down recipe whose pipeline holds a user's pass cannot be rebuilt by :func:`load`."""
+    if recipe.get("transform") == "topdown" and any(p is None for p in recipe.get("pipeline", [])):
+        names = [n for n, c in zip(recipe["passes"], recipe["pipeline"], strict=False) if c is None]
+        raise OptionError(
+            f"this network was compiled with passes reverso cannot rebuild ({', '.join(names)}: "
+            "your own); save its state_dict instead, and recompile with the same passes to load it"
+        )
+
+
 def _checksum(tensors: dict[str, torch.Tensor], recipe: str) -> str:
     digest = hashlib.sha256(recipe.encode())
     for name in sorted(tensors):
@@ -184,15 +213,27 @@ def _checksum(tensors: dict[str, torch.Tensor], recipe: str) -> str:
     return digest.hexdigest()
 
 
-def _check_recipe(recipe, path) -> None:
+#: the longest chain of conversions a file may hold
+MAX_CHAIN = 16
+
+
+def _check_recipe(recipe, path, depth: int = 0) -> None:
     if not isinstance(recipe, dict):
         raise FileFormatError(f"the recipe in {path} is not a JSON object")
-    if recipe.get("version") != VERSION:
+    if depth == 0 and recipe.get("version") != VERSION:
         raise FileFormatError(
             f"{path} has recipe version {recipe.get('version')}; this reverso reads version {VERSION}"
         )
     if recipe.get("transform") not in TRANSFORMS:
         raise FileFormatError(f"{path}: unknown transform {recipe.get('transform')!r}")
+    if "base" in recipe:  # the conversion before this one
+        if "source" in recipe or depth >= MAX_CHAIN:
+            raise FileFormatError(
+                f"{path}: a recipe step names both a source and a base, or the chain is longer "
+                f"than {MAX_CHAIN}"
+            )
+        _check_recipe(recipe["base"], path, depth + 1)
+        return
     source = recipe.get("source")
     if not isinstance(source, dict) or not (("timm" in source) ^ ("factory" in source)):
         raise FileFormatError(f"{path}: the recipe's source must name a timm model or a factory")
@@ -205,7 +246,10 @@ def _build(recipe: dict, trust: tuple[str, ...], path: Path) -> nn.Module:
     from reverso.convert import transforms
     from reverso.convert.topdown import topdown
 
-    source = _source_model(recipe["source"], trust, path)
+    if "base" in recipe:  # a chain: first rebuild the network this conversion was applied to
+        source = _build(recipe["base"], trust, path)
+    else:
+        source = _source_model(recipe["source"], trust, path)
     transform = recipe["transform"]
     input_size = tuple(recipe["input_size"]) if recipe.get("input_size") else None
     leaves = [_leaf(name, trust, path) for name in recipe.get("leaf_modules", [])]

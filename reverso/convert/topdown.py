@@ -30,6 +30,7 @@ from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
 from reverso.convert.network import TopDownNet, emit
+from reverso.convert.saving import origin
 from reverso.errors import (
     InputSizeError,
     OptionError,
@@ -37,7 +38,7 @@ from reverso.errors import (
     ReversoError,
     UnsupportedTopologyError,
 )
-from reverso.frontend.provenance import SourceModel, qualified_name, source_of
+from reverso.frontend.provenance import SourceModel, qualified_name
 from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import mark_shapes_current
@@ -100,7 +101,7 @@ def topdown(
         ctx = compile_context(model, size, options, leaf_modules)
         gm = pipeline.run(working_copy(ctx.bu), ctx)
         check_same_output(ctx.bu, gm, type(model).__name__)
-        net = emit(gm, ctx, source=source_of(model))
+        net = emit(gm, ctx, origin=origin(model))
         check_runs(net, ctx)
         return net
 
@@ -110,7 +111,7 @@ def topdown(
         refuse_if_too_small(err, convert, input_size, type(model).__name__)
         raise
     net = with_memory(net, options.memory)
-    net.reverso_source_model = SourceModel.of(model)
+    net.reverso_source_model = SourceModel.original(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
     return net

@@ -11,8 +11,9 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.pipeline import Pipeline
+from reverso.convert.saving import origin
 from reverso.errors import OptionError, ReversoError
-from reverso.frontend.provenance import SourceModel, source_of
+from reverso.frontend.provenance import SourceModel
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
 from reverso.ir.shapes import propagate
 from reverso.nn.reversible import InvertibleGraphModule
@@ -102,10 +103,10 @@ def antialias(
         if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
             setattr(gm, name, copy.deepcopy(getattr(model, name)))
     gm.antialiased = ctx.state.get("antialiased", [])
-    gm.reverso_source_model = SourceModel.of(model)
+    gm.reverso_source_model = SourceModel.original(model)
     gm.reverso_recipe = {
         "transform": "antialias",
-        "source": source_of(model),
+        **origin(model),
         "input_size": list(input_size),
         "kwargs": rewrite.options(),
         "leaf_modules": [qualified_name(t) for t in leaf_modules],
@@ -171,14 +172,14 @@ def module_swap(model, input_size, transform: str, kwargs: dict, swap) -> nn.Mod
     ``kwargs``) recorded."""
     model = resolve_model(model)
     converted = copy.deepcopy(model)
-    converted.reverso_source_model = SourceModel.of(model)
+    converted.reverso_source_model = SourceModel.original(model)
     swap(converted)
     if input_size is not None or getattr(model, "pretrained_cfg", None):
         input_size = resolve_input_size(model, input_size)
         _check_same_output(model, converted, input_size)
     converted.reverso_recipe = {
         "transform": transform,
-        "source": source_of(model),
+        **origin(model),
         "input_size": list(input_size) if input_size is not None else None,
         "kwargs": kwargs,
     }
@@ -195,21 +196,21 @@ def _graph_rewrite(model, input_size, step) -> nn.Module:
     ctx = Context(model, size)
     ctx.state["batch"] = batch
     if isinstance(model, TopDownNet):
-        net = copy.deepcopy(model)
-        propagate(net.features, ctx.example_input())
-        net.features = Pipeline([step]).run(net.features, ctx)
-        return net
-    gm = ir.own_copy(working_copy(trace(model, size)), model)
-    gm = Pipeline([step]).run(gm, ctx)
-    if step.options().get("stem") == step.options().get("transitions") == "psi":
-        gm = InvertibleGraphModule(gm, gm.graph, class_name=type(model).__name__)
-    for name in MODEL_ATTRIBUTES:
-        if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
-            setattr(gm, name, copy.deepcopy(getattr(model, name)))
-    gm.reverso_source_model = SourceModel.of(model)
+        gm = copy.deepcopy(model)
+        propagate(gm.features, ctx.example_input())
+        gm.features = Pipeline([step]).run(gm.features, ctx)
+    else:
+        gm = ir.own_copy(working_copy(trace(model, size)), model)
+        gm = Pipeline([step]).run(gm, ctx)
+        if step.options().get("stem") == step.options().get("transitions") == "psi":
+            gm = InvertibleGraphModule(gm, gm.graph, class_name=type(model).__name__)
+        for name in MODEL_ATTRIBUTES:
+            if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
+                setattr(gm, name, copy.deepcopy(getattr(model, name)))
+    gm.reverso_source_model = SourceModel.original(model)
     gm.reverso_recipe = {
         "transform": step.name,
-        "source": source_of(model),
+        **origin(model),
         "input_size": list(size),
         "kwargs": step.options(),
     }

@@ -66,6 +66,12 @@ class SourceModel:
         shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
         return SourceModel(qualified_name(type(model)), shapes)
 
+    @staticmethod
+    def original(model: nn.Module) -> SourceModel:
+        """The model a chain of conversions started from: what ``model`` remembers if reverso
+        made it, else ``model`` itself."""
+        return getattr(model, "reverso_source_model", None) or SourceModel.of(model)
+
     @property
     def short_name(self) -> str:
         return self.class_name.rpartition(":")[2]
