@@ -89,6 +89,17 @@ def test_chains_of_conversions_round_trip(tmp_path):
     assert any("checkpoint" in type(m).__name__.lower() for m in checkpointed.modules())
 
 
+@pytest.mark.parametrize("convert", ["topdown", "njet"])
+def test_memory_options_round_trip_once(tmp_path, convert):
+    """memory= is part of the conversion's recipe: loading applies it once (not again on top)."""
+    model, size = timm.create_model("resnet18", num_classes=5), (3, 64, 64)
+    net = getattr(reverso, convert)(model, input_size=size, memory="reversible")
+    loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
+    kinds = [type(m).__name__ for m in net.modules()]
+    assert [type(m).__name__ for m in loaded.modules()] == kinds and "ReversibleSequence" in kinds
+    assert same_outputs(net, loaded, torch.rand(2, *size))
+
+
 def test_a_users_model_needs_its_factory_and_trust(tmp_path):
     td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
     with pytest.raises(reverso.OptionError, match=r"source='package\.module:function'"):

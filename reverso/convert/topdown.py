@@ -111,6 +111,7 @@ def topdown(
         refuse_if_too_small(err, convert, input_size, type(model).__name__)
         raise
     net = with_memory(net, options.memory)
+    vars(net).pop("reverso_recipe", None)  # memory= is an option of the top-down recipe itself
     net.reverso_source_model = SourceModel.original(model)
     net.recipe["pipeline"] = [p.config() for p in pipeline]
     net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
