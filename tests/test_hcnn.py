@@ -55,6 +55,22 @@ def explicit_4d(x, w, stride):
     return out
 
 
+def test_the_cifar_model_moves_to_channels_last_and_loads_a_5d_lift_weight():
+    """Every parameter is at most 4-D (torch's channels_last refuses 5-D ones), and a lift weight
+    saved as the conv3d's (k_out, 1, a, k, k) kernel loads into the same layer."""
+    torch.manual_seed(0)
+    model = reverso.models.create("hcnn_cifar10").eval()
+    x = torch.rand(2, 3, 32, 32)
+    expected = model(x)
+    last = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(last(x.to(memory_format=torch.channels_last)), expected)
+    lift = HLift(16, 16)
+    old = {k: v.unsqueeze(1) if k == "weight" else v for k, v in lift.state_dict().items()}
+    fresh = HLift(16, 16)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.weight, lift.weight)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_the_linear_layer_is_an_explicit_4d_convolution(stride):
     torch.manual_seed(0)

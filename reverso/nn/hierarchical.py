@@ -130,18 +130,29 @@ class HLift(nn.Module):
         super().__init__()
         self.k_in, self.k_out, self.padding = k_in, k_out, padding
         self.kernel, self.attr_kernel, self.attr_stride = kernel, attr_kernel, attr_stride
-        self.weight = nn.Parameter(torch.empty(k_out, 1, attr_kernel, kernel, kernel))
-        nn.init.kaiming_normal_(self.weight)
+        # the conv3d's (k_out, 1, a, k, k) kernel without its unit input dim: a 4-D parameter, so
+        # that model.to(memory_format=torch.channels_last) works (torch refuses 5-D tensors there)
+        self.weight = nn.Parameter(torch.empty(k_out, attr_kernel, kernel, kernel))
+        nn.init.kaiming_normal_(self.weight.unsqueeze(1))
         self.norm = nn.BatchNorm3d(k_out, affine=False)
+        self.register_load_state_dict_pre_hook(_squeeze_unit_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.dim() == 4
         x = x.reshape(x.shape[0], 1, self.k_in, *x.shape[-2:])
         pads = (self.kernel // 2,) * 4 + (self.attr_kernel // 2,) * 2
         mode = "circular" if self.padding == "circular" else "constant"
-        y = F.conv3d(F.pad(x, pads, mode=mode), self.weight, stride=(self.attr_stride, 1, 1))
+        kernel = self.weight.unsqueeze(1)
+        y = F.conv3d(F.pad(x, pads, mode=mode), kernel, stride=(self.attr_stride, 1, 1))
         y = F.elu(self.norm(y)).transpose(1, 2)  # (B, K', k_out, H, W)
         return y.flatten(1, 2) if flat else y.contiguous()
+
+
+def _squeeze_unit_dim(_module, state_dict, prefix, *_args) -> None:
+    """An HLift weight saved with its unit input dim (k_out, 1, a, k, k) loads as (k_out, a, k, k)."""
+    weight = state_dict.get(prefix + "weight")
+    if weight is not None and weight.dim() == 5 and weight.shape[1] == 1:
+        state_dict[prefix + "weight"] = weight.squeeze(1)
 
 
 class HReadout(nn.Module):
