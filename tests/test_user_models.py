@@ -336,3 +336,16 @@ def test_a_model_on_the_meta_device_converts_to_one_on_the_meta_device(convert):
         fresh = reverso.nn.BlurPool2d(blur.channels, blur.filter_size, blur.stride)
         assert torch.equal(dict(blur.named_buffers())["filt"], dict(fresh.named_buffers())["filt"])
     assert converted.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_study_and_testing_tools_feed_a_model_in_its_own_dtype(dtype):
+    """erf and reverso.testing drew float32 inputs, which a float64 or bfloat16 model refused."""
+    from reverso.testing import check_topdown
+
+    model = BiasedNet().to(dtype)
+    td = check_topdown(model, (3, 32, 32))
+    assert next(td.parameters()).dtype == dtype
+    for net in (model, td):
+        erf = reverso.erf(net, input_size=(3, 32, 32), samples=2)
+        assert erf.map.shape == (32, 32) and torch.isfinite(erf.map).all()

@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.errors import OptionError, check_count
-from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
+from reverso.frontend.tracing import random_input, resolve_input_size, resolve_model, trace
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import is_feature_map
 from reverso.settings import smoke_cap
@@ -84,13 +84,13 @@ def erf(
     total = torch.zeros(input_size[1:])
     with evaluating(model):
         for _ in range(samples):
-            x = torch.randn((1, *input_size), generator=gen).requires_grad_()
+            x = random_input(model, input_size, 1, normal=True, generator=gen).requires_grad_()
             out = features(x)
             if out.dim() != 4:
                 raise OptionError(f"node {node!r} is not a feature map (shape {tuple(out.shape)})")
             h, w = out.shape[-2:]
             (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x)
-            total += grad.abs().sum(dim=(0, 1))
+            total += grad.abs().sum(dim=(0, 1)).float().cpu()
     erf_map = total / total.sum().clamp_min(1e-30)
     rows, cols = torch.meshgrid(
         torch.arange(erf_map.shape[0]), torch.arange(erf_map.shape[1]), indexing="ij"

@@ -25,7 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from reverso import ir
 from reverso.analysis import Group, StageReport, analyze_graph
 from reverso.convert.network import TopDownNet
-from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
+from reverso.frontend.tracing import (
+    random_input,
+    resolve_input_size,
+    resolve_model,
+    trace,
+)
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import channels, level_of, spatial
 from reverso.nn import CheckpointSegment
@@ -213,9 +218,7 @@ def _one_image(model: nn.Module, input_size) -> torch.Tensor:
 
 
 def _images(model: nn.Module, input_size, n: int) -> torch.Tensor:
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else "cpu"
-    return torch.rand(n, *input_size, device=device, dtype=model_dtype(model))
+    return random_input(model, input_size, n)
 
 
 def _saved_per_image(gm: fx.GraphModule, report: StageReport) -> dict[str, int]:

@@ -16,6 +16,7 @@ from reverso import ir
 from reverso.convert.network import TopDownNet
 from reverso.convert.topdown import topdown
 from reverso.errors import OptionError, ReversoError
+from reverso.frontend.tracing import random_input
 from reverso.ir.modes import evaluating, keeping_modes
 from reverso.ir.shapes import check_input_size, level_of, spatial
 from reverso.nn import Merge
@@ -54,7 +55,7 @@ def check_topdown(
 def check_output_shape(model: nn.Module, td: TopDownNet, input_size) -> None:
     """The top-down net's output has the bottom-up net's shape."""
     _require_topdown(td, "check_output_shape")
-    x = torch.rand(2, *check_input_size(input_size))
+    x = random_input(model, check_input_size(input_size))
     with evaluating(model), evaluating(td), torch.no_grad():
         bu_shape, td_shape = model(x).shape, td(x).shape
     assert bu_shape == td_shape, (
@@ -141,7 +142,7 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
         for training in (True, False):
             td.train(training)
             for sh, sw in sizes:
-                y = td(torch.rand(2, c, sh, sw))
+                y = td(random_input(td, (c, sh, sw)))
                 assert y.shape == (2, td.num_classes), (
                     f"output {tuple(y.shape)} for input {sh}x{sw}"
                 )
