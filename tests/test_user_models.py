@@ -349,3 +349,26 @@ def test_the_study_and_testing_tools_feed_a_model_in_its_own_dtype(dtype):
     for net in (model, td):
         erf = reverso.erf(net, input_size=(3, 32, 32), samples=2)
         assert erf.map.shape == (32, 32) and torch.isfinite(erf.map).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_training_and_evaluation_tools_take_a_model_in_another_dtype(dtype):
+    """reverso's data is float32: train, evaluate, gradcam, the shift metrics and the attacks
+    (foolbox's float32 batches) now hand the model its batches in its own dtype."""
+    from reverso.study.images import Data, TensorImages
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(48, 3, 32, 32), torch.randint(0, 10, (48,))
+    data = Data("toy", TensorImages(images[:32], labels[:32]), TensorImages(images[32:], labels[32:]),
+                (3, 32, 32), [str(i) for i in range(10)])  # fmt: skip
+    td = reverso.topdown(BiasedNet().to(dtype), input_size=(3, 32, 32))
+    result = reverso.train(td, data, epochs=1, batch_size=16, progress=False)
+    assert 0 <= result.runs[0].test_accuracy <= 1 and 0 <= reverso.evaluate(td, data) <= 1
+    x = images[:4]
+    assert torch.isfinite(reverso.gradcam(td, x, target=1).maps).all()
+    assert 0 <= reverso.shift_adversary_accuracy(td, x, labels[:4], max_shift=1) <= 1
+    assert 0 <= reverso.shift_consistency(td, x, max_shift=2, pairs=1) <= 1
+    report = reverso.robustness(td, data, attacks="gaussian_noise", repeats=1, samples=4,
+                                levels=[0], progress=False)  # fmt: skip
+    result = report["gaussian_noise"]
+    assert report.levels == (0,) and result.norms.shape == (4,) and (result.norms >= 0).all()

@@ -28,7 +28,7 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.ir.modes import evaluating
 from reverso.nn import NJetConv2d
-from reverso.study.images import check_images
+from reverso.study.images import check_images, for_model
 from reverso.study.plotting import TEXT_WIDTH, new_figure, save_figure, styled
 
 CONVS = (nn.Conv2d, NJetConv2d)
@@ -119,6 +119,7 @@ def gradcam(
     bilinearly, ReLU, divided by its max. ``"relu_max"`` (Selvaraju et al., reverso's earlier
     default): the gradient of the logit; ReLU, resized, divided by its max."""
     check_images(images)
+    images = for_model(images, model)
     if formula not in FORMULAS:
         raise OptionError(f"formula must be one of {FORMULAS}, got {formula!r}")
     prepare = normalize or (lambda x: x)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from reverso.errors import DatasetError, OptionError, check_count
+from reverso.frontend.tracing import model_dtype
 
 
 class TensorImages(Dataset):
@@ -97,6 +99,16 @@ def check_images(images) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise OptionError(f"images must be a float tensor (N, C, H, W), got {got}")
+
+
+def for_model(x: torch.Tensor, model: nn.Module, non_blocking: bool = False) -> torch.Tensor:
+    """``x`` on ``model``'s device, a floating ``x`` in the model's dtype: reverso's data is
+    float32, and a float64 or bfloat16 model takes its batches in its own dtype."""
+    ref = next(model.parameters(), None)
+    if ref is None:
+        return x
+    dtype = model_dtype(model) if x.is_floating_point() else None
+    return x.to(device=ref.device, dtype=dtype, non_blocking=non_blocking)
 
 
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

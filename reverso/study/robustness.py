@@ -30,6 +30,7 @@ from reverso.ir.modes import evaluating
 from reverso.settings import smoke, smoke_cap
 from reverso.study.attacks import ATTACKS, BUDGETS, minimal_perturbations
 from reverso.study.data import Data
+from reverso.study.images import for_model
 
 
 @dataclass
@@ -241,8 +242,8 @@ class AttackedModel(nn.Module):
         self.model.features = _shallow_copy(model.features)
         ir.set_module(self.model.features, target, _MixedPyramid(pyramid, levels, self))
 
-    def forward(self, x):
-        return self.model(self.normalize(x))
+    def forward(self, x):  # foolbox's float32 batches, in the model's dtype; float32 logits
+        return self.model(self.normalize(for_model(x, self.model))).float()
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:
@@ -265,7 +266,7 @@ class _MixedPyramid(nn.Module):
         clean = self._owner[0].clean
         if clean is None or clean.shape != x.shape:
             raise OptionError("per-level attacks need the clean batch of the same shape")
-        clean = self._owner[0].normalize(clean)
+        clean = self._owner[0].normalize(clean.to(x.dtype))
         perturbed, original = self.pyramid(x), self.pyramid(clean)
         return tuple(
             p if level in self.perturbed else c

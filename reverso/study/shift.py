@@ -20,7 +20,7 @@ from torch import nn
 
 from reverso.errors import OptionError, check_count
 from reverso.frontend.tracing import trace
-from reverso.study.images import check_images
+from reverso.study.images import check_images, for_model
 
 
 @torch.no_grad()
@@ -41,6 +41,7 @@ def consistency(
     check_images(images)
     check_count("max_shift", max_shift)
     check_count("pairs", pairs)
+    images = for_model(images, model)
     n, _, h, w = images.shape
     size = (h - max_shift, w - max_shift)
     if min(size) < 1:
@@ -89,6 +90,7 @@ def shift_adversary_accuracy(
     """Accuracy when an image counts only if every circular shift within +-max_shift is right."""
     check_images(images)
     check_count("max_shift", max_shift, 0)
+    images, labels = for_model(images, model), for_model(labels, model)
     correct = torch.ones(images.shape[0], dtype=torch.bool)
     for dy in range(-max_shift, max_shift + 1):
         for dx in range(-max_shift, max_shift + 1):

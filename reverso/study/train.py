@@ -30,7 +30,7 @@ from reverso.errors import OptionError, ReversoError
 from reverso.ir.modes import evaluating
 from reverso.settings import smoke_cap
 from reverso.study import distributed, recipes
-from reverso.study.images import Data, TensorImages, check_data
+from reverso.study.images import Data, TensorImages, check_data, for_model
 
 
 @dataclass
@@ -254,7 +254,7 @@ class _Trainer:
         augment = recipes.AUGMENTATIONS.get(self.cfg.get("augment"))
         draws = torch.Generator().manual_seed(self.run.seed * 100_003 + epoch + 7)
         for x, y in batches(self.train_set, self.cfg["batch_size"], order, self.workers):
-            x = x.to(self.device, non_blocking=True)
+            x = for_model(x, self.net, non_blocking=True)
             if augment is not None:
                 x = augment(x, draws)
             x = self.data.normalize(x)
@@ -395,6 +395,6 @@ def evaluate(
     correct = 0
     with evaluating(model):
         for x, y in batches(dataset, batch_size):
-            x = data.normalize(x.to(device))
+            x = data.normalize(for_model(x, model).to(device))
             correct += (model(x).argmax(1) == y.to(device)).sum()  # on the device: no sync
     return int(correct) / max(len(dataset), 1)
