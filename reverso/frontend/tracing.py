@@ -239,14 +239,19 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (the CPU for a model without any)."""
+    ref = next(model.parameters(), None)
+    return ref.device if ref is not None else torch.device("cpu")
+
+
 def random_input(
     model: nn.Module, input_size, n: int = 2, *, normal: bool = False, generator=None
 ) -> torch.Tensor:
     """``n`` random inputs of ``input_size`` (C, H, W) for ``model``, on its device and in its
     dtype: uniform in [0, 1), or standard normal; drawn on the CPU (with ``generator``)."""
-    ref = next(model.parameters(), None)
     x = (torch.randn if normal else torch.rand)((n, *input_size), generator=generator)
-    return x.to(device=ref.device if ref is not None else "cpu", dtype=model_dtype(model))
+    return x.to(device=model_device(model), dtype=model_dtype(model))
 
 
 def traced_root(gm: fx.GraphModule) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from reverso.errors import DatasetError, OptionError, check_count
-from reverso.frontend.tracing import model_dtype
+from reverso.frontend.tracing import model_device, model_dtype
 
 
 class TensorImages(Dataset):
@@ -104,11 +104,8 @@ def check_images(images) -> None:
 def for_model(x: torch.Tensor, model: nn.Module, non_blocking: bool = False) -> torch.Tensor:
     """``x`` on ``model``'s device, a floating ``x`` in the model's dtype: reverso's data is
     float32, and a float64 or bfloat16 model takes its batches in its own dtype."""
-    ref = next(model.parameters(), None)
-    if ref is None:
-        return x
     dtype = model_dtype(model) if x.is_floating_point() else None
-    return x.to(device=ref.device, dtype=dtype, non_blocking=non_blocking)
+    return x.to(device=model_device(model), dtype=dtype, non_blocking=non_blocking)
 
 
 def tensors(dataset: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
