@@ -18,7 +18,7 @@ from torch import nn
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
 from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
 from reverso.frontend.normalize import drop_unread_pool_indices, whole_map_pools_as_global
-from reverso.ir.edit import set_module
+from reverso.ir.edit import model_device, model_dtype, set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shape_rules import channel_norm_rule, register_shape_rule
 from reverso.ir.shapes import check_input_size, propagate
@@ -229,20 +229,6 @@ def example_input(
 ) -> torch.Tensor:
     """A meta tensor of the given (C, H, W) size; batch 2 keeps batch-statistics layers happy."""
     return torch.empty((batch, *input_size), device="meta", dtype=dtype)
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of a model's parameters (float32 for a model without any)."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's parameters (the CPU for a model without any)."""
-    ref = next(model.parameters(), None)
-    return ref.device if ref is not None else torch.device("cpu")
 
 
 def random_input(

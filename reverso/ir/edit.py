@@ -11,6 +11,7 @@ import copy
 import itertools
 import re
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -69,6 +70,20 @@ def add_module_node(
     if meta_from is not None:
         inherit(node, meta_from)
     return node
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of a model's parameters (float32 for a model without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (the CPU for a model without any)."""
+    ref = next(model.parameters(), None)
+    return ref.device if ref is not None else torch.device("cpu")
 
 
 def placed_in(gm: nn.Module, module: nn.Module) -> nn.Module:

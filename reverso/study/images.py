@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from reverso.errors import DatasetError, OptionError, check_count
-from reverso.frontend.tracing import model_device, model_dtype
+from reverso.ir.edit import model_device, model_dtype  # not frontend: it imports timm
 
 
 class TensorImages(Dataset):
