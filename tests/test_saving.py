@@ -72,7 +72,7 @@ def test_chains_of_conversions_round_trip(tmp_path):
         ("frames of topdown", reverso.frames(td, input_size=size)),
         ("checkpoint of topdown", reverso.checkpoint(td, input_size=size)),
         ("topdown of antialias", reverso.topdown(reverso.antialias(model, input_size=size))),
-        ("steerable of antialias of torchvision", reverso.steerable(
+        ("frames of antialias of torchvision", reverso.frames(
             reverso.antialias(torchvision.models.resnet18(num_classes=5), input_size=size)
         )),
     ):  # fmt: skip
@@ -92,7 +92,7 @@ def test_chains_of_conversions_round_trip(tmp_path):
 @pytest.mark.parametrize("convert", ["topdown", "njet"])
 def test_memory_options_round_trip_once(tmp_path, convert):
     """memory= is part of the conversion's recipe: loading applies it once (not again on top)."""
-    model, size = timm.create_model("resnet18", num_classes=5), (3, 64, 64)
+    model, size = timm.create_model("resnet18", num_classes=5), (3, 32, 32)
     net = getattr(reverso, convert)(model, input_size=size, memory="reversible")
     loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
     kinds = [type(m).__name__ for m in net.modules()]
