@@ -27,6 +27,7 @@ from reverso.errors import WidthError, check_choice
 from reverso.ir import module_window
 from reverso.nn.frames import kernel_gram, project_kernels, projection_error
 from reverso.nn.njet import NJetConv2d
+from reverso.rewrite.convs import placed_like
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
 INITS = ("random", "project")
@@ -218,8 +219,7 @@ def njet_from_conv(
     if conv.bias is not None:
         with torch.no_grad():
             layer.bias.copy_(conv.bias)
-    ref = conv.weight
-    layer = layer.to(device=ref.device, dtype=ref.dtype).train(conv.training)
+    layer = placed_like(layer, conv)
     return layer, NJetLayerReport(name, extent, chosen, error)
 
 

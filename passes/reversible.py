@@ -205,11 +205,8 @@ def _kept_width(gm: fx.GraphModule, unit: ResidualUnit, output: fx.Node, cin: in
         "(reverso.register_width_rule)",
         stacklevel=4,
     )
-    like = next(iter(body.parameters()), None)
     entry, exit_ = nn.Conv2d(cin, reads, 1), nn.Conv2d(gives, out, 1)
-    if like is not None:
-        entry, exit_ = (c.to(like.device, like.dtype) for c in (entry, exit_))
-    return nn.Sequential(entry, body, exit_)
+    return nn.Sequential(ir.placed_in(body, entry), body, ir.placed_in(body, exit_))
 
 
 class _Rewidth(WidthFitting):

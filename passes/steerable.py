@@ -30,6 +30,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError, UnsupportedTopologyError, check_choice, check_count
 from reverso.ir.shapes import channels
 from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d, steerable_frame
+from reverso.rewrite.convs import placed_like
 from reverso.rewrite.residuals import residual_units
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
@@ -150,8 +151,7 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
         best = min(errors, key=errors.get)
     layer = build(best)
     error = layer.load_kernels(conv.weight, conv.bias)
-    ref = conv.weight
-    return layer.to(device=ref.device, dtype=ref.dtype).train(conv.training), best, error
+    return placed_like(layer, conv), best, error
 
 
 def swap_units_for_steerable(
@@ -179,9 +179,8 @@ def swap_units_for_steerable(
             eye = torch.zeros(c_out, c_in, block.kernel_size, block.kernel_size)
             eye[:, :, block.kernel_size // 2, block.kernel_size // 2] = torch.eye(c_out)
             error = block.load_kernels(eye)
-        ref = next((p for p in gm.parameters()), torch.empty(0))
         target = ir.unique_name(gm, f"steerable_{unit.add.name}")
-        gm.add_submodule(target, block.to(device=ref.device, dtype=ref.dtype))
+        gm.add_submodule(target, ir.placed_in(gm, block))
         with gm.graph.inserting_before(unit.add):
             node = gm.graph.call_module(target, (entry,))
         node.meta = dict(unit.add.meta)

@@ -14,19 +14,15 @@ import torch
 from torch import nn
 
 from reverso.errors import OptionError, WidthError
+from reverso.ir.edit import placed_in
 from reverso.ir.nodes import is_depthwise
 from reverso.ir.windows import pair
 
 
 def placed_like(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Put ``new`` on the device/dtype of ``old`` and in its train/eval mode."""
-    ref = next(old.parameters(), None)
-    if ref is None:
-        ref = next(old.buffers(), None)
-    if ref is not None:  # on the meta device too: a model built there stays there
-        new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-    new.train(old.training)
-    return new
+    """Put ``new`` on the device/dtype of ``old`` (:func:`reverso.ir.placed_in`, the meta device
+    included) and in its train/eval mode."""
+    return placed_in(old, new).train(old.training)
 
 
 def _conv_kwargs(conv: nn.Conv2d, **overrides) -> dict:
