@@ -28,6 +28,7 @@ from torch import nn
 
 from reverso.errors import OptionError
 
+from . import fused_steer
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
 from .pointwise import pointwise_conv
@@ -53,7 +54,15 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     keys), but the forward reads their weights directly: the first pose layer folded into a conv
     of the input, ``mix`` as :func:`~reverso.nn.pointwise.pointwise_conv`. Forward hooks on those
     two submodules therefore do not run.
+
+    ``fused = True`` (on a layer, or on the class) runs angle mode's frame conv and steering as
+    fused Triton kernels on CUDA tensors (:mod:`reverso.nn.fused_steer`): the same values, the
+    frame responses never written to memory. Opt-in until it is measured faster than the PyTorch
+    route on a GPU (docs/structured_layers.md, Performance).
     """
+
+    #: run the frame conv and the angle steering in fused Triton kernels where they can run
+    fused: bool = False
 
     def __init__(
         self,
@@ -119,10 +128,13 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
             self.frame_sigma.fill_(self.sigma)
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
-        # free mode's gates at the identity, kept on the module's device (no copy per forward);
-        # the steering matrices themselves are Python constants (reverso.nn.steering)
+        # free mode's gates at the identity, kept on the module's device (no copy per forward),
+        # and the fused kernels' tables from the frame at sigma (reverso.nn.fused_steer); the
+        # PyTorch route's steering matrices are Python constants (reverso.nn.steering)
         orders = range(max(1, self.min_order), self.order + 1)
-        return {"identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders])}
+        taps, a, turned, rows = fused_steer.tables(self.frame(), self._plan)
+        return {"identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders]),
+                "steer_taps": taps, "steer_a": a, "steer_turned": turned, "steer_rows": rows}  # fmt: skip
 
     # -- pieces ------------------------------------------------------------------------------
     def frame_responses(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,13 +175,26 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         return steer_responses(z, gates, self._plan)
 
     def forward(self, x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.frame_responses(x)
         pose = self.estimate_pose(x) if pose is None else pose
-        if self.mode == "angle":  # the same as steer(z, gates(pose)), with a cheaper backward
-            steered = rotate_responses(z, pose, self._plan)
+        if self._runs_fused(x, pose):
+            tables = (*(t.float() for t in (self.steer_taps, self.steer_a, self.steer_turned)),
+                      self.steer_rows)  # fmt: skip
+            steered = fused_steer.frame_steer(
+                x, pose, tables, self.atoms.shape[0], self.stride, self.padding
+            )
+        elif self.mode == "angle":  # the same as steer(z, gates(pose)), with a cheaper backward
+            steered = rotate_responses(self.frame_responses(x), pose, self._plan)
         else:
-            steered = self.steer(z, self.gates(pose))
+            steered = self.steer(self.frame_responses(x), self.gates(pose))
         return pointwise_conv(steered.flatten(1, 2), self.mix.weight, self.mix.bias)
+
+    def _runs_fused(self, x: torch.Tensor, pose: torch.Tensor) -> bool:
+        """Angle mode, a fused-capable input (:func:`fused_steer.available`) and a pose field of
+        exactly ``(B, G, H', W')``; anything else (a broadcast pose, float64) runs in PyTorch."""
+        if not (self.fused and self.mode == "angle" and fused_steer.available(x)):
+            return False
+        size = [(n + 2 * self.padding - self.kernel_size) // self.stride + 1 for n in x.shape[-2:]]
+        return tuple(pose.shape) == (x.shape[0], self.groups, *size)
 
     # -- the static conv it starts from ------------------------------------------------------
     def effective_weight(self) -> torch.Tensor:
@@ -207,8 +232,9 @@ def steerable_frame(order: int, sigma: float, size: int, min_order: int = 0) -> 
 
 
 def _refit_frame(module: DynamicSteerableConv2d, _incompatible_keys) -> None:
-    if module.frame_sigma.device.type != "meta":  # the loaded frame's scale, for the repr
+    if module.frame_sigma.device.type != "meta":  # the loaded frame's scale, and its tables
         module.sigma = float(module.frame_sigma)
+        FixedBuffers.init_non_persistent_buffers(module)
 
 
 def gradient_pose(z: torch.Tensor) -> torch.Tensor:
