@@ -3,7 +3,8 @@
 - ``FrameConv2d`` (gauss9) in training against ``nn.Conv2d`` 3x3, and after ``collapse()`` at
   inference (goal: no cost at inference);
 - ``DynamicSteerableConv2d`` (order 2, 3x3 frame, one pose per input channel, angle mode)
-  against ``nn.Conv2d`` 3x3 in training (goal: at most 3x);
+  against ``nn.Conv2d`` 3x3 in training (goal: at most 3x); on a GPU with Triton, also with its
+  fused kernels (``fused = True``);
 - ``HConv2d`` (K = 16, Q = 32, the CIFAR layer) against the 3x3 conv of the same width
   (``(K/2) K = 128`` channels) it replaces in a plain CNN.
 
@@ -18,6 +19,7 @@ cost).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reverso.nn import DynamicSteerableConv2d, FrameConv2d, HConv2d
+from reverso.nn import DynamicSteerableConv2d, FrameConv2d, HConv2d, fused_steer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared timing loop
 from _timing import interleaved_times, layer_step
@@ -71,6 +73,10 @@ def main(argv=None) -> list[dict]:
                   f"{best[name] * 1e3:.2f} ms | {best_ratio:.2f}x |", flush=True)  # fmt: skip
 
     train = {"Conv2d 3x3": conv, "FrameConv2d gauss9": frame, "DynamicSteerableConv2d": steer}
+    if fused_steer.available(x):  # the fused kernels (opt-in), side by side
+        fused = copy.deepcopy(steer)
+        fused.fused = True
+        train["DynamicSteerableConv2d, fused kernels"] = fused
     if args.compile:  # the compiler fuses the steering's elementwise products
         train |= {"Conv2d 3x3, compiled": torch.compile(conv),
                   "DynamicSteerableConv2d, compiled": torch.compile(steer)}  # fmt: skip
