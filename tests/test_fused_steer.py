@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from cuda_checks import no_host_sync
 
 from reverso.nn import DynamicSteerableConv2d, fused_steer
 from reverso.nn.steering import rotate_responses
@@ -113,13 +114,9 @@ def test_a_fused_layer_on_cuda_trains_like_the_pytorch_route_without_host_sync()
         expected.square().mean().backward()
         layer(x).sum().backward()  # compiles the kernels
         layer.zero_grad()
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with no_host_sync():
             y = layer(x)
             y.square().mean().backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     assert torch.allclose(y, expected, atol=1e-4)
     for p, q in zip(layer.parameters(), unfused.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3)

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_checks import no_host_sync
 
 from reverso.nn import NJetConv2d
 from reverso.nn.gaussian import gaussian_basis_2d, grid, radius_for
@@ -168,15 +169,11 @@ def test_no_host_sync_in_forward_on_cuda(route):
     x = torch.rand(2, 8, 32, 32, device="cuda")
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     layer(x)  # the first step allocates the pinned copy
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         for _ in range(5):
             opt.zero_grad()
             layer(x).square().mean().backward()
             opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     layer(x)
     assert layer.radius == radius_for(layer.sigma.item())  # the host caught up

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_checks import no_host_sync
 
 from reverso.nn import DynamicSteerableConv2d, steering_matrix
 from reverso.nn.gaussian import gaussian_derivatives_1d
@@ -301,13 +302,9 @@ def test_the_steerable_conv_on_cuda_matches_the_cpu_without_host_sync(mode):
     layer(x).square().sum().backward()
     gpu, xg = copy.deepcopy(layer).cuda(), x.detach().cuda().requires_grad_()
     gpu.zero_grad()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         y = gpu(xg)
         y.square().sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.allclose(y.cpu(), layer(x), atol=1e-4)
     assert torch.allclose(xg.grad.cpu(), x.grad, atol=1e-3)
     for p, q in zip(gpu.parameters(), layer.parameters(), strict=True):

@@ -82,7 +82,9 @@ def frame_steer(x, theta, tables: tuple, m: int, stride: int, padding: int) -> t
     """``(B, C, M, H', W')``: ``rotate_responses(frame_responses(x), theta)`` in fused kernels,
     ``tables`` from :func:`tables`. ``theta`` is ``(B, G, H', W')`` with G = C (a pose per
     channel) or 1 (shared)."""
-    tables = tuple(t.contiguous() for t in tables)  # the kernels index them as dense arrays
+    # dense arrays, float32 (a model cast to another dtype casts its table buffers too)
+    *floats, rows = tables
+    tables = (*(t.float().contiguous() for t in floats), rows.contiguous())
     with _on(x.device):  # Triton launches on the current device
         return _FrameSteer.apply(x, theta, tables, m, stride, padding)
 

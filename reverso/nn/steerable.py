@@ -177,8 +177,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     def forward(self, x: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
         pose = self.estimate_pose(x) if pose is None else pose
         if self._runs_fused(x, pose):
-            tables = (*(t.float() for t in (self.steer_taps, self.steer_a, self.steer_turned)),
-                      self.steer_rows)  # fmt: skip
+            tables = (self.steer_taps, self.steer_a, self.steer_turned, self.steer_rows)
             steered = fused_steer.frame_steer(
                 x, pose, tables, self.atoms.shape[0], self.stride, self.padding
             )
