@@ -12,6 +12,7 @@ import torch
 from cuda_checks import no_host_sync
 
 from reverso.nn import DynamicSteerableConv2d, fused_steer
+from reverso.nn.padding import output_size
 from reverso.nn.steering import rotate_responses
 
 pytest.importorskip("triton")
@@ -32,7 +33,7 @@ def compare(case, device, dtype=torch.float32, size=(6, 5), batch=1):
     layer = DynamicSteerableConv2d(2, 4, order=order, min_order=min_order, kernel_size=k,
                                    stride=stride, padding=padding, pose=pose)  # fmt: skip
     x = torch.randn(batch, 2, *size).to(dtype)
-    size_out = [(n + 2 * padding - k) // stride + 1 for n in size]
+    size_out = [output_size(n, k, stride, padding, padding) for n in size]
     theta = torch.randn(batch, layer.groups, *size_out).to(dtype)
     grad = torch.randn(batch, 2, layer.atoms.shape[0], *size_out).to(dtype)
     exact = [t.double().requires_grad_() for t in (x, theta)]

@@ -19,10 +19,16 @@ from torch import nn
 from reverso.errors import OptionError
 
 
+def output_size(size: int, kernel: int, stride: int, low: int, high: int) -> int:
+    """The outputs of a window of ``kernel`` taps along an axis of ``size`` pixels, padded ``low``
+    before and ``high`` after (as ``F.conv2d`` counts them)."""
+    return (size + low + high - kernel) // stride + 1
+
+
 def reached_taps(size: int, kernel: int, stride: int, low: int, high: int) -> tuple[int, int]:
     """``(first, last)`` tap of one axis that meets an input of ``size`` pixels, padded ``low``
     before and ``high`` after."""
-    outputs = (size + low + high - kernel) // stride + 1
+    outputs = output_size(size, kernel, stride, low, high)
     return max(0, low - (outputs - 1) * stride), min(kernel - 1, low + size - 1)
 
 

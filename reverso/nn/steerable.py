@@ -31,6 +31,7 @@ from reverso.errors import OptionError
 from . import fused_steer
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
+from .padding import output_size
 from .pointwise import pointwise_conv
 from .steering import angle_gates, rotate_responses, steer_responses, steering_terms
 
@@ -192,7 +193,8 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         exactly ``(B, G, H', W')``; anything else (a broadcast pose, float64) runs in PyTorch."""
         if not (self.fused and self.mode == "angle" and fused_steer.available(x)):
             return False
-        size = [(n + 2 * self.padding - self.kernel_size) // self.stride + 1 for n in x.shape[-2:]]
+        k, s, p = self.kernel_size, self.stride, self.padding
+        size = [output_size(n, k, s, p, p) for n in x.shape[-2:]]
         return tuple(pose.shape) == (x.shape[0], self.groups, *size)
 
     # -- the static conv it starts from ------------------------------------------------------
