@@ -38,13 +38,13 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.errors import UnsupportedTopologyError
 from reverso.ir.shapes import channels
 from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
 from reverso.nn.padding import SamePad2d
+from reverso.options import AntialiasOptions
 from reverso.rewrite.convs import conv_at_stride_one, pads_same, unpadded_conv
 
-VARIANTS = ("reverso", "official")
 #: the official code's max-pool replacement per model class name: (kernel, padding) of the
 #: stride-1 max-pool before the blur (absent: the model's own kernel and padding)
 OFFICIAL_MAX_POOL = {"ResNet": (2, 0)}
@@ -53,37 +53,17 @@ OFFICIAL_MAX_POOL = {"ResNet": (2, 0)}
 class Antialias(Pass):
     name = "antialias"
 
-    def __init__(
-        self,
-        *,
-        filter_size: int = 4,
-        stem: bool = False,
-        pad_mode: str = "reflect",
-        variant: str = "reverso",
-    ):
-        super().__init__()
-        if variant not in VARIANTS:
-            raise OptionError(f"antialias: variant must be one of {VARIANTS}, got {variant!r}")
-        self.filter_size, self.stem, self.pad_mode = filter_size, stem, pad_mode
-        self.variant = variant
-
-    def options(self) -> dict:
-        return {
-            "filter_size": self.filter_size,
-            "stem": self.stem,
-            "pad_mode": self.pad_mode,
-            "variant": self.variant,
-        }
+    Options = AntialiasOptions  # filter_size, stem, pad_mode, variant
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        official = self.variant == "official"
+        official = self.settings.variant == "official"
         max_pool = OFFICIAL_MAX_POOL.get(type(ctx.model).__name__) if official else None
         strided = [n for n in gm.graph.nodes if _stride(gm, n) > 1]
         # the stem: the first downsampling, when it is a conv (not a pool)
         stem = strided[0] if strided and ir.is_conv(gm, strided[0]) else None
         changed = []
         for node in strided:
-            if node is stem and not self.stem:
+            if node is stem and not self.settings.stem:
                 continue
             if ir.is_pool(gm, node):
                 self.pool(gm, node, max_pool)
@@ -112,7 +92,7 @@ class Antialias(Pass):
         node = ir.add_module_node(
             gm,
             name,
-            BlurPool2d(width, self.filter_size, stride, self.pad_mode),
+            BlurPool2d(width, self.settings.filter_size, stride, self.settings.pad_mode),
             (after,),
             after=after if before is None else None,
             before=before,
@@ -130,7 +110,7 @@ class Antialias(Pass):
             dense = unpadded_conv(conv)
         else:
             dense = conv_at_stride_one(conv, padding="keep")
-        if self.variant == "official" and stride > 2 and stride % 2 == 0:
+        if self.settings.variant == "official" and stride > 2 and stride % 2 == 0:
             # the official code keeps all but the last factor 2 of a large stride (AlexNet's 4)
             dense.stride, stride = (stride // 2, stride // 2), 2
         ir.set_module(gm, node.target, dense)
@@ -144,9 +124,13 @@ class Antialias(Pass):
         """``max_pool``: the official code's (kernel, padding) for this model's max-pools."""
         w = _pool_window(gm, node)
         x = node.args[0]
-        if not (self.variant == "official" and w.kind == "avg"):  # there the blur replaces the box
+        if not (
+            self.settings.variant == "official" and w.kind == "avg"
+        ):  # there the blur replaces the box
             x = self.dense_pool(gm, node, w, x, max_pool)
-        blur = BlurPool2d(channels(node), self.filter_size, w.stride[0], self.pad_mode)
+        blur = BlurPool2d(
+            channels(node), self.settings.filter_size, w.stride[0], self.settings.pad_mode
+        )
         blurred = ir.add_module_node(
             gm, f"{node.name}_blurpool", blur, (x,), before=node, meta_from=node
         )

@@ -38,6 +38,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import OptionError
 from reverso.ir.dataflow import is_mutation
 from reverso.nn.checkpoint import CheckpointSegment
+from reverso.options import CheckpointOptions
 from reverso.rewrite.segments import replace_run
 
 #: nodes that only reshape or read sizes: they leave nothing of their own for backward
@@ -64,17 +65,10 @@ class SegmentPlan:
 class Checkpoint(Pass):
     name = "checkpoint"
 
-    def __init__(self, *, budget: float | None = None):
-        super().__init__()
-        if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
-            raise OptionError(f"budget must be a positive number of bytes, got {budget!r}")
-        self.budget = budget
-
-    def options(self) -> dict:
-        return {"budget": self.budget}
+    Options = CheckpointOptions  # budget
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        plan = plan_segments(gm, self.budget, batch=ctx.state.get("batch", 1))
+        plan = plan_segments(gm, self.settings.budget, batch=ctx.state.get("batch", 1))
         ctx.state["checkpoint"] = plan
         runs = [
             plan.nodes[s:e]

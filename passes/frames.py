@@ -21,11 +21,9 @@ import torch.fx as fx
 from torch import nn
 
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError
-from reverso.nn.frames import FRAMES, FrameConv2d
+from reverso.nn.frames import FrameConv2d
+from reverso.options import FramesOptions
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
-
-CHOICES = (*FRAMES, "alternate")
 
 
 @dataclass
@@ -47,16 +45,10 @@ class FramesReport:
 class Frames(Pass):
     name = "frames"
 
-    def __init__(self, *, frame: str = "gauss9", sigma: float = 1.0):
-        super().__init__()
-        check_options(frame, sigma)
-        self.frame, self.sigma = frame, float(sigma)
-
-    def options(self) -> dict:
-        return {"frame": self.frame, "sigma": self.sigma}
+    Options = FramesOptions  # frame, sigma
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        report = swap_convs_for_frames(gm, frame=self.frame, sigma=self.sigma)
+        report = swap_convs_for_frames(gm, **self.options())
         ctx.state["frames_report"] = report
         return PassResult(gm, bool(report.layers))
 
@@ -66,7 +58,7 @@ def swap_convs_for_frames(
 ) -> FramesReport:
     """Replace, in place, every spatial conv under ``root`` by a :class:`FrameConv2d` holding
     the projection of its kernels; the report lists each layer's frame and relative error."""
-    check_options(frame, sigma)
+    FramesOptions.from_dict({"frame": frame, "sigma": sigma})
     report = FramesReport()
     for slot in spatial_convs(root):
         chosen, why = _frame_for(slot.conv, frame, len(report.layers))
@@ -80,13 +72,6 @@ def swap_convs_for_frames(
         report.layers, report.kept, root, "frames: no spatial nn.Conv2d to reparametrise"
     )
     return report
-
-
-def check_options(frame, sigma) -> None:
-    if frame not in CHOICES:
-        raise OptionError(f"frame={frame!r} is not a frame; choose one of {', '.join(CHOICES)}")
-    if not sigma > 0:
-        raise OptionError(f"sigma={sigma!r}: the Gaussian frame's scale must be positive")
 
 
 def _frame_for(conv: nn.Conv2d, frame: str, index: int) -> tuple[str, str | None]:

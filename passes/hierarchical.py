@@ -31,43 +31,21 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError
+from reverso.errors import UnsupportedTopologyError
 from reverso.ir.shapes import propagate
-from reverso.nn.hierarchical import VARIANTS, HConv2d, HLift, HReadout
+from reverso.nn.hierarchical import HConv2d, HLift, HReadout
+from reverso.options import HierarchicalOptions
 from reverso.rewrite.residuals import residual_units
-
-HEADS = ("keep", "readout")
 
 
 class Hierarchical(Pass):
     name = "hierarchical"
 
-    def __init__(self, *, K=16, Q=32, variant="plus", head="keep", attr_kernel=(7, 11)):
-        super().__init__()
-        check_options(K, variant, head, Q, attr_kernel)
-        self.settings = dict(K=K, Q=Q, variant=variant, head=head, attr_kernel=tuple(attr_kernel))
-
-    def options(self) -> dict:
-        return dict(self.settings)
+    Options = HierarchicalOptions  # K, Q, variant, head, attr_kernel
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        rebuild(gm, ctx.example_input(), **self.settings)
+        rebuild(gm, ctx.example_input(), **vars(self.settings))
         return PassResult(gm, True)
-
-
-def check_options(K, variant, head, Q=32, attr_kernel=(7, 11)) -> None:
-    if variant not in VARIANTS or head not in HEADS:
-        raise OptionError(f"variant must be one of {VARIANTS} and head one of {HEADS}")
-    if not isinstance(K, int) or K < 2 or K % 2:
-        raise OptionError(f"K must be an even integer >= 2, got {K!r}")
-    if not isinstance(Q, int) or Q < 1:
-        raise OptionError(f"Q (spatial filters per layer) must be a positive integer, got {Q!r}")
-    if len(attr_kernel) != 2 or any(
-        not isinstance(k, int) or k < 1 or k % 2 == 0 for k in attr_kernel
-    ):
-        raise OptionError(
-            f"attr_kernel must be two odd positive sizes, like (7, 11); got {attr_kernel!r}"
-        )
 
 
 def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) -> None:

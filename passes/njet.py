@@ -23,14 +23,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import WidthError, check_choice
+from reverso.errors import WidthError
 from reverso.ir import module_window
 from reverso.nn.frames import kernel_gram, project_kernels, projection_error
 from reverso.nn.njet import NJetConv2d
+from reverso.options import NJetOptions
 from reverso.rewrite.convs import placed_like
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
-INITS = ("random", "project")
 #: scales tried when projecting a kernel (times the conv's dilation)
 SIGMA_SEARCH = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0)
 
@@ -65,37 +65,10 @@ class NJetReport:
 class NJet(Pass):
     name = "njet"
 
-    def __init__(
-        self,
-        *,
-        order: int = 3,
-        sigma: float = 1.0,
-        learn_sigma: bool = True,
-        init: str = "random",
-        **layer_kwargs,
-    ):
-        super().__init__()
-        self.order, self.sigma, self.learn_sigma, self.init = order, sigma, learn_sigma, init
-        self.layer_kwargs = layer_kwargs
-
-    def options(self) -> dict:
-        return {
-            "order": self.order,
-            "sigma": self.sigma,
-            "learn_sigma": self.learn_sigma,
-            "init": self.init,
-            **self.layer_kwargs,
-        }
+    Options = NJetOptions  # order, sigma, learn_sigma, init, and the layers' settings
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        report = swap_spatial_convs(
-            gm,
-            order=self.order,
-            sigma=self.sigma,
-            learn_sigma=self.learn_sigma,
-            init=self.init,
-            **self.layer_kwargs,
-        )
+        report = swap_spatial_convs(gm, **self.options())
         ctx.state["njet_report"] = report
         return PassResult(gm, bool(report.layers))
 
@@ -105,17 +78,10 @@ class NJet(Pass):
             raise AssertionError(f"spatial convs left: {left}")
 
 
-def swap_spatial_convs(
-    root: nn.Module,
-    *,
-    order: int = 3,
-    sigma: float = 1.0,
-    learn_sigma: bool = True,
-    init: str = "random",
-    **layer_kwargs,
-) -> NJetReport:
-    """Replace, in place, every spatial ``nn.Conv2d`` under ``root`` by an ``NJetConv2d``."""
-    check_choice("init", init, INITS)
+def swap_spatial_convs(root: nn.Module, **options) -> NJetReport:
+    """Replace, in place, every spatial ``nn.Conv2d`` under ``root`` by an ``NJetConv2d``
+    (``options``: those of :class:`~reverso.options.NJetOptions`)."""
+    settings = NJetOptions.from_dict(options)
     report = NJetReport()
     slots = []
     for slot in spatial_convs(root):
@@ -126,17 +92,10 @@ def swap_spatial_convs(
             slots.append(slot)
     if report.kept:
         _tell_about_kept(report, slots, root)
-    bar = tqdm(slots, desc="projecting convs", unit="conv", disable=init != "project", leave=False)
+    projecting = settings.init == "project"
+    bar = tqdm(slots, desc="projecting convs", unit="conv", disable=not projecting, leave=False)
     for slot in bar:
-        layer, row = njet_from_conv(
-            slot.conv,
-            slot.name,
-            order=order,
-            sigma=sigma,
-            learn_sigma=learn_sigma,
-            init=init,
-            **layer_kwargs,
-        )
+        layer, row = njet_from_conv(slot.conv, slot.name, settings)
         slot.replace(layer)
         report.layers.append(row)
     return report
@@ -176,16 +135,11 @@ def _tell_about_kept(report: NJetReport, swappable: list, root: nn.Module) -> No
 
 
 def njet_from_conv(
-    conv: nn.Conv2d,
-    name: str,
-    *,
-    order: int,
-    sigma: float,
-    learn_sigma: bool,
-    init: str,
-    **layer_kwargs,
+    conv: nn.Conv2d, name: str, settings: NJetOptions
 ) -> tuple[NJetConv2d, NJetLayerReport]:
     """An N-Jet conv that can replace ``conv``: same widths, stride, groups, bias and output size."""
+    layer_kwargs = settings.layer_kwargs()
+    sigma = layer_kwargs.pop("sigma")
     if conv.padding_mode != "zeros":
         raise WidthError(
             f"conv '{name}' pads with {conv.padding_mode!r}; N-Jet convs pad with zeros"
@@ -195,43 +149,30 @@ def njet_from_conv(
         raise WidthError(
             f"conv '{name}' has different strides or dilations per axis; N-Jet convs need equal ones"
         )
-    dilation, extent = window.dilation[0], window.extent
-    if init == "project":  # the scale whose basis fits the kernel best, then its coefficients
+    dilation, footprint = window.dilation[0], window.extent
+    if settings.init == "project":  # the scale whose basis fits the kernel best, then alpha
         gram = kernel_gram(conv.weight)  # the weights read once for the whole search
-        errors = {
-            scale: projection_error(
-                _layer_like(conv, scale, extent, order=order, learn_sigma=learn_sigma, probe=True,
-                            **layer_kwargs).basis(), gram, conv.kernel_size, conv.dilation)
-            for scale in (base * dilation for base in SIGMA_SEARCH)
-        }  # fmt: skip
+        errors = {}
+        for scale in (base * dilation for base in SIGMA_SEARCH):
+            basis = _layer_like(conv, scale, footprint, probe=True, **layer_kwargs).basis()
+            errors[scale] = projection_error(basis, gram, conv.kernel_size, conv.dilation)
         chosen = min(errors, key=errors.get)
-        layer = _layer_like(
-            conv, chosen, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs
-        )
+        layer = _layer_like(conv, chosen, footprint, **layer_kwargs)
         alpha, error = _projection(layer, conv)
         with torch.no_grad():
             layer.alpha.copy_(alpha.reshape(layer.alpha.shape).to(layer.alpha.dtype))
     else:
         chosen, error = sigma * dilation, None
-        layer = _layer_like(
-            conv, chosen, extent, order=order, learn_sigma=learn_sigma, **layer_kwargs
-        )
+        layer = _layer_like(conv, chosen, footprint, **layer_kwargs)
     if conv.bias is not None:
         with torch.no_grad():
             layer.bias.copy_(conv.bias)
     layer = placed_like(layer, conv)
-    return layer, NJetLayerReport(name, extent, chosen, error)
+    return layer, NJetLayerReport(name, footprint, chosen, error)
 
 
 def _layer_like(
-    conv: nn.Conv2d,
-    sigma: float,
-    extent: int,
-    *,
-    order: int,
-    learn_sigma: bool,
-    probe: bool = False,
-    **kwargs,
+    conv: nn.Conv2d, sigma: float, footprint: int, *, probe: bool = False, **kwargs
 ) -> NJetConv2d:
     """An NJetConv2d whose grid holds at least the conv's (dilated) kernel (the kernel is masked to
     sigma's support inside it), padded to keep sizes; ``probe``: one input and output channel, only
@@ -239,19 +180,17 @@ def _layer_like(
     layer = NJetConv2d(
         1 if probe else conv.in_channels,
         1 if probe else conv.out_channels,
-        order=order,
         sigma=sigma,
-        learn_sigma=learn_sigma,
         stride=module_window(conv).step,
         groups=1 if probe else conv.groups,
         bias=conv.bias is not None,
         padding=0,
         **kwargs,
     )
-    layer.radius = max(layer.radius, math.ceil((extent - 1) / 2))
+    layer.radius = max(layer.radius, math.ceil((footprint - 1) / 2))
     layer.padding = _size_preserving_padding(conv, layer.kernel_size[0])
     if type(conv).__name__ in PADDING_ONLY:  # its padding depends on the input size: per forward
-        layer.same_extent = extent
+        layer.same_extent = footprint
     return layer
 
 

@@ -47,57 +47,31 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import InputSizeError, UnsupportedTopologyError, WidthError, check_choice
+from reverso.errors import InputSizeError, UnsupportedTopologyError, WidthError
 from reverso.ir.dataflow import is_mutation
 from reverso.ir.shapes import channels, propagate, spatial
 from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from reverso.nn.space_to_depth import SpaceToDepth
+from reverso.options import ReversibleOptions
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.residuals import ResidualUnit, graph_order, residual_units, runs
 from reverso.rewrite.segments import body_of, replace_run
 from reverso.rewrite.widths import REGISTRY, unknown_layer_error, width_defining
 
-_CHOICES = {
-    "transitions": ("keep", "psi"),
-    "stem": ("keep", "psi"),
-    "mid": ("keep", "half"),
-    "post_act": ("refuse", "move"),
-}
-
 
 class Reversible(Pass):
     name = "reversible"
 
-    def __init__(
-        self,
-        *,
-        transitions: str = "keep",
-        stem: str = "keep",
-        memory_saving: bool = True,
-        mid: str = "keep",
-        post_act: str = "refuse",
-    ):
-        super().__init__()
-        for name, value in (("transitions", transitions), ("stem", stem), ("mid", mid),
-                            ("post_act", post_act)):  # fmt: skip
-            check_choice(name, value, _CHOICES[name])
-        self.transitions, self.stem, self.mid, self.post_act = transitions, stem, mid, post_act
-        self.memory_saving = memory_saving
-
-    def options(self) -> dict:
-        return {
-            "transitions": self.transitions, "stem": self.stem, "mid": self.mid,
-            "post_act": self.post_act, "memory_saving": self.memory_saving,
-        }  # fmt: skip
+    Options = ReversibleOptions  # transitions, stem, memory_saving, mid, post_act
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        psi = self.transitions == "psi"
+        psi = self.settings.transitions == "psi"
         if psi and ir.pyramid_levels(gm):
             raise UnsupportedTopologyError(
                 "transitions='psi' makes downsamplings invertible, but a top-down net's "
                 "transitions upsample: use transitions='keep' for top-down nets"
             )
-        _trunk_activations(gm, residual_units(gm), move=self.post_act == "move")
+        _trunk_activations(gm, residual_units(gm), move=self.settings.post_act == "move")
         chains = runs(residual_units(gm), transitions=psi)
         if not chains:
             raise UnsupportedTopologyError(
@@ -111,14 +85,16 @@ class Reversible(Pass):
                 stride = u.stride if u.projection else 1
                 _check_even(gm, u, stride)
                 blocks.append(
-                    CouplingBlock(_coupling_function(gm, u, width, stride, self.mid), stride)
+                    CouplingBlock(
+                        _coupling_function(gm, u, width, stride, self.settings.mid), stride
+                    )
                 )
                 width *= stride * stride
-            sequence = ReversibleSequence(blocks, memory_saving=self.memory_saving)
+            sequence = ReversibleSequence(blocks, memory_saving=self.settings.memory_saving)
             nodes = sorted({n for u in chain for n in u.nodes}, key=graph_order(gm))
             replace_run(gm, nodes, ir.unique_name(gm, f"reversible_{i}"), lambda _, s=sequence: s)
             _rewidth(gm, ctx)  # what follows reads the run's width (4x per psi transition)
-        if self.stem == "psi":
+        if self.settings.stem == "psi":
             _psi_stem(gm, ctx)
         gm.delete_all_unused_submodules()
         gm.recompile()

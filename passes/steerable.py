@@ -27,14 +27,14 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.errors import OptionError, UnsupportedTopologyError, check_choice, check_count
+from reverso.errors import UnsupportedTopologyError
 from reverso.ir.shapes import channels
-from reverso.nn.steerable import MODES, POSES, DynamicSteerableConv2d, steerable_frame
+from reverso.nn.steerable import DynamicSteerableConv2d, steerable_frame
+from reverso.options import SteerableOptions
 from reverso.rewrite.convs import placed_like
 from reverso.rewrite.residuals import residual_units
 from reverso.rewrite.swaps import overrides_forward, refuse_if_nothing_swapped, spatial_convs
 
-UNITS = ("conv", "block")
 #: scales tried when projecting a kernel on the frame
 SIGMA_SEARCH = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5)
 
@@ -57,38 +57,15 @@ class SteerableReport:
 class Steerable(Pass):
     name = "steerable"
 
-    def __init__(self, *, unit="conv", order=2, sigma=1.0, pose="per_in", mode="angle", every=2):
-        super().__init__()
-        check_options(unit, pose, mode, every, order, sigma)
-        self.settings = dict(
-            unit=unit, order=order, sigma=float(sigma), pose=pose, mode=mode, every=every
-        )
-
-    def options(self) -> dict:
-        return dict(self.settings)
+    Options = SteerableOptions  # unit, order, sigma, pose, mode, every
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        settings = dict(self.settings)
+        settings = self.options()
         unit = settings.pop("unit")
         swap = swap_convs_for_steerable if unit == "conv" else swap_units_for_steerable
         report = swap(gm, **settings)
         ctx.state["steerable_report"] = report
         return PassResult(gm, True)
-
-
-def check_options(unit, pose, mode, every, order=2, sigma=1.0) -> None:
-    for name, value, allowed in (
-        ("unit", unit, UNITS),
-        ("pose", pose, POSES),
-        ("mode", mode, MODES),
-    ):
-        check_choice(name, value, allowed)
-    if not isinstance(order, int) or order < 1 or not sigma > 0:
-        raise OptionError(
-            f"order={order!r}, sigma={sigma!r}: a steerable frame needs order >= 1 (order 0 does "
-            "not turn) and a positive sigma"
-        )
-    check_count("every", every)
 
 
 def swap_convs_for_steerable(root: nn.Module, *, every=2, **settings) -> SteerableReport:

@@ -35,7 +35,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "StageReport": ("analysis", "StageReport"),
     "Summary": ("study.summary", "Summary"),
     "TopDownNet": ("convert.network", "TopDownNet"),
-    "TopDownOptions": ("planner.options", "TopDownOptions"),
+    "TopDownOptions": ("options", "TopDownOptions"),
     "TraceError": ("errors", "TraceError"),
     "TrainResult": ("study.train", "TrainResult"),
     "UnsupportedTopologyError": ("errors", "UnsupportedTopologyError"),
@@ -74,7 +74,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 _SUBMODULES = (
     "analysis", "cli", "compiler", "convert", "demo", "frontend", "ir", "models", "names", "nn",
-    "passes", "planner", "rewrite", "settings", "study", "support", "testing",
+    "options", "passes", "planner", "rewrite", "settings", "study", "support", "testing",
 )  # fmt: skip
 #: short names for the study tools' modules: ``reverso.data.mnist5k()``
 _ALIASES = {"data": "study.data"}
@@ -109,6 +109,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
         models,
         names,
         nn,
+        options,
         passes,
         planner,
         rewrite,
@@ -138,9 +139,9 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
     )
     from .frontend.provenance import remember_source
     from .frontend.tracing import trace
+    from .options import TopDownOptions
     from .passes import default_pipeline
     from .planner.context import CompileContext
-    from .planner.options import TopDownOptions
     from .rewrite.widths import register_width_rule
     from .study import data
     from .study.branches import per_branch

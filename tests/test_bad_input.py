@@ -168,9 +168,9 @@ def test_every_error_is_a_reverso_error():
 @pytest.mark.parametrize(
     "convert, kwargs, match",
     [
-        (reverso.njet, {"order": -1}, "order must be between 0 and 8"),
-        (reverso.njet, {"sigma": -1.0}, "sigma must be positive"),
-        (reverso.antialias, {"filter_size": 0}, "filter_size must be between 1 and 7"),
+        (reverso.njet, {"order": -1}, r"order must be an int in \[0, 8\]"),
+        (reverso.njet, {"sigma": -1.0}, "sigma must be a positive number"),
+        (reverso.antialias, {"filter_size": 0}, "filter_size must be a positive int of at most 7"),
     ],
 )
 def test_a_pass_option_checked_by_the_layer_it_builds_is_an_option_error(convert, kwargs, match):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: the layers, lowest first: a module may import its own layer and those before it
 LAYERS = [
-    {"errors", "names", "settings", "lazy", "models", "irevnet", "hcnn", "nn"},
+    {"errors", "names", "options", "settings", "lazy", "models", "irevnet", "hcnn", "nn"},
     {"ir"},
     {"rewrite"},
     {"frontend"},

@@ -85,11 +85,7 @@ def test_chains_of_conversions_round_trip(tmp_path, kind):
         loaded = reverso.load(reverso.save(chain, tmp_path / "chain.safetensors"))
         assert type(loaded).__name__ == type(chain).__name__, name  # fx classes are per instance
         assert same_outputs(chain, loaded, x), name
-        steps, recipe = [], chain.reverso_recipe if hasattr(chain, "reverso_recipe") else None
-        recipe = recipe or {"transform": "topdown", **chain.recipe}
-        while recipe is not None:
-            steps.append(recipe["transform"])
-            recipe = recipe.get("base")
+        steps = [step.transform for step in chain.reverso_recipe.steps]
         assert " of ".join(steps) == name, name
         if name.startswith("checkpoint"):  # the checkpoints come back too
             assert any("checkpoint" in type(m).__name__.lower() for m in loaded.modules())

@@ -222,7 +222,7 @@ def test_merges_read_the_widths_width_repair_will_give(monkeypatch):
 
 def test_the_dry_run_of_width_repair_changes_nothing():
     from reverso.convert.topdown import compile_context, working_copy
-    from reverso.planner.options import TopDownOptions
+    from reverso.options import TopDownOptions
     from reverso.rewrite.repair import propagate_as_repaired
 
     ctx = compile_context(dense_net(), (3, 32, 32), TopDownOptions())

@@ -12,19 +12,17 @@ def _load_model(spec: str, args):
     from reverso import models
     from reverso.convert.saving import load
     from reverso.errors import OptionError
-    from reverso.frontend.provenance import remember_source
 
     kwargs = {"num_classes": args.num_classes} if getattr(args, "num_classes", None) else {}
     if spec.endswith(".safetensors"):
         return load(spec, trust=args.trust)
     if spec in MODELS:
         return models.create(spec, **kwargs)
-    if ":" in spec:
-        from reverso.convert.saving import _trusted
+    if ":" in spec:  # a factory named on the command line: its package is trusted
+        from reverso.frontend.sources import Source, build
 
-        package = spec.split(".")[0].split(":")[0]  # named on the command line: trusted
-        model = _trusted(spec, (package,), Path(spec))(**kwargs)
-        return remember_source(model, spec, **kwargs)
+        source = Source.from_json({"factory": spec, "kwargs": kwargs}, "MODEL", OptionError)
+        return build(source, (spec.split(".")[0].split(":")[0],), "MODEL")
     import timm
 
     if timm.is_model(spec):

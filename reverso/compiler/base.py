@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch.fx as fx
 
 from reverso.compiler import catalogue
+from reverso.errors import OptionError
 
 if TYPE_CHECKING:
     from reverso.planner.context import CompileContext
@@ -38,10 +39,16 @@ class Pass:
     before: ClassVar[tuple[str, ...]] = ()
     #: the pass may leave layers receiving another width: width repair runs after it
     changes_widths: ClassVar[bool] = False
+    #: the record of the pass's options (:mod:`reverso.options`); None: the pass takes none
+    Options: ClassVar[type | None] = None
 
-    def __init__(self):
+    def __init__(self, **options):
         if not self.name:
             self.name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
+        if self.Options is None and options:
+            raise OptionError(f"the pass {self.name!r} takes no options, got {', '.join(options)}")
+        #: the checked options (an instance of ``Options``), None for a pass without options
+        self.settings = self.Options.from_dict(options, where=self.name) if self.Options else None
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         """Raise if the graph is not in a state this pass can work on."""
@@ -71,8 +78,8 @@ class Pass:
         return {"name": self.name, "kwargs": self.options()}
 
     def options(self) -> dict:
-        """The constructor keyword arguments of a built-in pass (none by default)."""
-        return {}
+        """The pass's options as JSON (its ``settings``; none by default)."""
+        return self.settings.to_json() if self.settings is not None else {}
 
     @staticmethod
     def from_function(

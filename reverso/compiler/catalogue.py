@@ -31,6 +31,11 @@ def lookup(name: str) -> type | None:
     return ep.load() if ep is not None else None
 
 
+def module_of(name: str) -> str:
+    """The module that defines the registered pass ``name``, read without importing it."""
+    return _entry_points()[name].module
+
+
 def get(name: str) -> type:
     """The registered pass class called ``name``; a refusal listing the names otherwise."""
     cls = lookup(name)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from reverso import ir
-from reverso.compiler.pipeline import WIDTH_REPAIR
+from reverso.convert.recipe import Recipe
 from reverso.errors import InputSizeError, OptionError, UnsupportedTopologyError
 from reverso.ir.shapes import channels
 from reverso.rewrite.units import unit_view
@@ -46,7 +46,7 @@ class TopDownNet(nn.Module):
         min_size: int,
         feature_info: list[dict],
         pretrained_cfg: dict,
-        recipe: dict,
+        recipe: Recipe,
         report=None,
         plan=None,
     ):
@@ -60,9 +60,15 @@ class TopDownNet(nn.Module):
         self.num_features = feature_info[-1]["num_chs"] if feature_info else 0
         self.pretrained_cfg = pretrained_cfg
         self.default_cfg = pretrained_cfg
-        self.recipe = recipe
+        self.reverso_recipe = recipe  # how reverso.load rebuilds it
         self.report = report  # the bottom-up StageReport this network was compiled from
         self.plan = plan  # where each bottom-up unit went (TopDownPlan)
+
+    @property
+    def recipe(self) -> dict:
+        """How this network was compiled, as JSON (a copy of ``reverso_recipe.to_json()``): the
+        source model, ``input_size``, the top-down ``options``, the ``pipeline`` and ``passes``."""
+        return self.reverso_recipe.to_json()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not (is_fx_symbolic_tracing() or torch.jit.is_scripting()):
@@ -145,7 +151,7 @@ class TopDownNet(nn.Module):
         self.num_classes = num_classes
 
 
-def emit(gm: fx.GraphModule, ctx, *, origin: dict) -> TopDownNet:
+def emit(gm: fx.GraphModule, ctx, recipe: Recipe) -> TopDownNet:
     """Split the compiled graph into features and head and wrap it as a :class:`TopDownNet`."""
     plan = ctx.plan
     head_units = set(plan.head)
@@ -177,12 +183,7 @@ def emit(gm: fx.GraphModule, ctx, *, origin: dict) -> TopDownNet:
         min_size=min(2**plan.entry_level, *ctx.input_size[1:]),
         feature_info=features_info,
         pretrained_cfg=cfg,
-        recipe={
-            **origin,  # the source model, or the recipe of the network it was converted from
-            "input_size": list(ctx.input_size),
-            "options": dict(vars(ctx.options)),
-            "passes": [name for name, _ in ctx.history if name != WIDTH_REPAIR],
-        },
+        recipe=recipe,
         report=ctx.report,
         plan=dataclasses.replace(plan, laterals={}),
     )

@@ -1,44 +1,44 @@
 """Saving and loading converted models: one safetensors file, weights plus a JSON recipe.
 
-The recipe says how to rebuild the module: the source model (a timm name, or a
-``"package.module:function"`` factory with its keyword arguments), the transform (``topdown``,
-``njet``, ``antialias``, ``checkpoint``, ``reversible``, ``frames``, ``steerable``,
-``hierarchical`` or ``none``) with its options and passes. A conversion of a network reverso made
-(a chain, e.g. frames of a top-down net) names the recipe of that network as its ``"base"``
-instead of a source. :func:`load` rebuilds the module from the recipe, then loads the weights
-strictly. Nothing is unpickled: safetensors holds
-raw tensors and the recipe is JSON.
+The recipe (:class:`~reverso.convert.recipe.Recipe`) says how to rebuild the network: the source
+model, named in a registry (a timm name, a torchvision builder, a reverso reference model, or a
+``"package.module:function"`` factory of a package the caller trusts), and each conversion with
+its options. Nothing is unpickled: safetensors holds raw tensors and the recipe is JSON.
 
-A recipe could name any function, so :func:`load` only calls factories of reverso itself, of timm,
-or of packages the caller lists in ``trust=``. A SHA-256 of the weights and the recipe is stored
-too: a file changed after saving (corruption, hand edits) is refused. The checksum is not a
-signature: someone who rewrites the file can recompute it. Only load files whose origin you trust.
+:func:`load` treats every file as written by a stranger (see docs/loading.md):
+
+1. the recipe is checked against its schema (types, ranges, known names; unknown keys refused)
+   and a SHA-256 of the weights and the recipe against the one stored (a file changed after
+   saving is refused; the checksum is no signature: someone who rewrites a file can recompute it);
+2. the network is built without weights (:func:`~reverso.frontend.meta.weightless`), calling only
+   registry builders and trusted factories, with arguments that cannot load, read or download;
+3. every parameter and buffer is compared, by name, shape and dtype, with the file's tensors;
+4. only then is the network given the file's tensors.
+
+Its memory is therefore a small multiple of the file's tensors, whatever the recipe says.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import importlib
-import json
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from reverso import models
-from reverso.errors import FileFormatError, OptionError, ReversoError
+from reverso.convert.builders import build
+from reverso.convert.recipe import FORMAT, Recipe, recipe_of
+from reverso.errors import FileFormatError, OptionError
+from reverso.frontend.provenance import SourceModel, source_of, torchvision_source
+from reverso.frontend.sources import Source, check_trust
+from reverso.ir.edit import model_dtype
+from reverso.options import check_size
 
-FORMAT = "reverso"
-VERSION = 1
-TRANSFORMS = (
-    "topdown", "njet", "antialias", "checkpoint", "reversible", "frames", "steerable",
-    "hierarchical", "none",
-)  # fmt: skip
-#: factories from these packages are always trusted (reverso's own, and torchvision's builders,
-#: which reverso recognises from a model's structure)
-TRUSTED = ("reverso", "torchvision")
+#: fixed buffers (non-persistent: not in the file) a loaded network may hold beyond its tensors
+FIXED_BUFFER_ALLOWANCE = 64 << 20
 
 
 def save(
@@ -51,33 +51,56 @@ def save(
 ) -> Path:
     """Write ``model``'s weights and the recipe that rebuilds it to ``path`` (safetensors).
 
-    ``model`` is a :class:`~reverso.TopDownNet`, the result of :func:`reverso.njet` or
-    :func:`reverso.antialias`, or a plain model (transform ``"none"``). ``source`` names where the
-    original model came from when reverso cannot tell (your own model class):
-    ``"package.module:function"`` called with ``source_kwargs``.
+    ``model`` is a network a reverso conversion returned, or a plain model (saved as it is).
+    ``source`` names where the original model came from when reverso cannot tell (your own
+    model class): ``"package.module:function"``, called with ``source_kwargs`` (JSON scalars).
+    The file is written whole or not at all (a temporary file renamed into place); an existing
+    file's permissions are kept.
     """
     from safetensors.torch import save_file
 
-    recipe = _recipe_of(model, source, source_kwargs, input_size)
+    recipe = recipe_of(model) or Recipe("none", source=source_of(model))
+    if source is not None:
+        recipe = recipe.with_source(_named_source(source, source_kwargs))
+    if input_size is not None:
+        recipe = recipe.replace(input_size=check_size(input_size))
+    if recipe.first.source is None:
+        original = SourceModel.original(model)
+        found = torchvision_source(original)
+        if found is None:
+            raise OptionError(
+                f"reverso cannot tell how to rebuild the original {original.short_name} "
+                f"({original.class_name}): pass source='package.module:function' (and "
+                "source_kwargs=) naming the factory that builds it, or mark the model with "
+                "reverso.remember_source before converting"
+            )
+        recipe = recipe.with_source(found)
+    text = recipe.file_json(str(model_dtype(model)).removeprefix("torch."))
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    try:
-        text = json.dumps(recipe, sort_keys=True)
-    except TypeError as err:
-        raise OptionError(
-            f"the recipe of this model is not JSON ({err}); pass options as plain numbers/strings"
-        ) from err
+    metadata = {"format": FORMAT, "recipe": text, "sha256": _checksum(tensors, text)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": FORMAT, "recipe": text, "sha256": _checksum(tensors, text)}
-    save_file(tensors, str(path), metadata=metadata)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
     return path
 
 
-def _iterable(value) -> list:
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _named_source(source, kwargs) -> Source:
+    data = source if isinstance(source, dict) else {"factory": source, "kwargs": kwargs or {}}
+    return Source.from_json(data, "source", OptionError)
 
 
 def load(
@@ -85,20 +108,22 @@ def load(
 ) -> nn.Module:
     """Rebuild the module saved at ``path`` and load its weights.
 
-    ``trust`` lists packages (e.g. ``["mypkg"]``) whose factories a recipe may call; reverso's
-    own and timm models need none.
+    timm models, torchvision's classification builders and reverso's reference models are built
+    by name. A file whose model comes from your own factory needs its package in ``trust``
+    (``trust=["mypkg"]``): reverso then imports that exact module and calls that one function.
+    Nothing else is ever called, read, written or downloaded (see docs/loading.md).
     """
     from safetensors import safe_open
 
-    if isinstance(trust, str) or not all(isinstance(t, str) for t in _iterable(trust)):
-        raise OptionError(f"trust must list package names (e.g. trust=['mypkg']), got {trust!r}")
+    trust = check_trust(trust)
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"no file at {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            # copies in torch's own (aligned) memory: kernels on unaligned data round differently
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118
     except Exception as err:
         raise FileFormatError(
             f"{path} is not a readable safetensors file ({err}); was it written by reverso.save?"
@@ -110,98 +135,87 @@ def load(
             f"{path} was changed after it was saved: the SHA-256 of its weights and recipe does "
             "not match the one stored with them"
         )
+    recipe, dtype = Recipe.from_text(metadata["recipe"], f"the recipe in {path}")
+    model = build(recipe, trust, f"the recipe in {path}", meta=True)
+    if dtype != "float32":  # the builders make float32 networks
+        model.to(dtype=getattr(torch, dtype))
+    _check_tensors(model, tensors, path)
     try:
-        recipe = json.loads(metadata["recipe"])
-    except json.JSONDecodeError as err:
-        raise FileFormatError(f"the recipe in {path} is not valid JSON ({err})") from err
-    _check_recipe(recipe, path)
-    model = _build(recipe, tuple(trust), path)
-    try:
+        model = _materialise(model, tensors)
+    except _NeedsRealBuild:
+        model = build(recipe, trust, f"the recipe in {path}")
+        if dtype != "float32":
+            model.to(dtype=getattr(torch, dtype))
         model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise FileFormatError(
-            f"the weights in {path} do not fit the model its recipe rebuilds ({err}); the source "
-            "model's code may have changed since the file was saved"
-        ) from err
-    dtype = getattr(torch, recipe.get("dtype", "float32"), None)
-    if isinstance(dtype, torch.dtype):
-        model.to(dtype=dtype)
     return model.to(device)
 
 
-def conversion_recipe(model: nn.Module) -> dict | None:
-    """A copy of the recipe of a network reverso made (the last conversion of a chain, whose
-    ``"base"`` is the recipe of the one before); None for any other model."""
-    from reverso.convert.network import TopDownNet
-
-    recipe = getattr(model, "reverso_recipe", None)
-    if recipe is not None:
-        return copy.deepcopy(dict(recipe))
-    if isinstance(model, TopDownNet):
-        return {"transform": "topdown", **copy.deepcopy(model.recipe)}
-    return None
-
-
-def origin(model: nn.Module) -> dict:
-    """What a conversion of ``model`` records as its input: ``{"base": recipe}`` when reverso made
-    ``model`` (a chain: ``reverso.frames(reverso.topdown(m))``, ``reverso.topdown(reverso.njet(m))``),
-    else ``{"source": how to build model}``."""
-    from reverso.frontend.provenance import source_of
-
-    base = conversion_recipe(model)
-    return {"base": base} if base is not None else {"source": source_of(model)}
-
-
-def _recipe_of(model, source, source_kwargs, input_size) -> dict:
-    from reverso.frontend.provenance import (
-        SourceModel,
-        remember_source,
-        source_of,
-        torchvision_source,
-    )
-    from reverso.frontend.tracing import model_dtype
-
-    recipe = conversion_recipe(model)
-    if recipe is None:
-        recipe = {"transform": "none", "source": source_of(model), "input_size": None, "kwargs": {}}
-    first = recipe  # the chain's first conversion: the one that names the source model
-    while "base" in first:
-        _refuse_custom_passes(first)
-        first = first["base"]
-    _refuse_custom_passes(first)
-    if source is not None:
-        if isinstance(source, str):
-            holder = nn.Module()
-            first["source"] = remember_source(
-                holder, source, **(source_kwargs or {})
-            ).reverso_source
-        else:
-            first["source"] = dict(source)
-    if input_size is not None:
-        recipe["input_size"] = list(input_size)
-    if not first.get("source"):
-        original = SourceModel.original(model)
-        first["source"] = copy.deepcopy(torchvision_source(original))
-        if first["source"] is None:
-            raise OptionError(
-                f"reverso cannot tell how to rebuild the original {original.short_name} "
-                f"({original.class_name}): pass source='package.module:function' (and "
-                "source_kwargs=) naming the factory that builds it, or mark the model with "
-                "reverso.remember_source before converting"
+def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every tensor the recipe's network holds, by name, shape and dtype, is the file's; its fixed
+    buffers (not in the file) stay within :data:`FIXED_BUFFER_ALLOWANCE` or the file's size."""
+    state = model.state_dict()
+    for name in list(state) + [k for k in tensors if k not in state]:
+        want, have = state.get(name), tensors.get(name)
+        if want is None or have is None:
+            where = "the file holds" if want is None else "the file lacks"
+            raise FileFormatError(
+                f"the weights in {path} do not fit the network its recipe builds: {where} "
+                f"{name!r}. The source model's code may have changed since the file was saved"
             )
-    recipe["dtype"] = str(model_dtype(model)).removeprefix("torch.")
-    recipe.update(format=FORMAT, version=VERSION)
-    return recipe
-
-
-def _refuse_custom_passes(recipe: dict) -> None:
-    """A top-down recipe whose pipeline holds a user's pass cannot be rebuilt by :func:`load`."""
-    if recipe.get("transform") == "topdown" and any(p is None for p in recipe.get("pipeline", [])):
-        names = [n for n, c in zip(recipe["passes"], recipe["pipeline"], strict=False) if c is None]
-        raise OptionError(
-            f"this network was compiled with passes reverso cannot rebuild ({', '.join(names)}: "
-            "your own); save its state_dict instead, and recompile with the same passes to load it"
+        if tuple(want.shape) != tuple(have.shape) or want.dtype != have.dtype:
+            raise FileFormatError(
+                f"the weights in {path} do not fit the network its recipe builds: {name!r} is "
+                f"{tuple(have.shape)} {have.dtype} in the file, {tuple(want.shape)} {want.dtype} "
+                "in the network"
+            )
+    stored = {id(t) for t in state.values()}
+    fixed = sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in stored)
+    file_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    if fixed > max(FIXED_BUFFER_ALLOWANCE, file_bytes):
+        raise FileFormatError(
+            f"the network the recipe in {path} builds holds {fixed} bytes of fixed buffers, more "
+            f"than its {file_bytes} bytes of weights; refused"
         )
+
+
+class _NeedsRealBuild(Exception):
+    """A module holds fixed buffers it cannot recompute after a weightless build."""
+
+
+def _materialise(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The weightless ``model`` holding the file's tensors: its fixed buffers are computed first
+    (as after ``to_empty()``), then the file's tensors become its parameters and buffers (the
+    layers' load hooks see them, as with ``load_state_dict``)."""
+    shared = _shared_parameters(model)
+    for module in model.modules():
+        fixed = [
+            n for n in module._non_persistent_buffers_set if module._buffers.get(n) is not None
+        ]
+        if not fixed:
+            continue
+        if not hasattr(module, "init_non_persistent_buffers"):
+            raise _NeedsRealBuild(type(module).__name__)
+        for name in fixed:
+            module._buffers[name] = torch.empty_like(module._buffers[name], device="cpu")
+        module.init_non_persistent_buffers()
+    model.load_state_dict(tensors, strict=True, assign=True)
+    for first, others in shared:  # weights tied in the model stay tied
+        for owner, name in others:
+            setattr(owner, name, getattr(*first))
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise _NeedsRealBuild("a tensor outside the state")
+    return model
+
+
+def _shared_parameters(model: nn.Module) -> list:
+    """Groups of (module, name) holding one parameter object (tied weights): the first, then the
+    others."""
+    seen: dict[int, list] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                seen.setdefault(id(p), []).append((module, name))
+    return [(places[0], places[1:]) for places in seen.values() if len(places) > 1]
 
 
 def _checksum(tensors: dict[str, torch.Tensor], recipe: str) -> str:
@@ -211,149 +225,3 @@ def _checksum(tensors: dict[str, torch.Tensor], recipe: str) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-#: the longest chain of conversions a file may hold
-MAX_CHAIN = 16
-
-
-def _check_recipe(recipe, path, depth: int = 0) -> None:
-    if not isinstance(recipe, dict):
-        raise FileFormatError(f"the recipe in {path} is not a JSON object")
-    if depth == 0 and recipe.get("version") != VERSION:
-        raise FileFormatError(
-            f"{path} has recipe version {recipe.get('version')}; this reverso reads version {VERSION}"
-        )
-    if recipe.get("transform") not in TRANSFORMS:
-        raise FileFormatError(f"{path}: unknown transform {recipe.get('transform')!r}")
-    if "base" in recipe:  # the conversion before this one
-        if "source" in recipe or depth >= MAX_CHAIN:
-            raise FileFormatError(
-                f"{path}: a recipe step names both a source and a base, or the chain is longer "
-                f"than {MAX_CHAIN}"
-            )
-        _check_recipe(recipe["base"], path, depth + 1)
-        return
-    source = recipe.get("source")
-    if not isinstance(source, dict) or not (("timm" in source) ^ ("factory" in source)):
-        raise FileFormatError(f"{path}: the recipe's source must name a timm model or a factory")
-    if not isinstance(source.get("kwargs", {}), dict):
-        raise FileFormatError(f"{path}: the source's kwargs must be a JSON object")
-
-
-def _build(recipe: dict, trust: tuple[str, ...], path: Path) -> nn.Module:
-    from reverso.compiler.pipeline import Pipeline
-    from reverso.convert import transforms
-    from reverso.convert.topdown import topdown
-
-    if "base" in recipe:  # a chain: first rebuild the network this conversion was applied to
-        source = _build(recipe["base"], trust, path)
-    else:
-        source = _source_model(recipe["source"], trust, path)
-    transform = recipe["transform"]
-    input_size = tuple(recipe["input_size"]) if recipe.get("input_size") else None
-    leaves = [_leaf(name, trust, path) for name in recipe.get("leaf_modules", [])]
-    try:
-        if transform == "none":
-            return source
-        if transform == "njet":
-            kwargs = dict(recipe["kwargs"], init="random")  # the weights come from the file
-            return transforms.njet(source, input_size=input_size, **kwargs)
-        if transform in ("frames", "steerable", "hierarchical"):
-            from reverso.convert import structured
-
-            return getattr(structured, transform)(source, input_size, **recipe["kwargs"])
-        if transform in ("checkpoint", "reversible"):
-            return getattr(transforms, transform)(source, input_size, **recipe["kwargs"])
-        if transform == "antialias":
-            return transforms.antialias(
-                source, input_size=input_size, leaf_modules=leaves, **recipe["kwargs"]
-            )
-        passes = []
-        for config in _split_passes(recipe.get("pipeline", [])):
-            from reverso.passes import get
-
-            kwargs = dict(config["kwargs"])
-            if config["name"] == "njet":
-                kwargs["init"] = "random"
-            passes.append(get(config["name"])(**kwargs))
-        options = dict(recipe.get("options", {}))
-        width = options.pop("width", None)
-        if width is not None:  # a uniform width is given as the arrangement
-            options["arrangement"] = width
-        return topdown(
-            source, input_size=input_size, passes=Pipeline(passes), leaf_modules=leaves, **options
-        )
-    except ReversoError:
-        raise
-    except (TypeError, KeyError, ValueError) as err:
-        raise FileFormatError(
-            f"{path}: the recipe's options do not rebuild a model ({err!r})"
-        ) from err
-
-
-def _source_model(source: dict, trust: tuple[str, ...], path: Path) -> nn.Module:
-    kwargs = source.get("kwargs", {})
-    if "timm" in source:
-        import timm
-
-        if not timm.is_model(source["timm"]):
-            raise FileFormatError(
-                f"{path}: timm has no model {source['timm']!r} (timm {timm.__version__})"
-            )
-        return timm.create_model(source["timm"], pretrained=False, **kwargs)
-    module, _, name = source["factory"].partition(":")
-    if module == "reverso.models" and name in models.MODELS:
-        return models.create(name, **kwargs)  # with the paper's input size
-    factory = _trusted(source["factory"], trust, path)
-    built = factory(**kwargs)
-    if not isinstance(built, nn.Module):
-        raise FileFormatError(
-            f"{path}: {source['factory']} returned {type(built).__name__}, not a module"
-        )
-    built.reverso_source = dict(source)
-    return built
-
-
-def _trusted(spec: str, trust: tuple[str, ...], path: Path):
-    """Import ``package.module:name`` if its package is trusted."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise FileFormatError(f"{path}: {spec!r} is not 'package.module:name'")
-    module_name, _, attr = spec.partition(":")
-    package = module_name.split(".")[0]
-    if package not in TRUSTED + trust:
-        raise ReversoError(
-            f"{path} asks to build its model with {spec}; reverso only calls code from packages "
-            f"you trust. If you trust this file, pass trust=[{package!r}] to reverso.load"
-        )
-    try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise FileFormatError(f"{path}: cannot import {spec} ({err})") from err
-    if not callable(obj):
-        raise FileFormatError(f"{path}: {spec} is not callable")
-    return obj
-
-
-def _leaf(name: str, trust: tuple[str, ...], path: Path):
-    """A recorded leaf module: a module path as is, a class as ``package.module:Class``."""
-    if ":" not in name:
-        return name
-    package = name.split(".")[0].split(":")[0]
-    if package in ("torch", "timm", "torchvision"):
-        trust = (*trust, package)
-    return _trusted(name, trust, path)
-
-
-def _split_passes(configs: list[dict]) -> list[dict]:
-    """A pipeline saved before ``downsample_to_upsample`` was split (reverso 0.1.0 files) gets the
-    passes that now do its other rewrites, around it: the same network is built."""
-    names = [c.get("name") for c in configs]
-    if "downsample_to_upsample" not in names or "stride_one" in names:
-        return configs
-    i = names.index("downsample_to_upsample")
-    stride_one = {"name": "stride_one", "kwargs": {}}
-    drop = {"name": "drop_projections", "kwargs": {}}
-    return [*configs[:i], stride_one, configs[i], drop, *configs[i + 1 :]]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from reverso.convert.transforms import module_swap
+from reverso.convert.steps import graph_rewrite, module_swap
+from reverso.options import FramesOptions, SteerableOptions
 
 
 def frames(
@@ -29,10 +30,12 @@ def frames(
     """
     from reverso.passes.frames import swap_convs_for_frames
 
-    return module_swap(
-        model, input_size, "frames", {"frame": frame, "sigma": sigma},
-        lambda m: setattr(m, "frames_report", swap_convs_for_frames(m, frame=frame, sigma=sigma)),
-    )  # fmt: skip
+    settings = FramesOptions.from_dict({"frame": frame, "sigma": sigma})
+
+    def swap(m: nn.Module) -> None:
+        m.frames_report = swap_convs_for_frames(m, **settings.to_json())
+
+    return module_swap(model, input_size, settings, swap)
 
 
 def steerable(
@@ -57,17 +60,20 @@ def steerable(
     per input channel (``"per_in"``) or per pixel (``"shared"``); ``mode``: ``"angle"`` (one
     angle, trig gates) or ``"free"`` (the gates themselves).
     """
-    from reverso.convert.transforms import _graph_rewrite
-    from reverso.passes.steerable import Steerable, check_options, swap_convs_for_steerable
+    from reverso.passes.steerable import Steerable, swap_convs_for_steerable
 
-    check_options(unit, pose, mode, every, order, sigma)
-    settings = {"order": order, "sigma": sigma, "pose": pose, "mode": mode, "every": every}
+    settings = SteerableOptions.from_dict(
+        {"unit": unit, "order": order, "sigma": sigma, "pose": pose, "mode": mode, "every": every}
+    )
     if unit == "block":
-        return _graph_rewrite(model, input_size, Steerable(unit="block", **settings))
-    return module_swap(
-        model, input_size, "steerable", {"unit": unit, **settings},
-        lambda m: setattr(m, "steerable_report", swap_convs_for_steerable(m, **settings)),
-    )  # fmt: skip
+        return graph_rewrite(model, input_size, Steerable(**settings.to_json()))
+
+    def swap(m: nn.Module) -> None:
+        kwargs = settings.to_json()
+        del kwargs["unit"]
+        m.steerable_report = swap_convs_for_steerable(m, **kwargs)
+
+    return module_swap(model, input_size, settings, swap)
 
 
 def hierarchical(
@@ -87,12 +93,10 @@ def hierarchical(
     ``"plus"`` (ELU between the spatial and the attribute filters) or ``"linear"``. Residual
     models are refused. A GraphModule comes back (a TopDownNet stays one).
     """
-    from reverso.convert.transforms import _graph_rewrite
-    from reverso.passes.hierarchical import Hierarchical, check_options
+    from reverso.passes.hierarchical import Hierarchical
 
-    check_options(K, variant, head, Q, attr_kernel)
     step = Hierarchical(K=K, Q=Q, variant=variant, head=head, attr_kernel=attr_kernel)
-    return _graph_rewrite(model, input_size, step)
+    return graph_rewrite(model, input_size, step)
 
 
 def collapse_frames(model: nn.Module) -> nn.Module:

@@ -16,7 +16,6 @@ This is the file to read first. Each step is one call:
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable
 
@@ -25,12 +24,13 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from reverso import ir
 from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
 from reverso.convert.network import TopDownNet, emit
-from reverso.convert.saving import origin
+from reverso.convert.recipe import PassConfig, Recipe, origin
+from reverso.convert.steps import working_copy
+from reverso.convert.transforms import with_memory
 from reverso.errors import (
     InputSizeError,
     OptionError,
@@ -39,12 +39,17 @@ from reverso.errors import (
     UnsupportedTopologyError,
 )
 from reverso.frontend.provenance import SourceModel, qualified_name
-from reverso.frontend.tracing import model_dtype, resolve_input_size, resolve_model, trace
+from reverso.frontend.tracing import (
+    check_leaves,
+    model_dtype,
+    resolve_input_size,
+    resolve_model,
+    trace,
+)
 from reverso.ir.modes import evaluating
-from reverso.ir.shapes import mark_shapes_current
+from reverso.options import NJetOptions, TopDownOptions
 from reverso.passes import NJet, default_pipeline
 from reverso.planner.context import CompileContext, prototypes_of
-from reverso.planner.options import TopDownOptions
 from reverso.planner.plan import make_plan
 
 
@@ -89,19 +94,23 @@ def topdown(
     """
     options = TopDownOptions.create(arrangement, merge, upsample, pyramid, memory, merge_width)
     pipeline = _pipeline(passes)
-    if njet and "njet" not in pipeline.names:
-        pipeline = Pipeline(
-            [*pipeline, NJet(**(njet if isinstance(njet, dict) else {}))],
-            dump_dir=pipeline.dump_dir,
-        )
+    if njet not in (False, None) and "njet" not in pipeline.names:
+        settings = _njet_options(njet)
+        pipeline = Pipeline([*pipeline, NJet(**settings)], dump_dir=pipeline.dump_dir)
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
+    leaf_modules = check_leaves(leaf_modules)
+    leaves = tuple(qualified_name(t) for t in leaf_modules)  # "package.module:Class"
 
     def convert(size) -> TopDownNet:
         ctx = compile_context(model, size, options, leaf_modules)
         gm = pipeline.run(working_copy(ctx.bu), ctx)
         check_same_output(ctx.bu, gm, type(model).__name__)
-        net = emit(gm, ctx, origin=origin(model))
+        configs = tuple(PassConfig.of(p) for p in pipeline)
+        recipe = Recipe(
+            "topdown", options, tuple(size), pipeline=configs, leaf_modules=leaves, **origin(model)
+        )
+        net = emit(gm, ctx, recipe)
         check_runs(net, ctx)
         return net
 
@@ -110,12 +119,20 @@ def topdown(
     except PassError as err:
         refuse_if_too_small(err, convert, input_size, type(model).__name__)
         raise
+    recipe = net.reverso_recipe
     net = with_memory(net, options.memory)
-    vars(net).pop("reverso_recipe", None)  # memory= is an option of the top-down recipe itself
+    net.reverso_recipe = recipe  # memory= is an option of the top-down recipe itself
     net.reverso_source_model = SourceModel.original(model)
-    net.recipe["pipeline"] = [p.config() for p in pipeline]
-    net.recipe["leaf_modules"] = [qualified_name(t) for t in leaf_modules]  # "pkg.mod:Class"
     return net
+
+
+def _njet_options(njet) -> dict:
+    """``topdown(njet=...)``: True, or a dict of :class:`~reverso.options.NJetOptions`."""
+    if njet is True:
+        return {}
+    if not isinstance(njet, dict):
+        raise OptionError(f"njet must be False, True or a dict of N-Jet options, got {njet!r}")
+    return NJetOptions.from_dict(njet, where="njet").to_json()
 
 
 def compile_context(
@@ -133,21 +150,6 @@ def compile_context(
         report=report,
         plan=make_plan(report, options, bu),
         prototypes=prototypes_of(bu, report),
-    )
-
-
-def with_memory(net: nn.Module, memory: str | None, input_size=None) -> nn.Module:
-    """``net`` as it trains with ``memory`` (see :func:`topdown`)."""
-    from reverso.convert.transforms import checkpoint, reversible
-
-    if memory is None:
-        return net
-    if memory == "checkpoint":
-        return checkpoint(net, input_size)
-    if memory == "reversible":  # post-activation trunks move their activation into the next unit
-        return checkpoint(reversible(net, input_size, post_act="move"), input_size)
-    raise OptionError(
-        f"memory={memory!r} is not supported; choose None, 'checkpoint' or 'reversible'"
     )
 
 
@@ -227,20 +229,6 @@ def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
             "Its shapes checked out on meta tensors, so this is a bug of reverso's: please report "
             "it with the model"
         ) from err
-
-
-def working_copy(bu: fx.GraphModule) -> fx.GraphModule:
-    """A GraphModule with its own graph (and tags) whose modules are the bottom-up ones.
-
-    Passes never change a module in place (they install new ones), so sharing is safe; the
-    emitted network copies whatever it still shares with the user's model.
-    """
-    graph = copy.deepcopy(bu.graph)
-    for n in graph.nodes:
-        ir.copy_tags(n, n)  # a record of its own (node copies share their meta's values)
-    gm = fx.GraphModule(bu, graph, class_name=type(bu).__name__)
-    mark_shapes_current(gm)  # the copied nodes carry the traced shapes
-    return gm
 
 
 def _pipeline(passes) -> Pipeline:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch.fx as fx
@@ -11,16 +10,14 @@ from torch import nn
 
 from reverso import ir
 from reverso.compiler.pipeline import Pipeline
-from reverso.convert.saving import origin
-from reverso.errors import OptionError, ReversoError
-from reverso.frontend.provenance import SourceModel
-from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
-from reverso.ir.shapes import propagate
-from reverso.nn.reversible import InvertibleGraphModule
+from reverso.convert.recipe import Recipe, origin
+from reverso.convert.steps import graph_rewrite, keep_model_attributes, module_swap, working_copy
+from reverso.errors import OptionError, check_choice
+from reverso.frontend.provenance import SourceModel, qualified_name
+from reverso.frontend.tracing import check_leaves, resolve_input_size, resolve_model, trace
+from reverso.names import MEMORY_MODES
+from reverso.options import NJetOptions
 from reverso.planner.context import Context
-
-#: timm-style attributes a rewritten model keeps
-MODEL_ATTRIBUTES = ("num_classes", "num_features", "pretrained_cfg", "default_cfg", "feature_info")
 
 
 def njet(
@@ -46,18 +43,16 @@ def njet(
     """
     from reverso.passes.njet import swap_spatial_convs
 
-    kwargs = {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
-    converted = module_swap(
-        model, input_size, "njet", kwargs | layer_kwargs,
-        lambda m: setattr(m, "njet_report", swap_spatial_convs(m, **kwargs, **layer_kwargs)),
-    )  # fmt: skip
-    if memory is not None:
-        from reverso.convert.topdown import with_memory
+    values = {"order": order, "sigma": sigma, "learn_sigma": learn_sigma, "init": init}
+    settings = NJetOptions.from_dict(values | layer_kwargs)
+    check_choice("memory", memory, MEMORY_MODES)
 
-        recorded = converted.reverso_recipe["input_size"]  # the size resolved and checked
-        input_size = tuple(recorded) if recorded is not None else None
-        converted = with_memory(converted, memory, input_size)
-    return converted
+    def swap(m: nn.Module) -> None:
+        m.njet_report = swap_spatial_convs(m, **settings.to_json())
+
+    converted = module_swap(model, input_size, settings, swap)
+    # the size resolved and checked
+    return with_memory(converted, memory, converted.reverso_recipe.input_size)
 
 
 def antialias(
@@ -83,8 +78,6 @@ def antialias(
     ``checkpoint=`` (a path or a state_dict) loads one of its checkpoints by the name mapping of
     :func:`reverso.convert.official.official_state_dict`.
     """
-    from reverso.convert.topdown import working_copy
-    from reverso.frontend.provenance import qualified_name
     from reverso.passes.antialias import Antialias
 
     if checkpoint is not None and variant != "official":
@@ -92,25 +85,21 @@ def antialias(
             "antialias: checkpoint= loads an official antialiased-cnns checkpoint, whose model is "
             "variant='official'; pass it, or load your own weights with load_state_dict"
         )
+    rewrite = Antialias(filter_size=filter_size, stem=stem, pad_mode=pad_mode, variant=variant)
+    leaf_modules = check_leaves(leaf_modules)
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
     traced = trace(model, input_size, leaf_modules=leaf_modules)
     ctx = Context(model, input_size)
-    rewrite = Antialias(filter_size=filter_size, stem=stem, pad_mode=pad_mode, variant=variant)
     gm = Pipeline([rewrite]).run(working_copy(traced), ctx)
     gm = ir.own_copy(gm, model)
-    for name in MODEL_ATTRIBUTES:
-        if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
-            setattr(gm, name, copy.deepcopy(getattr(model, name)))
+    keep_model_attributes(gm, model)
     gm.antialiased = ctx.state.get("antialiased", [])
     gm.reverso_source_model = SourceModel.original(model)
-    gm.reverso_recipe = {
-        "transform": "antialias",
-        **origin(model),
-        "input_size": list(input_size),
-        "kwargs": rewrite.options(),
-        "leaf_modules": [qualified_name(t) for t in leaf_modules],
-    }
+    leaves = tuple(qualified_name(t) for t in leaf_modules)
+    gm.reverso_recipe = Recipe(
+        "antialias", rewrite.settings, input_size, leaf_modules=leaves, **origin(model)
+    )
     if checkpoint is not None:
         from reverso.convert.official import official_state_dict
 
@@ -133,7 +122,7 @@ def checkpoint(
     """
     from reverso.passes.checkpoint import Checkpoint
 
-    return _graph_rewrite(model, input_size, Checkpoint(budget=budget))
+    return graph_rewrite(model, input_size, Checkpoint(budget=budget))
 
 
 def reversible(
@@ -163,78 +152,18 @@ def reversible(
     step = Reversible(
         transitions=transitions, stem=stem, memory_saving=memory_saving, mid=mid, post_act=post_act
     )
-    return _graph_rewrite(model, input_size, step)
+    return graph_rewrite(model, input_size, step)
 
 
-def module_swap(model, input_size, transform: str, kwargs: dict, swap) -> nn.Module:
-    """A copy of ``model`` (same class) changed in place by ``swap(copy)``, with its output shape
-    checked when an input size is known and the recipe that rebuilds it (``transform`` and
-    ``kwargs``) recorded."""
-    model = resolve_model(model)
-    converted = copy.deepcopy(model)
-    converted.reverso_source_model = SourceModel.original(model)
-    swap(converted)
-    if input_size is not None or getattr(model, "pretrained_cfg", None):
-        input_size = resolve_input_size(model, input_size)
-        _check_same_output(model, converted, input_size)
-    converted.reverso_recipe = {
-        "transform": transform,
-        **origin(model),
-        "input_size": list(input_size) if input_size is not None else None,
-        "kwargs": kwargs,
-    }
-    return converted
-
-
-def _graph_rewrite(model, input_size, step) -> nn.Module:
-    """Run one graph pass on a traced copy of ``model`` (on a TopDownNet's features)."""
-    from reverso.convert.network import TopDownNet
-    from reverso.convert.topdown import working_copy
-
-    model = resolve_model(model)
-    batch, size = _batch_and_size(model, input_size)
-    ctx = Context(model, size)
-    ctx.state["batch"] = batch
-    if isinstance(model, TopDownNet):
-        gm = copy.deepcopy(model)
-        propagate(gm.features, ctx.example_input())
-        gm.features = Pipeline([step]).run(gm.features, ctx)
-    else:
-        gm = ir.own_copy(working_copy(trace(model, size)), model)
-        gm = Pipeline([step]).run(gm, ctx)
-        if step.options().get("stem") == step.options().get("transitions") == "psi":
-            gm = InvertibleGraphModule(gm, gm.graph, class_name=type(model).__name__)
-        for name in MODEL_ATTRIBUTES:
-            if hasattr(model, name) and not isinstance(getattr(model, name), nn.Module):
-                setattr(gm, name, copy.deepcopy(getattr(model, name)))
-    gm.reverso_source_model = SourceModel.original(model)
-    gm.reverso_recipe = {
-        "transform": step.name,
-        **origin(model),
-        "input_size": list(size),
-        "kwargs": step.options(),
-    }
-    return gm
-
-
-def _batch_and_size(model: nn.Module, input_size) -> tuple[int, tuple[int, int, int]]:
-    """``(N, C, H, W)`` or ``(C, H, W)`` -> (N or 1, (C, H, W))."""
-    if input_size is not None and not isinstance(input_size, str) and len(input_size) == 4:
-        return int(input_size[0]), resolve_input_size(model, tuple(input_size[1:]))
-    if input_size is None and hasattr(model, "recipe"):  # a TopDownNet knows its size
-        input_size = model.recipe.get("input_size")
-    return 1, resolve_input_size(model, input_size)
-
-
-def _check_same_output(original: nn.Module, converted: nn.Module, input_size) -> None:
-    a = _output_shape(original, input_size)
-    b = _output_shape(converted, input_size)
-    if a != b:  # pragma: no cover - guarded by the size-preserving padding
-        raise ReversoError(f"the converted model outputs {b} instead of {a} for input {input_size}")
-
-
-def _output_shape(model: nn.Module, input_size):
-    """The shape of each tensor the model returns (a tuple, list or dict of them too)."""
-    gm = trace(model, input_size)
-    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    return fx.node.map_arg(output, lambda n: tuple(getattr(n.meta.get("val"), "shape", ())))
+def with_memory(net: nn.Module, memory: str | None, input_size=None) -> nn.Module:
+    """``net`` as it trains with ``memory`` (``None``, ``"checkpoint"`` or ``"reversible"``; see
+    :func:`reverso.topdown`)."""
+    if memory is None:
+        return net
+    if memory == "checkpoint":
+        return checkpoint(net, input_size)
+    if memory == "reversible":  # post-activation trunks move their activation into the next unit
+        return checkpoint(reversible(net, input_size, post_act="move"), input_size)
+    raise OptionError(
+        f"memory={memory!r} is not supported; choose None, 'checkpoint' or 'reversible'"
+    )

@@ -1,30 +1,27 @@
 """Where a model came from, so that :func:`reverso.load` can rebuild it from a file.
 
-A source is ``{"timm": name, "kwargs": {...}}`` for timm models, or
-``{"factory": "package.module:function", "kwargs": {...}}`` for models built by a function:
-reverso's reference models, torchvision's builders (recognised from the model's structure), or
-any factory named with :func:`remember_source`.
+The answer is a :class:`~reverso.frontend.sources.Source`: a timm model (from its
+``pretrained_cfg``), one of reverso's reference models, a torchvision builder (recognised from the
+model's structure), or a factory named with :func:`remember_source`.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from reverso.errors import OptionError
+from reverso.frontend.sources import Source, check_factory_name, check_kwargs
 
 
-def source_of(model: nn.Module) -> dict | None:
-    """Where ``model`` came from, as :func:`reverso.load` rebuilds it: ``{"timm": name, "kwargs"}``
-    for timm models, ``{"factory": "package.module:function", "kwargs"}`` for models built by
-    :func:`reverso.models.create` or marked with :func:`remember_source`; None otherwise."""
-    remembered = getattr(model, "reverso_source", None)
+def source_of(model: nn.Module) -> Source | None:
+    """Where ``model`` came from, as :func:`reverso.load` rebuilds it: a timm model, a model built
+    by :func:`reverso.models.create` or marked with :func:`remember_source`; None otherwise."""
+    remembered = getattr(model, "reverso_source", None)  # the JSON form of a Source
     if remembered is not None:
-        return copy.deepcopy(remembered)
+        return Source.from_json(remembered, f"{type(model).__name__}.reverso_source", OptionError)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     arch = cfg.get("architecture")
     if arch is None or not type(model).__module__.startswith("timm."):
@@ -35,15 +32,16 @@ def source_of(model: nn.Module) -> dict | None:
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None:
         kwargs["in_chans"] = first_conv.in_channels
-    return {"timm": arch, "kwargs": kwargs}
+    return Source("timm", arch, kwargs)
 
 
 def remember_source(model: nn.Module, factory: str, **kwargs) -> nn.Module:
-    """Mark ``model`` as built by ``factory(**kwargs)`` (``"package.module:function"``) so that a
-    converted copy saved with :func:`reverso.save` can be rebuilt by :func:`reverso.load`."""
-    if not isinstance(factory, str) or factory.count(":") != 1:
-        raise OptionError(f"factory must be 'package.module:function', got {factory!r}")
-    model.reverso_source = {"factory": factory, "kwargs": dict(kwargs)}
+    """Mark ``model`` as built by ``factory(**kwargs)`` (``"package.module:function"``, with
+    keyword arguments that are JSON scalars) so that a converted copy saved with
+    :func:`reverso.save` can be rebuilt by :func:`reverso.load` (given ``trust=``)."""
+    check_factory_name(factory, "factory", OptionError)
+    source = Source("factory", factory, check_kwargs(kwargs, "source_kwargs", OptionError))
+    model.reverso_source = source.to_json()
     return model
 
 
@@ -78,17 +76,16 @@ class SourceModel:
 
 
 @functools.lru_cache(maxsize=32)  # saving the same model again is instant
-def torchvision_source(source: SourceModel) -> dict | None:
-    """``{"factory": "torchvision.models:NAME", "kwargs": {...}}`` when a torchvision builder of
-    the same module, called with no weights and the same ``num_classes``, gives exactly the
-    model's state (names and shapes); None when none does."""
+def torchvision_source(source: SourceModel) -> Source | None:
+    """The torchvision builder of the same module that, called with no weights and the same
+    ``num_classes``, gives exactly the model's state (names and shapes); None when none does."""
     module = source.class_name.partition(":")[0]
     if not module.startswith("torchvision.models"):
         return None
     import torchvision.models as tvm
 
     wanted = dict(source.shapes)
-    for name in sorted(tvm.list_models()):
+    for name in sorted(tvm.list_models(module=tvm)):
         builder = tvm.get_model_builder(name)
         if builder.__module__ != module:
             continue
@@ -100,14 +97,16 @@ def torchvision_source(source: SourceModel) -> dict | None:
                 kwargs = {"num_classes": classes}
                 shapes = _built_shapes(builder, kwargs)
         if shapes == wanted:
-            return {"factory": f"torchvision.models:{name}", "kwargs": kwargs}
-    return None  # the caller copies what it keeps: the cached dicts are shared
+            return Source("torchvision", name, kwargs)
+    return None
 
 
 def _built_shapes(builder, kwargs: dict) -> dict | None:
-    """The state shapes of ``builder(weights=None, **kwargs)``, built on the meta device."""
+    """The state shapes of ``builder(weights=None, **kwargs)``, built without weights."""
+    from reverso.frontend.meta import weightless
+
     try:
-        with torch.device("meta"):
+        with weightless():
             model = builder(weights=None, **kwargs)
     except Exception:  # some builders cannot run on meta tensors: they are not candidates
         return None

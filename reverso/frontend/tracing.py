@@ -60,18 +60,28 @@ def register_timm_norm_shapes() -> None:
             register_shape_rule(getattr(tl, name), channel_norm_rule)
 
 
+def check_leaves(leaf_modules: Iterable[type | str]) -> list[type | str]:
+    """``leaf_modules`` as a list, each entry a module class or a qualified module name."""
+    if isinstance(leaf_modules, (str, type)) or not isinstance(leaf_modules, Iterable):
+        raise OptionError(
+            f"leaf_modules must list module classes or qualified module names, got {leaf_modules!r}"
+        )
+    leaves = list(leaf_modules)
+    for leaf in leaves:
+        if not (isinstance(leaf, str) or (isinstance(leaf, type) and issubclass(leaf, nn.Module))):
+            raise OptionError(
+                f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
+            )
+    return leaves
+
+
 class ReversoTracer(fx.Tracer):
     """A torch.fx tracer that keeps timm's notrace modules, registered layers and user leaves whole."""
 
     def __init__(self, leaf_modules: Iterable[type | str] = ()):
         timm_modules, timm_functions = _timm_leaves()
         super().__init__(autowrap_functions=timm_functions)
-        leaf_modules = list(leaf_modules)
-        for leaf in leaf_modules:
-            if not isinstance(leaf, (str, type)):
-                raise OptionError(
-                    f"leaf_modules entries must be module classes or qualified module names, got {leaf!r}"
-                )
+        leaf_modules = check_leaves(leaf_modules)
         from reverso.nn import LAYERS
 
         self.leaf_types = (

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError
+from reverso.names import PAD_MODES
 
 from .filters import FixedBuffers, binomial_taps
 from .layout import contiguous_like
 
-PAD_MODES = ("reflect", "replicate", "zeros")
 #: antialiased-cnns' ``pad_type`` names -> ``pad_mode``
 OFFICIAL_PAD_TYPES = {
     "refl": "reflect", "reflect": "reflect", "repl": "replicate", "replicate": "replicate",

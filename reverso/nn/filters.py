@@ -44,7 +44,11 @@ class FixedBuffers:
         raise NotImplementedError
 
     def register_fixed_buffers(self) -> None:
-        for name, value in self.fixed_buffers().items():
+        """Register the buffers, computed on the CPU (they are small and read back while a layer
+        is built; a layer made on another device is moved with its model)."""
+        with torch.device("cpu"):
+            values = self.fixed_buffers()
+        for name, value in values.items():
             self.register_buffer(name, value, persistent=False)
 
     def init_non_persistent_buffers(self) -> None:

@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError
+from reverso.names import FRAMES
 
 from .filters import FixedBuffers
 from .gaussian import gaussian_derivatives_1d
-
-FRAMES = ("pixel", "gauss9", "framelet", "naive")
 
 _FRAMELET = (
     (0.25, 0.5, 0.25),

@@ -23,8 +23,7 @@ import math
 import torch
 
 from reverso.errors import OptionError
-
-SIZE_RULES = ("paper", "reference")
+from reverso.names import NJET_SIZE_RULES
 
 
 def basis_indices(order: int) -> list[tuple[int, int]]:
@@ -45,8 +44,8 @@ def basis_size(order: int) -> int:
 def radius_for(sigma: float, extent: float = 2.0, size_rule: str = "paper") -> int:
     """Half-width of the kernel: ceil(k sigma) (paper: size 2 ceil(k sigma) + 1) or
     ceil(k sigma + 0.5) (reference code: size 2 ceil(k sigma + 0.5) + 1)."""
-    if size_rule not in SIZE_RULES:
-        raise OptionError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
+    if size_rule not in NJET_SIZE_RULES:
+        raise OptionError(f"size_rule must be one of {NJET_SIZE_RULES}, got {size_rule!r}")
     return math.ceil(extent * sigma + (0.5 if size_rule == "reference" else 0.0) - 1e-9)
 
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError
+from reverso.names import HCNN_VARIANTS
 
 PADDINGS = ("zeros", "circular")
-VARIANTS = ("plus", "linear")
 
 
 class HConv2d(nn.Module):
@@ -57,9 +57,13 @@ class HConv2d(nn.Module):
         marginal: str = "mean",
     ):
         super().__init__()
-        if padding not in PADDINGS or variant not in VARIANTS or marginal not in ("mean", "sum"):
+        if (
+            padding not in PADDINGS
+            or variant not in HCNN_VARIANTS
+            or marginal not in ("mean", "sum")
+        ):
             raise OptionError(
-                f"padding must be one of {PADDINGS}, variant one of {VARIANTS}, marginal mean or sum"
+                f"padding must be one of {PADDINGS}, variant one of {HCNN_VARIANTS}, marginal mean or sum"
             )
         if kernel % 2 == 0 or attr_kernel[0] % 2 == 0 or attr_kernel[1] % 2 == 0:
             raise OptionError(f"kernels must be odd, got {kernel} and {attr_kernel}")

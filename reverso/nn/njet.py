@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError, check_choice
+from reverso.names import NJET_ROUTES, NJET_SIZE_RULES, NJET_SUBSAMPLING_RULES
 
 from .filters import FixedBuffers
 from .gaussian import (
-    SIZE_RULES,
     basis_indices,
     basis_size,
     gaussian_basis_2d,
@@ -34,12 +34,6 @@ from .gaussian import (
 from .host_copy import LaggedHostCopy
 from .layout import memory_format_of
 from .padding import crop_unreached_taps, even_padding, pad4, reached_taps, same_padding
-
-ROUTES = ("auto", "dense", "separable")
-
-
-#: safe-subsampling curves: the paper's (1/2)^(sigma/r), the code's 1 / max(1, 2^sigma / r)
-SUBSAMPLING_RULES = ("paper", "code")
 
 
 class NJetConv2d(FixedBuffers, nn.Module):
@@ -99,9 +93,9 @@ class NJetConv2d(FixedBuffers, nn.Module):
             raise OptionError(f"order must be between 0 and 8, got {order}")
         if not sigmas or min(sigmas) <= 0:
             raise OptionError(f"sigma must be positive, got {sigma!r}")
-        check_choice("size_rule", size_rule, SIZE_RULES)
-        check_choice("subsampling_rule", subsampling_rule, SUBSAMPLING_RULES)
-        check_choice("route", route, ROUTES)
+        check_choice("size_rule", size_rule, NJET_SIZE_RULES)
+        check_choice("subsampling_rule", subsampling_rule, NJET_SUBSAMPLING_RULES)
+        check_choice("route", route, NJET_ROUTES)
         if in_channels % groups or out_channels % groups:
             raise OptionError(
                 f"channels {in_channels}->{out_channels} are not divisible by groups={groups}"

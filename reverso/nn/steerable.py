@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reverso.errors import OptionError
+from reverso.names import STEERABLE_MODES, STEERABLE_POSES
 
 from . import fused_steer
 from .filters import FixedBuffers
@@ -34,9 +35,6 @@ from .gaussian import gaussian_basis_2d, grid, radius_for
 from .padding import output_size
 from .pointwise import pointwise_conv
 from .steering import angle_gates, rotate_responses, steer_responses, steering_terms
-
-POSES = ("per_in", "shared")
-MODES = ("angle", "free")
 
 
 class DynamicSteerableConv2d(FixedBuffers, nn.Module):
@@ -82,8 +80,10 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         min_order: int = 0,
     ):
         super().__init__()
-        if pose not in POSES or mode not in MODES:
-            raise OptionError(f"pose must be one of {POSES} and mode one of {MODES}")
+        if pose not in STEERABLE_POSES or mode not in STEERABLE_MODES:
+            raise OptionError(
+                f"pose must be one of {STEERABLE_POSES} and mode one of {STEERABLE_MODES}"
+            )
         if not 0 <= min_order <= order or order < 1:
             raise OptionError(
                 f"need 0 <= min_order <= order and order >= 1, got {min_order}, {order}"

@@ -1,6 +1,6 @@
-"""The planner: the user's options (:mod:`~reverso.planner.options`), the top-down layout of the
-analysed units (:mod:`~reverso.planner.plan`) and the compile context passes read
-(:mod:`~reverso.planner.context`).
+"""The planner: the top-down layout of the analysed units for the user's options
+(:mod:`~reverso.planner.plan`, options from :mod:`reverso.options`) and the compile context
+passes read (:mod:`~reverso.planner.context`).
 """
 
 from reverso.lazy import submodules

@@ -17,7 +17,7 @@ from reverso import ir
 from reverso.analysis import StageReport
 from reverso.frontend.tracing import example_input, model_dtype
 from reverso.ir import activations
-from reverso.planner.options import TopDownOptions
+from reverso.options import TopDownOptions
 from reverso.planner.plan import TopDownPlan
 from reverso.rewrite.widths import REGISTRY, WidthRegistry
 

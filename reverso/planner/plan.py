@@ -19,7 +19,7 @@ from reverso import ir
 from reverso.analysis import StageReport, Transition
 from reverso.ir import activations
 from reverso.ir.shapes import channels, is_feature_map
-from reverso.planner.options import TopDownOptions
+from reverso.options import TopDownOptions
 
 
 @dataclass
