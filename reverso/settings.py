@@ -15,8 +15,8 @@ VARIABLE = "REVERSO_SMOKE"
 
 
 def smoke() -> bool:
-    """Whether ``REVERSO_SMOKE`` asks for tiny settings."""
-    return os.environ.get(VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+    """Whether ``REVERSO_SMOKE`` asks for tiny settings: ``1``, ``true``, ``yes`` or ``on``."""
+    return os.environ.get(VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def smoke_cap(what: str, **settings: tuple[int, int]) -> dict[str, int]:

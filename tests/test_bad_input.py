@@ -86,9 +86,12 @@ def test_unknown_option_strings(kwargs, name):
     assert "choose one of" in str(info.value) or "positive int" in str(info.value)
 
 
-@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 0, 28), "28x28"])
+@pytest.mark.parametrize(
+    "size", [(28, 28), (1, 28), (1, 0, 28), "28x28", (1, 28.5, 28), (True, 28, 28), (1, 10**5, 28)]
+)
 def test_malformed_input_size(size):
-    with pytest.raises(reverso.InputSizeError, match=r"\(channels, height, width\)"):
+    """Sizes are positive ints within reverso's limits: 28.5 is not read as 28."""
+    with pytest.raises(reverso.InputSizeError, match=r"input_size must be \(C, H, W\): positive"):
         reverso.topdown(LeNetFC(), input_size=size)
 
 

@@ -20,6 +20,14 @@ def test_conversion_memory_is_reported_beside_the_parameter_bytes():
     )  # the target (a small multiple) is the script's to report
 
 
+@pytest.mark.slow  # six fresh processes
+def test_loading_memory_is_reported_beside_the_file_size():
+    rows = load_script("benchmarks", "loading").main(["--models", "resnet18", "--size", "32"])
+    crafted, td = rows
+    assert crafted["outcome"] == "FileFormatError" and crafted["load_mb"] < 50
+    assert td["outcome"] == "loaded" and td["load_mb"] < 4 * td["file_mb"] + 50
+
+
 def test_hand_written_td_resnet32_is_the_emitted_network():
     # main() asserts that the hand-written network reproduces the emitted one's outputs
     result = load_script("benchmarks", "td_resnet32").main(["--batch", "2", "--iters", "1"])

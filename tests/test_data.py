@@ -115,10 +115,11 @@ def test_cifar10_binary_version(tmp_path):
     assert torch.allclose(d.normalize(train_x).mean(0), torch.zeros(3, 32, 32), atol=1e-5)
 
 
-def test_cifar10_python_version_through_torchvision(tmp_path):
+def test_cifar10_python_version_without_unpickling(tmp_path):
     written = write_cifar_python(tmp_path)
-    with pytest.warns(UserWarning, match="not the official CIFAR-10 file"):
-        d = data.cifar10(tmp_path, pixel_mean=False)
+    with pytest.raises(DatasetError, match=r"not the official CIFAR-10 file \(its MD5 differs\)"):
+        data.cifar10(tmp_path)
+    d = data.cifar10(tmp_path, pixel_mean=False, verify=False)  # a copy repacked by the user
     assert d.mean is None and d.classes[0] == "airplane"
     x, y = d.train.batch(torch.arange(4, 8))  # data_batch_2
     np.testing.assert_array_equal((x * 255).round().numpy(), written["data_batch_2"][0])
@@ -139,8 +140,8 @@ def test_corrupt_cifar_files_are_refused(tmp_path):
 def test_corrupt_cifar_pickle_is_refused(tmp_path):
     write_cifar_python(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(DatasetError, match="could not read the batches"), pytest.warns(UserWarning):
-        data.cifar10(tmp_path)
+    with pytest.raises(DatasetError, match="not a readable pickle of arrays"):
+        data.cifar10(tmp_path, verify=False)
 
 
 def write_image_folder(root, classes=("n01440764", "n02102040"), per_class=3, size=(40, 30)):

@@ -1,7 +1,9 @@
 """reverso.save / reverso.load: exact round trips, tampered and foreign files refused, no pickle."""
 
 import json
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import timm
@@ -255,3 +257,22 @@ def test_an_unknown_model_is_named_by_its_own_class(tmp_path):
         reverso.save(td, tmp_path / "td.safetensors")
     message = str(info.value)
     assert "the original LeNetFC (golden_models:LeNetFC)" in message and "TopDownNet" not in message
+
+
+def test_a_file_of_the_first_recipe_format_loads_as_it_was_saved(tmp_path):
+    """tests/data holds a top-down N-Jet LeNetFC saved by reverso before the recipe had a schema
+    (commit c524c7c): the schema reads it, and the network computes what it computed."""
+    data = Path(__file__).parent / "data"
+    net = reverso.load(data / "lenet_fc_topdown_njet_v1.safetensors").eval()
+    expected = load_file(str(data / "lenet_fc_topdown_njet_v1.outputs.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(net(expected["x"]), expected["y"])
+    path = reverso.save(net, tmp_path / "again.safetensors")  # written back in today's form
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert same_outputs(net, reverso.load(path), expected["x"])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -19,9 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from reverso.cli.checks import check_arguments
     from reverso.errors import ReversoError
 
     try:
+        check_arguments(args)
         return args.run(args)
     except ReversoError as err:
         print(f"reverso {args.command}: {in_flags(str(err))}", file=sys.stderr)

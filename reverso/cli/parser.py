@@ -6,6 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from reverso.cli.checks import CLASSES, SIDE, count, number
 from reverso.cli.commands import (
     _attack,
     _convert,
@@ -39,7 +40,9 @@ def _demo_arguments(p) -> None:
         default=Path("reverso-demo"),
         help="folder for the pictures (default: ./reverso-demo)",
     )
-    p.add_argument("--epochs", type=int, default=8, help="training epochs per model (default 8)")
+    p.add_argument(
+        "--epochs", type=count(), default=8, help="training epochs per model (default 8)"
+    )
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
 
 
@@ -48,6 +51,7 @@ def _convert_arguments(p) -> None:
     p.add_argument(
         "-o", "--output", type=Path, required=True, help="the .safetensors file to write"
     )
+    _force_argument(p)
     p.add_argument(
         "--transform",
         choices=("topdown", "njet", "antialias", "frames", "steerable", "hierarchical"),
@@ -61,7 +65,7 @@ def _convert_arguments(p) -> None:
     )
     _topdown_arguments(p)
     p.add_argument(
-        "--filter-size", type=int, default=4, help="antialias: blur filter size (default 4)"
+        "--filter-size", type=count(1, 7), default=4, help="antialias: blur filter size (default 4)"
     )
     p.add_argument(
         "--variant",
@@ -93,7 +97,7 @@ def _erf_arguments(p) -> None:
     )
     _topdown_arguments(p)
     p.add_argument(
-        "--samples", type=int, default=16, help="random inputs to average over (default 16)"
+        "--samples", type=count(), default=16, help="random inputs to average over (default 16)"
     )
     _figure_argument(p, "p.png")
 
@@ -106,17 +110,22 @@ def _train_arguments(p) -> None:
     p.add_argument(
         "--recipe", help="the reference code's settings: mnist, fashion_mnist, cifar10, cifar10_aug"
     )
-    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, else 30)")
-    p.add_argument("--repeats", type=int, default=1, help="runs with reshuffled splits (paper: 4)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, else 128)")
+    p.add_argument("--epochs", type=count(), help="epochs (default: the recipe's, else 30)")
     p.add_argument(
-        "--lr", type=float, help="initial SGD learning rate (default: recipe's, else 0.1)"
+        "--repeats", type=count(), default=1, help="runs with reshuffled splits (paper: 4)"
+    )
+    p.add_argument(
+        "--batch-size", type=count(), help="batch size (default: the recipe's, else 128)"
+    )
+    p.add_argument(
+        "--lr", type=number(), help="initial SGD learning rate (default: recipe's, else 0.1)"
     )
     p.add_argument("--keras-init", action="store_true", help="Keras' initialisation (glorot/he)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--checkpoint", type=Path, help="folder for per-epoch checkpoints (resumable)")
     p.add_argument("-o", "--output", type=Path, help="save the trained model here (.safetensors)")
+    _force_argument(p)
     p.add_argument(
         "--plot", type=Path, help=f"training curves (accuracy and loss per epoch); {FIGURE_HELP}"
     )
@@ -127,8 +136,12 @@ def _attack_arguments(p) -> None:
     _data_arguments(p)
     p.add_argument("--attacks", nargs="+", default=["gaussian_noise"], choices=list(ATTACKS), metavar="ATTACK",
                         help=f"attacks to run (default gaussian_noise); any of {', '.join(ATTACKS)}")  # fmt: skip
-    p.add_argument("--samples", type=int, default=200, help="test images to attack (default 200)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of random attacks (default 3)")
+    p.add_argument(
+        "--samples", type=count(), default=200, help="test images to attack (default 200)"
+    )
+    p.add_argument(
+        "--repeats", type=count(), default=3, help="repeats of random attacks (default 3)"
+    )
     p.add_argument(
         "--budget",
         choices=("paper", "fast"),
@@ -136,7 +149,10 @@ def _attack_arguments(p) -> None:
         help="attack steps: the paper's (default) or a tenth of them (fast, for a first look)",
     )
     p.add_argument(
-        "--levels", type=int, nargs="+", help="top-down only: perturb just these pyramid levels"
+        "--levels",
+        type=count(0),
+        nargs="+",
+        help="top-down only: perturb just these pyramid levels",
     )
     _figure_argument(p, "robustness.png")
 
@@ -145,9 +161,13 @@ def _gradcam_arguments(p) -> None:
     _models_arguments(p)
     _data_arguments(p)
     p.add_argument("--layer", help="the layer (module name) to explain, for every model")
-    p.add_argument("--samples", type=int, default=500, help="test images to evaluate (default 500)")
-    p.add_argument("--count", type=int, default=6, help="images in the picture (default 6)")
-    p.add_argument("-t", "--threshold", type=float, default=0.2, help="object and CAM threshold")
+    p.add_argument(
+        "--samples", type=count(), default=500, help="test images to evaluate (default 500)"
+    )
+    p.add_argument("--count", type=count(), default=6, help="images in the picture (default 6)")
+    p.add_argument(
+        "-t", "--threshold", type=number(0, 1), default=0.2, help="object and CAM threshold"
+    )
     _figure_argument(p, "p.png")
 
 
@@ -233,18 +253,23 @@ def _figure_argument(p, default: str) -> None:
         default=Path(default),
         help=f"{FIGURE_HELP} (default {default})",
     )
+    _force_argument(p)
+
+
+def _force_argument(p) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite the -o file if it exists")
 
 
 def _model_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument(
         "--input-size",
-        type=int,
+        type=SIDE,
         nargs=3,
         metavar=("C", "H", "W"),
         help="input size (default: the model's)",
     )
-    p.add_argument("--num-classes", type=int, help="classes of a freshly built model")
+    p.add_argument("--num-classes", type=CLASSES, help="classes of a freshly built model")
     _trust_argument(p)
 
 
@@ -290,4 +315,4 @@ def _data_arguments(p) -> None:
         type=Path,
         help="folder of a local dataset copy (mnist, fashion_mnist, cifar10, image_folder)",
     )
-    p.add_argument("--size", type=int, help="resize images to SIZE (digits, image_folder)")
+    p.add_argument("--size", type=SIDE, help="resize images to SIZE (digits, image_folder)")

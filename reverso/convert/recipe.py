@@ -172,19 +172,17 @@ class Recipe:
         if dtype not in DTYPES:
             raise error(f"{where}.dtype must be one of {', '.join(DTYPES)}, got {shown(dtype)}")
         step = {k: v for k, v in data.items() if k not in FILE_KEYS}
-        return cls.from_json(step, where, error), dtype
+        return cls.from_json(step, "", lambda message: error(f"{where}: {message}")), dtype
 
     @classmethod
-    def from_json(
-        cls, data, where: str = "recipe", error=FileFormatError, depth: int = 0
-    ) -> Recipe:
+    def from_json(cls, data, where: str = "", error=FileFormatError, depth: int = 0) -> Recipe:
         """One step of a recipe (and the chain below it), every field checked."""
         if not isinstance(data, Mapping):
-            raise error(f"{where} must be a JSON object, got {shown(data)}")
+            raise error(f"{where or 'it'} must be a JSON object, got {shown(data)}")
         transform = data.get("transform")
         if not isinstance(transform, str) or transform not in TRANSFORM_OPTIONS:
             raise error(
-                f"{where}.transform must be one of {', '.join(TRANSFORM_OPTIONS)}, got "
+                f"{_at(where, 'transform')} must be one of {', '.join(TRANSFORM_OPTIONS)}, got "
                 f"{shown(transform)}"
             )
         allowed = {"transform", "input_size", "source", "base", *STEP_KEYS.get(transform, ())}
@@ -193,37 +191,39 @@ class Recipe:
         unknown = sorted(set(data) - allowed, key=str)
         if unknown:
             raise error(
-                f"{where}: unknown key {shown(unknown[0])} for transform {transform!r}; it holds "
+                f"{_at(where, '')}unknown key {shown(unknown[0])} for transform {transform!r}; it holds "
                 f"{', '.join(sorted(allowed))}"
             )
         if ("source" in data) == ("base" in data):
-            raise error(f"{where} must hold either a source or a base (the network converted)")
+            raise error(
+                f"{where or 'it'} must hold either a source or a base (the network converted)"
+            )
         source = base = None
         if "base" in data:
             if depth + 1 >= MAX_CHAIN:
-                raise error(f"{where}: a chain of more than {MAX_CHAIN} conversions")
-            base = cls.from_json(data["base"], f"{where}.base", error, depth + 1)
+                raise error(f"{_at(where, '')}a chain of more than {MAX_CHAIN} conversions")
+            base = cls.from_json(data["base"], _at(where, "base"), error, depth + 1)
         else:
-            source = Source.from_json(data["source"], f"{where}.source", error)
+            source = Source.from_json(data["source"], _at(where, "source"), error)
         size = data.get("input_size")
-        input_size = None if size is None else check_size(size, f"{where}.input_size", error)
+        input_size = None if size is None else check_size(size, _at(where, "input_size"), error)
         option_class = TRANSFORM_OPTIONS[transform]
         options = None
         if option_class is not None:
             key = "options" if transform == "topdown" else "kwargs"
-            options = option_class.from_dict(data.get(key, {}), where=f"{where}.{key}", error=error)
+            options = option_class.from_dict(data.get(key, {}), where=_at(where, key), error=error)
         elif data.get("kwargs"):
-            raise error(f"{where}.kwargs: transform 'none' takes no options")
+            raise error(f"{_at(where, 'kwargs')}: transform 'none' takes no options")
         pipeline = ()
         if transform == "topdown":
-            pipeline = _pipeline(data.get("pipeline", []), f"{where}.pipeline", error)
+            pipeline = _pipeline(data.get("pipeline", []), _at(where, "pipeline"), error)
             names = data.get("passes", [p.name for p in pipeline])
             if (
                 not isinstance(names, list)
                 or len(names) > MAX_ITEMS
                 or not all(isinstance(n, str) and len(n) <= 64 for n in names)
             ):
-                raise error(f"{where}.passes must list pass names, got {shown(names)}")
+                raise error(f"{_at(where, 'passes')} must list pass names, got {shown(names)}")
         leaves = data.get("leaf_modules", [])
         if (
             not isinstance(leaves, list)
@@ -231,10 +231,18 @@ class Recipe:
             or not all(isinstance(n, str) and len(n) <= 200 and n.isascii() for n in leaves)
         ):
             raise error(
-                f"{where}.leaf_modules must list module paths or 'package.module:Class' names, "
+                f"{_at(where, 'leaf_modules')} must list module paths or 'package.module:Class' names, "
                 f"got {shown(leaves)}"
             )
         return cls(transform, options, input_size, source, base, pipeline, tuple(leaves))
+
+
+def _at(where: str, key) -> str:
+    """The path of a field: ``options.merge`` (with key ``""``: ``"options: "``, or nothing at
+    the top)."""
+    if key == "":
+        return f"{where}: " if where else ""
+    return f"{where}.{key}" if where else str(key)
 
 
 def json_depth(text: str) -> int:

@@ -21,6 +21,7 @@ Its memory is therefore a small multiple of the file's tensors, whatever the rec
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -35,7 +36,8 @@ from reverso.errors import FileFormatError, OptionError
 from reverso.frontend.provenance import SourceModel, source_of, torchvision_source
 from reverso.frontend.sources import Source, check_trust
 from reverso.ir.edit import model_dtype
-from reverso.options import check_size
+from reverso.nn.njet import NJetConv2d
+from reverso.options import MAX_SIGMA, check_size
 
 #: fixed buffers (non-persistent: not in the file) a loaded network may hold beyond its tensors
 FIXED_BUFFER_ALLOWANCE = 64 << 20
@@ -147,7 +149,21 @@ def load(
         if dtype != "float32":
             model.to(dtype=getattr(torch, dtype))
         model.load_state_dict(tensors, strict=True)
+    _check_scales(model, path)
     return model.to(device)
+
+
+def _check_scales(model: nn.Module, path: Path) -> None:
+    """The learned scales of N-Jet convs size their kernels: a file's may not ask for kernels
+    larger than a scale of :data:`~reverso.options.MAX_SIGMA` gives."""
+    for name, module in model.named_modules():
+        if isinstance(module, NJetConv2d):
+            sigma = float(module.sigma.detach().max())
+            if math.isfinite(sigma) and sigma > MAX_SIGMA:  # NaN and inf keep the grid
+                raise FileFormatError(
+                    f"{path} holds an N-Jet conv ({name}) of scale {sigma:g}; reverso loads "
+                    f"scales up to {MAX_SIGMA:g} (the kernel grows with the scale)"
+                )
 
 
 def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

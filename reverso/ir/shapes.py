@@ -24,6 +24,7 @@ from torch import nn
 from reverso.errors import InputSizeError
 from reverso.ir.modes import evaluating
 from reverso.ir.shape_rules import FUNCTION_RULES, META, METHOD_RULES, SHAPE_RULES
+from reverso.options import check_size
 
 
 def _zeros_like_meta(v, device):
@@ -232,14 +233,5 @@ def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
 
 
 def check_input_size(input_size) -> tuple[int, int, int]:
-    """Validate and normalise a (C, H, W) input size."""
-    try:
-        size = tuple(int(v) for v in input_size) if not isinstance(input_size, str) else ()
-    except (TypeError, ValueError):
-        size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise InputSizeError(
-            f"input_size must be (channels, height, width) with positive entries, got {input_size!r}; "
-            "for example input_size=(3, 224, 224)"
-        )
-    return size
+    """Validate and normalise a (C, H, W) input size (an :class:`InputSizeError` otherwise)."""
+    return check_size(input_size, "input_size", InputSizeError)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -211,23 +212,26 @@ def _did_you_mean(name, known) -> str:
 
 def check_size(size, where: str = "input_size", error=OptionError, *, batch: bool = False):
     """``size`` as a tuple ``(C, H, W)`` of positive ints (``(N, C, H, W)`` with ``batch``),
-    channels at most :data:`MAX_CHANNELS` and sides at most :data:`MAX_SIDE`; ``error`` otherwise."""
+    channels at most :data:`MAX_CHANNELS` and sides at most :data:`MAX_SIDE`; ``error`` otherwise
+    (a float, even 64.0, is no size)."""
     wanted = "(N, C, H, W)" if batch else "(C, H, W)"
-    if (
-        isinstance(size, (str, bytes))
-        or not isinstance(size, (list, tuple))
-        or not (len(size) == 3 or (batch and len(size) == 4))
-    ):
-        raise error(f"{where} must be {wanted}: three positive ints, got {shown(size)}")
-    limits = [("N", 1 << 20)] * (len(size) - 3) + [
-        ("C", MAX_CHANNELS),
-        ("H", MAX_SIDE),
-        ("W", MAX_SIDE),
-    ]
-    for (name, high), value in zip(limits, size, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise error(
-                f"{where} must be {wanted} with positive ints ({name} at most {high}), "
-                f"got {shown(size)}"
-            )
-    return tuple(int(v) for v in size)
+    limits = f"C at most {MAX_CHANNELS}, H and W at most {MAX_SIDE}"
+    message = (
+        f"{where} must be {wanted}: positive ints ({limits}), got {shown(size)}; for example "
+        f"{where}={(2, 3, 224, 224) if batch else (3, 224, 224)}"
+    )
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__"):
+        raise error(message)
+    if not (len(size) == 3 or (batch and len(size) == 4)):
+        raise error(message)
+    highs = [1 << 20] * (len(size) - 3) + [MAX_CHANNELS, MAX_SIDE, MAX_SIDE]
+    values = []
+    for value, high in zip(size, highs, strict=True):
+        try:
+            value = operator.index(value) if not isinstance(value, bool) else 0
+        except TypeError:
+            value = 0
+        if not 1 <= value <= high:
+            raise error(message)
+        values.append(value)
+    return tuple(values)

@@ -4,13 +4,14 @@ MNIST, Fashion-MNIST, CIFAR-10 and Imagenette-style image folders.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reverso.errors import DatasetError
+from reverso.errors import DatasetError, check_count
+from reverso.study.array_pickle import read_array_pickle
+from reverso.study.image_files import ImageFiles
 from reverso.study.images import Data, TensorImages
 
 MNIST_FILES = (
@@ -73,15 +74,18 @@ CIFAR_CLASSES = [
 ]  # fmt: skip
 
 
-def cifar10(root: str | Path, *, pixel_mean: bool = True) -> Data:
-    """CIFAR-10 from ``root``: the binary version (``cifar-10-batches-bin/``, read without pickle)
-    or the Python version (``cifar-10-batches-py/``, read by torchvision's CIFAR10). With
-    ``pixel_mean`` the training set's per-pixel mean is subtracted (the paper's protocol)."""
+def cifar10(root: str | Path, *, pixel_mean: bool = True, verify: bool = True) -> Data:
+    """CIFAR-10 from ``root``: the binary version (``cifar-10-batches-bin/``) or the Python
+    version (``cifar-10-batches-py/``, read without running any code of the files: only the
+    dicts, lists, strings, bytes and numeric arrays the format holds are built). With ``verify``
+    each Python batch must be the official file (MD5); pass ``verify=False`` for a copy you
+    repacked yourself. With ``pixel_mean`` the training set's per-pixel mean is subtracted (the
+    paper's protocol)."""
     root = Path(root).expanduser()
     if (root / "cifar-10-batches-bin").is_dir():
         train, test = _cifar_binary(root / "cifar-10-batches-bin")
     elif (root / "cifar-10-batches-py").is_dir():
-        train, test = _cifar_python(root)
+        train, test = _cifar_python(root / "cifar-10-batches-py", verify)
     else:
         raise DatasetError(
             f"cifar10: looked in {root} for cifar-10-batches-bin/ (data_batch_1.bin ... "
@@ -118,51 +122,45 @@ def _cifar_binary(folder: Path) -> tuple[TensorImages, TensorImages]:
     return read([f"data_batch_{i}.bin" for i in range(1, 6)]), read(["test_batch.bin"])
 
 
-def _cifar_python(root: Path) -> tuple[TensorImages, TensorImages]:
+def _cifar_python(folder: Path, verify: bool) -> tuple[TensorImages, TensorImages]:
+    """The pickled batches, each a dict with ``data`` (N x 3072 uint8) and ``labels``."""
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
-    class LocalCIFAR10(CIFAR10):
-        """torchvision's reader; a file that differs from the official one is a warning (copies
-        repacked by users are common), a missing file an error."""
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            for name, md5 in (*self.train_list, *self.test_list):
-                if not (folder / name).is_file():
-                    raise DatasetError(f"cifar10: missing {folder / name}")
-                if not check_integrity(str(folder / name), md5):
-                    warnings.warn(
-                        f"{folder / name} is not the official CIFAR-10 file (md5 differs)",
-                        stacklevel=2,
-                    )
-            return True
-
-        def _load_meta(self) -> None:
-            self.classes = CIFAR_CLASSES
-
     splits = []
-    for train in (True, False):
-        try:
-            ds = LocalCIFAR10(str(root), train=train, download=False)
-            images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
-            labels = torch.tensor(ds.targets, dtype=torch.long)
-        except DatasetError:
-            raise
-        except Exception as err:
-            raise DatasetError(
-                f"cifar10: could not read the batches in {root / 'cifar-10-batches-py'} ({err!r}); "
-                "each must be a pickled dict with 'data' (N x 3072 uint8) and 'labels'"
-            ) from err
-        if images.dtype != torch.uint8 or len(images) != len(labels) or int(labels.max()) > 9:
-            raise DatasetError(
-                f"cifar10: the batches in {root} do not hold 32x32x3 uint8 images with labels 0-9"
-            )
-        splits.append(TensorImages(images, labels))
+    for files in (CIFAR10.train_list, CIFAR10.test_list):
+        images, labels = [], []
+        for name, md5 in files:
+            path = folder / name
+            if not path.is_file():
+                raise DatasetError(f"cifar10: missing {path}")
+            if verify and not check_integrity(str(path), md5):
+                raise DatasetError(
+                    f"cifar10: {path} is not the official CIFAR-10 file (its MD5 differs). "
+                    "Replace it with the original, pass verify=False for a copy you repacked "
+                    "yourself, or use the binary version (cifar-10-batches-bin/)"
+                )
+            data, labels_ = _cifar_batch(path)
+            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+            labels.append(torch.from_numpy(labels_))
+        splits.append(TensorImages(torch.cat(images), torch.cat(labels)))
     return splits[0], splits[1]
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One Python batch: its images (N x 3072 uint8) and labels (N int64 in 0..9), checked."""
+    batch = read_array_pickle(path)
+    data = batch.get("data") if isinstance(batch, dict) else None
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    shaped = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+    if not (shaped and data.shape[1] == 3072 and isinstance(labels, list)):
+        raise DatasetError(
+            f"cifar10: {path} does not hold a dict with 'data' (N x 3072 uint8) and 'labels' "
+            "(a list of N ints); the file is corrupt"
+        )
+    if len(labels) != len(data) or not all(type(v) is int and 0 <= v <= 9 for v in labels):
+        raise DatasetError(f"cifar10: {path} has labels other than N ints in 0-9; it is corrupt")
+    return data, np.asarray(labels, dtype=np.int64)
 
 
 def image_folder(
@@ -173,17 +171,18 @@ def image_folder(
     test: str = "val",
     recipe: str | None = None,
 ) -> Data:
-    """An Imagenette-style folder: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``,
-    read with torchvision's ImageFolder; images are resized (shorter side) and centre-cropped to
+    """An Imagenette-style folder: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``
+    (listed as :class:`~reverso.study.image_files.ImageFiles` does: links followed once, only
+    regular image files); images are resized (shorter side) and centre-cropped to
     ``size`` and converted to RGB in [0, 1]. ``recipe="imagenette"`` reads them as the reference
     code does instead: training images resized to 156x156 (for size 128; aspect not kept), a
     random crop, a flip and PCA lighting noise; test images resized to ``size`` x ``size``; the
     per-pixel mean of the (resized) training images is subtracted."""
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
 
     from reverso.study.recipes import imagenette_transforms
 
+    check_count("size", size)
     if recipe not in (None, "imagenette"):
         raise DatasetError(f"image folder: recipe must be None or 'imagenette', got {recipe!r}")
     root = Path(root).expanduser()
@@ -206,14 +205,8 @@ def image_folder(
                 f"image folder: looked for {folder}/<class>/<image> but {folder} does not exist; "
                 f"expected {root}/{train}/ and {root}/{test}/ with one sub-folder per class"
             )
-        try:
-            chosen = train_transform if split == train else test_transform
-            splits[split] = ImageFolder(str(folder), transform=chosen, loader=_open_image)
-        except (FileNotFoundError, RuntimeError) as err:
-            raise DatasetError(
-                f"image folder: {folder} has no class sub-folders with images "
-                f"({', '.join(IMAGE_SUFFIXES)}): {err}"
-            ) from err
+        chosen = train_transform if split == train else test_transform
+        splits[split] = ImageFiles(folder, transform=chosen)
     if splits[train].classes != splits[test].classes:
         raise DatasetError(
             f"image folder: {root / train} and {root / test} have different classes: "
@@ -221,7 +214,7 @@ def image_folder(
         )
     mean = None
     if recipe == "imagenette":  # the per-pixel mean of the training images, read as test ones
-        plain = ImageFolder(str(root / train), transform=test_transform, loader=_open_image)
+        plain = ImageFiles(root / train, transform=test_transform)
         mean = sum(plain[i][0] for i in range(len(plain))) / max(len(plain), 1)
     return Data(
         "image_folder",
@@ -233,15 +226,3 @@ def image_folder(
         root=root,
         recipe=recipe,
     )
-
-
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"image folder: {path} is not a readable image ({err})") from err
