@@ -257,7 +257,7 @@ def test_a_fitting_file_with_a_huge_learned_scale_is_refused(tmp_path):
     with torch.no_grad():
         next(m for m in net.modules() if isinstance(m, reverso.nn.NJetConv2d)).scale.fill_(20.0)
     path = reverso.save(net, tmp_path / "x.safetensors")
-    with pytest.raises(FileFormatError, match="N-Jet conv .* of scale"):
+    with pytest.raises(FileFormatError, match=r"N-Jet conv .* of scale"):
         reverso.load(path)
 
 

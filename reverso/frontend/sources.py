@@ -190,10 +190,10 @@ def _inside(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-def resolve_factory(spec: str, trust: tuple[str, ...], where: str, error=FileFormatError):
-    """The function ``spec`` names, if its package is trusted (see the module)."""
-    module_name, attr = check_factory_name(spec, where, error)
-    package = next((t for t in trust if _inside(module_name, t)), None)
+def _import(module_name: str, trust, where: str, asked: str, error, libraries=()):
+    """The module named exactly ``module_name`` and the package that allowed it: one of
+    ``trust`` (or of ``libraries``) must hold it; it is imported as ``import`` would."""
+    package = next((t for t in (*trust, *libraries) if _inside(module_name, t)), None)
     if package is None:
         top = module_name.split(".")[0]
         suggestion = (
@@ -202,17 +202,23 @@ def resolve_factory(spec: str, trust: tuple[str, ...], where: str, error=FileFor
             else ""
         )
         raise ReversoError(
-            f"{where} asks to build its model with {spec}; reverso only calls code from packages "
-            f"you trust.{suggestion}"
+            f"{where} {asked}; reverso only calls code from packages you trust.{suggestion}"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise error(f"{where}: cannot import {module_name} ({err})") from err
     if module.__name__ != module_name:  # an alias in sys.modules
-        raise error(
-            f"{where}: {module_name} is an alias of {module.__name__}, not a module of {package}"
-        )
+        raise error(f"{where}: {module_name} is an alias of {module.__name__}")
+    return module, package
+
+
+def resolve_factory(spec: str, trust: tuple[str, ...], where: str, error=FileFormatError):
+    """The function ``spec`` names, if its package is trusted (see the module)."""
+    module_name, attr = check_factory_name(spec, where, error)
+    module, package = _import(
+        module_name, trust, where, f"asks to build its model with {spec}", error
+    )
     obj = module.__dict__.get(attr)
     if not (inspect.isfunction(obj) or inspect.isclass(obj)):
         raise error(f"{where}: {spec} is not a function or class defined in {module_name}")
@@ -284,19 +290,8 @@ def resolve_leaf(name, trust: tuple[str, ...], where: str, error=FileFormatError
     module_name, _, qualname = name.partition(":")
     if not DOTTED.match(module_name) or not DOTTED.match(qualname) or "__" in name:
         raise error(f"{where}: {shown(name)} is not 'package.module:Class'")
-    top = module_name.split(".")[0]
-    if top not in ("torch", "timm", "torchvision", "reverso") and not any(
-        _inside(module_name, t) for t in trust
-    ):
-        raise ReversoError(
-            f"{where} names the leaf class {name}; reverso imports classes only from packages "
-            f"you trust. If you trust this file and {top!r} is your own package, pass "
-            f"trust=[{top!r}]"
-        )
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise error(f"{where}: cannot import {module_name} ({err})") from err
+    asked, libraries = f"names the leaf class {name}", ("torch", "timm", "torchvision", "reverso")
+    obj, _ = _import(module_name, trust, where, asked, error, libraries)
     for part in qualname.split("."):
         obj = (obj.__dict__ if inspect.ismodule(obj) else vars(obj)).get(part)
         if not inspect.isclass(obj):
