@@ -141,8 +141,10 @@ def test_gradients_stay_inside_the_exact_receptive_field_of_top_down_nets(upsamp
     td = reverso.topdown(ResNet32(), input_size=size, upsample=upsample, pyramid=pyramid)
     support, rf = check_erf_within_receptive_field(td, size, node="blocks_5_merge")
     assert rf / 2 < max(support) <= rf < 160
-    if upsample == "nearest":  # no interpolation weights vanish: the bound is reached exactly
-        assert max(support) == rf
+    if upsample == "nearest":  # no interpolation weights vanish: the bound is reached, up to the
+        # pixels a nearest upsampling adds for windows that start inside a repeated pixel (the
+        # central unit's window starts on one)
+        assert rf - 2 <= max(support)
 
 
 @pytest.mark.parametrize("norm", [nn.GroupNorm(1, 4), nn.InstanceNorm2d(4, affine=True)])

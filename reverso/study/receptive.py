@@ -13,7 +13,8 @@ Two rule sets:
 * ``rule="exact"``: the discrete support of what actually runs. A blur counts with all its taps
   (a sampled Gaussian has ``2 ceil(3 sigma) + 1`` taps, one more than 6 sigma), and an
   interpolating upsampler (bilinear, or reverso's "blur" mode) reads two coarse pixels per axis, so
-  it adds one coarse jump before dividing it. Under these rules no input gradient of a unit falls
+  it adds one coarse jump before dividing it; a nearest upsampler by f counts as a window of f fine
+  pixels (a window downstream can start anywhere inside a repeated pixel). Under these rules no input gradient of a unit falls
   outside its receptive field, which :func:`reverso.testing.check_erf_within_receptive_field`
   checks.
 """
@@ -278,10 +279,10 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         size = getattr(m, "filter_size", getattr(m, "filt_size", 1))
         return "blurpool", base.through(size, _first(m.stride))
     if isinstance(m, Upsample):  # upsample(x, like): only x's pixels flow through
-        return "upsample", _upsampled(rfs[n.args[0]], m.factor, exact and m.mode != "nearest")
+        return "upsample", _upsampled(rfs[n.args[0]], m.factor, m.mode, exact)
     if isinstance(m, nn.Upsample):
         factor = float(_first(m.scale_factor or 1))
-        return "upsample", _upsampled(base, factor, exact and m.mode != "nearest")
+        return "upsample", _upsampled(base, factor, m.mode, exact)
     if isinstance(m, ImagePyramid):
         return "pyramid", tuple(_pyramid_level(m, level, exact) for level in m.levels)
     if isinstance(m, Merge):
@@ -359,7 +360,7 @@ def _merge_rf(merge: Merge, coarse: RF, image: RF, exact: bool) -> RF:
         coarse = _sequence_rf(merge.project, coarse)
     if merge.upsample is not None:
         up = merge.upsample
-        coarse = _upsampled(coarse, up.factor, exact and up.mode != "nearest")
+        coarse = _upsampled(coarse, up.factor, up.mode, exact)
     joined = meet([coarse, lateral])
     return _sequence_rf(merge.fuse, joined) if merge.fuse is not None else joined
 
@@ -377,14 +378,20 @@ def _sequence_rf(block: nn.Module, rf: RF) -> RF:
     return rf
 
 
-def _upsampled(rf: RF, factor: float, interpolating: bool) -> RF:
-    """Upsampling by ``factor``; an interpolating upsampler first reads two coarse pixels."""
-    return (rf.through(2) if interpolating else rf).upsampled(factor)
+def _upsampled(rf: RF, factor: float, mode: str, exact: bool) -> RF:
+    """Upsampling by ``factor``. Under the exact rules an interpolating upsampler first reads two
+    coarse pixels (four for bicubic); a nearest one repeats each coarse pixel ``factor`` times, so
+    a window over the fine map can start anywhere inside a repeat: the repeat counts as a kernel
+    of ``factor`` fine pixels (a 2-pixel window at x2 can read two coarse pixels, not one)."""
+    if not exact:
+        return rf.upsampled(factor)
+    if mode == "nearest":
+        return rf.upsampled(factor).through(max(1, math.ceil(factor)))
+    return rf.through({"bicubic": 4}.get(mode, 2)).upsampled(factor)
 
 
 def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
     mode = n.kwargs.get("mode", n.args[3] if len(n.args) > 3 else "nearest")
-    taps = {"bilinear": 2, "linear": 2, "bicubic": 4}.get(mode, 1) if exact else 1
     source = n.args[0]
     scale = n.kwargs.get("scale_factor") or (n.args[2] if len(n.args) > 2 else None)
     if scale:
@@ -393,7 +400,7 @@ def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
         factor = n.meta["val"].shape[-1] / source.meta["val"].shape[-1]
     else:
         return base
-    return base.through(taps).upsampled(factor)
+    return _upsampled(base, factor, mode, exact)
 
 
 def _first(v):
