@@ -66,6 +66,8 @@ class Checkpoint(Pass):
     name = "checkpoint"
 
     Options = CheckpointOptions  # budget
+    inside_topdown = False
+    inside_topdown_instead = "pass memory='checkpoint' to reverso.topdown, or checkpoint its result"
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         plan = plan_segments(gm, self.settings.budget, batch=ctx.state.get("batch", 1))

@@ -42,6 +42,8 @@ class Hierarchical(Pass):
     name = "hierarchical"
 
     Options = HierarchicalOptions  # K, Q, variant, head, attr_kernel
+    inside_topdown = False
+    inside_topdown_instead = "it rebuilds every layer; call reverso.hierarchical on the model"
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         rebuild(gm, ctx.example_input(), **vars(self.settings))

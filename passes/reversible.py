@@ -63,6 +63,10 @@ class Reversible(Pass):
     name = "reversible"
 
     Options = ReversibleOptions  # transitions, stem, memory_saving, mid, post_act
+    inside_topdown = False
+    inside_topdown_instead = (
+        "pass memory='reversible' to reverso.topdown, or apply it to its result"
+    )
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         psi = self.settings.transitions == "psi"

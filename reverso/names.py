@@ -50,7 +50,10 @@ ATTACKS = (
 
 def close_matches(name: str, choices, n: int = 3) -> list[str]:
     """The ``n`` entries of ``choices`` a typo of ``name`` could explain, closest first: at most a
-    third of the name's characters away by edit distance, or the name cut short."""
+    third of the name's characters away by edit distance, or the name cut short. A name longer
+    than 100 characters is no typo of a short one (and would cost seconds): none."""
+    if len(name) > 100:
+        return []
     name = name.lower()
     limit = max(1, len(name) // 3)
 

@@ -217,6 +217,11 @@ def test_look_alike_names_are_refused_without_being_suggested(tmp_path):
         {"timm": "resnet18", "kwargs": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}},
         {"timm": "resnet18", "kwargs": {"act_layer": "../../etc/passwd"}},
         {"factory": "torchvision.models:fasterrcnn_resnet50_fpn", "kwargs": {}},  # not a classifier
+        {"timm": "resnet18", "kwargs": {"pruned": True}},  # reads a file of timm's
+        # a device or dtype would place the build outside the weightless one
+        {"timm": "vit_tiny_patch16_224", "kwargs": {"device": "cpu", "embed_dim": 4096}},
+        {"timm": "resnet18", "kwargs": {"dtype": "float64"}},
+        {"factory": "torchvision.models:" + "a" * 100_000},  # no edit distance to a long name
     ],
 )
 def test_sources_never_load_weights_or_read_files(tmp_path, source):
@@ -314,6 +319,88 @@ def test_a_tensor_that_does_not_fit_is_named(tmp_path, lenet_file):
         reverso.load(
             craft(tmp_path / "y.safetensors", recipe, dict(tensors) | {"extra": torch.zeros(1)})
         )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"timm": "vit_tiny_patch16_224", "kwargs": {"num_heads": 0}},  # ZeroDivisionError in timm
+        {"timm": "vit_tiny_patch16_224", "kwargs": {"embed_dim": -5}},  # RuntimeError
+        {"timm": "resnet18", "kwargs": {"features_only": True, "out_indices": 7}},  # IndexError
+    ],
+)
+def test_a_builder_refusing_its_arguments_is_a_file_format_error(tmp_path, source):
+    with pytest.raises(FileFormatError, match="cannot be built with"):
+        reverso.load(craft(tmp_path / "x.safetensors", none_recipe(source), {}))
+
+
+def test_valid_looking_options_that_no_conversion_takes_are_refused(tmp_path, lenet_file):
+    recipe, tensors, *_ = lenet_file
+    lenet = none_recipe({"factory": "reverso.models:lenet_fc"}) | {"input_size": [1, 28, 28]}
+    digits = json.dumps(lenet | {"transform": "frames", "kwargs": {"sigma": 7}})
+    with pytest.raises(FileFormatError, match=r"kwargs\.sigma must be a positive number"):
+        reverso.load(
+            craft(tmp_path / "a.safetensors", digits.replace(": 7", ": 7" + "0" * 400), {})
+        )
+    tiny = lenet | {"transform": "frames", "kwargs": {"sigma": 0.001}}
+    with pytest.raises(OptionError, match="too small for a Gaussian frame"):
+        reverso.load(craft(tmp_path / "b.safetensors", tiny, {}))
+    whole = {**recipe, "pipeline": [{"name": "hierarchical", "kwargs": {}}], "passes": []}
+    with pytest.raises(FileFormatError, match="does not run inside a top-down pipeline"):
+        reverso.load(craft(tmp_path / "c.safetensors", whole, tensors))
+
+
+def test_a_recipe_building_far_more_than_its_file_holds_is_stopped_early(tmp_path):
+    deep = {"transform": "frames", "input_size": [3, 224, 224], "kwargs": {},
+            "base": none_recipe({"timm": "vit_tiny_patch16_224", "kwargs": {"depth": 4096}})}  # fmt: skip
+    for key in ("format", "version", "dtype"):
+        deep[key] = deep["base"].pop(key)
+    with pytest.raises(FileFormatError, match="more than 4112 tensors"):
+        reverso.load(craft(tmp_path / "deep.safetensors", deep, {"w": torch.zeros(1)}))
+
+
+def test_leaf_classes_of_the_libraries_are_never_imported_by_a_file(tmp_path, lenet_file):
+    recipe, tensors, *_ = lenet_file
+    module = "torch.ao.quantization.fx._model_report.model_report"  # imports matplotlib
+    assert module not in sys.modules
+    leaf = {**recipe, "leaf_modules": [f"{module}:ModelReport"]}
+    with pytest.raises(FileFormatError, match="not a module the model's libraries have loaded"):
+        reverso.load(craft(tmp_path / "x.safetensors", leaf, tensors))
+    assert module not in sys.modules
+
+
+def test_a_file_of_too_many_tensors_is_refused_before_reading_them(tmp_path, monkeypatch):
+    from reverso.convert import saving
+
+    monkeypatch.setattr(saving, "MAX_TENSORS", 10)
+    tensors = {f"t{i}": torch.zeros(0) for i in range(11)}
+    with pytest.raises(FileFormatError, match="holds more than 10 tensors"):
+        reverso.load(craft(tmp_path / "x.safetensors", none_recipe({"timm": "resnet18"}), tensors))
+
+
+def test_a_layer_that_only_its_constructor_fills_loads_by_building_it(tmp_path, evilpkg):
+    """A module of the user's with a non-persistent buffer and no init_non_persistent_buffers:
+    the network is built for real once the weightless one has matched the file (and is small)."""
+    (tmp_path / "pkgs" / evilpkg / "fixed.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Fixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("offset", torch.arange(4.0).view(1, 4, 1, 1), persistent=False)
+
+            def forward(self, x):
+                return x + self.offset
+
+        def make():
+            return nn.Sequential(nn.Conv2d(1, 4, 3), Fixed(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    """))  # fmt: skip
+    module = __import__(f"{evilpkg}.fixed", fromlist=["make"])
+    model = reverso.remember_source(module.make(), f"{evilpkg}.fixed:make")
+    back = reverso.load(reverso.save(model, tmp_path / "f.safetensors"), trust=[evilpkg])
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(back[1].offset, model[1].offset) and torch.equal(back(x), model(x))
 
 
 # -- the fuzz: any mutation of a valid recipe loads or is refused -----------------------------------
@@ -419,6 +506,25 @@ def test_cifar_batches_are_read_without_running_their_code(tmp_path):
     (folder / "data_batch_3").write_bytes(pickle.dumps(np.array([None, 1], dtype=object)))
     with pytest.raises(DatasetError, match="only numeric arrays"):
         reverso.data.load("cifar10", root=tmp_path, verify=False)
+    # numpy.ndarray called by the pickle itself: 100,000 images of uninitialised memory
+    bomb = (b"\x80\x02}(X\x04\x00\x00\x00datacnumpy\nndarray\nJ\xa0\x86\x01\x00J\x00\x0c\x00\x00"
+            b"\x86X\x02\x00\x00\x00u1\x86Ru.")  # fmt: skip
+    (folder / "data_batch_3").write_bytes(bomb)
+    with pytest.raises(DatasetError, match="larger than the file"):
+        reverso.data.load("cifar10", root=tmp_path, verify=False)
+
+
+def test_mnist_reads_its_idx_files_and_no_pickle_beside_them(tmp_path):
+    raw, processed = tmp_path / "MNIST" / "raw", tmp_path / "MNIST" / "processed"
+    raw.mkdir(parents=True)
+    processed.mkdir()
+    for name in reverso.study.local_datasets.MNIST_FILES:
+        (raw / name).write_bytes(b"junk")  # torchvision's reader preferred processed/*.pt
+    big = torch.zeros(1, dtype=torch.uint8).expand(10**8, 28, 28)  # 10^8 images in 2 kB
+    for name in ("training.pt", "test.pt"):
+        torch.save((big, torch.zeros(1, dtype=torch.int64).expand(10**8)), processed / name)
+    with pytest.raises(DatasetError, match="is not an IDX file"):
+        reverso.data.load("mnist", root=tmp_path)
 
 
 def _image_folder(root):
@@ -433,10 +539,35 @@ def _image_folder(root):
 def test_image_folders_skip_fifos_and_end_link_loops(tmp_path):
     _image_folder(tmp_path)
     os.mkfifo(tmp_path / "train" / "a" / "x.png")  # opening it would wait for a writer forever
-    (tmp_path / "train" / "b" / "loop").symlink_to(tmp_path / "train")
+    (tmp_path / "train" / "a" / "empty.png").symlink_to("/proc/self/status")  # reads as empty
+    (tmp_path / "train" / "b" / "loop").symlink_to(tmp_path / "train" / "b")
+    (tmp_path / "train" / "b" / "out").symlink_to("/")  # out of the class folder: not followed
+    (tmp_path / "train" / "b" / "sub").mkdir()
+    (tmp_path / "train" / "b" / "sub" / "inside").symlink_to(tmp_path / "train" / "b" / "sub")
     d = reverso.data.image_folder(tmp_path, size=8)
-    # a/0.png; b/0.png and, through the link, b/loop/a/0.png (b itself is not listed twice)
-    assert len(d.train) == 3 and d.train.classes == ["a", "b"]
+    assert [p.name for p, _ in d.train.samples] == ["0.png", "0.png"]
+    assert d.train.classes == ["a", "b"]
+
+
+def test_an_image_any_decoder_fails_on_is_a_dataset_error(tmp_path):
+    import io
+
+    from PIL import Image
+
+    _image_folder(tmp_path)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"  # PIL hands EPS to gs
+    (tmp_path / "val" / "a" / "1.png").write_bytes(eps)
+    tiff = io.BytesIO()
+    Image.new("RGB", (17, 13)).save(tiff, format="TIFF")
+    data = bytearray(tiff.getvalue())
+    data[72] = 5  # StripOffsets of type RATIONAL: a TypeError inside PIL
+    (tmp_path / "val" / "b" / "1.tif").write_bytes(bytes(data))
+    d = reverso.data.image_folder(tmp_path, size=8)
+    for i, (path, _) in enumerate(d.test.samples):
+        if path.name.startswith("1"):
+            with watched() as events, pytest.raises(DatasetError, match="not a readable image"):
+                d.test[i]
+            assert not [e for e in events if e[0] == "subprocess.Popen"], events
 
 
 def test_decompression_bombs_and_bad_sizes_are_refused(tmp_path):

@@ -41,6 +41,9 @@ class Pass:
     changes_widths: ClassVar[bool] = False
     #: the record of the pass's options (:mod:`reverso.options`); None: the pass takes none
     Options: ClassVar[type | None] = None
+    #: the pass may run inside :func:`reverso.topdown`'s pipeline; if not, what to do instead
+    inside_topdown: ClassVar[bool] = True
+    inside_topdown_instead: ClassVar[str] = ""
 
     def __init__(self, **options):
         if not self.name:

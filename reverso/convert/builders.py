@@ -94,20 +94,44 @@ assert BUILDERS.keys() == TRANSFORM_OPTIONS.keys(), "a transform without a build
 
 
 def build(
-    recipe: Recipe, trust: tuple[str, ...] = (), where: str = "recipe", *, meta: bool = False
+    recipe: Recipe,
+    trust: tuple[str, ...] = (),
+    where: str = "recipe",
+    *,
+    meta: bool = False,
+    budget: int | None = None,
+    sizes: list[int] | None = None,
 ) -> nn.Module:
-    """The network ``recipe`` describes, with fresh weights (the whole chain); with ``meta``,
-    without weights: built :func:`~reverso.frontend.meta.weightless`, on the meta device."""
+    """The network ``recipe`` describes, with fresh weights (the whole chain). With ``meta``,
+    without weights: built :func:`~reverso.frontend.meta.weightless` (making at most ``budget``
+    tensors), on the meta device; ``sizes`` then receives the bytes of every network of the chain
+    (the source model first)."""
+    sizes = [] if sizes is None else sizes
+    with weightless(budget=budget) if meta else contextlib.nullcontext():
+        return _build(recipe, trust, where, meta, sizes)
+
+
+def _build(recipe: Recipe, trust, where: str, meta: bool, sizes: list[int]) -> nn.Module:
+    if recipe.base is not None:  # a chain: first the network this conversion was applied to
+        model = _build(recipe.base, trust, f"{where}.base", meta, sizes)
+    else:
+        model = build_source(recipe.source, trust, f"{where}.source")
+        if meta:  # the builder's small tensors were made for real
+            model = to_meta(model)
+            sizes.append(tensor_bytes(model))
     leaves = tuple(
         resolve_leaf(name, trust, f"{where}.leaf_modules[{i}]")
         for i, name in enumerate(recipe.leaf_modules)
-    )
-    if recipe.base is not None:  # a chain: first the network this conversion was applied to
-        model = build(recipe.base, trust, f"{where}.base", meta=meta)
-    else:
-        with weightless() if meta else contextlib.nullcontext():
-            model = build_source(recipe.source, trust, f"{where}.source")
-        if meta:  # the builder's small tensors were made for real
-            model = to_meta(model)
+    )  # after the model: the classes it uses are imported
     with torch.device("meta") if meta else contextlib.nullcontext():
-        return BUILDERS[recipe.transform](model, recipe, leaves, trust)
+        built = BUILDERS[recipe.transform](model, recipe, leaves, trust)
+    if meta:
+        built = to_meta(built)
+        sizes.append(tensor_bytes(built))
+    return built
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """The bytes of every parameter and buffer of ``model`` (shared ones once)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())

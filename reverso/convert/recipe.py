@@ -288,6 +288,8 @@ def _pipeline(configs, where: str, error) -> tuple[PassConfig, ...]:
                 f"{at}.name {shown(name)} is no registered pass; this reverso knows "
                 f"{', '.join(catalogue.names())}"
             )
+        if name in BUILTIN and not BUILTIN[name].inside_topdown:
+            raise error(f"{at}.name: the pass {name!r} does not run inside a top-down pipeline")
         option_class = BUILTIN[name].Options if name in BUILTIN else None
         if option_class is not None:
             kwargs = option_class.from_dict(kwargs, where=f"{at}.kwargs", error=error).to_json()

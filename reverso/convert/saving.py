@@ -41,6 +41,10 @@ from reverso.options import MAX_SIGMA, check_size
 
 #: fixed buffers (non-persistent: not in the file) a loaded network may hold beyond its tensors
 FIXED_BUFFER_ALLOWANCE = 64 << 20
+#: the tensors the weightless build of any file's recipe may make, beyond 16 per file tensor
+BUILD_BUDGET = 4096
+#: the most tensors a file may hold
+MAX_TENSORS = 100_000
 
 
 def save(
@@ -124,8 +128,12 @@ def load(
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
+            if len(f.keys()) > MAX_TENSORS:
+                raise FileFormatError(f"{path} holds more than {MAX_TENSORS} tensors; refused")
             # copies in torch's own (aligned) memory: kernels on unaligned data round differently
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118
+    except FileFormatError:
+        raise
     except Exception as err:
         raise FileFormatError(
             f"{path} is not a readable safetensors file ({err}); was it written by reverso.save?"
@@ -138,14 +146,22 @@ def load(
             "not match the one stored with them"
         )
     recipe, dtype = Recipe.from_text(metadata["recipe"], f"the recipe in {path}")
-    model = build(recipe, trust, f"the recipe in {path}", meta=True)
+    budget = BUILD_BUDGET + 16 * len(tensors)  # a genuine file's build makes about 3 per tensor
+    where, sizes = f"the recipe in {path}", []
+    model = build(recipe, trust, where, meta=True, budget=budget, sizes=sizes)
     if dtype != "float32":  # the builders make float32 networks
         model.to(dtype=getattr(torch, dtype))
-    _check_tensors(model, tensors, path)
+    file_bytes = _check_tensors(model, tensors, path)
     try:
         model = _materialise(model, tensors)
-    except _NeedsRealBuild:
-        model = build(recipe, trust, f"the recipe in {path}")
+    except _NeedsRealBuild as err:  # a layer whose fixed buffers only its constructor makes
+        if max(sizes) > max(FIXED_BUFFER_ALLOWANCE, 4 * file_bytes):
+            raise FileFormatError(
+                f"{path}: {err} holds fixed buffers reverso recomputes only by building the "
+                f"networks of the recipe for real, and they take {max(sizes)} bytes for "
+                f"{file_bytes} bytes of weights in the file; refused"
+            ) from None
+        model = build(recipe, trust, where)
         if dtype != "float32":
             model.to(dtype=getattr(torch, dtype))
         model.load_state_dict(tensors, strict=True)
@@ -166,9 +182,10 @@ def _check_scales(model: nn.Module, path: Path) -> None:
                 )
 
 
-def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> int:
     """Every tensor the recipe's network holds, by name, shape and dtype, is the file's; its fixed
-    buffers (not in the file) stay within :data:`FIXED_BUFFER_ALLOWANCE` or the file's size."""
+    buffers (not in the file) stay within :data:`FIXED_BUFFER_ALLOWANCE` or the file's size. The
+    file's tensor bytes."""
     state = model.state_dict()
     for name in list(state) + [k for k in tensors if k not in state]:
         want, have = state.get(name), tensors.get(name)
@@ -192,6 +209,7 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
             f"the network the recipe in {path} builds holds {fixed} bytes of fixed buffers, more "
             f"than its {file_bytes} bytes of weights; refused"
         )
+    return file_bytes
 
 
 class _NeedsRealBuild(Exception):
@@ -210,7 +228,7 @@ def _materialise(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Modul
         if not fixed:
             continue
         if not hasattr(module, "init_non_persistent_buffers"):
-            raise _NeedsRealBuild(type(module).__name__)
+            raise _NeedsRealBuild(f"{type(module).__name__} ({type(module).__module__})")
         for name in fixed:
             module._buffers[name] = torch.empty_like(module._buffers[name], device="cpu")
         module.init_non_persistent_buffers()

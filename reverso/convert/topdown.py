@@ -234,10 +234,15 @@ def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
 def _pipeline(passes) -> Pipeline:
     if passes is None:
         return default_pipeline()
-    if isinstance(passes, Pipeline):
-        return passes
     if isinstance(passes, (str, Pass)) or not isinstance(passes, Iterable):
         raise OptionError(
             "passes must be a reverso.Pipeline or a list of passes / built-in pass names"
         )
-    return Pipeline(passes)
+    pipeline = passes if isinstance(passes, Pipeline) else Pipeline(passes)
+    for step in pipeline:
+        if not step.inside_topdown:
+            raise OptionError(
+                f"the pass {step.name!r} works on a whole network, not inside reverso.topdown's "
+                f"pipeline: {step.inside_topdown_instead}"
+            )
+    return pipeline

@@ -2,9 +2,9 @@
 
 :func:`reverso.load` builds the network a file's recipe describes before it has compared that
 network with the file's tensors, so the build must cost nothing the file does not pay for.
-Inside :func:`weightless`, every tensor made by a factory function (``torch.empty``,
+Inside :func:`weightless`, every CPU tensor made by a factory function (``torch.empty``,
 ``torch.zeros``, ``torch.randn``, ...) of more than :data:`SMALL` elements is made on the meta
-device (shapes, no data); smaller ones are made for real, so a builder that computes its widths
+device (shapes, no data), even where the builder names the CPU; smaller ones are made for real, so a builder that computes its widths
 with small tensors and reads them back (torchvision's RegNets do) still works. What comes out is
 then moved to the meta device whole (:func:`to_meta`).
 """
@@ -20,14 +20,18 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
+from reverso.errors import FileFormatError
+
 #: the most elements a factory call may allocate for real inside :func:`weightless`
 SMALL = 4096
 
 
 @contextlib.contextmanager
-def weightless() -> Iterator[None]:
-    """Make every large tensor on the meta device while the block runs (see the module)."""
-    with _LargeOnMeta():
+def weightless(*, budget: int | None = None) -> Iterator[None]:
+    """Make every large tensor on the meta device while the block runs (see the module); with
+    ``budget``, refuse (:class:`~reverso.errors.FileFormatError`) a build that makes more tensors
+    than that: its time and the Python objects it makes stay bounded too."""
+    with _LargeOnMeta(budget):
         yield
 
 
@@ -37,12 +41,23 @@ def to_meta(module: nn.Module) -> nn.Module:
 
 
 class _LargeOnMeta(TorchFunctionMode):
+    def __init__(self, budget: int | None = None):
+        super().__init__()
+        self.budget, self.made = budget, 0
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        if func in _device_constructors() and kwargs.get("device") is None:
-            numel = _requested_elements(func.__name__, args, kwargs)
-            if numel is None or numel > SMALL:
-                kwargs["device"] = "meta"
+        if func in _device_constructors():
+            self.made += 1
+            if self.budget is not None and self.made > self.budget:
+                raise FileFormatError(
+                    f"the recipe builds a network of more than {self.budget} tensors, far more "
+                    "than the file holds; refused"
+                )
+            if str(kwargs.get("device") or "cpu") == "cpu":  # a CPU tensor, asked for or not
+                numel = _requested_elements(func.__name__, args, kwargs)
+                if numel is None or numel > SMALL:
+                    kwargs["device"] = "meta"
         return func(*args, **kwargs)
 
 

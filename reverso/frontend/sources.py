@@ -93,6 +93,9 @@ class Source:
         if ("timm" in data) == ("factory" in data):
             raise error(f"{where} must name either a timm model or a factory, not {shown(data)}")
         kwargs = check_kwargs(data.get("kwargs", {}), f"{where}.kwargs", error)
+        name = data.get("timm", data.get("factory"))
+        if isinstance(name, str) and len(name) > MAX_TEXT:  # before any name matching
+            raise error(f"{where} must name a model in at most {MAX_TEXT} characters")
         if "timm" in data:
             name = data["timm"]
             if not isinstance(name, str) or not TIMM_NAME.match(name) or len(name) > MAX_TEXT:
@@ -192,8 +195,17 @@ def _inside(module: str, package: str) -> bool:
 
 def _import(module_name: str, trust, where: str, asked: str, error, libraries=()):
     """The module named exactly ``module_name`` and the package that allowed it: one of
-    ``trust`` (or of ``libraries``) must hold it; it is imported as ``import`` would."""
-    package = next((t for t in (*trust, *libraries) if _inside(module_name, t)), None)
+    ``trust`` must hold it (it is imported as ``import`` would), or one of ``libraries`` (it must
+    be imported already: importing some of their modules has side effects)."""
+    if any(_inside(module_name, library) for library in libraries):
+        module = sys.modules.get(module_name)
+        if module is None:
+            raise error(
+                f"{where}: {module_name} is not a module the model's libraries have loaded; a "
+                "leaf class must be one the source model uses"
+            )
+        return module, module_name.split(".")[0]
+    package = next((t for t in trust if _inside(module_name, t)), None)
     if package is None:
         top = module_name.split(".")[0]
         suggestion = (
@@ -234,7 +246,9 @@ def build(source: Source, trust: tuple[str, ...] = (), where: str = "source") ->
     it remembers its source (``reverso_source``)."""
     try:
         model = _build(source, trust, where)
-    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as err:
+    except ReversoError:
+        raise
+    except Exception as err:  # timm's, torchvision's or reverso's builder refused the arguments
         if source.registry == "factory":  # the trusted package's own error
             raise
         raise FileFormatError(

@@ -55,6 +55,11 @@ def frame_atoms(frame: str, kernel_size, *, sigma: float = 1.0) -> torch.Tensor:
     rows, cols = _axis_atoms(frame, ky, sigma), _axis_atoms(frame, kx, sigma)
     rows = rows / rows.norm(dim=1, keepdim=True)  # unit atoms: the frame sets the directions of
     cols = cols / cols.norm(dim=1, keepdim=True)  # the geometry, not one learning rate per atom
+    if not (torch.isfinite(rows).all() and torch.isfinite(cols).all()):
+        raise OptionError(
+            f"sigma={sigma:g} is too small for a Gaussian frame on a {ky}x{kx} kernel: its "
+            "derivatives vanish on the grid (use a sigma of at least 0.05; 1 is the thesis's)"
+        )
     # atom (j, i) = rows[j] (along y) times cols[i] (along x)
     return (rows[:, None, :, None] * cols[None, :, None, :]).reshape(-1, ky, kx)
 

@@ -19,10 +19,12 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.names import HCNN_VARIANTS
 
+from .filters import FixedBuffers
+
 PADDINGS = ("zeros", "circular")
 
 
-class HConv2d(nn.Module):
+class HConv2d(FixedBuffers, nn.Module):
     """One factorised hierarchical layer (spec hcnn.md sections 4 and 9), ``(B, a_in, k_in, H, W)
     -> (B, ceil(k_in / 2), k_out, H / stride, W / stride)``:
 
@@ -73,8 +75,7 @@ class HConv2d(nn.Module):
         self.padding, self.variant, self.marginal = padding, variant, marginal
         if variant == "linear":
             self.Q = kernel * kernel
-            deltas = torch.eye(self.Q).view(self.Q, 1, kernel, kernel)
-            self.register_buffer("h", deltas, persistent=False)
+            self.register_fixed_buffers()  # h: the pixel deltas
         else:
             self.Q = Q
             self.h = nn.Parameter(torch.empty(Q, 1, kernel, kernel))
@@ -83,6 +84,11 @@ class HConv2d(nn.Module):
         nn.init.kaiming_normal_(self.g)
         self.norm_h = nn.BatchNorm2d(self.Q, affine=False) if variant == "plus" else None
         self.norm_g = nn.BatchNorm2d(k_out, affine=False)
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        if self.variant != "linear":
+            return {}
+        return {"h": torch.eye(self.Q).view(self.Q, 1, self.kernel, self.kernel)}
 
     @property
     def out_attributes(self) -> tuple[int, int]:

@@ -107,6 +107,7 @@ class NJetConv2d(FixedBuffers, nn.Module):
         self.sigma_min = float(min(sigma_min, *sigmas))
         self.sigma_max = None if sigma_max is None else float(max(sigma_max, *sigmas))
         self.radius = radius_for(max(sigmas), self.extent, size_rule)  # of the grid, follows sigma
+        self.initial_sigma = min(max(max(sigmas), self.sigma_min), self.sigma_max or math.inf)
         # the padding relative to the grid's radius: it moves with the grid, sizes stay
         self._pad_offset = (
             (0,) * 4 if padding is None else tuple(p - self.radius for p in pad4(padding))
@@ -299,7 +300,10 @@ class NJetConv2d(FixedBuffers, nn.Module):
         """Safe subsampling: resize by (1/2)^(sigma / r) (``subsampling_rule="paper"``) or by
         1 / max(1, 2^sigma / r) (``"code"``, the authors' code); nearest, and the size is not
         differentiable."""
-        sigma = float(self._sigmas().max())  # reads sigma on the host
+        scales = self._sigmas()
+        # reads sigma on the host; a layer on the meta device (built without weights) has none to
+        # read: its initial scale, as a layer built for real has before it learns
+        sigma = float(scales.max()) if scales.device.type != "meta" else self.initial_sigma
         if self.subsampling_rule == "code":
             factor = 1 / max(1.0, 2**sigma / self.subsampling_rate)
         else:

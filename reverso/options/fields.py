@@ -137,7 +137,11 @@ def _convert(value, t):
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _NO
-        return float(value) if math.isfinite(value) else _NO
+        try:
+            value = float(value)
+        except OverflowError:  # an int of hundreds of digits
+            return _NO
+        return value if math.isfinite(value) else _NO
     if t is str:
         return value if isinstance(value, str) and len(value) <= MAX_TEXT else _NO
     return _NO
@@ -204,7 +208,7 @@ def shown(value) -> str:
 def _did_you_mean(name, known) -> str:
     from reverso.names import close_matches
 
-    if not isinstance(name, str) or not name.isascii():
+    if not isinstance(name, str) or not name.isascii() or len(name) > 64:
         return f"; known: {', '.join(known)}"
     close = close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"

@@ -47,7 +47,7 @@ class _ArraysOnly(pickle.Unpickler):
         builders = {
             "_reconstruct": self._reconstruct,  # numpy.core / numpy._core .multiarray
             "_frombuffer": self._frombuffer,  # numpy._core.numeric (pickle protocol 5)
-            "ndarray": np.ndarray,
+            "ndarray": self._array,  # only named as _reconstruct's subtype; a call is checked
             "dtype": self._dtype,
         }
         if module.split(".")[0] == "numpy" and name in builders:
@@ -71,8 +71,16 @@ class _ArraysOnly(pickle.Unpickler):
             raise DatasetError(f"{self.path} declares an array {shape} larger than the file")
         return shape
 
+    def _array(self, shape, dtype=float, *args, **kwargs):
+        """``numpy.ndarray(shape, dtype)`` called from the pickle: an empty array, as large as
+        the file allows."""
+        dtype = self._dtype(dtype)
+        return np.zeros(
+            self._checked(shape if isinstance(shape, tuple) else (shape,), dtype), dtype
+        )
+
     def _reconstruct(self, subtype, shape, dtype):
-        if subtype is not np.ndarray:
+        if subtype != self._array:  # the ndarray find_class gave
             raise DatasetError(f"{self.path} holds an array subclass; only plain arrays are read")
         return np.ndarray(self._checked(shape, np.uint8), dtype=np.uint8)  # setstate fills it
 

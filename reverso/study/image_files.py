@@ -1,9 +1,11 @@
 """Images read from a folder of class sub-folders (``root/<class>/<image>``), safely.
 
-The listing follows symbolic links to folders (datasets are often linked in) but visits each
-folder once, so a link loop ends; it takes only regular files with an image suffix (a FIFO or a
-device named ``x.png`` is skipped, never opened), and an image that would decompress to more
-pixels than PIL allows (a decompression bomb) is a :class:`~reverso.errors.DatasetError`.
+The listing follows symbolic links to folders (datasets are often linked in) that stay inside
+the class folder, each folder once, so a link loop ends; it takes only non-empty regular files
+with an image suffix (a FIFO or a device named ``x.png`` is skipped, never opened), PIL decodes only the raster formats of
+:data:`IMAGE_FORMATS` (never one it hands to another program, as it does EPS to Ghostscript,
+whatever the file is named), and an image that would decompress to more pixels than PIL allows
+(a decompression bomb) is a :class:`~reverso.errors.DatasetError`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from torch.utils.data import Dataset
 from reverso.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+#: the only decoders PIL may use: raster formats decoded in-process (PIL hands some formats, EPS
+#: among them, to outside programs such as Ghostscript, whatever the file's name says)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "PPM", "WEBP", "TIFF")
 
 
 class ImageFiles(Dataset):
@@ -49,37 +54,44 @@ class ImageFiles(Dataset):
 
 
 def find_images(folder: Path) -> list[Path]:
-    """The regular image files under ``folder``, sorted; each folder (linked or not) visited once."""
+    """The non-empty regular image files under ``folder``, sorted. Links to folders are followed
+    when they stay inside ``folder`` (itself possibly a link), each folder once: a link loop ends,
+    and a link to ``/`` does not pull the whole disk in."""
     found, seen = [], set()
+    inside = os.path.realpath(folder)
     for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
         info = os.stat(top)
-        if (info.st_dev, info.st_ino) in seen:  # a link back to a folder already listed
-            dirs[:] = []
+        if (info.st_dev, info.st_ino) in seen or os.path.commonpath([inside, real]) != inside:
+            dirs[:] = []  # a link back to a folder already listed, or out of the class folder
             continue
         seen.add((info.st_dev, info.st_ino))
         dirs.sort()
         for name in sorted(files):
             path = Path(top) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and _is_regular(path):
+            if path.suffix.lower() in IMAGE_SUFFIXES and _is_image_file(path):
                 found.append(path)
     return found
 
 
-def _is_regular(path: Path) -> bool:
+def _is_image_file(path: Path) -> bool:
+    """A regular file with bytes in it: not a FIFO or a device, and not one of the empty-looking
+    files of /proc, which can block when read."""
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
+        info = os.stat(path)
     except OSError:  # a dangling link
         return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
 
 
 def open_image(path: Path):
     """The image at ``path``, fully read; a DatasetError for anything PIL cannot read or that is
     a decompression bomb."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with open(path, "rb") as f:
-            image = Image.open(f)
+            image = Image.open(f, formats=IMAGE_FORMATS)
             image.load()
             return image
     except Image.DecompressionBombError as err:
@@ -87,5 +99,7 @@ def open_image(path: Path):
             f"image folder: {path} would decompress to more pixels than PIL allows "
             f"({err}); refused as a decompression bomb"
         ) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"image folder: {path} is not a readable image ({err})") from err
+    except Exception as err:  # PIL's decoders raise many kinds on a malformed file
+        raise DatasetError(
+            f"image folder: {path} is not a readable image ({type(err).__name__}: {err})"
+        ) from err

@@ -35,8 +35,8 @@ def fashion_mnist(root: str | Path) -> Data:
 
 
 def _idx_dataset(name: str, folder: str, root, classes: list[str]) -> Data:
-    import torchvision.datasets as tvd
-
+    """The four IDX files of ``root/folder/raw``, read as they are (torchvision's own reader would
+    prefer a ``processed/*.pt`` it finds there, which is a pickle)."""
     root = Path(root).expanduser()
     raw = root / folder / "raw"
     missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
@@ -46,27 +46,38 @@ def _idx_dataset(name: str, folder: str, root, classes: list[str]) -> Data:
             f"missing {', '.join(missing)}. Put the four files there (gunzip the downloads) and "
             f"pass root={root}."
         )
-    cls = getattr(tvd, folder)
-    splits = {}
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=False)
-        except Exception as err:  # torchvision asserts on bad magic numbers and sizes
+    splits = []
+    for images_file, labels_file in (MNIST_FILES[:2], MNIST_FILES[2:]):
+        images, labels = read_idx(raw / images_file, 3), read_idx(raw / labels_file, 1)
+        if len(images) != len(labels):
             raise DatasetError(
-                f"{name}: the IDX files in {raw} are corrupt or not IDX files ({err!r}); "
-                "replace them with the original files"
-            ) from err
-        images, labels = ds.data, ds.targets
-        if images.dim() != 3 or len(images) != len(labels) or images.dtype != torch.uint8:
-            raise DatasetError(
-                f"{name}: {raw} holds {tuple(images.shape)} {images.dtype} images and {len(labels)} "
-                "labels; expected N uint8 images of H x W and N labels"
+                f"{name}: {raw / images_file} holds {len(images)} images and {raw / labels_file} "
+                f"{len(labels)} labels; they must be as many"
             )
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        if len(labels) and int(labels.max()) >= len(classes):
             raise DatasetError(f"{name}: labels in {raw} outside 0..{len(classes) - 1}")
-        splits[train] = TensorImages(images[:, None], labels)
-    size = tuple(splits[True].images.shape[1:])
-    return Data(name, splits[True], splits[False], size, classes, root=root)
+        splits.append(TensorImages(torch.from_numpy(images)[:, None], torch.from_numpy(labels)))
+    size = tuple(splits[0].images.shape[1:])
+    return Data(name, splits[0], splits[1], size, classes, root=root)
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``dims`` dimensions (magic ``0 0 8 dims``, then each
+    size as a big-endian int32, then the bytes), its size checked against its header."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    header = 4 + 4 * dims
+    if raw.size < header or tuple(raw[:4]) != (0, 0, 8, dims):
+        raise DatasetError(
+            f"{path} is not an IDX file of unsigned bytes with {dims} dimensions (its first "
+            "bytes differ); replace it with the original, unzipped file"
+        )
+    shape = tuple(int(v) for v in raw[4:header].view(">i4"))
+    if raw.size != header + int(np.prod(shape)):
+        raise DatasetError(
+            f"{path} declares {shape} bytes of data but holds {raw.size - header}; the file is "
+            "truncated or corrupt"
+        )
+    return raw[header:].reshape(shape).astype(np.int64 if dims == 1 else np.uint8)
 
 
 CIFAR_CLASSES = [

@@ -52,38 +52,7 @@ from reverso.nn import (
     SpaceToDepth,
     Upsample,
 )
-
-
-@dataclass(frozen=True)
-class RF:
-    """Receptive field (smallest and largest, in input pixels), jump and level of a node."""
-
-    min: float
-    max: float
-    jump: float
-
-    @property
-    def level(self) -> int:
-        return round(math.log2(self.jump)) if self.jump > 0 else 0
-
-    def through(self, kernel: float, stride: float = 1.0) -> RF:
-        """After a layer with this (effective) kernel and stride."""
-        if math.isinf(self.max):
-            return self  # a value that already sees the whole input
-        grow = (kernel - 1) * self.jump
-        return RF(self.min + grow, self.max + grow, self.jump * stride)
-
-    def upsampled(self, factor: float) -> RF:
-        return RF(self.min, self.max, self.jump / factor)
-
-
-INPUT = RF(1.0, 1.0, 1.0)
-GLOBAL = RF(math.inf, math.inf, math.inf)
-
-
-def meet(rfs: list[RF]) -> RF:
-    """Paths with different receptive fields combined: keep the min and the max."""
-    return RF(min(r.min for r in rfs), max(r.max for r in rfs), min(r.jump for r in rfs))
+from reverso.study.rf_arithmetic import GLOBAL, INPUT, RF, meet, upsampled
 
 
 @dataclass
@@ -279,10 +248,10 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         size = getattr(m, "filter_size", getattr(m, "filt_size", 1))
         return "blurpool", base.through(size, _first(m.stride))
     if isinstance(m, Upsample):  # upsample(x, like): only x's pixels flow through
-        return "upsample", _upsampled(rfs[n.args[0]], m.factor, m.mode, exact)
+        return "upsample", upsampled(rfs[n.args[0]], m.factor, m.mode, exact)
     if isinstance(m, nn.Upsample):
         factor = float(_first(m.scale_factor or 1))
-        return "upsample", _upsampled(base, factor, m.mode, exact)
+        return "upsample", upsampled(base, factor, m.mode, exact)
     if isinstance(m, ImagePyramid):
         return "pyramid", tuple(_pyramid_level(m, level, exact) for level in m.levels)
     if isinstance(m, Merge):
@@ -360,7 +329,7 @@ def _merge_rf(merge: Merge, coarse: RF, image: RF, exact: bool) -> RF:
         coarse = _sequence_rf(merge.project, coarse)
     if merge.upsample is not None:
         up = merge.upsample
-        coarse = _upsampled(coarse, up.factor, up.mode, exact)
+        coarse = upsampled(coarse, up.factor, up.mode, exact)
     joined = meet([coarse, lateral])
     return _sequence_rf(merge.fuse, joined) if merge.fuse is not None else joined
 
@@ -378,18 +347,6 @@ def _sequence_rf(block: nn.Module, rf: RF) -> RF:
     return rf
 
 
-def _upsampled(rf: RF, factor: float, mode: str, exact: bool) -> RF:
-    """Upsampling by ``factor``. Under the exact rules an interpolating upsampler first reads two
-    coarse pixels (four for bicubic); a nearest one repeats each coarse pixel ``factor`` times, so
-    a window over the fine map can start anywhere inside a repeat: the repeat counts as a kernel
-    of ``factor`` fine pixels (a 2-pixel window at x2 can read two coarse pixels, not one)."""
-    if not exact:
-        return rf.upsampled(factor)
-    if mode == "nearest":
-        return rf.upsampled(factor).through(max(1, math.ceil(factor)))
-    return rf.through({"bicubic": 4}.get(mode, 2)).upsampled(factor)
-
-
 def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
     mode = n.kwargs.get("mode", n.args[3] if len(n.args) > 3 else "nearest")
     source = n.args[0]
@@ -400,7 +357,7 @@ def _interpolated(n: fx.Node, base: RF, exact: bool) -> RF:
         factor = n.meta["val"].shape[-1] / source.meta["val"].shape[-1]
     else:
         return base
-    return _upsampled(base, factor, mode, exact)
+    return upsampled(base, factor, mode, exact)
 
 
 def _first(v):
