@@ -132,6 +132,11 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
         td.train()
         loss = F.cross_entropy(td(x), y)
         loss.backward()
+        untrained = [n for n, p in td.named_parameters() if p.requires_grad and p.grad is None]
+        if untrained:  # a branch computed and thrown away: DDP would need find_unused_parameters
+            result.outcome = "internal error"
+            result.message = f"parameters without a gradient: {', '.join(untrained[:3])}"
+            return result
         torch.nn.utils.clip_grad_norm_(td.parameters(), 1.0)
         torch.optim.SGD(td.parameters(), lr=0.003).step()
         with torch.no_grad():

@@ -187,6 +187,9 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     buffers (not in the file) stay within :data:`FIXED_BUFFER_ALLOWANCE` or the file's size. The
     file's tensor bytes."""
     state = model.state_dict()
+    removed = getattr(model, "removed_modules", ())  # dead branches older files still hold
+    for name in [k for k in tensors if k not in state and _in_modules(k, removed)]:
+        del tensors[name]
     for name in list(state) + [k for k in tensors if k not in state]:
         want, have = state.get(name), tensors.get(name)
         if want is None or have is None:
@@ -210,6 +213,12 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
             f"than its {file_bytes} bytes of weights; refused"
         )
     return file_bytes
+
+
+def _in_modules(name: str, removed) -> bool:
+    """Whether the tensor ``name`` is, or belongs to, one of the ``removed`` modules and tensors
+    (paths from the rewritten graph's root, which a network's ``features`` may prefix)."""
+    return any(f".{path}." in f".{name}." for path in removed)
 
 
 class _NeedsRealBuild(Exception):

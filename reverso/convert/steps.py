@@ -58,14 +58,18 @@ def graph_rewrite(model: nn.Module | str, input_size, step: Pass) -> nn.Module:
         gm = copy.deepcopy(model)
         propagate(gm.features, ctx.example_input())
         gm.features = Pipeline([step]).run(gm.features, ctx)
+        removed = ir.remove_dead_code(gm.features)  # weights a rebuilt unit no longer reads
     else:
         gm = ir.own_copy(working_copy(trace(model, size)), model)
         gm = Pipeline([step]).run(gm, ctx)
+        removed = ir.remove_dead_code(gm)
         if step.options().get("stem") == step.options().get("transitions") == "psi":
             gm = InvertibleGraphModule(gm, gm.graph, class_name=type(model).__name__)
         keep_model_attributes(gm, model)
     gm.reverso_source_model = SourceModel.original(model)
     gm.reverso_recipe = Recipe(step.name, step.settings, size, **origin(model))
+    # files saved before reverso removed them still hold them (see reverso.convert.saving)
+    gm.removed_modules = (*getattr(model, "removed_modules", ()), *removed)
     return gm
 
 

@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from reverso import ir
 from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
@@ -105,12 +106,14 @@ def topdown(
     def convert(size) -> TopDownNet:
         ctx = compile_context(model, size, options, leaf_modules)
         gm = pipeline.run(working_copy(ctx.bu), ctx)
+        removed = ir.remove_dead_code(gm)  # branches the passes left unread: no weights to train
         check_same_output(ctx.bu, gm, type(model).__name__)
         configs = tuple(PassConfig.of(p) for p in pipeline)
         recipe = Recipe(
             "topdown", options, tuple(size), pipeline=configs, leaf_modules=leaves, **origin(model)
         )
         net = emit(gm, ctx, recipe)
+        net.removed_modules = tuple(removed)  # files saved before they were removed hold them
         check_runs(net, ctx)
         return net
 

@@ -41,6 +41,10 @@ def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
 
     modules.append(StochasticDepth)
     register_timm_norm_shapes()
+    from reverso.nn import LAYERS
+
+    for layer in LAYERS:  # timm's own tracer (FeatureGraphNet) keeps reverso's layers whole too
+        tl.register_notrace_module(layer)
     return tuple(modules), tuple(tl.get_notrace_functions())
 
 

@@ -20,7 +20,14 @@ from reverso.ir.dataflow import (
     has_ancestor_in,
     main_chain,
 )
-from reverso.ir.edit import add_module_node, own_copy, placed_in, set_module, unique_name
+from reverso.ir.edit import (
+    add_module_node,
+    own_copy,
+    placed_in,
+    remove_dead_code,
+    set_module,
+    unique_name,
+)
 from reverso.ir.modes import evaluating, keeping_modes
 from reverso.ir.nodes import (
     NORMS,
@@ -130,6 +137,7 @@ __all__ = [
     "own_copy",
     "placed_in",
     "pyramid_levels",
+    "remove_dead_code",
     "returns_indices",
     "role_of",
     "set_module",

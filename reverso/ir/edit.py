@@ -115,3 +115,69 @@ def own_copy(module: nn.Module, model: nn.Module) -> nn.Module:
         if id(m) not in copies:
             m.training = model.training
     return module
+
+
+def remove_dead_code(gm: fx.GraphModule) -> list[str]:
+    """Erase the nodes whose values nothing reads (in-place mutations stay), then every submodule,
+    parameter and buffer that no remaining node uses: a branch a rewrite left unread neither runs
+    nor holds weights that never train. Modules that run graphs of their own (a checkpoint
+    segment's ``body``) count what those graphs use. Returns the qualified names removed."""
+    from reverso.ir.dataflow import is_mutation
+
+    gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure() or is_mutation(n))
+    modules, tensors = _used(gm)
+    removed = []
+    for name, module in sorted(gm.named_modules(), key=lambda item: -item[0].count(".")):
+        if not name or id(module) in modules:
+            continue
+        inside = itertools.chain(module.parameters(), module.buffers())
+        if not any(id(m) in modules for m in module.modules()) and not any(
+            id(t) in tensors for t in inside
+        ):
+            parent, _, child = name.rpartition(".")
+            delattr(gm.get_submodule(parent), child)
+            removed.append(name)
+            continue
+        for kind in ("_parameters", "_buffers"):
+            for key, tensor in list(getattr(module, kind).items()):
+                if tensor is not None and id(tensor) not in tensors:
+                    del getattr(module, kind)[key]
+                    removed.append(f"{name}.{key}")
+    gm.recompile()
+    return sorted(n for n in removed if not any(n.startswith(f"{r}.") for r in removed))
+
+
+def _used(gm: fx.GraphModule) -> tuple[set[int], set[int]]:
+    """The ids of the modules the graph calls (and their descendants) and of the tensors it
+    reads, following the graphs such modules keep as ``body``."""
+    modules: set[int] = set()
+    tensors: set[int] = set()
+
+    def take(module: nn.Module) -> None:
+        for m in module.modules():
+            modules.add(id(m))
+            tensors.update(id(t) for t in itertools.chain(m.parameters(False), m.buffers(False)))
+            body = m.__dict__.get("body")
+            if isinstance(body, fx.GraphModule) and id(body) not in modules:
+                modules.add(id(body))
+                visit(body)
+
+    def visit(graph_module: fx.GraphModule) -> None:
+        for n in graph_module.graph.nodes:
+            if n.op == "call_module":
+                take(graph_module.get_submodule(n.target))
+            elif n.op == "get_attr":
+                value = _attribute(graph_module, n.target)
+                if isinstance(value, nn.Module):
+                    take(value)
+                else:
+                    tensors.add(id(value))
+
+    visit(gm)
+    return modules, tensors
+
+
+def _attribute(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module

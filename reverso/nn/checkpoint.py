@@ -17,6 +17,7 @@ import contextlib
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 
@@ -34,6 +35,8 @@ class CheckpointSegment(nn.Module):
         self.enabled = enabled
 
     def forward(self, *args):
+        if is_fx_symbolic_tracing():  # traced: the body's layers, which are the network's
+            return self.body.forward(*args)
         if not (self.enabled and torch.is_grad_enabled()):
             return self.body(*args)
         if torch.compiler.is_compiling():  # the compiled backward recomputes without side effects

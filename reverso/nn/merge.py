@@ -66,6 +66,7 @@ class Merge(nn.Module):
         return f"variant={self.variant!r}"
 
 
+@torch.fx.wrap  # a call in the traced graph: its test on the sizes is not traced
 def _crop_to(s: torch.Tensor, size) -> torch.Tensor:
     """The centre of ``s`` at ``size`` when ``s`` is larger in both dims; ``s`` otherwise."""
     h, w = s.shape[-2:]

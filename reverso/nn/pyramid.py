@@ -48,6 +48,7 @@ def pyramid_taps(kind: str, factor: int) -> torch.Tensor:
     raise OptionError(f"unknown pyramid kind {kind!r}")
 
 
+@torch.fx.wrap  # one call in a traced graph: its choice of padding reads the map's size
 def blur_subsample(x: torch.Tensor, taps: torch.Tensor, factor: int) -> torch.Tensor:
     """Separable blur with reflect padding (replicate on maps too small to reflect), then x[::f, ::f].
 

@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from reverso.errors import OptionError
 
@@ -105,7 +106,7 @@ class ReversibleSequence(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = split(_trunk(x))
-        if self.memory_saving and torch.is_grad_enabled():
+        if self.memory_saving and torch.is_grad_enabled() and not is_fx_symbolic_tracing():
             params = [p for p in self.parameters() if p.requires_grad]
             y1, y2 = _ReversibleFunction.apply(x1, x2, self, *params)
         else:
@@ -124,11 +125,13 @@ class ReversibleSequence(nn.Module):
         return f"memory_saving={self.memory_saving}"
 
 
+@torch.fx.wrap  # a call in a traced graph: it reads the dtype
 def _trunk(x: torch.Tensor) -> torch.Tensor:
     """The trunk in float32 (or float64) whatever autocast made of the input."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+@torch.fx.wrap
 def _leaving_trunk(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The float32 trunk's result for the next layer: kept in float32 under autocast (which casts
     for the layers that want low precision), else in the dtype the input came in (a bfloat16

@@ -36,6 +36,8 @@ from .padding import output_size
 from .pointwise import pointwise_conv
 from .steering import angle_gates, rotate_responses, steer_responses, steering_terms
 
+torch.fx.wrap("pointwise_conv")  # one call in a traced graph: its route reads the device
+
 
 class DynamicSteerableConv2d(FixedBuffers, nn.Module):
     """A conv whose Gaussian-derivative filters are turned per pixel by an estimated pose.
@@ -143,7 +145,7 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         c, m, s = self.in_channels, self.atoms.shape[0], self.kernel_size
         weight = self.atoms.to(x.dtype).unsqueeze(1).repeat(c, 1, 1, 1)  # (C M, 1, s, s)
         z = F.conv2d(x, weight.view(c * m, 1, s, s), None, self.stride, self.padding, 1, c)
-        return z.view(z.shape[0], c, m, *z.shape[-2:])
+        return z.unflatten(1, (c, m))
 
     def estimate_pose(self, x: torch.Tensor) -> torch.Tensor:
         """The pose the network estimates for ``x``: ``theta (B, G, H', W')`` in angle mode, the
@@ -157,7 +159,9 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         c, m = self.in_channels, self.atoms.shape[0]
         atoms = self.atoms.to(first.weight.dtype)
         kernel = torch.einsum("hcm,myx->hcyx", first.weight.view(-1, c, m), atoms)
-        p = self.pose_net[1:](F.conv2d(x, kernel, first.bias, self.stride, self.padding))
+        p = F.conv2d(x, kernel, first.bias, self.stride, self.padding)
+        for layer in list(self.pose_net)[1:]:  # each an installed module (a slice is not)
+            p = layer(p)
         if self.mode == "angle":
             return math.pi * torch.tanh(p)  # (B, G, H', W')
         offsets = torch.tanh(p).unflatten(1, (self.groups, self.num_gates))

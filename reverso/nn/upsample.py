@@ -38,19 +38,23 @@ class Upsample(FixedBuffers, nn.Module):
             return F.interpolate(x, size=size, mode="nearest")
         if self.mode == "bilinear":
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self._blur_upsample(x, size)
-
-    def _blur_upsample(self, x: torch.Tensor, size) -> torch.Tensor:
-        f, c = self.factor, x.shape[1]
-        taps = self.taps.to(dtype=x.dtype)
-        kernel = (taps[:, None] * taps[None, :]).expand(c, 1, -1, -1)
-        # one replicated row/column past the end so the last pixel interpolates to itself
-        x = F.pad(x, (0, 1, 0, 1), mode="replicate")
-        y = F.conv_transpose2d(x, kernel, stride=f, padding=f - 1, groups=c)
-        h, w = int(size[0]), int(size[1])
-        if y.shape[-2] < h or y.shape[-1] < w:
-            y = F.pad(y, (0, max(0, w - y.shape[-1]), 0, max(0, h - y.shape[-2])), mode="replicate")
-        return contiguous_like(y[..., :h, :w], x)
+        return blur_upsample(x, self.taps, self.factor, like)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, factor={self.factor}"
+
+
+@torch.fx.wrap  # one call in a traced graph: the crop and padding read the sizes
+def blur_upsample(x: torch.Tensor, taps: torch.Tensor, factor: int, like: torch.Tensor):
+    """``x`` upsampled by ``factor`` (zeros inserted, then the separable ``taps``) to the size of
+    ``like``."""
+    f, c = factor, x.shape[1]
+    taps = taps.to(dtype=x.dtype)
+    kernel = (taps[:, None] * taps[None, :]).expand(c, 1, -1, -1)
+    # one replicated row/column past the end so the last pixel interpolates to itself
+    padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    y = F.conv_transpose2d(padded, kernel, stride=f, padding=f - 1, groups=c)
+    h, w = int(like.shape[-2]), int(like.shape[-1])
+    if y.shape[-2] < h or y.shape[-1] < w:
+        y = F.pad(y, (0, max(0, w - y.shape[-1]), 0, max(0, h - y.shape[-2])), mode="replicate")
+    return contiguous_like(y[..., :h, :w], x)

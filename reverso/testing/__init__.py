@@ -5,6 +5,7 @@ property checks on the top-down networks reverso emits. Needs ``hypothesis`` (th
 from .properties import (
     check_coarse_entry,
     check_erf_within_receptive_field,
+    check_every_parameter_trains,
     check_one_merge_per_transition,
     check_output_shape,
     check_resolution_never_decreases,
@@ -30,6 +31,7 @@ __all__ = [
     "bottom_up_cnns",
     "check_coarse_entry",
     "check_erf_within_receptive_field",
+    "check_every_parameter_trains",
     "check_one_merge_per_transition",
     "check_output_shape",
     "check_resolution_never_decreases",

@@ -49,6 +49,7 @@ def check_topdown(
     check_one_merge_per_transition(td)
     check_units_once(td)
     check_runs(td, input_size, other_sizes)
+    check_every_parameter_trains(td, input_size)
     return td
 
 
@@ -149,6 +150,28 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
                 assert torch.isfinite(y).all(), (
                     f"non-finite output for input {sh}x{sw} (train={training})"
                 )
+
+
+def check_every_parameter_trains(td: TopDownNet, input_size) -> None:
+    """A loss on the output gives every parameter a gradient, as timm checks its models: no branch
+    is computed and thrown away (DistributedDataParallel needs ``find_unused_parameters``
+    otherwise). The net's mode, running statistics and gradients are left as they were."""
+    from reverso.nn.checkpoint import kept_running_stats
+
+    _require_topdown(td, "check_every_parameter_trains")
+    x = random_input(td, check_input_size(input_size))
+    saved = {name: p.grad for name, p in td.named_parameters()}
+    try:
+        with keeping_modes(td), kept_running_stats(td), torch.enable_grad():
+            td.train()
+            for p in td.parameters():
+                p.grad = None
+            td(x).float().mean().backward()
+            missing = [n for n, p in td.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        for name, p in td.named_parameters():
+            p.grad = saved[name]
+    assert not missing, f"parameters without a gradient: {', '.join(missing[:5])}"
 
 
 def _require_topdown(td, check: str) -> None:
