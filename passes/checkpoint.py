@@ -115,7 +115,7 @@ class _Costs:
     def __init__(self, gm: fx.GraphModule, nodes: list[fx.Node]):
         self.nodes = nodes
         self.pos = {n: i for i, n in enumerate(nodes)}
-        self.internal = [_bytes(n) if not _free(n) else 0.0 for n in nodes]
+        self.internal = [0.0 if _free(n) or _identity(gm, n) else _bytes(n) for n in nodes]
         self.flops = [_flops(gm, n) for n in nodes]
         self.values = [
             v for v in gm.graph.nodes if v.op in ("placeholder", *("call_module", "call_function",
@@ -207,6 +207,11 @@ def _bytes(n: fx.Node) -> float:
         return 0.0
 
     return size(n.meta.get("val"))
+
+
+def _identity(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """An ``nn.Identity`` (a feature tap): its output is its input, nothing of its own."""
+    return n.op == "call_module" and isinstance(gm.get_submodule(n.target), torch.nn.Identity)
 
 
 def _free(n: fx.Node) -> bool:

@@ -18,6 +18,12 @@ def test_njet_multiscale_mnist_runs():
     assert len(rows[1]["sigmas"]) == 2 and not rows[0]["sigmas"]
 
 
+def test_timm_train_runs_a_top_down_net_built_by_name():
+    result = load_script("examples", "timm_train").main(["--size", "32", "--epochs", "1"])
+    assert result["classes"] == 4 and result["groups"] > 3
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["losses"][-1] < result["losses"][0]
+
+
 def test_antialias_timm_runs():
     result = load_script("examples", "antialias_timm").main(["--size", "64", "--pairs", "4"])
     assert result["identity_max_abs_diff"] < 1e-5

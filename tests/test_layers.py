@@ -25,7 +25,7 @@ LAYERS = [
     {"convert"},
     {"study"},
     {"sweep"},
-    {"testing", "cli", "demo", "support", "__init__", "__main__"},
+    {"testing", "cli", "demo", "support", "timm", "__init__", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

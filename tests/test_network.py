@@ -32,7 +32,7 @@ def test_timm_style_interface(resnet32_td):
     assert torch.allclose(td.forward_head(td.forward_features(x)), td(x))
     td.train()
     assert td.forward_head(features, pre_logits=True).shape == (2, 16)
-    assert [f["reduction"] for f in td.feature_info] == [4, 4, 2, 1]
+    assert [f["reduction"] for f in td.feature_info] == [1, 2, 4, 4]  # finest first, as timm
     assert td.pretrained_cfg["input_size"] == (3, 32, 32)
     assert isinstance(td.get_classifier(), torch.nn.Module)
 

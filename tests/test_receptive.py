@@ -232,7 +232,9 @@ def test_erf_png_and_node_choice(tmp_path):
 def test_erf_of_a_top_down_net_defaults_to_its_last_feature_map():
     td = reverso.topdown(LeNetFC(), input_size=(1, 28, 28))
     result = reverso.erf(td, (1, 28, 28), samples=2)
-    assert result.node == "relu" and result.map.shape == (28, 28)
+    # the finest stage's tap: the map forward_features returns
+    assert result.node == td.feature_info[0]["module"].split(".")[-1] == "g1_out"
+    assert result.map.shape == (28, 28)
     assert result.map.sum().item() == pytest.approx(1.0)
 
 

@@ -6,8 +6,6 @@ readable: ``print(net.code)``), ``head`` holds the bottom-up head (pooling and c
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.fx as fx
 from torch import nn
@@ -15,9 +13,8 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from reverso import ir
 from reverso.convert.recipe import Recipe
+from reverso.convert.timm_api import TimmFeatures
 from reverso.errors import InputSizeError, OptionError, UnsupportedTopologyError
-from reverso.ir.shapes import channels
-from reverso.rewrite.units import unit_view
 
 
 class ClassifierHead(nn.Module):
@@ -27,14 +24,23 @@ class ClassifierHead(nn.Module):
         super().__init__()
         self.pre_logits = pre_logits
         self.fc = fc
+        self.unpooled = False  # reset_classifier(0, ""): the head passes its input through
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.unpooled:
+            return x
         x = self.pre_logits(x)
         return x if pre_logits else self.fc(x)
 
 
-class TopDownNet(nn.Module):
-    """A top-down (coarse-to-fine) network compiled from a bottom-up CNN by reverso."""
+class TopDownNet(TimmFeatures, nn.Module):
+    """A top-down (coarse-to-fine) network compiled from a bottom-up CNN by reverso.
+
+    It answers what a timm model answers: ``forward_features``, ``forward_head``,
+    ``num_classes``, ``num_features``, ``head_hidden_size``, ``feature_info`` (finest first),
+    ``forward_intermediates``, ``prune_intermediate_layers``, ``group_matcher``,
+    ``set_grad_checkpointing``, ``reset_classifier``, ``get_classifier`` and ``pretrained_cfg``.
+    """
 
     def __init__(
         self,
@@ -56,8 +62,10 @@ class TopDownNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.min_size = min_size
-        self.feature_info = feature_info
-        self.num_features = feature_info[-1]["num_chs"] if feature_info else 0
+        self.feature_info = feature_info  # finest first, as timm lists features
+        self.num_features = feature_info[0]["num_chs"] if feature_info else 0
+        self.head_hidden_size = self.num_features  # the width the classifier reads
+        self.grad_checkpointing = False
         self.pretrained_cfg = pretrained_cfg
         self.default_cfg = pretrained_cfg
         self.reverso_recipe = recipe  # how reverso.load rebuilds it
@@ -115,31 +123,54 @@ class TopDownNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+    def classifier_path(self) -> str | None:
+        """The path of the classifier layer (``head.fc.<name>``), None without one."""
+        layer = _classifier_node(self.head.fc)
+        return None if layer is None else f"head.fc.{layer.target}"
+
+    def rewrite_features(self, step, batch: int = 1) -> None:
+        """Run the graph pass ``step`` on ``features``, in place (at the compiled input size)."""
+        from reverso.compiler.pipeline import Pipeline
+        from reverso.ir.shapes import propagate
+        from reverso.planner.context import Context
+
+        ctx = Context(self, tuple(self.reverso_recipe.input_size))
+        ctx.state["batch"] = batch
+        propagate(self.features, ctx.example_input())
+        self.features = Pipeline([step]).run(self.features, ctx)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Give the classifier a new number of classes (fresh weights), like timm models;
         ``num_classes=0`` removes it (the network then outputs its pre-logit features) until a
-        later call puts one back. ``global_pool`` is accepted for timm's signature; the pooling
-        stays as compiled."""
+        later call puts one back. ``global_pool=""`` also bypasses the pooling (and whatever else
+        the head does before its classifier): the network outputs its last feature map, as
+        ``forward_features`` does. ``None`` keeps the head's pooling as compiled, and so does the
+        name of a pooling: it cannot be changed."""
         from reverso.rewrite.widths import REGISTRY
 
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise OptionError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if global_pool == "" and num_classes:
+            raise OptionError(
+                "global_pool='' gives the unpooled feature map: it takes num_classes=0 (a "
+                "classifier reads pooled features)"
+            )
+        if global_pool is not None and not isinstance(global_pool, str):
+            raise OptionError(f"global_pool must be a string or None, got {global_pool!r}")
+        if global_pool is not None or num_classes:  # a classifier reads pooled features
+            self.head.unpooled = global_pool == ""
         fc = self.head.fc
         removed = getattr(self, "_removed_classifier", None)  # (target, module) after a reset to 0
         if removed is not None:
             target, module = removed
         else:
-            layers = [
-                n
-                for n in fc.graph.nodes
-                if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
-            ]
-            if not layers:
+            layer = _classifier_node(fc)
+            if layer is None:
                 raise UnsupportedTopologyError(
                     "this network's head (head.fc) has no classifier layer reverso can resize; "
                     "replace head.fc yourself, or use forward_head(x, pre_logits=True)"
                 )
-            target = layers[-1].target
+            target = layer.target
             module = fc.get_submodule(target)
         if num_classes == 0:
             self._removed_classifier = (target, module)
@@ -151,123 +182,13 @@ class TopDownNet(nn.Module):
         self.num_classes = num_classes
 
 
-def emit(gm: fx.GraphModule, ctx, recipe: Recipe) -> TopDownNet:
-    """Split the compiled graph into features and head and wrap it as a :class:`TopDownNet`."""
-    plan = ctx.plan
-    head_units = set(plan.head)
-    head_view = unit_view(gm, plan.head[0])
-    image = next(
-        n
-        for n in gm.graph.nodes
-        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
-    )
-    head_nodes = [n for n in gm.graph.nodes if ir.unit_of(n) in head_units]
-    body_nodes = [
-        n
-        for n in gm.graph.nodes
-        if n.op not in ("placeholder", "output") and n not in set(head_nodes)
-    ]
-    name = type(ctx.model).__name__
-    features = _extract(gm, body_nodes, {image: "x"}, head_view.entry, f"TopDown{name}Features")
-    head = _split_head(gm, head_nodes, head_view.entry, image, ctx.report.num_classes, name)
-    features_info = _feature_info(gm, plan)
-    cfg = dict(getattr(ctx.model, "pretrained_cfg", None) or {})
-    cfg["input_size"] = tuple(ctx.input_size)
-    net = TopDownNet(
-        features,
-        head,
-        num_classes=ctx.report.num_classes,
-        in_chans=ctx.input_size[0],
-        # the total downsampling, or less where the net was compiled (and so checked) at a
-        # smaller size: an input size the conversion accepted is one the network accepts
-        min_size=min(2**plan.entry_level, *ctx.input_size[1:]),
-        feature_info=features_info,
-        pretrained_cfg=cfg,
-        recipe=recipe,
-        report=ctx.report,
-        plan=dataclasses.replace(plan, laterals={}),
-    )
-    net = ir.own_copy(net, ctx.model)
-    ref = next(ctx.model.parameters(), None)
-    if ref is not None:
-        net.to(device=ref.device, dtype=ref.dtype)
-    return net
-
-
-def _extract(
-    gm: fx.GraphModule,
-    nodes: list[fx.Node],
-    inputs: dict[fx.Node, str],
-    output: fx.Node,
-    class_name: str,
-):
-    graph = fx.Graph()
-    env = {old: graph.placeholder(name) for old, name in inputs.items()}
-    for old, new in env.items():  # copied nodes keep their shapes; so do the new inputs
-        new.meta["val"] = old.meta.get("val")
-    for n in nodes:
-        env[n] = graph.node_copy(n, lambda a: env[a])
-    graph.output(env[output])
-    return fx.GraphModule(gm, graph, class_name=class_name)
-
-
-def _split_head(gm, head_nodes, entry, image, num_classes: int, name: str) -> ClassifierHead:
-    """Split the head before its classifier (the last layer that outputs the class scores)."""
+def _classifier_node(fc: fx.GraphModule) -> fx.Node | None:
+    """The last layer of the classifier graph that the width registry can resize."""
     from reverso.rewrite.widths import REGISTRY
 
-    classifier = None
-    for n in head_nodes:
-        m = ir.module_of(gm, n)
-        rule = REGISTRY.lookup(m) if m is not None else None
-        if rule is not None and not rule.preserves_width(m) and rule.out_width(m) == num_classes:
-            classifier = n
-    result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    if classifier is not None:
-        before = head_nodes[: head_nodes.index(classifier)]
-        after = head_nodes[head_nodes.index(classifier) :]
-        pre_input = classifier.args[0]
-        if all(a in set(after) or a is pre_input for n in after for a in n.all_input_nodes):
-            pre = _extract(
-                gm,
-                before,
-                {entry: "x", image: "image"},
-                pre_input if before else entry,
-                f"{name}PreLogits",
-            )
-            fc = _extract(gm, after, {pre_input: "x"}, result, f"{name}Classifier")
-            return ClassifierHead(_drop_unused_input(pre), fc)
-    identity = fx.symbolic_trace(nn.Identity())
-    return ClassifierHead(
-        identity,
-        _drop_unused_input(
-            _extract(gm, head_nodes, {entry: "x", image: "image"}, result, f"{name}Head")
-        ),
-    )
-
-
-def _drop_unused_input(gm: fx.GraphModule) -> fx.GraphModule:
-    """Remove the 'image' placeholder when the head does not read the image (the usual case)."""
-    for n in list(gm.graph.nodes):
-        if n.op == "placeholder" and n.name == "image":
-            if n.users:
-                raise UnsupportedTopologyError(
-                    "the head reads the input image; reverso converts a convolutional body "
-                    "followed by a head that reads only the body's last feature map"
-                )
-            gm.graph.erase_node(n)
-    gm.recompile()
-    return gm
-
-
-def _feature_info(gm: fx.GraphModule, plan) -> list[dict]:
-    """timm-style feature_info: one entry per top-down stage (stem, then each slot)."""
-    info = []
-    stages = ([plan.stem] if plan.stem else []) + [s.units for s in plan.slots]
-    levels = ([plan.entry_level] if plan.stem else []) + [s.level for s in plan.slots]
-    for units, level in zip(stages, levels, strict=True):
-        exit_ = unit_view(gm, units[-1]).exit
-        # a merge that closes the stage is the stage's real output
-        merges = [u for u in exit_.users if ir.role_of(u) is ir.Role.MERGE]
-        exit_ = merges[0] if merges else exit_
-        info.append({"num_chs": channels(exit_), "reduction": 2**level, "module": exit_.name})
-    return info
+    layers = [
+        n
+        for n in fc.graph.nodes
+        if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
+    ]
+    return layers[-1] if layers else None

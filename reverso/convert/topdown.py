@@ -28,7 +28,8 @@ from reverso import ir
 from reverso.analysis import analyze_graph
 from reverso.compiler.base import Pass
 from reverso.compiler.pipeline import Pipeline
-from reverso.convert.network import TopDownNet, emit
+from reverso.convert.emit import emit
+from reverso.convert.network import TopDownNet
 from reverso.convert.recipe import PassConfig, Recipe, origin
 from reverso.convert.steps import working_copy
 from reverso.convert.transforms import with_memory
@@ -99,6 +100,7 @@ def topdown(
         settings = _njet_options(njet)
         pipeline = Pipeline([*pipeline, NJet(**settings)], dump_dir=pipeline.dump_dir)
     model = resolve_model(model)
+    refuse_if_top_down(model)
     input_size = resolve_input_size(model, input_size)
     leaf_modules = check_leaves(leaf_modules)
     leaves = tuple(qualified_name(t) for t in leaf_modules)  # "package.module:Class"
@@ -127,6 +129,32 @@ def topdown(
     net.reverso_recipe = recipe  # memory= is an option of the top-down recipe itself
     net.reverso_source_model = SourceModel.original(model)
     return net
+
+
+def refuse_if_top_down(model: nn.Module) -> None:
+    """A top-down network (or an fx trace of one) has no bottom-up form to convert: refuse by
+    name (its pyramid would otherwise be read as a downsampling inside reshaped tensors)."""
+    from reverso.nn import ImagePyramid, Merge
+
+    pyramid = next((n for n, m in model.named_modules() if isinstance(m, ImagePyramid)), None)
+    if pyramid is None:  # an fx trace of one inlines its layers; every merge calls its crop
+        merges = (
+            n.name
+            for m in model.modules()
+            if isinstance(m, fx.GraphModule)
+            for n in m.graph.nodes
+            if n.op == "call_function" and getattr(n.target, "__module__", "") == Merge.__module__
+        )
+        pyramid = next(merges, None)
+    if pyramid is not None:
+        what = "a top-down network" if isinstance(model, TopDownNet) else (
+            f"{type(model).__name__}, which holds a top-down network's layers ({pyramid})"
+        )  # fmt: skip
+        raise UnsupportedTopologyError(
+            f"the model is {what}: it is already top-down. Convert the bottom-up model it was "
+            "made from; reverso's other transforms (njet, antialias, checkpoint, frames, ...) "
+            "take top-down networks"
+        )
 
 
 def _njet_options(njet) -> dict:

@@ -267,6 +267,12 @@ def _build(source: Source, trust: tuple[str, ...], where: str):
     if source.registry == "timm":
         import timm
 
+        entry_points = sys.modules.get("reverso.timm")  # registered by import reverso.timm
+        if entry_points is not None and entry_points.is_entry_point(source.name):
+            raise FileFormatError(
+                f"{where}: {source.name} is reverso's top-down entry point in timm; a recipe "
+                "names the bottom-up model it converts"
+            )
         if not timm.is_model(source.name):
             raise FileFormatError(
                 f"{where}: timm {timm.__version__} has no model {shown(source.name)}"
