@@ -49,6 +49,8 @@ def create(arch: str, pretrained: bool = False, **kwargs):
     # the bottom-up model keeps a classifier: its conversion then has a head to keep
     if num_classes:
         kwargs["num_classes"] = num_classes
+    if global_pool:  # a named pooling is the bottom-up head's, which the top-down net keeps
+        kwargs["global_pool"] = global_pool
     model = timm.create_model(arch, pretrained=pretrained, **kwargs)
     net = topdown(model, **options)
     if num_classes == 0 or features_only:

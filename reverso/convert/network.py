@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
@@ -123,6 +124,12 @@ class TopDownNet(TimmFeatures, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    @property
+    def global_pool(self) -> str | None:
+        """The head's global pooling in timm's names (``"avg"``, ``"max"``, ``"avgmax"``,
+        ``"catavgmax"``), read from its graph; ``""`` when bypassed, None when unnamed."""
+        return "" if self.head.unpooled else pooling_of(self.head.pre_logits)
+
     def classifier_path(self) -> str | None:
         """The path of the classifier layer (``head.fc.<name>``), None without one."""
         layer = _classifier_node(self.head.fc)
@@ -157,6 +164,16 @@ class TopDownNet(TimmFeatures, nn.Module):
             )
         if global_pool is not None and not isinstance(global_pool, str):
             raise OptionError(f"global_pool must be a string or None, got {global_pool!r}")
+        compiled = self.global_pool
+        if global_pool and global_pool != compiled:
+            raise OptionError(
+                f"global_pool={global_pool!r}: this network's pooling is compiled from its "
+                f"bottom-up model's head ({compiled or 'a pooling reverso cannot name'}) and "
+                "cannot be changed on the top-down net; build the bottom-up model with "
+                f"global_pool={global_pool!r} and convert that (timm.create_model("
+                f"'topdown_<name>', global_pool={global_pool!r}) does), or pass "
+                "global_pool=None to keep it"
+            )
         if global_pool is not None or num_classes:  # a classifier reads pooled features
             self.head.unpooled = global_pool == ""
         fc = self.head.fc
@@ -192,3 +209,32 @@ def _classifier_node(fc: fx.GraphModule) -> fx.Node | None:
         if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
     ]
     return layers[-1] if layers else None
+
+
+#: how a head pools over the whole map: modules, functions and tensor methods
+_AVERAGES = (nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d, "mean")
+_MAXIMA = (nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, "amax", "max")
+
+
+def pooling_of(head: fx.GraphModule) -> str | None:
+    """The global pooling a head's graph applies, in timm's names, or None (none, or unnamed)."""
+    kinds = set()
+    for n in head.graph.nodes:
+        what = type(head.get_submodule(n.target)) if n.op == "call_module" else n.target
+        if n.op == "call_method" and not _over_the_map(n):
+            continue
+        if what in _AVERAGES:
+            kinds.add("avg")
+        elif what in _MAXIMA:
+            kinds.add("max")
+    if kinds == {"avg", "max"}:
+        cat = any(n.op == "call_function" and n.target is torch.cat for n in head.graph.nodes)
+        return "catavgmax" if cat else "avgmax"
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _over_the_map(n: fx.Node) -> bool:
+    """Whether a ``mean``/``amax``/``max`` method reduces both spatial dimensions."""
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = (dims,) if isinstance(dims, int) else dims
+    return isinstance(dims, (tuple, list)) and {d % 4 for d in dims if isinstance(d, int)} >= {2, 3}

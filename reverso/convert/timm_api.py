@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from reverso import ir
 from reverso.errors import OptionError
@@ -71,19 +72,24 @@ class TimmFeatures:
         self, indices=1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop what only the features finer than those of ``indices`` need (the layers after the
-        finest one taken) and, with ``prune_head``, the pooling and classifier; returns the
-        indices taken (timm's ``prune_intermediate_layers``)."""
+        finest one taken) and, with ``prune_head`` or when layers were dropped (the head is
+        sized for the last features), the pooling and classifier; returns the indices taken
+        (timm's ``prune_intermediate_layers``)."""
         taken = take_indices(len(self.feature_info), indices)
         target = self.feature_info[min(taken)]["module"].removeprefix("features.")
         gm = self.features
         tap = next(
             (n for n in gm.graph.nodes if n.op == "call_module" and n.target == target), None
         )
-        if tap is not None:  # (a tap inside a checkpoint segment keeps the whole graph)
-            output = next(n for n in gm.graph.nodes if n.op == "output")
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        pruned_end = tap is not None and output.args[0] is not tap
+        if pruned_end:  # (a tap inside a checkpoint segment keeps the whole graph)
             output.args = (tap,)
             ir.remove_dead_code(gm)
-        if prune_head:
+            gm.recompile()
+            # the features now end at that tap: the head, sized for the last ones, goes too
+            self.num_features = self.head_hidden_size = self.feature_info[min(taken)]["num_chs"]
+        if prune_head or pruned_end:
             self.reset_classifier(0, "")
         return taken
 
@@ -91,17 +97,20 @@ class TimmFeatures:
         """Parameter groups in top-down execution order, for timm's layer-wise learning-rate
         decay: the stem, each stage coarse to fine (each unit, unless ``coarse``), then the
         head. Returns a function from a parameter name to its group's ordinal."""
-        paths = {id(m): name for name, m in self.named_modules()}
+        names = {id(p): name for name, p in self.named_parameters()}
         taps = {id(self.get_submodule(info["module"])) for info in self.feature_info}
         order: dict[str, tuple] = {}
         stage, units = 0, {}
-        for node, module in _calls(self.features):
+        for node, owner in _reads(self.features):
             unit = units.setdefault((stage, ir.unit_of(node)), len(units))
-            for name, _ in module.named_parameters():
-                order.setdefault(
-                    f"{paths[id(module)]}.{name}", (stage,) if coarse else (stage, unit)
-                )
-            stage += id(module) in taps
+            if node.op == "get_attr":  # a parameter a function reads (a layer-scale gain)
+                params = [_attribute(owner, node.target)]
+            else:
+                params = list(owner.get_submodule(node.target).parameters())
+            for p in params:
+                order.setdefault(names[id(p)], (stage,) if coarse else (stage, unit))
+            if node.op == "call_module":
+                stage += id(owner.get_submodule(node.target)) in taps
         head = (stage + 1,)
         for name, _ in self.head.named_parameters():
             order[f"head.{name}"] = head
@@ -123,14 +132,24 @@ class TimmFeatures:
         self.grad_checkpointing = bool(enable)
 
 
-def _calls(gm: fx.GraphModule):
-    """``(node, module)`` of every module call, in execution order, into checkpoint segments."""
+def _reads(gm: fx.GraphModule):
+    """``(node, graph module)`` of every module call and every parameter read, in execution
+    order, into checkpoint segments."""
     for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            if isinstance(_attribute(gm, n.target), nn.Parameter):
+                yield n, gm
+            continue
         if n.op != "call_module":
             continue
         module = gm.get_submodule(n.target)
         body = module.__dict__.get("body")
         if isinstance(body, fx.GraphModule):
-            yield from _calls(body)
+            yield from _reads(body)
         else:
-            yield n, module
+            yield n, gm
+
+
+def _attribute(gm: nn.Module, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name, None)
