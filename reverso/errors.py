@@ -81,3 +81,9 @@ def failure(err: BaseException) -> str:
         + f": {type(err).__name__}: "
         + (lines[0] if lines else "")
     )
+
+
+def without_trace_note(message: str) -> str:
+    """``message`` without the ``While executing %node ...`` note torch.fx's Interpreter appends
+    to an exception raised while it runs a node (the node is named by reverso's own message)."""
+    return message.split("\n\nWhile executing ", 1)[0]

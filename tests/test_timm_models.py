@@ -4,6 +4,7 @@ through timm's registry (``import reverso.timm``). TorchScript is not checked (t
 to torch.export)."""
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -26,15 +27,30 @@ FAMILIES = ["resnet18", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_1
             "regnetx_002", "densenet121", "ghostnet_100", "repvgg_a0"]  # fmt: skip
 
 
+#: the warnings each family's conversion and first forward gave
+WARNINGS: dict[str, list[str]] = {}
+
+
 @pytest.fixture(scope="module", params=[*FAMILIES, "torchvision_resnet18"])
 def net(request):
-    """(name, top-down net with 42 classes, the same with its weights untouched) per family."""
+    """(name, top-down net with 42 classes) per family."""
     torch.manual_seed(0)
-    if request.param == "torchvision_resnet18":
-        td = reverso.topdown(torchvision.models.resnet18(num_classes=42), input_size=SIZE)
-    else:
-        td = timm.create_model(f"topdown_{request.param}", num_classes=42, input_size=SIZE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if request.param == "torchvision_resnet18":
+            td = reverso.topdown(torchvision.models.resnet18(num_classes=42), input_size=SIZE)
+        else:
+            td = timm.create_model(f"topdown_{request.param}", num_classes=42, input_size=SIZE)
+        with torch.no_grad():
+            td.eval()(torch.randn(1, *SIZE))
+    WARNINGS[request.param] = [str(w.message) for w in caught]
     return request.param, td.eval()
+
+
+def test_conversion_and_forward_warn_nothing(net):
+    """No layer adapted with a warning, no even kernel padded by torch at every forward."""
+    name, _ = net
+    assert WARNINGS[name] == [], f"{name}: {WARNINGS[name]}"
 
 
 def test_forward_and_backward_reach_every_parameter(net):
@@ -160,13 +176,24 @@ def test_layer_decay_puts_the_classifier_on_top_and_ema_follows(net):
         g["lr_scale"] for g in optimizer.param_groups if any(p is classifier for p in g["params"])
     ]
     assert len(scales) > 3 and top == [max(scales)] == [1.0]
+    # every feature parameter has a group below the head, the ones functions read included
+    # (ConvNeXt's layer-scale gains), with checkpointing on too
+    for checkpointed in (False, True):
+        td.set_grad_checkpointing(checkpointed)
+        group = td.group_matcher(coarse=False)
+        head = group("head.fc.weight")
+        fell = [
+            n for n, _ in td.named_parameters() if not n.startswith("head.") and group(n) == head
+        ]
+        assert not fell, f"feature parameters in the head's group: {fell[:3]}"
+    td.set_grad_checkpointing(False)
     ema = ModelEmaV3(td, decay=0.5)
     with torch.no_grad():
         for p in td.parameters():
             p.add_(1.0)
     ema.update(td)
-    assert torch.allclose(ema.module.get_parameter(td.pretrained_cfg["classifier"] + ".weight"),
-                          classifier - 0.5)  # fmt: skip
+    ema_classifier = ema.module.get_parameter(td.pretrained_cfg["classifier"] + ".weight")
+    assert torch.allclose(ema_classifier, classifier - 0.5)
 
 
 def test_grad_checkpointing_switches_at_run_time(net):
@@ -191,6 +218,45 @@ def test_grad_checkpointing_switches_at_run_time(net):
     assert torch.allclose(step()[0], plain, atol=1e-6)
 
 
+def test_pruning_the_finest_stages_drops_the_head_as_timm_does(net):
+    """prune_intermediate_layers(prune_head=False) that drops layers also drops the head (sized
+    for the last features), as timm's models do; the net then ends at the last tap kept."""
+    _, td = net
+    td = copy.deepcopy(td)
+    taken = td.prune_intermediate_layers([1, 2], prune_head=False)
+    with torch.no_grad():
+        out = td(torch.randn(1, *SIZE))
+    assert out.dim() == 4 and out.shape[1] == td.feature_info[min(taken)]["num_chs"]
+    assert td.num_features == td.head_hidden_size == out.shape[1]
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax", "catavgmax"])
+def test_global_pool_reaches_the_head(pool):
+    net = timm.create_model("topdown_resnet18", num_classes=5, global_pool=pool, input_size=SIZE)
+    assert net.global_pool == pool
+    features = net.eval().forward_features(torch.randn(2, *SIZE))
+    pooled = net.forward_head(features, pre_logits=True)
+    avg, top = features.mean((2, 3)), features.amax((2, 3))
+    expected = {"max": top, "avgmax": (avg + top) / 2, "catavgmax": torch.cat([avg, top], 1)}
+    assert torch.allclose(pooled, expected[pool], atol=1e-6)
+    assert net.head_hidden_size == pooled.shape[1]
+    with pytest.raises(reverso.OptionError, match="cannot be changed"):
+        net.reset_classifier(3, "avg" if pool != "avg" else "max")
+
+
+@pytest.mark.parametrize(
+    ("arch", "argument"),
+    [("resnet18", {"drop_rate": 0.5}), ("convnext_atto", {"drop_path_rate": 0.5})],
+)
+def test_timms_regularisation_arguments_drop_in_train_mode_only(arch, argument):
+    net = timm.create_model(f"topdown_{arch}", num_classes=5, input_size=SIZE, **argument)
+    x = torch.randn(2, *SIZE)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
 def test_the_registry_lists_and_builds_top_down_nets():
     names = timm.list_models("topdown_*")
     assert len(names) == len([n for n in timm.list_models() if not n.startswith("topdown_")])
@@ -207,8 +273,10 @@ def test_pretrained_weights_come_from_timms_loading(tmp_path):
     through pretrained_cfg_overlay, no network."""
     source = timm.create_model("resnet18")
     torch.save(source.state_dict(), tmp_path / "weights.pth")
-    td = timm.create_model("topdown_resnet18", pretrained=True, input_size=SIZE,
-                           pretrained_cfg_overlay={"file": str(tmp_path / "weights.pth")})  # fmt: skip
+    overlay = {"file": str(tmp_path / "weights.pth")}
+    td = timm.create_model(
+        "topdown_resnet18", pretrained=True, input_size=SIZE, pretrained_cfg_overlay=overlay
+    )
     # groups keep their widths and so their weights (the stem takes the coarsest group's width)
     assert torch.equal(
         td.get_parameter("features.layer4.1.conv2.weight"), source.layer4[1].conv2.weight

@@ -1,5 +1,7 @@
 """The width registry: how each layer type is rebuilt at other widths, and how users extend it."""
 
+import warnings
+
 import pytest
 import timm.layers as tl
 import torch
@@ -120,8 +122,10 @@ def test_unknown_layer_keeps_its_width_behind_an_entry_projection():
     td(torch.rand(2, 3, 16, 16)).sum().backward()
 
 
-def test_unknown_layer_kept_at_its_width_says_how_to_register():
-    with pytest.warns(UserWarning, match=r"reverso.register_width_rule\(Mystery"):
+def test_unknown_layer_the_user_keeps_whole_converts_without_warning():
+    # the user asked for Mystery to run whole (leaf_modules): its projection is no surprise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         reverso.topdown(WithMystery(), input_size=(3, 16, 16), leaf_modules=[Mystery])
 
 

@@ -3,6 +3,8 @@
 ``analyze_graph`` runs the stages in order, each a function of the ones before it:
 
 1. :func:`~reverso.analysis.probe.probe`: the image input, the logits, which values scale;
+   :func:`~reverso.analysis.positions.refuse_position_readers` refuses layers that read the
+   map's positions by number or order;
 2. :func:`~reverso.analysis.segments.find_segments`: the main path and the pieces between;
 3. :func:`~reverso.analysis.levels.measure_levels` and
    :func:`~reverso.analysis.levels.downsampling_nodes`: levels and where they rise;
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from reverso.analysis.levels import check_strides_survive, downsampling_nodes, measure_levels
+from reverso.analysis.positions import refuse_position_readers
 from reverso.analysis.probe import close_reshaped_tail, cut_channels_last, probe
 from reverso.analysis.report import Group, StageReport, Transition, Unit
 from reverso.analysis.segments import find_segments
@@ -42,6 +45,7 @@ def analyze_graph(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> Stage
     values = probe(gm, input_size)
     if rebase_image_sizes(gm, values) | cut_channels_last(gm, values):
         values = probe(gm, input_size)
+    refuse_position_readers(gm, values)
     segments = find_segments(gm, values)
     if close_reshaped_tail(gm, values, segments.chain[segments.head_start]):
         values = probe(gm, input_size)

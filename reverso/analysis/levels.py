@@ -16,7 +16,15 @@ from reverso.analysis.probe import Probe
 from reverso.analysis.segments import Segments
 from reverso.errors import InputSizeError, UnsupportedTopologyError
 from reverso.frontend.tracing import size_hint, traced_dtype
-from reverso.ir import describe, feature_input, has_stride, is_padding, stalled_stride, stride_of
+from reverso.ir import (
+    describe,
+    feature_input,
+    has_stride,
+    is_padding,
+    owner_class,
+    stalled_stride,
+    stride_of,
+)
 from reverso.ir.shapes import level_of, spatial
 
 
@@ -53,9 +61,10 @@ def downsampling_nodes(
     """The body's nodes that raise the level, with their factor. Refuses nodes that combine or
     upsample maps across resolutions."""
     body = segments.body()
+    local = local_excursions(levels, segments, body)
     strided: dict[fx.Node, int] = {}
     for n in gm.graph.nodes:
-        if n not in body or n not in levels:
+        if n not in body or n not in levels or n in local:
             continue
         ins = [a for a in n.all_input_nodes if a in levels]
         if not ins:
@@ -69,14 +78,65 @@ def downsampling_nodes(
         if step > 0:
             strided[n] = 2**step
         elif step < 0 or any(levels[a] != levels[ins[0]] for a in ins):
-            lo = min(ins, key=lambda a: levels[a])
-            raise UnsupportedTopologyError(
-                f"node {describe(gm, n)} combines or upsamples feature maps across "
-                f"resolutions (level {levels[lo]} -> {levels[n]}, from '{lo.name}'): "
-                "cross-resolution branches as in HRNet, DLA or U-Net cannot be reversed "
-                "into a single coarse-to-fine path"
-            )
+            raise _cross_resolution(gm, n, ins, levels)
     return strided
+
+
+def _cross_resolution(gm, n: fx.Node, ins: list[fx.Node], levels) -> UnsupportedTopologyError:
+    """The refusal of a node that leaves its level for good inside the body, naming the
+    construct: a reshape of values computed at a pooled resolution, or a branch between levels."""
+    lo = min(ins, key=lambda a: levels[a])
+    where = f"node {describe(gm, n)}"
+    if n.op == "call_method" and n.target in ("view", "reshape", "flatten", "unflatten"):
+        err = UnsupportedTopologyError(
+            f"{where} reshapes values computed at level {levels[lo]} into a map at level "
+            f"{levels[n]}: its block works at a pooled resolution (query pooling, attention "
+            "that downsamples its input) and does not come back to the level it started from "
+            "before the block ends, so the block has no top-down form"
+        )
+    else:
+        err = UnsupportedTopologyError(
+            f"{where} combines or upsamples feature maps of different levels ({levels[lo]} -> "
+            f"{levels[n]}, from '{lo.name}'): a branch between two levels of the network (a "
+            "cross-resolution fusion as in HRNet, DLA or U-Net) cannot be reversed into a single "
+            "coarse-to-fine path"
+        )
+    err.module_class = owner_class(n)
+    return err
+
+
+def local_excursions(
+    levels: dict[fx.Node, int], segments: Segments, body: set[fx.Node]
+) -> set[fx.Node]:
+    """The nodes of every down-then-up path inside one segment: a gate or an attention that
+    pools, works coarser and comes back to the level it left (ghostnetv2's DFC attention, a
+    pooled gate) before its block ends. They belong to the block and keep their resolution ratio
+    to it in the top-down net. The coarse part must be private to the path (nothing else reads
+    it); a path whose ends lie at different levels, or whose coarse part also feeds on (HRNet's
+    parallel branches), stays a cross-resolution branch."""
+    local: set[fx.Node] = set()
+    for up in body:
+        ins = [a for a in up.all_input_nodes if a in levels]
+        if up not in levels or not ins or levels[up] >= max(levels[a] for a in ins):
+            continue  # not an upsampling
+        target, segment = levels[up], segments.index.get(up)
+        inside, stack, left_from = set(), list(ins), set()
+        while stack:
+            a = stack.pop()
+            if a in inside or a not in levels:
+                continue
+            if levels[a] <= target:
+                left_from.add(levels[a])
+                continue
+            if segments.index.get(a) != segment:
+                left_from.add(None)  # the deeper part began in another segment
+                continue
+            inside.add(a)
+            stack.extend(a.all_input_nodes)
+        private = all(set(a.users) <= inside | {up} for a in inside)
+        if inside and left_from == {target} and private:
+            local |= inside | {up}
+    return local
 
 
 def check_strides_survive(gm: fx.GraphModule, input_size) -> None:

@@ -174,6 +174,35 @@ def _refuse_fixed_size(gm: fx.GraphModule, err: Exception) -> None:
             "input size only; a top-down network runs its layers at other resolutions. Convert a "
             "model whose layers take any input size"
         ) from err
+    constant = _constant_reshape(node) if node is not None else None
+    if constant is not None:
+        raise UnsupportedTopologyError(
+            f"node {describe(gm, node)} reshapes the data with sizes written into the model "
+            f"({constant}): the layer takes one input size only, and a top-down network runs "
+            "its layers at other resolutions. Convert a model whose layers read their sizes "
+            "from the input (x.shape)"
+        ) from err
+
+
+RESHAPES = {"view", "reshape"}
+
+
+def _constant_reshape(node: fx.Node) -> str | None:
+    """The constant sizes of a ``view``/``reshape`` that failed at twice the input size, when
+    more than the batch is a Python constant (the model wrote a resolution into its code), as
+    ``"dimension 2 = 7, dimension 3 = 7"``."""
+    if node.op == "call_method" and node.target in RESHAPES:
+        sizes = node.args[1:]
+    elif node.op == "call_function" and node.target is torch.reshape:
+        sizes = node.args[1:2]
+    else:
+        return None
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    constants = [
+        f"dimension {i} = {s}" for i, s in enumerate(sizes) if i and isinstance(s, int) and s != -1
+    ]
+    return ", ".join(constants) or None
 
 
 def cut_channels_last(gm: fx.GraphModule, probe: Probe) -> bool:

@@ -26,9 +26,11 @@ from reverso.errors import (
     UnsupportedTopologyError,
     failed_node,
     failure,
+    without_trace_note,
 )
 from reverso.ir.shapes import propagate, shapes_current, tensor_shape
 from reverso.rewrite.repair import repair_widths
+from reverso.rewrite.rigid import channel_dim
 
 if TYPE_CHECKING:
     from reverso.planner.context import CompileContext
@@ -164,7 +166,7 @@ def _attributed(what: str, pass_name: str, step, *args):
     try:
         return step(*args)
     except ReversoError as err:
-        err.args = (f"{what}: {err}", *err.args[1:])
+        err.args = (f"{what}: {without_trace_note(str(err))}", *err.args[1:])
         err.pass_name = pass_name
         raise
     except Exception as err:
@@ -180,6 +182,8 @@ def _refuse_fixed_resolution(gm, err: Exception, what: str) -> None:
     net runs it at another, so the model has no top-down form. Refuse it by name."""
     node = ir.by_name(gm).get(failed_node(err)) if isinstance(gm, fx.GraphModule) else None
     fixed = ir.fixed_inputs(node) if node is not None else []
+    # a per-channel constant (a gain, a depthwise filter) is bound to a width, not a resolution
+    fixed = [a for a in fixed if channel_dim(a.meta.get("val")) is None]
     if fixed:
         raise UnsupportedTopologyError(
             f"{what}: node {ir.describe(gm, node)} combines a feature map with "

@@ -39,6 +39,7 @@ from reverso.errors import (
     PassError,
     ReversoError,
     UnsupportedTopologyError,
+    WidthError,
 )
 from reverso.frontend.provenance import SourceModel, qualified_name
 from reverso.frontend.tracing import (
@@ -103,14 +104,14 @@ def topdown(
     refuse_if_top_down(model)
     input_size = resolve_input_size(model, input_size)
     leaf_modules = check_leaves(leaf_modules)
-    leaves = tuple(qualified_name(t) for t in leaf_modules)  # "package.module:Class"
 
-    def convert(size) -> TopDownNet:
+    def convert(size, leaf_modules=leaf_modules) -> TopDownNet:
         ctx = compile_context(model, size, options, leaf_modules)
         gm = pipeline.run(working_copy(ctx.bu), ctx)
         removed = ir.remove_dead_code(gm)  # branches the passes left unread: no weights to train
         check_same_output(ctx.bu, gm, type(model).__name__)
         configs = tuple(PassConfig.of(p) for p in pipeline)
+        leaves = tuple(qualified_name(t) for t in leaf_modules)  # "package.module:Class"
         recipe = Recipe(
             "topdown", options, tuple(size), pipeline=configs, leaf_modules=leaves, **origin(model)
         )
@@ -124,11 +125,35 @@ def topdown(
     except PassError as err:
         refuse_if_too_small(err, convert, input_size, type(model).__name__)
         raise
+    except (UnsupportedTopologyError, WidthError) as err:
+        suggest_leaf(err, lambda leaf: convert(input_size, [*leaf_modules, leaf]), leaf_modules)
+        raise
     recipe = net.reverso_recipe
     net = with_memory(net, options.memory)
     net.reverso_recipe = recipe  # memory= is an option of the top-down recipe itself
     net.reverso_source_model = SourceModel.original(model)
     return net
+
+
+def suggest_leaf(err: ReversoError, convert, leaf_modules) -> None:
+    """A refusal inside one of the user's modules that converts once that module is a leaf
+    (traced whole: kept at its own width, run as one unit at its level) says so. reverso tries
+    it first, so it never suggests what fails."""
+    cls = getattr(err, "module_class", None)
+    if cls is None or cls in leaf_modules or not issubclass(cls, nn.Module):
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            convert(cls)
+    except ReversoError:
+        return
+    err.args = (
+        f"{err}. It converts with that module kept whole: pass leaf_modules=({cls.__name__},) "
+        f"(reverso tried it; {cls.__module__}.{cls.__qualname__} then runs as one unit, at its "
+        "own width, in the top-down net)",
+        *err.args[1:],
+    )
 
 
 def refuse_if_top_down(model: nn.Module) -> None:
@@ -181,6 +206,7 @@ def compile_context(
         report=report,
         plan=make_plan(report, options, bu),
         prototypes=prototypes_of(bu, report),
+        leaf_modules=tuple(leaf_modules),
     )
 
 

@@ -1,4 +1,4 @@
-"""The tracing front end: model resolution, torch.fx tracing and shape propagation.
+"""The tracing front end: torch.fx tracing and shape propagation.
 
 timm's "notrace" modules and functions are honoured, every layer type that the width
 registry can rebuild is kept as a leaf (so passes can re-instantiate it), and users can add
@@ -17,11 +17,18 @@ from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
 from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
+from reverso.frontend.models import (  # noqa: F401  (the front end's entry points)
+    check_convertible,
+    did_you_mean,
+    resolve_input_size,
+    resolve_model,
+)
+from reverso.frontend.modes import dropout_as_layers, reads_training
 from reverso.frontend.normalize import drop_unread_pool_indices, whole_map_pools_as_global
 from reverso.ir.edit import model_device, model_dtype, set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shape_rules import channel_norm_rule, register_shape_rule
-from reverso.ir.shapes import check_input_size, propagate
+from reverso.ir.shapes import propagate
 from reverso.ir.windows import pair
 from reverso.rewrite.widths import REGISTRY
 
@@ -103,6 +110,8 @@ class ReversoTracer(fx.Tracer):
             return True
         if isinstance(m, self.translated):
             return True  # swapped for reverso's own layer after tracing
+        if reads_training(m):
+            return True  # a stochastic layer (timm's DropPath): kept with its train/eval mode
         if isinstance(m, self.timm_leaves):
             return not self._opens(m)
         return super().is_leaf_module(m, module_qualified_name)
@@ -166,78 +175,6 @@ def _traces(m: nn.Module, parent: ReversoTracer) -> bool:
     return True
 
 
-def resolve_model(model) -> nn.Module:
-    """An nn.Module, or a timm model name created with ``pretrained=False``."""
-    if isinstance(model, nn.Module):
-        check_convertible(model)
-        return model
-    if isinstance(model, str):
-        import timm
-
-        if not timm.is_model(model):
-            raise OptionError(f"'{model}' is not a timm model name.{did_you_mean(model)}")
-        return timm.create_model(model, pretrained=False)
-    raise OptionError(
-        f"model must be an nn.Module or a timm model name, got {type(model).__name__}"
-    )
-
-
-def check_convertible(model: nn.Module) -> None:
-    """Refuse, with what to pass instead, the modules that only wrap the model to convert
-    (DataParallel, DistributedDataParallel, ``torch.compile``), TorchScript modules (no Python
-    forward to trace) and models whose lazy modules have not run yet (no shapes to read)."""
-    kind = type(model).__name__
-    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        raise OptionError(
-            f"{kind} wraps the model to convert: pass model.module, then wrap the converted model again"
-        )
-    if kind == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        raise OptionError(
-            "this model was compiled with torch.compile: convert the model it wraps "
-            "(model._orig_mod), then compile the converted model"
-        )
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TraceError(
-            f"{kind} is a TorchScript module, which has no Python forward for torch.fx to trace: "
-            "convert the nn.Module it was scripted from"
-        )
-    lazy = [name or kind for name, m in model.named_modules()
-            if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]  # fmt: skip
-    if lazy:
-        raise OptionError(
-            f"module(s) {', '.join(repr(n) for n in lazy)} have lazy parameters that are not "
-            "initialised yet: run the model once on a batch of the input size, "
-            "e.g. model(torch.zeros(1, 3, 224, 224)), then convert it"
-        )
-
-
-def did_you_mean(name: str, extra=()) -> str:
-    """The hint ' Did you mean: a, b?' naming the timm models (and ``extra``) closest to ``name``."""
-    import timm
-
-    from reverso.names import close_matches
-
-    close = close_matches(name, [*extra, *timm.list_models()])
-    return f" Did you mean: {', '.join(close)}?" if close else ""
-
-
-def resolve_input_size(model: nn.Module, input_size) -> tuple[int, int, int]:
-    """``input_size`` if given, else timm's ``pretrained_cfg["input_size"]``."""
-    if input_size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        input_size = cfg.get("input_size")
-        if input_size is None:
-            raise OptionError(
-                f"input_size is required for {type(model).__name__}: it has no timm pretrained_cfg "
-                "to read it from. Pass input_size=(channels, height, width), e.g. input_size=(3, 224, 224)."
-            )
-        # timm keeps the pretrained config's 3 channels when built with another in_chans
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is not None and first.groups == 1 and first.in_channels != input_size[0]:
-            input_size = (first.in_channels, *input_size[1:])
-    return check_input_size(input_size)
-
-
 def example_input(
     input_size: tuple[int, int, int], batch: int = 2, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -282,6 +219,7 @@ def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) ->
     gm.meta["root"] = model  # GraphModule rebuilds intermediate modules as plain Modules
     gm.meta["dtype"] = model_dtype(model)
     _translate(gm)
+    dropout_as_layers(gm)
     drop_unread_pool_indices(gm)
     propagate_checked(gm, input_size, traced_dtype(gm))
     rewritten = whole_map_pools_as_global(gm)

@@ -55,10 +55,12 @@ from reverso.ir.nodes import (
     is_split,
     module_of,
     module_path,
+    owner_class,
     returns_indices,
     slice_step,
     stalled_stride,
     stride_of,
+    traced_in,
 )
 from reverso.ir.shapes import channels, is_feature_map, spatial, tensor_shape
 from reverso.ir.tags import (
@@ -135,6 +137,7 @@ __all__ = [
     "module_window",
     "nodes_with_role",
     "own_copy",
+    "owner_class",
     "placed_in",
     "pyramid_levels",
     "remove_dead_code",
@@ -148,6 +151,7 @@ __all__ = [
     "stride_tag",
     "tags_of",
     "tensor_shape",
+    "traced_in",
     "unique_name",
     "unit_members",
     "unit_of",

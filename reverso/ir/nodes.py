@@ -268,12 +268,41 @@ def stalled_stride(gm: fx.GraphModule) -> fx.Node | None:
 
 
 def describe(gm: fx.GraphModule, node: fx.Node) -> str:
-    """'name' (Type) for messages."""
+    """'name' (Type) for messages, and the user's module it was traced in: ``'add' (add) in
+    'layer1.0' (BasicBlock)``."""
     m = module_of(gm, node)
     if m is not None:
-        return f"'{node.target}' ({type(m).__name__})"
-    target = getattr(node.target, "__name__", node.target)
-    return f"'{node.name}' ({target})"
+        own = f"'{node.target}' ({type(m).__name__})"
+    else:
+        own = f"'{node.name}' ({getattr(node.target, '__name__', node.target)})"
+    owner = traced_in(node)
+    return own if owner is None else f"{own} in '{owner[0]}' ({owner[1]})"
+
+
+def owner_class(node: fx.Node) -> type | None:
+    """The class of the innermost user module (not a container) the node was traced in."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if node.op == "call_module" and stack:
+        stack = stack[:-1]
+    for entry in reversed(stack):
+        cls = entry[1] if isinstance(entry, tuple) else entry
+        if isinstance(cls, type) and cls.__name__ not in ("Sequential", "ModuleList", "ModuleDict"):
+            return cls
+    return None
+
+
+def traced_in(node: fx.Node) -> tuple[str, str] | None:
+    """The path and class name of the innermost module (not a container, not the node's own
+    layer) whose forward the node was traced in, from torch.fx's ``nn_module_stack``."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if node.op == "call_module" and stack:
+        stack = stack[:-1]
+    for entry in reversed(stack):
+        path, cls = entry if isinstance(entry, tuple) else (None, entry)
+        name = getattr(cls, "__name__", str(cls).rpartition(".")[2].strip("'>"))
+        if path and name not in ("Sequential", "ModuleList", "ModuleDict"):
+            return path, name
+    return None
 
 
 def module_path(nodes: list[fx.Node]) -> list[str]:

@@ -14,7 +14,7 @@ from .frames import FRAMES, FrameConv2d, frame_atoms, project_kernels
 from .hierarchical import HConv2d, HLift, HReadout
 from .merge import MERGES, Merge
 from .njet import NJetConv2d, structured_receptive_field
-from .padding import SamePad2d
+from .padding import SameConv2d, SamePad2d
 from .pyramid import PYRAMIDS, ImagePyramid, blur_subsample
 from .reversible import CouplingBlock, InjectivePad, InvertibleGraphModule, ReversibleSequence
 from .space_to_depth import DepthToSpace, NeighbourhoodToDepth, SpaceToDepth
@@ -36,6 +36,7 @@ LAYERS = (
     BlurPool2d,
     CeilModePad,
     SamePad2d,
+    SameConv2d,
     ValidAvgPool2d,
     GaussianBlur2d,
     SpaceToDepth,
@@ -70,6 +71,7 @@ __all__ = [
     "NJetConv2d",
     "NeighbourhoodToDepth",
     "ReversibleSequence",
+    "SameConv2d",
     "SamePad2d",
     "SpaceToDepth",
     "Upsample",

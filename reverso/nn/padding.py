@@ -1,6 +1,7 @@
 """Padding of N-Jet kernels: per-side paddings, timm's dynamic 'same' padding, and the kernel taps
-that never meet the input, cropped away exactly; and :class:`SamePad2d`, timm's 'same' padding of a
-strided window as a layer of its own.
+that never meet the input, cropped away exactly; :class:`SamePad2d`, timm's 'same' padding of a
+strided window as a layer of its own; and :class:`SameConv2d`, a stride-1 conv padded 'same'
+for even kernels too, without torch's warning.
 
 On a small map a large kernel reads mostly padding: with stride s and left padding p, tap t of
 an axis meets input pixel ``o s + t - p`` for the outputs o = 0..n_out - 1, so only the taps
@@ -113,3 +114,52 @@ class SamePad2d(nn.Module):
     def extra_repr(self) -> str:
         kernel, stride, dilation = self.window
         return f"kernel_size={kernel}, stride={stride}, dilation={dilation}, value={self.value}"
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d(..., padding="same")`` at stride 1 that pads even kernels itself.
+
+    torch pads an even kernel (a 2x2 or 4x4 patchify conv made stride 1) 'same' by padding the
+    input inside the conv call and warns on every forward that it does. This conv computes the
+    same values (torch's split of the ``dilation (k - 1)`` padded pixels: the larger half after)
+    with one explicit ``F.pad`` and a padding-free conv. Its attributes, parameters and
+    state_dict keys are ``nn.Conv2d``'s (``padding`` stays ``"same"``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding="same",
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
+        if self.padding != "same" or self.stride != (1, 1):
+            raise OptionError(
+                f"SameConv2d pads 'same' at stride 1 only, got padding={self.padding!r}, "
+                f"stride={self.stride}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # nn.Conv2d already pads these explicitly
+            return super().forward(x)
+        padded = F.pad(x, self._reversed_padding_repeated_twice)
+        return F.conv2d(padded, self.weight, self.bias, 1, 0, self.dilation, self.groups)

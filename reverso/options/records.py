@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reverso.errors import OptionError
@@ -82,6 +83,12 @@ class TopDownOptions(Options):
         elif not isinstance(arrangement, str):
             raise OptionError(
                 f"arrangement must be 'td', 'uni', 'rev' or an int width, got {shown(arrangement)}"
+            )
+        if isinstance(memory, Mapping):
+            raise OptionError(
+                f"memory takes a mode, None, 'checkpoint' or 'reversible', not settings "
+                f"({shown(memory)}); to set them, transform the top-down net yourself: "
+                "reverso.checkpoint(net, budget=...) or reverso.reversible(net, ...)"
             )
         values = {
             "arrangement": arrangement,

@@ -33,6 +33,8 @@ class Context:
     state: dict = field(default_factory=dict, kw_only=True)  # free space for user passes
     #: units width repair keeps at their own width, behind an entry projection
     fixed_width: set[int] = field(default_factory=set, kw_only=True)
+    #: the user's leaf_modules (classes and module paths): layers asked to run whole
+    leaf_modules: tuple = field(default=(), kw_only=True)
 
     def example_input(self) -> torch.Tensor:
         return example_input(self.input_size, dtype=model_dtype(self.model))

@@ -17,6 +17,7 @@ from reverso.errors import OptionError, WidthError
 from reverso.ir.edit import placed_in
 from reverso.ir.nodes import is_depthwise
 from reverso.ir.windows import pair
+from reverso.nn.padding import SameConv2d
 
 
 def placed_like(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -62,14 +63,42 @@ def rebuild_conv(conv: nn.Conv2d, in_width: int, out_width: int, **overrides) ->
     groups = conv_groups_for(conv, in_width, out_width)
     kwargs = _conv_kwargs(conv, groups=groups, **overrides)
     kernel_size = kwargs.pop("kernel_size")
+    cls = type(conv)
+    if cls is SameConv2d and kwargs.get("padding") != "same":
+        cls = nn.Conv2d  # padded otherwise now: torch's own conv pads it
     try:
-        new = type(conv)(in_width, out_width, kernel_size, **kwargs)
+        new = explicit_same(cls(in_width, out_width, kernel_size, **kwargs))
     except TypeError as err:
         raise WidthError(
             f"could not rebuild {type(conv).__name__} from its attributes ({err}); register a width "
             f"rule for it with reverso.register_width_rule({type(conv).__name__}, ...)"
         ) from err
     return new
+
+
+def explicit_same(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with an even kernel padded 'same' at stride 1 as a layer that pads it itself, so
+    that no forward warns or pads inside torch's conv call: a :class:`~reverso.nn.SameConv2d`
+    for a plain ``nn.Conv2d`` (same parameters), timm's own ``same_pad`` for its standardised
+    convs. Any other conv is returned as it is."""
+    if conv.padding != "same" or all(k % 2 for k in pair(conv.kernel_size)):
+        return conv
+    if type(conv) is nn.Conv2d:
+        with torch.device("meta"):
+            new = SameConv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                dilation=conv.dilation,
+                groups=conv.groups,
+                bias=conv.bias is not None,
+                padding_mode=conv.padding_mode,
+            )
+        new.weight, new.bias = conv.weight, conv.bias
+        return new.train(conv.training)
+    if getattr(conv, "same_pad", None) is False:  # timm's StdConv2d: pads 'same' per input
+        conv.same_pad, conv.padding = True, (0, 0)
+    return conv
 
 
 def same_padding(kernel_size, dilation) -> tuple[int, int] | str:
@@ -126,7 +155,19 @@ def conv_at_stride_one(conv: nn.Conv2d, *, padding: str = "same") -> nn.Conv2d:
             new._reversed_padding_repeated_twice = [
                 p for p in reversed(new.padding) for _ in range(2)
             ]
+        else:  # torch's split of an even kernel's padding, the larger half after
+            new._reversed_padding_repeated_twice = _same_pads(new.kernel_size, new.dilation)
+            return explicit_same(new)
     return new
+
+
+def _same_pads(kernel_size, dilation) -> list[int]:
+    """``(left, right, top, bottom)`` of padding='same' at stride 1, as torch splits it."""
+    pads = []
+    for k, d in zip(reversed(pair(kernel_size)), reversed(pair(dilation)), strict=True):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return pads
 
 
 def at_stride_one(module: nn.Module, *, padding: str = "same") -> nn.Module | None:

@@ -1,10 +1,14 @@
-"""What follows a width change besides the layers: per-channel constants and channel splits.
+"""What follows a width change besides the layers: per-channel constants, channel counts
+written as numbers, and channel splits.
 
 Shared by the two walks that re-width a graph on meta tensors: top-down width repair
 (:mod:`reverso.rewrite.repair`) and the ``reversible`` pass's half-width residual functions. A
 parameter or buffer that an op combines with a feature map (a layer-scale gain, a fixed depthwise
-filter) takes the map's new width, and a split with constant sizes cuts the new width in the same
-proportions.
+filter) takes the map's new width; a number that is a channel count (the ``groups`` of a
+functional conv, a size of ``view``, ``reshape``, ``expand``, ``repeat`` or ``new_zeros``) follows
+the width it counts, scaled where it is a multiple or a fraction of it; and a split with constant
+sizes cuts the new width in the same proportions. A number that could count either of two sizes
+is refused by name.
 """
 
 from __future__ import annotations
@@ -29,19 +33,52 @@ class WidthFitting(ShapeProp):
         self.dry_run = dry_run
         self.changed = False
         self.rebuilt: dict[str, torch.nn.Module | torch.Tensor] = {}  # the dry run's, by target
+        # the width of every map before this walk (the shapes of the last propagation)
+        self.widths_before = {n: _map_width(n.meta.get("val")) for n in gm.graph.nodes}
 
     def fetch_attr(self, target: str):
         return self.rebuilt.get(target) or super().fetch_attr(target)
 
     def _run_fitting_constants(self, n: fx.Node):
         """Run ``n``; when it fails on a per-channel constant of another width than its map's,
-        fit the constant (:meth:`_fit_constants`) and run it again."""
+        or on a channel count written as a number, fit them (:meth:`_fit_constants`,
+        :meth:`_fit_channel_counts`) and run it again."""
         try:
             return super().run_node(n)
         except RuntimeError:
-            if n.op not in ("call_function", "call_method") or not self._fit_constants(n):
+            if n.op not in ("call_function", "call_method"):
+                raise
+            fitted = self._fit_constants(n)
+            fitted = self._fit_channel_counts(n) or fitted
+            if not fitted:
                 raise
             return super().run_node(n)
+
+    def _fit_channel_counts(self, n: fx.Node, old: int | None = None, new: int | None = None):
+        """Rewrite the numbers of ``n`` that count channels (see the module) from the width its
+        map had before this walk (``old``) to the one it has now (``new``); returns whether any
+        changed. A number that several of the op's sizes could be is refused by name."""
+        positions = _count_positions(n)
+        if not positions:
+            return False
+        if old is None:
+            maps = [a for a in n.all_input_nodes if self.widths_before.get(a) is not None]
+            widths = [(self.widths_before[a], _map_width(self.env.get(a))) for a in maps]
+            old, new = next(((b, a) for b, a in widths if a is not None and a != b), (None, None))
+        if old is None or old == new:
+            return False
+        hits = [(where, v) for where, v in positions if _scaled(v, old, new) is not None]
+        if len(hits) > 1 and not _is_groups(n):
+            raise WidthError(
+                f"{ir.describe(self.module, n)} writes the sizes {[v for _, v in positions]} as "
+                f"numbers, and {len(hits)} of them could count the {old} channels that are now "
+                f"{new}; reverso cannot tell which to change. Write the channel count as "
+                "x.shape[1] (or the parameter's own size) in the model"
+            )
+        for where, value in hits[:1]:
+            _set_argument(n, where, _scaled(value, old, new))
+            self.changed = True
+        return bool(hits)
 
     def _fit_constants(self, n: fx.Node) -> bool:
         """A parameter or buffer the op combines with a feature map of another width (a fixed
@@ -62,10 +99,16 @@ class WidthFitting(ShapeProp):
             width = _width_against(maps[0], self.env.get(chain[-1]))
             if dim is None or value.shape[dim] == width:
                 continue
+            old = value.shape[dim]
             self._resize_attr(chain[0].target, value, dim, width)
             self.env[chain[0]] = self.fetch_attr(chain[0].target).detach().to("meta")
             for step in chain[1:]:  # the reshapes between the tensor and the op, again
-                self.env[step] = super().run_node(step)
+                try:
+                    self.env[step] = super().run_node(step)
+                except RuntimeError:  # a reshape that writes the channel count as a number
+                    if not self._fit_channel_counts(step, old, width):
+                        raise
+                    self.env[step] = super().run_node(step)
             fitted = True
         return fitted
 
@@ -118,6 +161,77 @@ class WidthFitting(ShapeProp):
                 "wider layers (arrangement=<int>) or make the split sizes follow x.shape[1]"
             )
         return scaled
+
+
+#: ops whose numbers may count channels: their size arguments (all of them), or ``groups``
+_SIZED = {"view", "reshape", "expand", "repeat", "new_zeros", "new_ones", "new_empty", "new_full",
+          "tile", "broadcast_to"}  # fmt: skip
+_CONVS = {"conv1d", "conv2d", "conv3d", "conv_transpose2d"}
+
+
+def _count_positions(n: fx.Node) -> list[tuple[tuple, int]]:
+    """``(where, value)`` of every int argument of ``n`` that may be a channel count: a conv's
+    ``groups`` (positional or keyword), every size of a reshape-like op."""
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if name in _CONVS:
+        if isinstance(n.kwargs.get("groups"), int):
+            return [(("kwargs", "groups"), n.kwargs["groups"])]
+        if len(n.args) > 6 and isinstance(n.args[6], int):
+            return [(("args", 6), n.args[6])]
+        return []
+    if name not in _SIZED:
+        return []
+    found = []
+    first = 1  # the tensor, then its sizes
+    for i, a in enumerate(n.args[first:], start=first):
+        if isinstance(a, int) and not isinstance(a, bool):
+            found.append((("args", i), a))
+        elif isinstance(a, (tuple, list)):
+            found += [(("args", i, j), v) for j, v in enumerate(a) if type(v) is int]
+    size = n.kwargs.get("size")
+    if isinstance(size, (tuple, list)):
+        found += [(("kwargs", "size", j), v) for j, v in enumerate(size) if type(v) is int]
+    return found
+
+
+def _is_groups(n: fx.Node) -> bool:
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    return name in _CONVS
+
+
+def _scaled(value: int, old: int, new: int) -> int | None:
+    """``value`` for a width ``new`` when it counted (a multiple or a fraction of) ``old``."""
+    if value <= 1:
+        return None
+    if value % old == 0 or old % value == 0:
+        scaled = value * new / old
+        return int(scaled) if scaled == int(scaled) and scaled >= 1 else None
+    return None
+
+
+def _set_argument(n: fx.Node, where: tuple, value: int) -> None:
+    kind, key, *inner = where
+    if kind == "kwargs":
+        kwargs = dict(n.kwargs)
+        kwargs[key] = value if not inner else _replaced(kwargs[key], inner[0], value)
+        n.kwargs = kwargs
+    else:
+        args = list(n.args)
+        args[key] = value if not inner else _replaced(args[key], inner[0], value)
+        n.args = tuple(args)
+
+
+def _replaced(sequence, index: int, value: int):
+    items = list(sequence)
+    items[index] = value
+    return type(sequence)(items) if isinstance(sequence, tuple) else items
+
+
+def _map_width(value) -> int | None:
+    """The channels of a feature map (an NCHW value), else None."""
+    if isinstance(value, torch.Tensor) and value.dim() == 4:
+        return int(value.shape[1])
+    return None
 
 
 def _width_against(x: torch.Tensor, constant) -> int:

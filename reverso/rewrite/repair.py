@@ -19,11 +19,12 @@ import torch.fx as fx
 
 from reverso import ir
 from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
+from reverso.ir.dataflow import inputs, reachable
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import channels, mark_shapes_current
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.layers import LayerFactory
-from reverso.rewrite.rigid import KeepWidth, rigid_units, warn_kept_width
+from reverso.rewrite.rigid import KeepWidth, refuse_unknown_layer, rigid_units
 from reverso.rewrite.units import module_prefix
 from reverso.rewrite.widths import unknown_layer_error
 
@@ -69,8 +70,8 @@ class _Repair(WidthFitting):
         # units that keep their own width (entry projections): only with an analysis to read
         # their bottom-up widths from
         report = getattr(ctx, "report", None)
-        self.rigid = rigid_units(gm, ctx.registry) if report else {}
-        self.rigid.update({u: "" for u in ctx.fixed_width if report and u not in self.rigid})
+        self.rigid = rigid_units(gm, ctx.registry, ctx.leaf_modules) if report else {}
+        self.rigid.update({u: None for u in ctx.fixed_width if report and u not in self.rigid})
 
     def run_node(self, n: fx.Node):
         if ir.unit_of(n) in self.rigid:
@@ -81,6 +82,7 @@ class _Repair(WidthFitting):
             if any(isinstance(a, fx.Node) and self._constant_chain(a) for a in n.args[:2]):
                 self._fit_constants(n)  # a per-channel gain or bias takes the map's width
                 return super().run_node(n)
+            self._refuse_composite_constant(n)
             if self.dry_run:  # the join will read a projected shortcut of the main path's width
                 shortcut, main = self._pick_shortcut(n, n.args[0], n.args[1])
                 saved = self.env[shortcut]
@@ -103,6 +105,22 @@ class _Repair(WidthFitting):
                 self.changed = True
         self._check_reshape(n)
         return self._run_fitting_constants(n)
+
+    def _refuse_composite_constant(self, n: fx.Node) -> None:
+        """A map meets a per-channel constant computed from several parameters (a concatenation
+        of two gains): a projection would change what the layer computes, and reverso re-widths
+        a constant made from one parameter only."""
+        fixed = ir.fixed_inputs(n)
+        if fixed:
+            upstream = reachable([fixed[0]], inputs, set(self.module.graph.nodes))
+            sources = sorted({str(a.target) for a in upstream if a.op == "get_attr"})
+            made_of = ", ".join(f"'{t}'" for t in sources) or "its parameters"
+            raise WidthError(
+                f"{ir.describe(self.module, n)} combines a feature map of "
+                f"{self.env[n.args[0]].shape[1]} channels with '{fixed[0].name}', a per-channel "
+                f"constant the model computes from {made_of}, which reverso cannot re-width. "
+                "Keep its width with arrangement='rev', or make the constant one parameter"
+            )
 
     def _check_reshape(self, n: fx.Node) -> None:
         """A view/reshape whose sizes (read from other values' shapes, as attention reads its
@@ -208,6 +226,8 @@ class _Repair(WidthFitting):
             if dim is None or v.dim() not in (3, 4) or v.shape[dim] == want:
                 continue
             cin = int(v.shape[dim])
+            if self.rigid[unit] is not None:
+                refuse_unknown_layer(self.module, n, self.rigid[unit], cin, want)
             if self.dry_run:  # as the projection will deliver it
                 self.env[a] = v.new_empty(*v.shape[:dim], want, *v.shape[dim:][1:])
                 continue
@@ -216,8 +236,6 @@ class _Repair(WidthFitting):
             current = self._project(a, cin, want, name, n, last=dim == -1)
             for r in readers:
                 r.replace_input_with(a, current)
-            if self.rigid[unit]:
-                warn_kept_width(self.module, n, self.rigid[unit], cin, want)
 
     # -- joins -------------------------------------------------------------------------------
     def _mismatched(self, n: fx.Node) -> bool:

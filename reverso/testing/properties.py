@@ -20,6 +20,7 @@ from reverso.frontend.tracing import random_input
 from reverso.ir.modes import evaluating, keeping_modes
 from reverso.ir.shapes import check_input_size, level_of, spatial
 from reverso.nn import Merge
+from reverso.options.fields import check_size, shown
 
 
 def check_topdown(
@@ -27,12 +28,17 @@ def check_topdown(
 ) -> TopDownNet | None:
     """Convert ``model`` and check every top-down property.
 
+    ``input_size`` is ``(C, H, W)``, as :func:`reverso.topdown` takes it; ``other_sizes`` lists
+    further ``(H, W)`` image sides to run the net at (by default the traced size, an odd one
+    and a non-square one).
+
     Conversion must succeed or refuse with a :class:`ReversoError` that diagnoses the model (then
     None is returned); any other exception, or a refusal that only wraps a torch error while the
     model itself runs at that size (a bug dressed as a refusal), fails. A wrong argument (a
     malformed ``input_size``, an unknown option value) is the caller's error and is raised.
     """
     input_size = check_input_size(input_size)
+    other_sizes = check_sides(other_sizes) if other_sizes is not None else None
     try:
         td = topdown(model, input_size=input_size, **options)
     except OptionError:
@@ -135,10 +141,15 @@ def check_units_once(td: TopDownNet) -> None:
 
 
 def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
-    """The net runs in train and eval mode, at the traced size and at other (odd, non-square) sizes."""
+    """The net runs in train and eval mode, at the traced size and at other (odd, non-square)
+    sizes: ``input_size`` is ``(C, H, W)``, ``other_sizes`` a list of ``(H, W)`` sides."""
     _require_topdown(td, "check_runs")
     c, h, w = check_input_size(input_size)
-    sizes = other_sizes if other_sizes is not None else [(h, w), (h + 1, w + 3), (2 * h, w)]
+    sizes = (
+        check_sides(other_sizes)
+        if other_sizes is not None
+        else [(h, w), (h + 1, w + 3), (2 * h, w)]
+    )
     with keeping_modes(td):
         for training in (True, False):
             td.train(training)
@@ -150,6 +161,26 @@ def check_runs(td: TopDownNet, input_size, other_sizes=None) -> None:
                 assert torch.isfinite(y).all(), (
                     f"non-finite output for input {sh}x{sw} (train={training})"
                 )
+
+
+def check_sides(other_sizes) -> list[tuple[int, int]]:
+    """``other_sizes`` as a list of ``(H, W)`` image sides (the channels are ``input_size``'s);
+    an :class:`OptionError` naming the entry for any other form, a ``(C, H, W)`` size included."""
+    example = "for example other_sizes=[(29, 41), (64, 48)]"
+    if isinstance(other_sizes, (str, bytes)) or not isinstance(other_sizes, (list, tuple)):
+        raise OptionError(
+            f"other_sizes must list (H, W) image sides, got {shown(other_sizes)}; {example}"
+        )
+    sides = []
+    for entry in other_sizes:
+        try:
+            sides.append(check_size((1, *entry), "other_sizes")[1:])
+        except (OptionError, TypeError):
+            raise OptionError(
+                f"other_sizes entries are (H, W) image sides, positive ints (the channels are "
+                f"input_size's), got {shown(entry)}; {example}"
+            ) from None
+    return sides
 
 
 def check_every_parameter_trains(td: TopDownNet, input_size) -> None:
