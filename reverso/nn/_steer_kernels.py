@@ -6,8 +6,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _turned_responses(x_ptr, table_ptr, base, yo, xo, pm, h, w, stride, padding,
-                      S: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _turned_responses(
+    x_ptr,
+    table_ptr,
+    base,
+    yo,
+    xo,
+    pm,
+    h,
+    w,
+    stride,
+    padding,
+    S: tl.constexpr,
+    MP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``(BLOCK, MP)``: ``sum_tap x[tap] table[tap]`` at output pixels ``(yo, xo)`` of the
     channel that starts at ``base``: the frame responses for the taps, ``A_k z`` for the
     turned taps of ``A_k``."""
@@ -73,9 +86,26 @@ def _angle(theta_ptr, bc, c_count, p, pm, n_pix, PER_CHANNEL: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, theta_ptr, turned_ptr, rows_ptr, out_ptr, c_count, h, w, ho, wo,
-                    stride, padding, PER_CHANNEL: tl.constexpr, S: tl.constexpr,
-                    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _forward_kernel(
+    x_ptr,
+    theta_ptr,
+    turned_ptr,
+    rows_ptr,
+    out_ptr,
+    c_count,
+    h,
+    w,
+    ho,
+    wo,
+    stride,
+    padding,
+    PER_CHANNEL: tl.constexpr,
+    S: tl.constexpr,
+    M: tl.constexpr,
+    MP: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``out = sum_k gate_k * (A_k z)``, each ``A_k z`` from the input and the turned taps."""
     bc = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -87,8 +117,21 @@ def _forward_kernel(x_ptr, theta_ptr, turned_ptr, rows_ptr, out_ptr, c_count, h,
     rows = tl.load(rows_ptr + cols)
     out = tl.zeros((BLOCK, MP), tl.float32)
     for k in tl.static_range(K):
-        az = _turned_responses(x_ptr, turned_ptr + k * S * S * MP, bc * h * w, yo, xo, pm,
-                               h, w, stride, padding, S, MP, BLOCK)  # fmt: skip
+        az = _turned_responses(
+            x_ptr,
+            turned_ptr + k * S * S * MP,
+            bc * h * w,
+            yo,
+            xo,
+            pm,
+            h,
+            w,
+            stride,
+            padding,
+            S,
+            MP,
+            BLOCK,
+        )
         out += _gate(c, s, rows, k, K) * az
     where = out_ptr + (bc * M + cols[None, :]) * (ho * wo) + p[:, None]
     mask = pm[:, None] & (cols < M)[None, :]
@@ -96,10 +139,29 @@ def _forward_kernel(x_ptr, theta_ptr, turned_ptr, rows_ptr, out_ptr, c_count, h,
 
 
 @triton.jit
-def _backward_kernel(x_ptr, theta_ptr, grad_ptr, a_ptr, turned_ptr, rows_ptr, grad_z_ptr,
-                     grad_theta_ptr, c_count, h, w, ho, wo, stride, padding,
-                     PER_CHANNEL: tl.constexpr, S: tl.constexpr, M: tl.constexpr,
-                     MP: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _backward_kernel(
+    x_ptr,
+    theta_ptr,
+    grad_ptr,
+    a_ptr,
+    turned_ptr,
+    rows_ptr,
+    grad_z_ptr,
+    grad_theta_ptr,
+    c_count,
+    h,
+    w,
+    ho,
+    wo,
+    stride,
+    padding,
+    PER_CHANNEL: tl.constexpr,
+    S: tl.constexpr,
+    M: tl.constexpr,
+    MP: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``grad_z[b] = sum_k <gate_k g, A_k[:, b]>`` and the angle's gradient
     ``sum_k <gate_k' g, A_k z>`` (per channel)."""
     bc = tl.program_id(0).to(tl.int64)
@@ -116,8 +178,21 @@ def _backward_kernel(x_ptr, theta_ptr, grad_ptr, a_ptr, turned_ptr, rows_ptr, gr
     grad_z = tl.zeros((BLOCK, MP), tl.float32)
     grad_theta = tl.zeros((BLOCK,), tl.float32)
     for k in tl.static_range(K):
-        az = _turned_responses(x_ptr, turned_ptr + k * S * S * MP, bc * h * w, yo, xo, pm,
-                               h, w, stride, padding, S, MP, BLOCK)  # fmt: skip
+        az = _turned_responses(
+            x_ptr,
+            turned_ptr + k * S * S * MP,
+            bc * h * w,
+            yo,
+            xo,
+            pm,
+            h,
+            w,
+            stride,
+            padding,
+            S,
+            MP,
+            BLOCK,
+        )
         grad_theta += tl.sum(_gate_slope(c, s, rows, k, K) * g * az, axis=1)
         gated = _gate(c, s, rows, k, K) * g
         for b in tl.static_range(M):
@@ -128,8 +203,21 @@ def _backward_kernel(x_ptr, theta_ptr, grad_ptr, a_ptr, turned_ptr, rows_ptr, gr
 
 
 @triton.jit
-def _transpose_kernel(grad_z_ptr, taps_ptr, grad_x_ptr, h, w, ho, wo, stride, padding,
-                      S: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _transpose_kernel(
+    grad_z_ptr,
+    taps_ptr,
+    grad_x_ptr,
+    h,
+    w,
+    ho,
+    wo,
+    stride,
+    padding,
+    S: tl.constexpr,
+    M: tl.constexpr,
+    MP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The frame conv's transpose: ``grad_x[q] = sum_taps sum_m phi_m[tap] grad_z[m, q - tap]``."""
     bc = tl.program_id(0).to(tl.int64)
     q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

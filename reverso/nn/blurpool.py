@@ -12,6 +12,7 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.names import PAD_MODES
 
+from .config import Configurable
 from .filters import FixedBuffers, binomial_taps
 from .layout import contiguous_like
 
@@ -22,7 +23,7 @@ OFFICIAL_PAD_TYPES = {
 }  # fmt: skip
 
 
-class BlurPool2d(FixedBuffers, nn.Module):
+class BlurPool2d(Configurable, FixedBuffers, nn.Module):
     """Blur each channel with the outer product of the binomial taps of ``filter_size`` (1: [1],
     2: [1, 1], 3: [1, 2, 1], 4: [1, 3, 3, 1], ... 7), then subsample by ``stride``.
 
@@ -65,10 +66,19 @@ class BlurPool2d(FixedBuffers, nn.Module):
         self.padding = (left, filter_size - 1 - left) * 2  # (left, right, top, bottom)
         self.register_fixed_buffers()
 
+    def config(self) -> dict:
+        """``channels``, ``filter_size``, ``stride`` and ``pad_mode`` (``pad_type`` named one)."""
+        return {
+            "channels": self.channels,
+            "filter_size": self.filter_size,
+            "stride": self.stride,
+            "pad_mode": self.pad_mode,
+        }
+
     def at_stride_one(self, padding: str = "same") -> BlurPool2d:
         """The blur alone (its padding keeps the size at stride 1): what is left of this
         downsampling when a rewrite runs it at stride 1."""
-        return type(self)(self.channels, self.filter_size, 1, self.pad_mode)
+        return self.from_config({**self.config(), "stride": 1})
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         taps = binomial_taps(self.filter_size).float()

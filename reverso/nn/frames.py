@@ -1,4 +1,5 @@
-"""Frame convolutions (spec dsb.md sections 1-2): a k x k kernel written in a fixed frame.
+"""Frame convolutions (docs/methods/structured.md, sections 1-2): a k x k kernel written in a
+fixed frame.
 
 ``W[o, c] = sum_m coeff[o, c, m] phi_m``: the layer learns the frame coefficients, the frame
 ``phi`` is fixed. A complete frame (rank k*k) spans every kernel, so the function class is the
@@ -35,6 +36,7 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.names import FRAMES
 
+from .config import Configurable
 from .filters import FixedBuffers
 from .gaussian import gaussian_derivatives_1d
 
@@ -140,7 +142,7 @@ def _footprint_svd(atoms: torch.Tensor, kernel_size, dilation):
     return u[footprint, :rank], sv[:rank], vh[:rank]
 
 
-class FrameConv2d(FixedBuffers, nn.Module):
+class FrameConv2d(Configurable, FixedBuffers, nn.Module):
     """A conv whose kernels are ``sum_m coeff[o, c, m] atoms[m]`` in a fixed frame.
 
     The settings are ``nn.Conv2d``'s (stride, padding including ``"same"``, dilation, groups, bias,
@@ -169,10 +171,29 @@ class FrameConv2d(FixedBuffers, nn.Module):
     ):
         super().__init__()
         # the conv settings, validated and normalised by nn.Conv2d itself (on the meta device)
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                        bias, padding_mode, device="meta")  # fmt: skip
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                     "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice"):  # fmt: skip
+        ref = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device="meta",
+        )
+        for name in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "padding_mode",
+            "_reversed_padding_repeated_twice",
+        ):
             setattr(self, name, getattr(ref, name))
         self.sigma = float(sigma)
         if isinstance(frame, str):
@@ -190,14 +211,40 @@ class FrameConv2d(FixedBuffers, nn.Module):
             warnings.warn(
                 f"FrameConv2d: the frame spans {rank} of the {pixels} dimensions of a "
                 f"{self.kernel_size[0]}x{self.kernel_size[1]} kernel; kernels outside it are "
-                "projected by least squares", stacklevel=2,
-            )  # fmt: skip
+                "projected by least squares",
+                stacklevel=2,
+            )
         factory = {"device": device, "dtype": dtype}
         self.coeff = nn.Parameter(
             torch.empty(out_channels, in_channels // groups, self.atoms.shape[0], **factory)
         )
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+
+    def config(self) -> dict:
+        """``nn.Conv2d``'s arguments but ``device`` and ``dtype``, ``frame`` (a name, or the atoms
+        of a custom frame as nested lists) and ``sigma``."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
+            "frame": self.atoms.tolist() if self.frame == "custom" else self.frame,
+            "sigma": self.sigma,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> FrameConv2d:
+        """A fresh layer (new coefficients) with the settings of ``config``."""
+        frame = config["frame"]
+        if not isinstance(frame, (str, torch.Tensor)):
+            frame = torch.tensor(frame)  # a custom frame's atoms
+        return cls(**{**config, "frame": frame})
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         return {"atoms": frame_atoms(self.frame, self.kernel_size, sigma=self.sigma).float()}
@@ -207,8 +254,13 @@ class FrameConv2d(FixedBuffers, nn.Module):
         draw on the meta device)."""
         if self.coeff.is_meta:
             return
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, groups=self.groups,
-                         bias=self.bias is not None)  # fmt: skip
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            groups=self.groups,
+            bias=self.bias is not None,
+        )
         self.load_kernels(conv.weight, conv.bias)
 
     def load_kernels(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
@@ -243,9 +295,20 @@ class FrameConv2d(FixedBuffers, nn.Module):
         """A frame conv with ``conv``'s settings and its kernels projected on the frame, and the
         relative error of the projection (0 up to rounding for a complete frame)."""
         ref = conv.weight
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                    conv.padding_mode, frame=frame, sigma=sigma, device="meta")  # fmt: skip
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            frame=frame,
+            sigma=sigma,
+            device="meta",
+        )
         # no random kernels drawn and projected first: the parameters are allocated empty on the
         # conv's device (the frame's atoms are real already), then the projection fills them
         for name, p in list(layer.named_parameters(recurse=False)):
@@ -257,9 +320,19 @@ class FrameConv2d(FixedBuffers, nn.Module):
 
     def collapse(self) -> nn.Conv2d:
         """The plain ``nn.Conv2d`` with the current kernels (same outputs, a conv's cost)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, self.dilation, self.groups, self.bias is not None,
-                         self.padding_mode, device=self.coeff.device, dtype=self.coeff.dtype)  # fmt: skip
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device=self.coeff.device,
+            dtype=self.coeff.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(self.weight)
             if self.bias is not None:

@@ -109,10 +109,26 @@ class _FrameSteer(torch.autograd.Function):
         taps, a, turned, rows = tables
         grid = (b * c, _cdiv(ho * wo, BLOCK))
         _kernels()._forward_kernel[grid](
-            x, theta, turned, rows, out, c, h, w, ho, wo, stride, padding,
-            PER_CHANNEL=theta.shape[1] == c, S=math.isqrt(taps.shape[0]), M=m,
-            MP=taps.shape[1], K=a.shape[0], BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            x,
+            theta,
+            turned,
+            rows,
+            out,
+            c,
+            h,
+            w,
+            ho,
+            wo,
+            stride,
+            padding,
+            PER_CHANNEL=theta.shape[1] == c,
+            S=math.isqrt(taps.shape[0]),
+            M=m,
+            MP=taps.shape[1],
+            K=a.shape[0],
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
+        )
         ctx.save_for_backward(x, theta)
         ctx.tables, ctx.m, ctx.stride, ctx.padding = tables, m, stride, padding
         return out
@@ -134,14 +150,45 @@ class _FrameSteer(torch.autograd.Function):
         grad_z = torch.empty(b, c, ctx.m, ho, wo, device=x.device, dtype=torch.float32)
         grad_theta = torch.empty(b, c, ho, wo, device=x.device, dtype=torch.float32)
         _kernels()._backward_kernel[(b * c, _cdiv(ho * wo, BLOCK))](
-            x, theta, grad, a, turned, rows, grad_z, grad_theta, c, h, w, ho, wo,
-            ctx.stride, ctx.padding, PER_CHANNEL=theta.shape[1] == c, S=s, M=ctx.m, MP=mp,
-            K=a.shape[0], BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            x,
+            theta,
+            grad,
+            a,
+            turned,
+            rows,
+            grad_z,
+            grad_theta,
+            c,
+            h,
+            w,
+            ho,
+            wo,
+            ctx.stride,
+            ctx.padding,
+            PER_CHANNEL=theta.shape[1] == c,
+            S=s,
+            M=ctx.m,
+            MP=mp,
+            K=a.shape[0],
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
+        )
         grad_x = torch.empty_like(x)
         _kernels()._transpose_kernel[(b * c, _cdiv(h * w, BLOCK))](
-            grad_z, taps, grad_x, h, w, ho, wo, ctx.stride, ctx.padding,
-            S=s, M=ctx.m, MP=mp, BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            grad_z,
+            taps,
+            grad_x,
+            h,
+            w,
+            ho,
+            wo,
+            ctx.stride,
+            ctx.padding,
+            S=s,
+            M=ctx.m,
+            MP=mp,
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
+        )
         grad_theta = grad_theta.sum_to_size(theta.shape).to(theta.dtype)
         return grad_x, grad_theta, None, None, None, None

@@ -1,4 +1,5 @@
-"""Hierarchical attribute convolutions (HCNN; spec hcnn.md; Jacobsen, Oyallon, Mallat, Smeulders).
+"""Hierarchical attribute convolutions (HCNN; Jacobsen, Oyallon, Mallat, Smeulders, arXiv 2017;
+docs/methods/hcnn.md).
 
 A layer's channels are an ordered grid of *attributes* ``(v_{j-1}, v_j)`` instead of an unordered
 index, and every linear map is a convolution along space *and* along the attributes, so weights
@@ -19,14 +20,15 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.names import HCNN_VARIANTS
 
+from .config import Configurable
 from .filters import FixedBuffers
 
 PADDINGS = ("zeros", "circular")
 
 
-class HConv2d(FixedBuffers, nn.Module):
-    """One factorised hierarchical layer (spec hcnn.md sections 4 and 9), ``(B, a_in, k_in, H, W)
-    -> (B, ceil(k_in / 2), k_out, H / stride, W / stride)``:
+class HConv2d(Configurable, FixedBuffers, nn.Module):
+    """One factorised hierarchical layer (docs/methods/hcnn.md, sections 4 and 9),
+    ``(B, a_in, k_in, H, W) -> (B, ceil(k_in / 2), k_out, H / stride, W / stride)``:
 
     1. every attribute position through the same ``Q`` spatial filters ``h`` (one input channel,
        ``kernel`` x ``kernel``, spatial ``stride``), BatchNorm per q (statistics shared over
@@ -34,7 +36,7 @@ class HConv2d(FixedBuffers, nn.Module):
     2. a convolution along the two attribute axes with ``Q -> k_out`` filters ``g`` of size
        ``attr_kernel``, stride ``attr_stride`` along both, BatchNorm per output, ELU;
     3. the marginal over the oldest attribute (``marginal="mean"``, the authors' code, or
-       ``"sum"``, the thesis), which the next layer no longer depends on (spec eq. 35).
+       ``"sum"``, the thesis), which the next layer no longer depends on (thesis eq. 35).
 
     ``variant="linear"``: the thesis's linear HCNN layer ``rho(x * w)`` with the full filters
     ``w_{v_j}(u, a, b)`` as parameters, computed through the same route with ``h`` fixed to the
@@ -85,6 +87,22 @@ class HConv2d(FixedBuffers, nn.Module):
         self.norm_h = nn.BatchNorm2d(self.Q, affine=False) if variant == "plus" else None
         self.norm_g = nn.BatchNorm2d(k_out, affine=False)
 
+    def config(self) -> dict:
+        """The constructor's arguments (``Q`` is ``kernel^2`` for the linear variant)."""
+        return {
+            "a_in": self.a_in,
+            "k_in": self.k_in,
+            "k_out": self.k_out,
+            "Q": self.Q,
+            "kernel": self.kernel,
+            "attr_kernel": self.attr_kernel,
+            "stride": self.stride,
+            "attr_stride": self.attr_stride,
+            "padding": self.padding,
+            "variant": self.variant,
+            "marginal": self.marginal,
+        }
+
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         if self.variant != "linear":
             return {}
@@ -104,8 +122,11 @@ class HConv2d(FixedBuffers, nn.Module):
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         x = x.reshape(b * self.a_in * self.k_in, 1, h, w)
         # 1. the spatial filters, shared by every attribute position
-        y = F.conv2d(_pad(x, self.kernel // 2, self.kernel // 2, self.padding), self.h.to(x.dtype),
-                     stride=self.stride)  # fmt: skip
+        y = F.conv2d(
+            _pad(x, self.kernel // 2, self.kernel // 2, self.padding),
+            self.h.to(x.dtype),
+            stride=self.stride,
+        )
         if self.norm_h is not None:
             y = F.elu(self.norm_h(y))
         q, h2, w2 = y.shape[1:]
@@ -129,14 +150,22 @@ class HConv2d(FixedBuffers, nn.Module):
         )
 
 
-class HLift(nn.Module):
+class HLift(Configurable, nn.Module):
     """The lift to two attributes (layer 2 of the CIFAR model): a 3-D convolution over
     ``(v_1, u)`` with one input channel, ``k_out`` filters of ``attr_kernel x kernel x kernel``,
     stride ``attr_stride`` along ``v_1``; BatchNorm, ELU. ``(B, K, H, W) -> (B, K', k_out, H, W)``
     (flattened in a graph)."""
 
-    def __init__(self, k_in: int, k_out: int, *, kernel: int = 3, attr_kernel: int = 11,
-                 attr_stride: int = 2, padding: str = "zeros"):  # fmt: skip
+    def __init__(
+        self,
+        k_in: int,
+        k_out: int,
+        *,
+        kernel: int = 3,
+        attr_kernel: int = 11,
+        attr_stride: int = 2,
+        padding: str = "zeros",
+    ):
         super().__init__()
         self.k_in, self.k_out, self.padding = k_in, k_out, padding
         self.kernel, self.attr_kernel, self.attr_stride = kernel, attr_kernel, attr_stride
@@ -146,6 +175,17 @@ class HLift(nn.Module):
         nn.init.kaiming_normal_(self.weight.unsqueeze(1))
         self.norm = nn.BatchNorm3d(k_out, affine=False)
         self.register_load_state_dict_pre_hook(_squeeze_unit_dim)
+
+    def config(self) -> dict:
+        """The constructor's arguments."""
+        return {
+            "k_in": self.k_in,
+            "k_out": self.k_out,
+            "kernel": self.kernel,
+            "attr_kernel": self.attr_kernel,
+            "attr_stride": self.attr_stride,
+            "padding": self.padding,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.dim() == 4
@@ -165,13 +205,17 @@ def _squeeze_unit_dim(_module, state_dict, prefix, *_args) -> None:
         state_dict[prefix + "weight"] = weight.squeeze(1)
 
 
-class HReadout(nn.Module):
-    """Readout (spec eq. 36, as the mean): the last attribute's values averaged over space and
+class HReadout(Configurable, nn.Module):
+    """Readout (thesis eq. 36, as the mean): the last attribute's values averaged over space and
     the older attribute. ``(B, A, classes, H, W)`` (or flattened) ``-> (B, classes)``."""
 
     def __init__(self, classes: int):
         super().__init__()
         self.classes = classes
+
+    def config(self) -> dict:
+        """The constructor's argument, ``classes``."""
+        return {"classes": self.classes}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1, self.classes, *x.shape[-2:])

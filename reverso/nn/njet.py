@@ -20,6 +20,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from reverso.errors import OptionError, check_choice
 from reverso.names import NJET_ROUTES, NJET_SIZE_RULES, NJET_SUBSAMPLING_RULES
 
+from .config import Configurable
 from .filters import FixedBuffers
 from .gaussian import (
     basis_indices,
@@ -31,7 +32,7 @@ from .njet_math import SETTINGS, NJetMath, NJetState
 from .padding import pad4
 
 
-class NJetConv2d(NJetMath, FixedBuffers, nn.Module):
+class NJetConv2d(Configurable, NJetMath, FixedBuffers, nn.Module):
     """A conv whose kernel is ``W[o, c] = sum_{i+j<=N} alpha[o, c, (i,j)] s^(i+j) G^{i,j}(s)``.
 
     The kernel's *shape* is learned through ``alpha`` (one vector per output/input channel pair)
@@ -103,6 +104,7 @@ class NJetConv2d(NJetMath, FixedBuffers, nn.Module):
         self.sigma_max = None if sigma_max is None else float(max(sigma_max, *sigmas))
         self.radius = radius_for(max(sigmas), self.extent, size_rule)  # of the grid, follows sigma
         self.initial_sigma = min(max(max(sigmas), self.sigma_min), self.sigma_max or math.inf)
+        self.initial_sigmas = tuple(sigmas)  # the config's scales on the meta device (no values)
         # the padding relative to the grid's radius: it moves with the grid, sizes stay
         self._pad_offset = (
             (0,) * 4 if padding is None else tuple(p - self.radius for p in pad4(padding))
@@ -129,6 +131,47 @@ class NJetConv2d(NJetMath, FixedBuffers, nn.Module):
             )
         self.register_load_state_dict_post_hook(_refit_support)
         self.reset_parameters()
+
+    def config(self) -> dict:
+        """The constructor's arguments with the current scale(s) as ``sigma`` (the given ones on
+        the meta device), and the grid the layer computes on now: ``radius``, ``padding`` for it
+        and ``same_extent`` (set by a conversion for timm's dynamic 'same' padding)."""
+        scales = self._sigmas().detach()
+        sigmas = self.initial_sigmas if scales.is_meta else tuple(scales.tolist())
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "order": self.order,
+            "sigma": sigmas[0] if len(sigmas) == 1 else list(sigmas),
+            "learn_sigma": self.learn_sigma,
+            "extent": self.extent,
+            "size_rule": self.size_rule,
+            "stride": self.stride,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "route": self.route,
+            "safe_subsampling": self.safe_subsampling,
+            "subsampling_rate": self.subsampling_rate,
+            "subsampling_rule": self.subsampling_rule,
+            "radius": self.radius,
+            "padding": list(self.padding),
+            "same_extent": self.same_extent,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> NJetConv2d:
+        """A fresh layer (new ``alpha``) on the grid of ``config``: the same sizes."""
+        config = dict(config)
+        radius, same_extent = config.pop("radius", None), config.pop("same_extent", None)
+        layer = cls(**config)
+        if radius is not None:  # the grid, and the padding given for it
+            layer.radius = int(radius)
+            if config.get("padding") is not None:
+                layer.padding = config["padding"]
+        layer.same_extent = same_extent
+        return layer
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         # the (i, j) of each basis function, kept on the module's device (no copy per forward)
@@ -223,9 +266,16 @@ class NJetConv2d(NJetMath, FixedBuffers, nn.Module):
             ]
             padding = tuple(p - (self.radius - r) for p in self.padding)
             conv = nn.Conv2d(
-                self.in_channels, self.out_channels, 2 * r + 1, self.stride, groups=self.groups,
-                bias=self.bias is not None, padding=0, device=self.alpha.device, dtype=self.alpha.dtype,
-            )  # fmt: skip
+                self.in_channels,
+                self.out_channels,
+                2 * r + 1,
+                self.stride,
+                groups=self.groups,
+                bias=self.bias is not None,
+                padding=0,
+                device=self.alpha.device,
+                dtype=self.alpha.dtype,
+            )
             conv.weight.copy_(weight)
             if self.bias is not None:
                 conv.bias.copy_(self.bias)

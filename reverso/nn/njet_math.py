@@ -101,9 +101,12 @@ class NJetMath:
         n1, c_in, c_out = self.order + 1, self.in_channels, self.out_channels
         sigma = self._sigmas()[0].to(x.dtype)
         g = gaussian_derivatives_1d(
-            sigma, self.order, grid(self.radius, dtype=x.dtype, device=x.device),
-            radius=radius_tensor(sigma, self.extent, self.size_rule), scale_normalize=True,
-        )  # fmt: skip
+            sigma,
+            self.order,
+            grid(self.radius, dtype=x.dtype, device=x.device),
+            radius=radius_tensor(sigma, self.extent, self.size_rule),
+            scale_normalize=True,
+        )
         s = g.shape[-1]
         layout = memory_format_of(x)
         # the grouped 1D passes and the 1x1 mixing run much faster on channels-last tensors
@@ -162,8 +165,10 @@ class NJetMath:
         taps = s * s
         if input_size is not None:
             left, right, top, bottom = self.padding_for(input_size)
-            (x0, x1), (y0, y1) = (reached_taps(input_size[1], s, self.stride, left, right),
-                                  reached_taps(input_size[0], s, self.stride, top, bottom))  # fmt: skip
+            (x0, x1), (y0, y1) = (
+                reached_taps(input_size[1], s, self.stride, left, right),
+                reached_taps(input_size[0], s, self.stride, top, bottom),
+            )
             taps = (x1 - x0 + 1) * (y1 - y0 + 1)
         dense = self.out_channels * self.in_channels * taps
         separable = (

@@ -19,6 +19,8 @@ from torch import nn
 
 from reverso.errors import OptionError
 
+from .config import Configurable
+
 
 def output_size(size: int, kernel: int, stride: int, low: int, high: int) -> int:
     """The outputs of a window of ``kernel`` taps along an axis of ``size`` pixels, padded ``low``
@@ -44,8 +46,12 @@ def crop_unreached_taps(
     y0, y1 = reached_taps(height, weight.shape[-2], stride, top, bottom)
     if (x0, y0) == (0, 0) and (x1, y1) == (weight.shape[-1] - 1, weight.shape[-2] - 1):
         return weight, pads
-    cropped = (left - x0, right - (weight.shape[-1] - 1 - x1),
-               top - y0, bottom - (weight.shape[-2] - 1 - y1))  # fmt: skip
+    cropped = (
+        left - x0,
+        right - (weight.shape[-1] - 1 - x1),
+        top - y0,
+        bottom - (weight.shape[-2] - 1 - y1),
+    )
     return weight[..., y0 : y1 + 1, x0 : x1 + 1], cropped
 
 
@@ -86,8 +92,10 @@ def strided_same_pads(input_size, kernel, stride, dilation=1) -> tuple[int, int,
     keeps the size (H, W)."""
     pads = []
     for axis in (1, 0):  # x, then y
-        n, k, s, d = (int(v if isinstance(v, int) else v[axis])
-                      for v in (input_size, kernel, stride, dilation))  # fmt: skip
+        n, k, s, d = (
+            int(v if isinstance(v, int) else v[axis])
+            for v in (input_size, kernel, stride, dilation)
+        )
         total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
         pads += [total // 2, (k - 1) * d - total // 2]
     return tuple(pads)
@@ -116,7 +124,7 @@ class SamePad2d(nn.Module):
         return f"kernel_size={kernel}, stride={stride}, dilation={dilation}, value={self.value}"
 
 
-class SameConv2d(nn.Conv2d):
+class SameConv2d(Configurable, nn.Conv2d):
     """``nn.Conv2d(..., padding="same")`` at stride 1 that pads even kernels itself.
 
     torch pads an even kernel (a 2x2 or 4x4 patchify conv made stride 1) 'same' by padding the
@@ -157,6 +165,20 @@ class SameConv2d(nn.Conv2d):
                 f"SameConv2d pads 'same' at stride 1 only, got padding={self.padding!r}, "
                 f"stride={self.stride}"
             )
+
+    def config(self) -> dict:
+        """``nn.Conv2d``'s arguments but ``device`` and ``dtype`` (a rebuild places the layer)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":  # nn.Conv2d already pads these explicitly

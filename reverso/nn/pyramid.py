@@ -18,10 +18,10 @@ def gaussian_resize_weights(
     n_in: int, n_out: int, *, dtype=torch.float32, device=None
 ) -> torch.Tensor:
     """``(n_out, n_in)``: TensorFlow's ``resize(method="gaussian", antialias=True)`` along one axis
-    when shrinking (spec topdown.md section 4). With f = n_in / n_out, output pixel i is centred
-    at (i + 0.5) f; input pixel j (centre j + 0.5) weighs exp(-d^2 / (2 * 0.5^2)) with
-    d = (j + 0.5 - centre) / f, for |d| < 1.5; each row is divided by its own sum (no padding:
-    fewer taps at the borders)."""
+    when shrinking (docs/methods/topdown.md, section 4). With f = n_in / n_out, output pixel i
+    is centred at (i + 0.5) f; input pixel j (centre j + 0.5) weighs exp(-d^2 / (2 * 0.5^2))
+    with d = (j + 0.5 - centre) / f, for |d| < 1.5; each row is divided by its own sum (no
+    padding: fewer taps at the borders)."""
     f = n_in / n_out
     centres = (torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * f
     d = (

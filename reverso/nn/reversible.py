@@ -9,7 +9,7 @@ with S the identity or the space-to-depth permutation psi(2) (then F's first con
 F need not be invertible. A :class:`ReversibleSequence` runs blocks on a full-width map (split
 at its entry, merged at its exit); with ``memory_saving`` its backward rebuilds every block's
 input from its output instead of keeping activations (RevNet's algorithm): the bytes saved for
-backward stop growing with depth. Spec: ``irevnet.md`` sections 2, 3 and 6.
+backward stop growing with depth. See docs/methods/irevnet.md, sections 2, 3 and 6.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .space_to_depth import SpaceToDepth
 
 
 def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two halves of the channels (spec 2.2)."""
+    """The two halves of the channels (docs/methods/irevnet.md, section 2.2)."""
     c = x.shape[1] // 2
     return x[:, :c], x[:, c:]
 
@@ -75,8 +75,9 @@ class CouplingBlock(nn.Module):
 
 
 class InjectivePad(nn.Module):
-    """Append ``pad`` zero channels (the injective input operator, spec 2.4); ``inverse`` keeps
-    the first channels (the code's ``inverse`` keeps the wrong ones)."""
+    """Append ``pad`` zero channels (the injective input operator, docs/methods/irevnet.md,
+    section 2.4); ``inverse`` keeps the first channels (the code's ``inverse`` keeps the wrong
+    ones)."""
 
     def __init__(self, pad: int):
         super().__init__()
@@ -95,9 +96,9 @@ class InjectivePad(nn.Module):
 class ReversibleSequence(nn.Module):
     """Coupling blocks run on a full-width map: ``forward(x)`` splits ``x`` into halves, runs the
     blocks, merges; ``inverse(y)`` undoes it. With ``memory_saving`` (and gradients being
-    recorded) only the run's output is kept for backward (spec section 6): BatchNorm statistics
-    are updated once, dropout and drop-path replay their masks, F runs under the caller's
-    autocast while the trunk stays in float32. A torch.fx leaf."""
+    recorded) only the run's output is kept for backward (docs/methods/irevnet.md, section 6):
+    BatchNorm statistics are updated once, dropout and drop-path replay their masks, F runs
+    under the caller's autocast while the trunk stays in float32. A torch.fx leaf."""
 
     def __init__(self, blocks: Sequence[CouplingBlock], *, memory_saving: bool = True):
         super().__init__()
@@ -220,8 +221,12 @@ class InvertibleGraphModule(fx.GraphModule):
     Phi x there, ``inverse(features)`` the input back (BatchNorm in eval mode)."""
 
     def _phi(self) -> fx.Node:
-        calls = [n for n in self.graph.nodes if n.op == "call_module"
-                 and isinstance(self.get_submodule(n.target), ReversibleSequence)]  # fmt: skip
+        calls = [
+            n
+            for n in self.graph.nodes
+            if n.op == "call_module"
+            and isinstance(self.get_submodule(n.target), ReversibleSequence)
+        ]
         return calls[-1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Dynamic steerable convolutions (spec dsb.md sections 3, 4; Jacobsen et al., BMVC 2017).
+"""Dynamic steerable convolutions (Jacobsen et al., BMVC 2017; docs/methods/structured.md,
+sections 3 and 4).
 
 ``y = W steer(Phi(x); pose(Phi(x))) + b``: the input's responses to a fixed Gaussian-derivative
 frame (orders ``min_order..order``, sigma fixed) are turned, at every pixel, by the steering
@@ -30,6 +31,7 @@ from reverso.errors import OptionError
 from reverso.names import STEERABLE_MODES, STEERABLE_POSES
 
 from . import fused_steer
+from .config import Configurable
 from .filters import FixedBuffers
 from .gaussian import gaussian_basis_2d, grid, radius_for
 from .padding import output_size
@@ -39,7 +41,7 @@ from .steering import angle_gates, rotate_responses, steer_responses, steering_t
 torch.fx.wrap("pointwise_conv")  # one call in a traced graph: its route reads the device
 
 
-class DynamicSteerableConv2d(FixedBuffers, nn.Module):
+class DynamicSteerableConv2d(Configurable, FixedBuffers, nn.Module):
     """A conv whose Gaussian-derivative filters are turned per pixel by an estimated pose.
 
     ``kernel_size`` is the frame's grid (default the paper's ``2 ceil(2 sigma) + 1``), ``padding``
@@ -109,14 +111,45 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         self.num_gates = self.identity_gates.numel()  # gates per pose group, all orders
         per_group = 1 if mode == "angle" else self.num_gates
         self.pose_net = nn.Sequential(  # the first layer mixes the responses at each pixel,
-            nn.Conv2d(in_channels * m, hidden, 1), nn.Tanh(),  # the next two see 5x5 around it
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(in_channels * m, hidden, 1),
+            nn.Tanh(),  # the next two see 5x5 around it
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.Tanh(),
             nn.Conv2d(hidden, self.groups * per_group, 3, padding=1),
-        )  # fmt: skip
+        )
         self.register_load_state_dict_post_hook(_refit_frame)
         nn.init.zeros_(self.pose_net[-1].weight)
         nn.init.zeros_(self.pose_net[-1].bias)
         self.mix = nn.Conv2d(in_channels * m, out_channels, 1, bias=bias)  # W, channels (c, m)
+
+    def config(self) -> dict:
+        """The constructor's arguments (``sigma`` the frame's current scale) and ``fused`` when
+        set on this layer (None: the class's setting)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "order": self.order,
+            "sigma": self.sigma,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "bias": self.mix.bias is not None,
+            "pose": self.pose_mode,
+            "mode": self.mode,
+            "hidden": self.pose_net[0].out_channels,
+            "min_order": self.min_order,
+            "fused": self.__dict__.get("fused"),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DynamicSteerableConv2d:
+        """A fresh layer (new weights, the pose network at zero) with the settings of ``config``."""
+        config = dict(config)
+        fused = config.pop("fused", None)
+        layer = cls(**config)
+        if fused is not None:
+            layer.fused = fused
+        return layer
 
     def frame(self) -> torch.Tensor:
         """``(M, s, s)`` float64: the Gaussian-derivative blocks min_order..order at sigma."""
@@ -136,8 +169,13 @@ class DynamicSteerableConv2d(FixedBuffers, nn.Module):
         # PyTorch route's steering matrices are Python constants (reverso.nn.steering)
         orders = range(max(1, self.min_order), self.order + 1)
         taps, a, turned, rows = fused_steer.tables(self.frame(), self._plan)
-        return {"identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders]),
-                "steer_taps": taps, "steer_a": a, "steer_turned": turned, "steer_rows": rows}  # fmt: skip
+        return {
+            "identity_gates": torch.cat([torch.eye(1, n + 1)[0] for n in orders]),
+            "steer_taps": taps,
+            "steer_a": a,
+            "steer_turned": turned,
+            "steer_rows": rows,
+        }
 
     # -- pieces ------------------------------------------------------------------------------
     def frame_responses(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Rotation steering of Gaussian-derivative blocks (spec dsb.md section 3).
+"""Rotation steering of Gaussian-derivative blocks (docs/methods/structured.md, section 3).
 
 Axis convention, fixed here and everywhere in reverso: x is the column index (to the right), y the
 row index (down), and theta turns counter-clockwise *as displayed* (so a quarter turn takes the x
@@ -80,10 +80,14 @@ def nonzero_terms(order: int) -> tuple[tuple[tuple[int, int, float], ...], ...]:
     constants, so that ``torch.compile`` reads them without a graph break)."""
     matrices = _monomial_matrices(order)
     return tuple(
-        tuple((k, b, float(matrices[k, a, b])) for k in range(order + 1) for b in range(order + 1)
-              if matrices[k, a, b] != 0)
+        tuple(
+            (k, b, float(matrices[k, a, b]))
+            for k in range(order + 1)
+            for b in range(order + 1)
+            if matrices[k, a, b] != 0
+        )
         for a in range(order + 1)
-    )  # fmt: skip
+    )
 
 
 def steering_terms(min_order: int, order: int) -> tuple:
@@ -91,8 +95,9 @@ def steering_terms(min_order: int, order: int) -> tuple:
     order ``(n, offset of its block on dim 2, nonzero_terms(n))``. Plain Python constants: a
     module computes it once and ``torch.compile`` reads it without a graph break."""
     start = min_order * (min_order + 1) // 2
-    return tuple((n, n * (n + 1) // 2 - start, nonzero_terms(n))
-                 for n in range(max(1, min_order), order + 1))  # fmt: skip
+    return tuple(
+        (n, n * (n + 1) // 2 - start, nonzero_terms(n)) for n in range(max(1, min_order), order + 1)
+    )
 
 
 def steer_responses(z: torch.Tensor, gates: list[torch.Tensor], plan: tuple) -> torch.Tensor:
@@ -183,8 +188,10 @@ def angle_gates(theta: torch.Tensor, plan: tuple) -> list[list[torch.Tensor]]:
     for _ in range(2, plan[-1][0] + 1):
         cos.append(cos[-1] * cos[1])
         sin.append(sin[-1] * sin[1])
-    return [[cos[n] if k == 0 else sin[k] if k == n else cos[n - k] * sin[k] for k in range(n + 1)]
-            for n, _, _ in plan]  # fmt: skip
+    return [
+        [cos[n] if k == 0 else sin[k] if k == n else cos[n - k] * sin[k] for k in range(n + 1)]
+        for n, _, _ in plan
+    ]
 
 
 class _Rotate(torch.autograd.Function):

@@ -22,7 +22,7 @@ from torch import nn
 from reverso.errors import OptionError, WidthError
 from reverso.ir import module_of
 from reverso.ir.nodes import is_depthwise
-from reverso.rewrite.convs import placed_like, rebuild_conv
+from reverso.rewrite.convs import conv_groups_for, placed_like, rebuild_conv
 
 
 @dataclass(frozen=True)
@@ -340,36 +340,34 @@ def _register_torchvision() -> None:
     REGISTRY.register(LayerNorm2d, _CHANNELS_FIRST_LAYERNORM)
 
 
+def config_rule(in_key: str, out_key: str, *, preserves_width=None) -> WidthRule:
+    """The rule of a :class:`~reverso.nn.config.Configurable` layer whose widths are the config
+    entries and attributes ``in_key`` and ``out_key`` (one name for a width-preserving layer): a
+    rebuild is ``from_config`` of its whole config with the widths (and the groups of a grouped
+    layer) changed, so it keeps every other setting."""
+
+    def rebuild(m, in_width: int, out_width: int):
+        config = {**m.config(), in_key: in_width, out_key: out_width}
+        if "groups" in config:
+            config["groups"] = conv_groups_for(m, in_width, out_width)
+        return type(m).from_config(config)
+
+    if preserves_width is None:
+        preserves_width = (lambda m: True) if in_key == out_key else (lambda m: False)
+    return WidthRule(
+        lambda m: getattr(m, in_key), lambda m: getattr(m, out_key), rebuild, preserves_width
+    )
+
+
 def _register_reverso_layers() -> None:
-    from reverso.nn.blurpool import BlurPool2d
-    from reverso.nn.njet import NJetConv2d
+    from reverso.nn import BlurPool2d, DynamicSteerableConv2d, FrameConv2d, NJetConv2d, SameConv2d
 
-    REGISTRY.register(
-        NJetConv2d,
-        WidthRule(
-            lambda m: m.in_channels,
-            lambda m: m.out_channels,
-            _rebuild_njet,
-            preserves_width=is_depthwise,
-        ),
-    )
-    REGISTRY.register(
-        BlurPool2d,
-        _norm_rule(
-            lambda m: m.channels, lambda m, w, _=0: type(m)(w, m.filter_size, m.stride, m.pad_mode)
-        ),
-    )
-
-
-def _rebuild_njet(m, in_width: int, out_width: int):
-    groups = in_width if is_depthwise(m) else m.groups
-    new = type(m)(
-        in_width, out_width, order=m.order, sigma=tuple(m._sigmas().tolist()), learn_sigma=m.learn_sigma,
-        extent=m.extent, size_rule=m.size_rule, stride=m.stride, groups=groups, bias=m.bias is not None,
-        sigma_min=m.sigma_min, sigma_max=m.sigma_max, route=m.route,
-    )  # fmt: skip
-    new.radius, new.padding = m.radius, m.padding  # the same grid and padding: the same sizes
-    return new
+    for conv in (NJetConv2d, FrameConv2d, SameConv2d):
+        REGISTRY.register(
+            conv, config_rule("in_channels", "out_channels", preserves_width=is_depthwise)
+        )
+    REGISTRY.register(DynamicSteerableConv2d, config_rule("in_channels", "out_channels"))
+    REGISTRY.register(BlurPool2d, config_rule("channels", "channels"))
 
 
 _register_timm()
