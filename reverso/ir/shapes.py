@@ -162,7 +162,8 @@ def _plain(args, kwargs) -> bool:
 
 
 class Fingerprint:
-    """Identity of a graph's nodes, of the modules they call and of their arguments.
+    """Identity of a graph's nodes (their op and target), of the modules they call and of their
+    positional and keyword arguments.
 
     It holds the objects themselves, so none of them can be freed and its ``id`` reused by a
     new object while the fingerprint is kept: equal fingerprints really mean the same graph.
@@ -170,10 +171,13 @@ class Fingerprint:
 
     def __init__(self, gm: fx.GraphModule):
         self.objects = tuple(
-            (n, gm.get_submodule(n.target) if n.op == "call_module" else None, n.args)
+            (n, gm.get_submodule(n.target) if n.op == "call_module" else None, n.args, n.kwargs)
             for n in gm.graph.nodes
         )
-        self.key = tuple(tuple(id(o) for o in entry) for entry in self.objects)
+        self.key = tuple(
+            (n.op, n.target if isinstance(n.target, str) else id(n.target), *map(id, entry))
+            for n, entry in zip(gm.graph.nodes, self.objects, strict=True)
+        )
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Fingerprint) and self.key == other.key

@@ -23,21 +23,14 @@ from reverso.rewrite.rigid import channel_dim
 
 
 class WidthFitting(ShapeProp):
-    """A shape propagation that can fit constants and split sizes to the widths it meets.
+    """A shape propagation that fits constants and split sizes to the widths it meets, in
+    place; ``changed`` says whether it changed anything."""
 
-    ``dry_run``: record the fitted tensors in ``rebuilt`` (read back by ``fetch_attr``) instead of
-    installing them; ``changed`` says whether anything was installed."""
-
-    def __init__(self, gm: fx.GraphModule, *, dry_run: bool = False):
+    def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
-        self.dry_run = dry_run
         self.changed = False
-        self.rebuilt: dict[str, torch.nn.Module | torch.Tensor] = {}  # the dry run's, by target
         # the width of every map before this walk (the shapes of the last propagation)
         self.widths_before = {n: _map_width(n.meta.get("val")) for n in gm.graph.nodes}
-
-    def fetch_attr(self, target: str):
-        return self.rebuilt.get(target) or super().fetch_attr(target)
 
     def _run_fitting_constants(self, n: fx.Node):
         """Run ``n``; when it fails on a per-channel constant of another width than its map's,
@@ -85,8 +78,14 @@ class WidthFitting(ShapeProp):
         depthwise filter, a layer-scale gain) takes the map's width: a per-channel tensor whose
         channels are all equal is repeated (exact for fixed filters), any other one gets the mean
         of its channels (a neutral start, as fresh weights elsewhere). Returns whether it did."""
-        maps = [v for a in n.all_input_nodes if (v := self.env.get(a)) is not None
-                and isinstance(v, torch.Tensor) and v.dim() == 4 and a.op != "get_attr"]  # fmt: skip
+        maps = [
+            v
+            for a in n.all_input_nodes
+            if (v := self.env.get(a)) is not None
+            and isinstance(v, torch.Tensor)
+            and v.dim() == 4
+            and a.op != "get_attr"
+        ]
         if not maps:
             return False
         fitted = False
@@ -130,9 +129,6 @@ class WidthFitting(ShapeProp):
         new = fill.expand(*[width if d == dim else s for d, s in enumerate(value.shape)]).clone()
         if isinstance(value, torch.nn.Parameter):
             new = torch.nn.Parameter(new, value.requires_grad)
-        if self.dry_run:
-            self.rebuilt[target] = new
-            return
         owner_path, _, name = target.rpartition(".")
         owner = self.module.get_submodule(owner_path) if owner_path else self.module
         if name in owner._buffers:
@@ -164,8 +160,18 @@ class WidthFitting(ShapeProp):
 
 
 #: ops whose numbers may count channels: their size arguments (all of them), or ``groups``
-_SIZED = {"view", "reshape", "expand", "repeat", "new_zeros", "new_ones", "new_empty", "new_full",
-          "tile", "broadcast_to"}  # fmt: skip
+_SIZED = {
+    "view",
+    "reshape",
+    "expand",
+    "repeat",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "tile",
+    "broadcast_to",
+}
 _CONVS = {"conv1d", "conv2d", "conv3d", "conv_transpose2d"}
 
 

@@ -14,8 +14,11 @@ reported with the node and the remedy.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.fx as fx
+from torch import nn
 
 from reverso import ir
 from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
@@ -42,16 +45,32 @@ def repair_widths(gm: fx.GraphModule, ctx) -> bool:
 def propagate_as_repaired(gm: fx.GraphModule, ctx) -> None:
     """Fill every node's shape with the one it will have once width repair has run, changing
     nothing else: for a pass that reads widths downstream of its own earlier edits (the
-    pipeline runs the repair itself, after the pass, as a step of its own)."""
-    _walk(gm, ctx, dry_run=True)
+    pipeline runs the repair itself, after the pass, as a step of its own). The read-only mode
+    of the repair: the same walk, on a copy of ``gm`` whose tensors are on the meta device."""
+    shadow = _meta_copy(gm)
+    _walk(shadow, ctx)
+    repaired = {n.name: n.meta.get("val") for n in shadow.graph.nodes}
+    for n in gm.graph.nodes:
+        if n.name in repaired:
+            n.meta["val"] = repaired[n.name]
 
 
-def _walk(gm: fx.GraphModule, ctx, *, dry_run: bool = False) -> bool:
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm`` (same node names and tags) with meta tensors for its parameters
+    and buffers: nothing is allocated or copied for the weights."""
+    memo = {id(gm.meta): dict(gm.meta)}  # the source model and such: shared, not copied
+    for t in [*gm.parameters(), *gm.buffers()]:
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(gm, memo)
+
+
+def _walk(gm: fx.GraphModule, ctx) -> bool:
     """Run the repair over the graph; a unit found tied to its own width joins
     ``ctx.fixed_width`` and the walk starts again, now with that unit's entry projection."""
     changed = False
     while True:
-        fixer = _Repair(gm, ctx, dry_run=dry_run)
+        fixer = _Repair(gm, ctx)
         try:
             with evaluating(gm), torch.no_grad():
                 fixer.run(ctx.example_input())
@@ -62,8 +81,8 @@ def _walk(gm: fx.GraphModule, ctx, *, dry_run: bool = False) -> bool:
 
 
 class _Repair(WidthFitting):
-    def __init__(self, gm: fx.GraphModule, ctx, *, dry_run: bool = False):
-        super().__init__(gm, dry_run=dry_run)
+    def __init__(self, gm: fx.GraphModule, ctx):
+        super().__init__(gm)
         self.ctx = ctx
         self.registry = ctx.registry
         self.factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
@@ -83,24 +102,10 @@ class _Repair(WidthFitting):
                 self._fit_constants(n)  # a per-channel gain or bias takes the map's width
                 return super().run_node(n)
             self._refuse_composite_constant(n)
-            if self.dry_run:  # the join will read a projected shortcut of the main path's width
-                shortcut, main = self._pick_shortcut(n, n.args[0], n.args[1])
-                saved = self.env[shortcut]
-                self.env[shortcut] = self.env[main]
-                try:
-                    return super().run_node(n)
-                finally:
-                    self.env[shortcut] = saved
             self._fit_join(n)
         elif ir.is_split(n):
             sizes = self._split_sizes(n)
             if sizes is not None:
-                if self.dry_run:  # run with the sizes the repair will write, then put them back
-                    saved, n.args = n.args, (n.args[0], sizes, *n.args[2:])
-                    try:
-                        return super().run_node(n)
-                    finally:
-                        n.args = saved
                 n.args = (n.args[0], sizes, *n.args[2:])
                 self.changed = True
         self._check_reshape(n)
@@ -194,11 +199,8 @@ class _Repair(WidthFitting):
             except WidthError:  # a grouped conv that cannot take that width
                 self._keep_width(n)
                 raise
-            if self.dry_run:
-                self.rebuilt[n.target] = new
-            else:
-                ir.set_module(self.module, n.target, new)
-                self.changed = True
+            ir.set_module(self.module, n.target, new)
+            self.changed = True
 
     def _first_tensor(self, n: fx.Node):
         for a in n.args:
@@ -228,9 +230,6 @@ class _Repair(WidthFitting):
             cin = int(v.shape[dim])
             if self.rigid[unit] is not None:
                 refuse_unknown_layer(self.module, n, self.rigid[unit], cin, want)
-            if self.dry_run:  # as the projection will deliver it
-                self.env[a] = v.new_empty(*v.shape[:dim], want, *v.shape[dim:][1:])
-                continue
             readers = [u for u in a.users if ir.unit_of(u) == unit]  # shape reads too
             name = f"{module_prefix([n])}.entry"
             current = self._project(a, cin, want, name, n, last=dim == -1)
@@ -265,8 +264,14 @@ class _Repair(WidthFitting):
         current = source
         layers = [torch.nn.Linear(cin, width)] if last else self.factory.projection(cin, width)
         for i, layer in enumerate(layers):
-            current = ir.add_module_node(self.module, name + (f"_{i}" if i else ""), layer,
-                                         (current,), before=before, meta_from=before)  # fmt: skip
+            current = ir.add_module_node(
+                self.module,
+                name + (f"_{i}" if i else ""),
+                layer,
+                (current,),
+                before=before,
+                meta_from=before,
+            )
             ir.mark(current, ir.Role.PROJECTION)
             self.env[current] = self.meta_module(layer)(self.env[current.args[0]])
             current.meta["val"] = self.env[current]

@@ -1,0 +1,39 @@
+"""Shapes count as current only while nothing shape-relevant of the graph changed."""
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from reverso.ir.shapes import propagate, shapes_current
+
+
+class Net(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x.relu(), start_dim=1)
+
+
+def traced():
+    gm = fx.symbolic_trace(Net())
+    propagate(gm, torch.rand(2, 3, 4, 4))
+    assert shapes_current(gm)
+    return gm
+
+
+def test_a_changed_target_makes_shapes_stale():
+    gm = traced()
+    relu = next(n for n in gm.graph.nodes if n.target == "relu")
+    relu.target = "sigmoid"  # what passes/reversible.py does to a node in place
+    assert not shapes_current(gm)
+
+
+def test_changed_keyword_arguments_make_shapes_stale():
+    gm = traced()
+    flat = next(n for n in gm.graph.nodes if n.target is torch.flatten)
+    flat.kwargs = {"start_dim": 2}
+    assert not shapes_current(gm)
+
+
+def test_an_untouched_graph_stays_current():
+    gm = traced()
+    gm.recompile()
+    assert shapes_current(gm)
