@@ -177,8 +177,10 @@ def _erf(args) -> int:
         result = erf(net, size, node=args.node, samples=args.samples, name=label)
         theory = rf[result.node] if result.node in rf.rows else None
         bound = f" (theoretical receptive field {theory.max:g} px)" if theory else ""
-        print(f"effective receptive field of {result.node}: {result.size}x{result.size} px hold "
-              f"{result.mass:.0%} of the gradient{bound}")  # fmt: skip
+        print(
+            f"effective receptive field of {result.node}: {result.size}x{result.size} px hold "
+            f"{result.mass:.0%} of the gradient{bound}"
+        )
         measured[label] = result
     print(f"picture: {plot_erfs(measured, args.output).resolve()}")
     return 0
@@ -199,9 +201,19 @@ def _train(args) -> int:
     if args.topdown:
         model = topdown(model, input_size=data.input_size, **_topdown_options(args))
         label = f"top-down {label}"
-    result = train(model, data, recipe=args.recipe, epochs=args.epochs, repeats=args.repeats,
-                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                   checkpoint=args.checkpoint, keras_init=args.keras_init)  # fmt: skip
+    result = train(
+        model,
+        data,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        keras_init=args.keras_init,
+    )
     from reverso.study.distributed import rank_and_world
 
     if rank_and_world()[0] != 0:  # under torchrun, rank 0 reports and saves
@@ -228,8 +240,16 @@ def _attack(args) -> int:
     data = _data(args)
     reports = {}
     for label, model in _models(args).items():
-        report = robustness(model, data, attacks=args.attacks, repeats=args.repeats, samples=args.samples,
-                            budget=args.budget, levels=args.levels, name=label)  # fmt: skip
+        report = robustness(
+            model,
+            data,
+            attacks=args.attacks,
+            repeats=args.repeats,
+            samples=args.samples,
+            budget=args.budget,
+            levels=args.levels,
+            name=label,
+        )
         print(report)
         reports[label] = report
     title = f"Robustness on {_title(args.data)} ({args.samples} test images)"
@@ -246,11 +266,25 @@ def _gradcam(args) -> int:
     images, labels = data.test_tensors(args.samples)
     models = _models(args)
     layers = dict.fromkeys(models, args.layer) if args.layer else None
-    results, cams, index = compare_localization(models, images, labels, layers=layers, t=args.threshold,
-                                                cam_threshold=args.threshold, normalize=data.normalize)  # fmt: skip
+    results, cams, index = compare_localization(
+        models,
+        images,
+        labels,
+        layers=layers,
+        t=args.threshold,
+        cam_threshold=args.threshold,
+        normalize=data.normalize,
+    )
     for label, loc in results.items():
         print(f"{label:<20} layer {cams[label].layer:<28} {loc}")
-    picture = save_overlays(images[index], cams, args.output, count=args.count, labels=labels[index],
-                            classes=data.classes, title=f"Grad-CAM on {_title(args.data)} test images")  # fmt: skip
+    picture = save_overlays(
+        images[index],
+        cams,
+        args.output,
+        count=args.count,
+        labels=labels[index],
+        classes=data.classes,
+        title=f"Grad-CAM on {_title(args.data)} test images",
+    )
     print(f"picture: {picture.resolve()}")
     return 0

@@ -16,14 +16,14 @@ from reverso.cli.commands import (
     _summary,
     _train,
 )
-from reverso.names import (
-    ATTACKS,
-    DATASETS,
-    MERGE_WIDTHS,
-    MERGES,
-    MODELS,
-    PYRAMIDS,
-    UPSAMPLE_MODES,
+from reverso.cli.flags import add_option_flags, field_default
+from reverso.names import ATTACKS, DATASETS, MODELS
+from reverso.options import (
+    TRANSFORM_OPTIONS,
+    AntialiasOptions,
+    FramesOptions,
+    SteerableOptions,
+    TopDownOptions,
 )
 
 MODEL_HELP = (
@@ -54,25 +54,15 @@ def _convert_arguments(p) -> None:
     _force_argument(p)
     p.add_argument(
         "--transform",
-        choices=("topdown", "njet", "antialias", "frames", "steerable", "hierarchical"),
+        choices=CLI_TRANSFORMS,
         default="topdown",
         help="top-down network (default), N-Jet convolutions, anti-aliased downsampling, frame "
         "convolutions, dynamic steerable convs or blocks, or a hierarchical attribute CNN",
     )
-    p.add_argument("--frame", default="gauss9", help="frames: the frame (default gauss9)")
-    p.add_argument(
-        "--unit", choices=("conv", "block"), default="conv", help="steerable: convs or blocks"
-    )
+    add_option_flags(p, FramesOptions, ("frame",), "frames: ")
+    add_option_flags(p, SteerableOptions, ("unit",), "steerable: ")
     _topdown_arguments(p)
-    p.add_argument(
-        "--filter-size", type=count(1, 7), default=4, help="antialias: blur filter size (default 4)"
-    )
-    p.add_argument(
-        "--variant",
-        choices=("reverso", "official"),
-        default="reverso",
-        help="antialias: reverso's rules (default) or the official antialiased-cnns models",
-    )
+    add_option_flags(p, AntialiasOptions, ("filter_size", "variant"), "antialias: ")
     p.add_argument(
         "--official-weights",
         type=Path,
@@ -134,8 +124,14 @@ def _train_arguments(p) -> None:
 def _attack_arguments(p) -> None:
     _models_arguments(p)
     _data_arguments(p)
-    p.add_argument("--attacks", nargs="+", default=["gaussian_noise"], choices=list(ATTACKS), metavar="ATTACK",
-                        help=f"attacks to run (default gaussian_noise); any of {', '.join(ATTACKS)}")  # fmt: skip
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["gaussian_noise"],
+        choices=list(ATTACKS),
+        metavar="ATTACK",
+        help=f"attacks to run (default gaussian_noise); any of {', '.join(ATTACKS)}",
+    )
     p.add_argument(
         "--samples", type=count(), default=200, help="test images to attack (default 200)"
     )
@@ -284,26 +280,22 @@ def _trust_argument(p) -> None:
     )
 
 
-#: the top-down options on the command line: flag -> (choices, default, help)
-TOPDOWN_CHOICES = {
-    "--merge": (MERGES, "add_concat", "how a coarse path meets the finer image's branch"),
-    "--upsample": (UPSAMPLE_MODES, "nearest", "interpolation before each upsampled conv"),
-    "--pyramid": (PYRAMIDS, "gaussian", "how the image pyramid is blurred before subsampling"),
-    "--merge-width": (MERGE_WIDTHS, "unit", "the width a merge fuses at (inner: bottleneck)"),
-}
+#: the transforms ``reverso convert`` offers (those of a model alone; checkpoint and reversible
+#: transform a converted network)
+CLI_TRANSFORMS = tuple(
+    t for t in TRANSFORM_OPTIONS if t not in ("checkpoint", "reversible", "none")
+)
 
 
 def _topdown_arguments(p) -> None:
+    default = field_default(TopDownOptions, "arrangement")
     p.add_argument(
-        "--arrangement", default="td", help="td, uni, rev or a uniform width (default td)"
+        "--arrangement",
+        default=default,
+        help=f"td, uni, rev or a uniform width (default {default})",
     )
-    for flag, (choices, default, help_) in TOPDOWN_CHOICES.items():
-        p.add_argument(flag, default=default, choices=choices, help=f"{help_} (default {default})")
+    add_option_flags(p, TopDownOptions, ("merge", "upsample", "pyramid", "merge_width", "memory"))
     p.add_argument("--njet", action="store_true", help="top-down with N-Jet convs")
-    p.add_argument(
-        "--memory", choices=["checkpoint", "reversible"],
-        help="train with activation checkpointing or reversible blocks (default: neither)",
-    )  # fmt: skip
 
 
 def _data_arguments(p) -> None:

@@ -95,11 +95,9 @@ def topdown(
             closes; ``"inner"`` at that unit's inner (bottleneck) width, projecting back with a
             1x1 conv (far fewer parameters in bottleneck nets).
     """
-    options = TopDownOptions.create(arrangement, merge, upsample, pyramid, memory, merge_width)
-    pipeline = _pipeline(passes)
-    if njet not in (False, None) and "njet" not in pipeline.names:
-        settings = _njet_options(njet)
-        pipeline = Pipeline([*pipeline, NJet(**settings)], dump_dir=pipeline.dump_dir)
+    layout = dict(arrangement=arrangement, merge=merge, upsample=upsample, pyramid=pyramid)
+    options = TopDownOptions.create(**layout, memory=memory, merge_width=merge_width)
+    pipeline = _with_njet(_pipeline(passes), njet)
     model = resolve_model(model)
     refuse_if_top_down(model)
     input_size = resolve_input_size(model, input_size)
@@ -133,6 +131,13 @@ def topdown(
     net.reverso_recipe = recipe  # memory= is an option of the top-down recipe itself
     net.reverso_source_model = SourceModel.original(model)
     return net
+
+
+def _with_njet(pipeline: Pipeline, njet: bool | dict) -> Pipeline:
+    """``pipeline`` with the ``njet`` pass appended when ``njet`` asks for it (and it has none)."""
+    if njet in (False, None) or "njet" in pipeline.names:
+        return pipeline
+    return Pipeline([*pipeline, NJet(**_njet_options(njet))], dump_dir=pipeline.dump_dir)
 
 
 def suggest_leaf(err: ReversoError, convert, leaf_modules) -> None:
@@ -172,9 +177,11 @@ def refuse_if_top_down(model: nn.Module) -> None:
         )
         pyramid = next(merges, None)
     if pyramid is not None:
-        what = "a top-down network" if isinstance(model, TopDownNet) else (
-            f"{type(model).__name__}, which holds a top-down network's layers ({pyramid})"
-        )  # fmt: skip
+        what = (
+            "a top-down network"
+            if isinstance(model, TopDownNet)
+            else (f"{type(model).__name__}, which holds a top-down network's layers ({pyramid})")
+        )
         raise UnsupportedTopologyError(
             f"the model is {what}: it is already top-down. Convert the bottom-up model it was "
             "made from; reverso's other transforms (njet, antialias, checkpoint, frames, ...) "
@@ -270,22 +277,31 @@ def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None
 
 def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
     """One real forward (a batch of one, eval mode, no gradients): shapes were checked on meta
-    tensors, whose kernels skip some of the checks real ones make. A failure here is reverso's."""
+    tensors, whose kernels skip some of the checks real ones make (a conv's groups, say). Those
+    checks do not depend on the input's height and width, so the forward runs at the smallest
+    size the network takes (a fraction of the full size's cost); a network that only runs at
+    its traced size gets that. A failure at both is reverso's."""
     ref = next(net.parameters(), None)
     if ref is not None and ref.device.type == "meta":
         return
-    device = ref.device if ref is not None else None
-    x = torch.rand((1, *ctx.input_size), dtype=model_dtype(ctx.model), device=device)
-    try:
-        with evaluating(net), torch.no_grad():
-            net(x)
-    except Exception as err:
-        raise PassError(
-            f"the converted network fails on a real input of size {tuple(ctx.input_size)}: "
-            f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}. "
-            "Its shapes checked out on meta tensors, so this is a bug of reverso's: please report "
-            "it with the model"
-        ) from err
+    c, h, w = ctx.input_size
+    sizes = [(c, min(h, net.min_size), min(w, net.min_size)), (c, h, w)]
+    for size in dict.fromkeys(sizes):  # the smallest first; the traced size if it differs
+        x = torch.rand(
+            (1, *size), dtype=model_dtype(ctx.model), device=ref.device if ref is not None else None
+        )
+        try:
+            with evaluating(net), torch.no_grad():
+                net(x)
+            return
+        except Exception as err:
+            failed = err
+    raise PassError(
+        f"the converted network fails on a real input of size {tuple(ctx.input_size)}: "
+        f"{type(failed).__name__}: {str(failed).strip().splitlines()[0] if str(failed).strip() else ''}. "
+        "Its shapes checked out on meta tensors, so this is a bug of reverso's: please report "
+        "it with the model"
+    ) from failed
 
 
 def _pipeline(passes) -> Pipeline:

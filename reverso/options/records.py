@@ -67,16 +67,10 @@ class TopDownOptions(Options):
 
     @classmethod
     def create(
-        cls,
-        arrangement="td",
-        merge="add_concat",
-        upsample="nearest",
-        pyramid="gaussian",
-        memory=None,
-        merge_width="unit",
+        cls, *, arrangement, merge, upsample, pyramid, memory, merge_width
     ) -> TopDownOptions:
         """The options of :func:`reverso.topdown`'s arguments (an int arrangement is a uniform
-        width)."""
+        width). The defaults are the fields'; ``topdown``'s match them (checked by a test)."""
         width = None
         if isinstance(arrangement, int) and not isinstance(arrangement, bool):
             arrangement, width = "uni", arrangement
