@@ -71,7 +71,7 @@ class Antialias(Pass):
                 self.conv(gm, node)
             changed.append(node.name)
         gm.delete_all_unused_submodules()  # the replaced pools
-        ctx.state["antialiased"] = changed
+        ctx.results.antialiased = changed
         return PassResult(gm, bool(changed))
 
     # -- rewrites --------------------------------------------------------------------------------
@@ -142,8 +142,9 @@ class Antialias(Pass):
         ``layer`` would apply, so that its stride-1 copy (no padding) samples the same windows."""
         pad = SamePad2d(layer.kernel_size, layer.stride, getattr(layer, "dilation", 1), value)
         x = node.args[0]
-        padded = ir.add_module_node(gm, f"{node.name}_same_pad", pad, (x,), before=node,
-                                    meta_from=node)  # fmt: skip
+        padded = ir.add_module_node(
+            gm, f"{node.name}_same_pad", pad, (x,), before=node, meta_from=node
+        )
         node.replace_input_with(x, padded)
         return padded
 

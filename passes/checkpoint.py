@@ -70,8 +70,8 @@ class Checkpoint(Pass):
     inside_topdown_instead = "pass memory='checkpoint' to reverso.topdown, or checkpoint its result"
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
-        plan = plan_segments(gm, self.settings.budget, batch=ctx.state.get("batch", 1))
-        ctx.state["checkpoint"] = plan
+        plan = plan_segments(gm, self.settings.budget, batch=ctx.batch)
+        ctx.results.checkpoint = plan
         runs = [
             plan.nodes[s:e]
             for (s, e), on in zip(plan.segments, plan.checkpointed, strict=True)
@@ -118,9 +118,11 @@ class _Costs:
         self.internal = [0.0 if _free(n) or _identity(gm, n) else _bytes(n) for n in nodes]
         self.flops = [_flops(gm, n) for n in nodes]
         self.values = [
-            v for v in gm.graph.nodes if v.op in ("placeholder", *("call_module", "call_function",
-                                                                 "call_method")) and _bytes(v) > 0
-        ]  # fmt: skip
+            v
+            for v in gm.graph.nodes
+            if v.op in ("placeholder", *("call_module", "call_function", "call_method"))
+            and _bytes(v) > 0
+        ]
         self.forbidden = [False] * len(nodes)  # cut after position p not allowed
         for n in nodes:
             target = _mutated(gm, n)

@@ -1,4 +1,5 @@
-"""downsample_to_upsample: turn every downsampling into an upsampling (spec section 3, step 3).
+"""downsample_to_upsample: turn every downsampling into an upsampling (docs/methods/topdown.md,
+section 3, step 3).
 
 Runs after ``stride_one``, which left only the standalone transitions downsampling.
 

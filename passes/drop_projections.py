@@ -1,4 +1,5 @@
-"""drop_projections: drop shortcut projections the top-down net no longer needs (spec section 3).
+"""drop_projections: drop shortcut projections the top-down net no longer needs
+(docs/methods/topdown.md, section 3, step 3).
 
 A residual unit that downsampled or changed its width needed a 1x1 projection on its shortcut.
 In the top-down net the unit runs at stride 1; when it also keeps its width, the projection

@@ -1,4 +1,5 @@
-"""frames: every spatial conv reparametrised on a fixed frame (spec dsb.md sections 1, 2 and 7).
+"""frames: every spatial conv reparametrised on a fixed frame (docs/methods/structured.md,
+sections 1, 2 and 7).
 
 Every ``nn.Conv2d`` with a kernel larger than 1x1 anywhere in the module tree becomes a
 :class:`~reverso.nn.FrameConv2d` with the same settings, its coefficients the least-squares
@@ -49,7 +50,7 @@ class Frames(Pass):
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         report = swap_convs_for_frames(gm, **self.options())
-        ctx.state["frames_report"] = report
+        ctx.results.frames_report = report
         return PassResult(gm, bool(report.layers))
 
 

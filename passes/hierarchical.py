@@ -1,4 +1,5 @@
-"""hierarchical: a plain CNN rebuilt as a hierarchical attribute CNN (spec hcnn.md section 9).
+"""hierarchical: a plain CNN rebuilt as a hierarchical attribute CNN (docs/methods/hcnn.md,
+section 9).
 
 The body (every conv from the first to the head) becomes HCNN layers of one width
 ``C = (K / 2) K``, which the pass imposes as top-down's ``uni`` arrangement does (fresh weights:
@@ -81,12 +82,22 @@ def rebuild(gm: fx.GraphModule, example, *, K, Q, variant, head, attr_kernel) ->
         if index == 0:
             new = nn.Sequential(
                 nn.Conv2d(module.in_channels, K, k[0], s, k[0] // 2, bias=False),
-                nn.BatchNorm2d(K, affine=False), nn.ELU(), HLift(K, K, attr_kernel=attr_kernel[1]),
-            )  # fmt: skip
+                nn.BatchNorm2d(K, affine=False),
+                nn.ELU(),
+                HLift(K, K, attr_kernel=attr_kernel[1]),
+            )
         else:
             last = index == len(units) - 1 and head == "readout"
-            new = HConv2d(K // 2, K, classes if last else K, Q=Q, kernel=k[0], stride=s,
-                          attr_kernel=attr_kernel, variant=variant)  # fmt: skip
+            new = HConv2d(
+                K // 2,
+                K,
+                classes if last else K,
+                Q=Q,
+                kernel=k[0],
+                stride=s,
+                attr_kernel=attr_kernel,
+                variant=variant,
+            )
         ir.set_module(gm, conv.target, ir.placed_in(gm, new))
         stride = pooled
         for node in removed:  # the conv's norm and activation, and pools folded into the stride
@@ -246,7 +257,14 @@ def _rebuild_head(gm: fx.GraphModule, start: fx.Node, example) -> None:
         )
         layer = nn.Linear(features, module.out_features, bias=module.bias is not None)
     else:
-        layer = nn.Conv2d(new.shape[1], module.out_channels, module.kernel_size, module.stride,
-                          module.padding, module.dilation, bias=module.bias is not None,
-                          padding_mode=module.padding_mode)  # fmt: skip
+        layer = nn.Conv2d(
+            new.shape[1],
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
     ir.set_module(gm, path, ir.placed_in(gm, layer))

@@ -1,4 +1,5 @@
-"""multiscale_inputs: after every upsampling, merge in the image at that finer level (spec section 4).
+"""multiscale_inputs: after every upsampling, merge in the image at that finer level
+(docs/methods/topdown.md, section 4).
 
 For each up-transition at level l a *lateral* reads pyramid level l: a fresh copy of the conv
 that opens level l in the bottom-up net (its kernel size; in_channels = image channels; out
@@ -77,9 +78,15 @@ class MultiscaleInputs(Pass):
                 view = unit_view(gm, unit)
                 width = channels(view.exit)
                 merge = self.merge(
-                    ctx, factory, slot.level, image_channels, width, width, None,
+                    ctx,
+                    factory,
+                    slot.level,
+                    image_channels,
+                    width,
+                    width,
+                    None,
                     inner=_inner_width(gm, unit, width),
-                )  # fmt: skip
+                )
                 name = f"{module_prefix(view.nodes)}.merge"
                 node = append_to_unit(gm, view, name, merge, (view.exit, image))
             ir.mark(node, ir.Role.MERGE, transition=index)
@@ -111,9 +118,17 @@ class MultiscaleInputs(Pass):
         return default
 
     def merge(
-        self, ctx, factory: LayerFactory, level: int, cin: int, c_low: int, c_r: int, upsample,
-        *, inner: int,
-    ) -> Merge:  # fmt: skip
+        self,
+        ctx,
+        factory: LayerFactory,
+        level: int,
+        cin: int,
+        c_low: int,
+        c_r: int,
+        upsample,
+        *,
+        inner: int,
+    ) -> Merge:
         spec = ctx.plan.laterals[level]
         conv = factory.conv(cin, c_r, max(spec.conv.kernel_size), like=spec.conv)
         followers = [

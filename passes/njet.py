@@ -69,7 +69,7 @@ class NJet(Pass):
 
     def call(self, gm: fx.GraphModule, ctx) -> PassResult:
         report = swap_spatial_convs(gm, **self.options())
-        ctx.state["njet_report"] = report
+        ctx.results.njet_report = report
         return PassResult(gm, bool(report.layers))
 
     def ensures(self, gm, ctx) -> None:
@@ -130,8 +130,9 @@ def _tell_about_kept(report: NJetReport, swappable: list, root: nn.Module) -> No
         swappable, report.kept, root, "njet: no spatial nn.Conv2d it can replace", KEPT_REMEDY
     )
     names = ", ".join(f"{name} ({why})" for name, why in report.kept)
-    warnings.warn(f"njet keeps {len(report.kept)} conv(s) as they are: {names}; {KEPT_REMEDY}",
-                  stacklevel=4)  # fmt: skip
+    warnings.warn(
+        f"njet keeps {len(report.kept)} conv(s) as they are: {names}; {KEPT_REMEDY}", stacklevel=4
+    )
 
 
 def njet_from_conv(

@@ -1,4 +1,5 @@
-"""reverse_stages: run the bottom-up groups in reverse order (spec section 3, steps 1-2).
+"""reverse_stages: run the bottom-up groups in reverse order (docs/methods/topdown.md,
+section 3, steps 1-2).
 
 The stem stays first, the groups follow from the last to the first, and every transition of the
 bottom-up net keeps its ordinal position (the transitions themselves still downsample here;

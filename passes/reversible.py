@@ -1,4 +1,5 @@
-"""reversible: runs of residual units -> i-RevNet coupling blocks (spec irevnet.md, section 7).
+"""reversible: runs of residual units -> i-RevNet coupling blocks (docs/methods/irevnet.md,
+section 7).
 
 The rules, on the fx graph of any model (a bottom-up net, or the top-down net reverso emits):
 
@@ -102,7 +103,7 @@ class Reversible(Pass):
             _psi_stem(gm, ctx)
         gm.delete_all_unused_submodules()
         gm.recompile()
-        ctx.state["reversible"] = [len(chain) for chain in chains]
+        ctx.results.reversible = [len(chain) for chain in chains]
         return PassResult(gm, True)
 
 
@@ -242,8 +243,11 @@ def _rewidth(gm: fx.GraphModule, ctx) -> None:
 
 def _psi_stem(gm: fx.GraphModule, ctx) -> None:
     """Rule 6: everything before the first run becomes psi(2^k) and zero channels."""
-    first = next(n for n in gm.graph.nodes
-                 if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ReversibleSequence))  # fmt: skip
+    first = next(
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ReversibleSequence)
+    )
     (entry,) = first.all_input_nodes
     image = next(n for n in gm.graph.nodes if n.op == "placeholder")
     (c, h, w), (eh, ew) = ctx.input_size, spatial(entry)
@@ -288,8 +292,9 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 
 
 def _out_of_place(body: fx.GraphModule) -> None:
-    """F must not change its input in place (spec 6, pitfall ii: the input is also the block's
-    first output): in-place activations and methods of the branch run out of place."""
+    """F must not change its input in place (docs/methods/irevnet.md, section 6, pitfall ii: the
+    input is also the block's first output): in-place activations and methods of the branch run
+    out of place."""
     for n in body.graph.nodes:
         if n.op == "call_module" and getattr(body.get_submodule(n.target), "inplace", False):
             body.get_submodule(n.target).inplace = False

@@ -1,12 +1,13 @@
-"""steerable: dynamic steerable convs or blocks swapped into a model (spec dsb.md sections 4, 7).
+"""steerable: dynamic steerable convs or blocks swapped into a model (docs/methods/structured.md,
+sections 4 and 7).
 
 ``unit="conv"``: a spatial conv (groups 1, square odd kernel, no dilation) becomes a
 :class:`~reverso.nn.DynamicSteerableConv2d` with the same widths, stride and padding, its frame
 sampled on the conv's own grid and ``W`` the least-squares projection of the conv's kernels (sigma
 by a small search, as the N-Jet pass does); the pose network starts at zero, so the converted
 model starts from the projected function (the report gives each layer's projection error).
-Grouped and depthwise convs are kept (no per-channel canonical feature to steer, the spec's
-inferred rule), as are dilated, non-square and forward-overriding convs; the report says why.
+Grouped and depthwise convs are kept (no per-channel canonical feature to steer, an inferred
+rule), as are dilated, non-square and forward-overriding convs; the report says why.
 
 ``unit="block"``: a residual unit ``F(x) + P(x)`` becomes the two-factor block
 ``steer(Phi(x); pose) W``: the shortcut becomes the 1x1 ``W`` on the steered frame (the identity's
@@ -64,7 +65,7 @@ class Steerable(Pass):
         unit = settings.pop("unit")
         swap = swap_convs_for_steerable if unit == "conv" else swap_units_for_steerable
         report = swap(gm, **settings)
-        ctx.state["steerable_report"] = report
+        ctx.results.steerable_report = report
         return PassResult(gm, True)
 
 
@@ -83,9 +84,12 @@ def swap_convs_for_steerable(root: nn.Module, *, every=2, **settings) -> Steerab
         slot.replace(layer)
         report.layers.append((slot.name, sigma, error))
     refuse_if_nothing_swapped(
-        report.layers, report.kept, root, "steerable: no conv to make steerable",
+        report.layers,
+        report.kept,
+        root,
+        "steerable: no conv to make steerable",
         "it needs spatial nn.Conv2d layers with groups=1",
-    )  # fmt: skip
+    )
     return report
 
 
@@ -112,9 +116,17 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
 
     def build(s):
         return DynamicSteerableConv2d(
-            conv.in_channels, conv.out_channels, order=order, sigma=s, kernel_size=conv.kernel_size[0],
-            stride=conv.stride[0], padding=conv.padding[0], bias=conv.bias is not None, pose=pose, mode=mode,
-        )  # fmt: skip
+            conv.in_channels,
+            conv.out_channels,
+            order=order,
+            sigma=s,
+            kernel_size=conv.kernel_size[0],
+            stride=conv.stride[0],
+            padding=conv.padding[0],
+            bias=conv.bias is not None,
+            pose=pose,
+            mode=mode,
+        )
 
     from reverso.nn.frames import kernel_gram, projection_error
 
@@ -123,8 +135,10 @@ def steerable_from_conv(conv: nn.Conv2d, *, order, sigma, pose, mode):
     else:  # the weights read once; each scale's frame alone (its atoms, no layer) tried on them
         gram, size = kernel_gram(conv.weight), conv.kernel_size[0]
         scales = (sigma, *(s for s in SIGMA_SEARCH if s != sigma))
-        errors = {s: projection_error(steerable_frame(order, s, size), gram, conv.kernel_size)
-                  for s in scales}  # fmt: skip
+        errors = {
+            s: projection_error(steerable_frame(order, s, size), gram, conv.kernel_size)
+            for s in scales
+        }
         best = min(errors, key=errors.get)
     layer = build(best)
     error = layer.load_kernels(conv.weight, conv.bias)

@@ -1,4 +1,5 @@
-"""stride_one: every downsampling inside a unit runs at stride 1 (spec section 3, step 3).
+"""stride_one: every downsampling inside a unit runs at stride 1 (docs/methods/topdown.md,
+section 3, step 3).
 
 Strided convs (and conv-like layers such as timm's MixedConv2d) keep their weights and run at
 stride 1 with size-preserving padding (:func:`reverso.rewrite.convs.at_stride_one`); strided
@@ -97,9 +98,13 @@ def _pixel_unshuffle_at_stride_one(gm: fx.GraphModule, n: fx.Node) -> None:
     """``F.pixel_unshuffle(x, b)`` at stride 1: every pixel's b x b neighbourhood in channels."""
     x, block = n.args[0], n.kwargs.get("downscale_factor", n.args[1] if len(n.args) > 1 else None)
     node = ir.add_module_node(
-        gm, "neighbourhood", NeighbourhoodToDepth(int(block), order="torch"), (x,), before=n,
+        gm,
+        "neighbourhood",
+        NeighbourhoodToDepth(int(block), order="torch"),
+        (x,),
+        before=n,
         meta_from=n,
-    )  # fmt: skip
+    )
     ir.copy_tags(node, n)  # the strided op's tags: what follows it runs at the finer level
     n.replace_all_uses_with(node)
     gm.graph.erase_node(n)

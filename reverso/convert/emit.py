@@ -18,8 +18,13 @@ from reverso.ir.shapes import channels, spatial
 from reverso.rewrite.units import unit_view
 
 #: timm's ImageNet defaults, for sources whose configuration says nothing (torchvision models)
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center"}  # fmt: skip
+IMAGENET = {
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
 #: what the top-down configuration keeps of the source's: how images are prepared
 KEPT = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "license")
 
@@ -105,8 +110,13 @@ def feature_info(taps: list[fx.Node], input_size) -> list[dict]:
     info = []
     for tap in reversed(taps):
         height = spatial(tap)[0]
-        info.append({"num_chs": channels(tap), "reduction": round(input_size[1] / height),
-                     "module": f"features.{tap.target}"})  # fmt: skip
+        info.append(
+            {
+                "num_chs": channels(tap),
+                "reduction": round(input_size[1] / height),
+                "module": f"features.{tap.target}",
+            }
+        )
     return info
 
 
@@ -121,9 +131,15 @@ def topdown_cfg(model: nn.Module, net: TopDownNet, head_entry: fx.Node) -> dict:
     }
     arch = source.get("architecture") or _builder_name(model)
     size = tuple(net.recipe["input_size"])
-    cfg.update(architecture=f"topdown_{arch}", input_size=size, fixed_input_size=False,
-               pool_size=tuple(spatial(head_entry)), num_classes=net.num_classes,
-               first_conv=first_convs(net), classifier=net.classifier_path())  # fmt: skip
+    cfg.update(
+        architecture=f"topdown_{arch}",
+        input_size=size,
+        fixed_input_size=False,
+        pool_size=tuple(spatial(head_entry)),
+        num_classes=net.num_classes,
+        first_conv=first_convs(net),
+        classifier=net.classifier_path(),
+    )
     return cfg
 
 

@@ -142,7 +142,7 @@ class TopDownNet(TimmFeatures, nn.Module):
         from reverso.planner.context import Context
 
         ctx = Context(self, tuple(self.reverso_recipe.input_size))
-        ctx.state["batch"] = batch
+        ctx.batch = batch
         propagate(self.features, ctx.example_input())
         self.features = Pipeline([step]).run(self.features, ctx)
 

@@ -53,7 +53,7 @@ def graph_rewrite(model: nn.Module | str, input_size, step: Pass) -> nn.Module:
     model = resolve_model(model)
     batch, size = batch_and_size(model, input_size)
     ctx = Context(model, size)
-    ctx.state["batch"] = batch
+    ctx.batch = batch
     if isinstance(model, TopDownNet):
         gm = copy.deepcopy(model)
         propagate(gm.features, ctx.example_input())

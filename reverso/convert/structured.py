@@ -1,5 +1,5 @@
-"""The thesis's structured layers swapped into a model (spec dsb.md, hcnn.md): frame convs,
-dynamic steerable convs and blocks, hierarchical attribute convs.
+"""The thesis's structured layers swapped into a model: frame convs, dynamic steerable convs and
+blocks (docs/methods/structured.md), hierarchical attribute convs (docs/methods/hcnn.md).
 
 Each function returns a converted copy that keeps the model's class where the rewrite is a module
 swap (frames, steerable convs), records a ``reverso_recipe`` (so :func:`reverso.save` and
@@ -50,7 +50,8 @@ def steerable(
     every: int = 2,
 ) -> nn.Module:
     """``model`` with dynamic steerable convs (``unit="conv"``) or blocks (``unit="block"``),
-    every ``every``-th candidate in graph order (the ``steerable`` pass, spec dsb.md section 7).
+    every ``every``-th candidate in graph order (the ``steerable`` pass;
+    docs/methods/structured.md, section 7).
 
     ``unit="conv"``: a copy of the same class whose converted convs start from the projection of
     their kernels on an order-``order`` Gaussian-derivative frame (the pose networks start at zero,
@@ -86,12 +87,13 @@ def hierarchical(
     head: str = "keep",
     attr_kernel: tuple[int, int] = (7, 11),
 ) -> nn.Module:
-    """A plain CNN rebuilt as a hierarchical attribute CNN (the ``hierarchical`` pass, spec
-    hcnn.md): every conv of the body an HCNN layer of width ``(K / 2) K``, fresh weights, pools
-    folded into the strides; ``head="keep"`` keeps the model's head (its first layer rebuilt for
-    the new width), ``"readout"`` ends with a class-sized layer and the readout. ``variant``:
-    ``"plus"`` (ELU between the spatial and the attribute filters) or ``"linear"``. Residual
-    models are refused. A GraphModule comes back (a TopDownNet stays one).
+    """A plain CNN rebuilt as a hierarchical attribute CNN (the ``hierarchical`` pass;
+    docs/methods/hcnn.md, section 9): every conv of the body an HCNN layer of width
+    ``(K / 2) K``, fresh weights, pools folded into the strides; ``head="keep"`` keeps the
+    model's head (its first layer rebuilt for the new width), ``"readout"`` ends with a
+    class-sized layer and the readout. ``variant``: ``"plus"`` (ELU between the spatial and the
+    attribute filters) or ``"linear"``. Residual models are refused. A GraphModule comes back (a
+    TopDownNet stays one).
     """
     from reverso.passes.hierarchical import Hierarchical
 

@@ -94,7 +94,7 @@ def antialias(
     gm = Pipeline([rewrite]).run(working_copy(traced), ctx)
     gm = ir.own_copy(gm, model)
     keep_model_attributes(gm, model)
-    gm.antialiased = ctx.state.get("antialiased", [])
+    gm.antialiased = ctx.results.antialiased
     gm.reverso_source_model = SourceModel.original(model)
     leaves = tuple(qualified_name(t) for t in leaf_modules)
     gm.reverso_recipe = Recipe(
@@ -136,7 +136,8 @@ def reversible(
     post_act: str = "refuse",
 ) -> nn.Module:
     """``model`` with its runs of residual units turned into reversible i-RevNet coupling blocks
-    (the ``reversible`` pass, :mod:`reverso.passes.reversible`; spec irevnet.md section 7).
+    (the ``reversible`` pass, :mod:`reverso.passes.reversible`; docs/methods/irevnet.md,
+    section 7).
 
     Each run becomes a :class:`~reverso.nn.ReversibleSequence` whose backward rebuilds
     activations from outputs (``memory_saving=True``), so its saved bytes do not grow with its

@@ -23,6 +23,19 @@ from reverso.rewrite.widths import REGISTRY, WidthRegistry
 
 
 @dataclass
+class PassResults:
+    """What the built-in passes leave for the conversion that runs them (typed; a user's pass
+    keeps its own results in ``Context.state``)."""
+
+    antialiased: list[str] = field(default_factory=list)  # the antialias pass's rewritten nodes
+    njet_report: object = None  # the njet pass's NJetReport
+    frames_report: object = None  # the frames pass's report
+    steerable_report: object = None  # the steerable pass's report
+    checkpoint: object = None  # the checkpoint pass's segment plan
+    reversible: list[int] = field(default_factory=list)  # units per reversible run
+
+
+@dataclass
 class Context:
     """What every pass can rely on: the source model, the input size and the width registry."""
 
@@ -31,6 +44,10 @@ class Context:
     registry: WidthRegistry = field(default=REGISTRY, kw_only=True)
     history: list[tuple[str, bool]] = field(default_factory=list, kw_only=True)
     state: dict = field(default_factory=dict, kw_only=True)  # free space for user passes
+    #: what the built-in passes hand on (they never use ``state``)
+    results: PassResults = field(default_factory=PassResults, kw_only=True)
+    #: the training batch the memory passes (checkpoint) plan for
+    batch: int = field(default=1, kw_only=True)
     #: units width repair keeps at their own width, behind an entry projection
     fixed_width: set[int] = field(default_factory=set, kw_only=True)
     #: the user's leaf_modules (classes and module paths): layers asked to run whole
@@ -57,10 +74,10 @@ class CompileContext(Context):
         return self._bu_nodes[name]
 
     def opening_width(self, unit: int, exit_width: int) -> int:
-        """The width a group opening with bottom-up unit ``unit`` must receive (spec section 3,
-        "every group keeps its own widths"): the unit's output width (``exit_width``, as the
-        graph has it now), or for a unit that grows from its input (a dense block) the width it
-        reads in the bottom-up net, or the ``uni`` width."""
+        """The width a group opening with bottom-up unit ``unit`` must receive (every group keeps
+        its own widths: docs/methods/topdown.md, sections 3 and 5): the unit's output width
+        (``exit_width``, as the graph has it now), or for a unit that grows from its input (a
+        dense block) the width it reads in the bottom-up net, or the ``uni`` width."""
         if not self.report.units[unit].grows:
             return exit_width
         return self.plan.uni_width or self.report.units[unit].in_width

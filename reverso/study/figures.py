@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from reverso.errors import OptionError
 from reverso.names import title as in_words
 from reverso.study.branches import BranchReport
-from reverso.study.erf import ERF
 from reverso.study.plotting import (
     COLUMN,
     TEXT_WIDTH,
@@ -22,21 +22,27 @@ from reverso.study.plotting import (
     styled,
     wrapped,
 )
-from reverso.study.robustness import RobustnessReport
-from reverso.study.train import TrainResult
+
+if TYPE_CHECKING:  # the results it draws; the study modules import this one, not the reverse
+    from reverso.study.erf import ERF
+    from reverso.study.robustness import RobustnessReport
+    from reverso.study.train import TrainResult
 
 
-def _labelled(results, kind: type, what: str) -> dict:
-    """``results`` as a non-empty ``{label: kind}`` dict (one ``kind`` alone is labelled "model")."""
-    if isinstance(results, kind):
+def _labelled(results, kind: str, what: str) -> dict:
+    """``results`` as a non-empty ``{label: kind}`` dict (one ``kind`` alone is labelled "model");
+    ``kind`` is a class name (this module reads the study's results, it imports none of them)."""
+
+    def is_kind(value) -> bool:
+        return any(c.__name__ == kind for c in type(value).__mro__)
+
+    if is_kind(results):
         return {"model": results}
     if not isinstance(results, dict) or not results:
-        raise OptionError(f"{what} needs a {kind.__name__} or a non-empty dict of them by label")
-    wrong = next((k for k, v in results.items() if not isinstance(v, kind)), None)
+        raise OptionError(f"{what} needs a {kind} or a non-empty dict of them by label")
+    wrong = next((k for k, v in results.items() if not is_kind(v)), None)
     if wrong is not None:
-        raise OptionError(
-            f"{what}: {wrong!r} is a {type(results[wrong]).__name__}, not a {kind.__name__}"
-        )
+        raise OptionError(f"{what}: {wrong!r} is a {type(results[wrong]).__name__}, not a {kind}")
     return results
 
 
@@ -47,7 +53,7 @@ def plot_training(
     """Training curves, one colour per model: validation accuracy (left) and training loss
     (right) per epoch, the mean over runs with the band of the runs' min and max; .png, .pdf or
     .svg by the suffix of ``path``."""
-    results = _labelled(results, TrainResult, "plot_training")
+    results = _labelled(results, "TrainResult", "plot_training")
     fig, axes = new_figure(1, 2, size=(TEXT_WIDTH * 0.8, 2.6))
     accuracy, loss = axes[0]
     for label, result in results.items():
@@ -88,7 +94,7 @@ def plot_robustness(
     model; the legend gives each curve's area (as in the report's table: the mean accuracy loss
     over the whole image space, lower is more robust). ``upto`` limits the x axis (default: a
     little past the largest perturbation found). .png, .pdf or .svg by the suffix of ``path``."""
-    reports = _labelled(reports, RobustnessReport, "plot_robustness")
+    reports = _labelled(reports, "RobustnessReport", "plot_robustness")
     attacks = list(next(iter(reports.values())).results)
     cols = min(len(attacks), 3)
     rows = math.ceil(len(attacks) / cols)
@@ -159,7 +165,7 @@ def plot_erfs(erfs: dict[str, ERF], path: str | Path, *, title: str | None = Non
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
 
-    results = list(_labelled(erfs, ERF, "plot_erfs").items())
+    results = list(_labelled(erfs, "ERF", "plot_erfs").items())
     top = max(float(r.map.max()) for _, r in results) * 100
     norm = PowerNorm(0.5, vmin=0, vmax=top)  # square-root scale: the tails stay visible
     width = min(TEXT_WIDTH, COLUMN * 0.95 * len(results) + 0.6)
