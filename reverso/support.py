@@ -233,6 +233,8 @@ def catalogue_table(outcomes) -> str:
         f"every model but the rightly refused ones, counting the {len(limited)} refusals that are "
         "reverso's limitations as failures.",
         "",
+        conversion_cost(outcomes),
+        "",
         "## Refusals by reason",
         "",
         refusal_reasons(outcomes),
@@ -240,8 +242,8 @@ def catalogue_table(outcomes) -> str:
         "## Every model",
         "",
         "| source | model | size | outcome | BU params | TD params | conversion (s) | "
-        "conversion peak (MB) | parameters (MB) | notes |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "by hand (s) | conversion peak (MB) | parameters (MB) | notes |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in outcomes:
         note = (
@@ -251,10 +253,31 @@ def catalogue_table(outcomes) -> str:
         )
         lines.append(
             f"| {r.source} | {r.model} | {r.size} | {r.outcome} | {r.bu_params / 1e6:.2f}M | "
-            f"{r.td_params / 1e6:.2f}M | {r.convert_s:.2f} | {r.convert_peak_mb:.0f} | "
+            f"{r.td_params / 1e6:.2f}M | {r.convert_s:.2f} | {r.construction_s:.2f} | "
+            f"{r.convert_peak_mb:.0f} | "
             f"{r.param_mb:.0f} | {note} |"
         )
     return "\n".join(lines)
+
+
+def conversion_cost(outcomes) -> str:
+    """Conversion time against building the network by hand (a trace and a batch-1 forward of
+    the model, and initialising the emitted network): the median and the worst ratio."""
+    ratios = sorted(
+        (r.convert_s / r.construction_s, r.model)
+        for r in outcomes
+        if r.outcome == "converts" and r.construction_s > 0
+    )
+    if not ratios:
+        return "Conversion time: no model converted."
+    median = ratios[len(ratios) // 2][0]
+    worst, model = ratios[-1]
+    return (
+        f"Conversion takes {median:.2f}x what building the network by hand takes (a torch.fx "
+        "trace and a batch-1 forward of the model, plus initialising the top-down network's "
+        f"parameters), median over the {len(ratios)} converted models; worst {worst:.2f}x "
+        f"({model})."
+    )
 
 
 def sweep_catalogue(
@@ -290,8 +313,12 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="--all: models converted at once")
     parser.add_argument("--memory-gb", type=float, default=12.0, help="--all: per-model memory cap")
     parser.add_argument("--only", help="--all: just the models whose name contains this")
-    parser.add_argument("--transform", default="topdown", choices=TRANSFORMS,
-                        help="--all: the conversion to sweep (not topdown: printed, or --out)")  # fmt: skip
+    parser.add_argument(
+        "--transform",
+        default="topdown",
+        choices=TRANSFORMS,
+        help="--all: the conversion to sweep (not topdown: printed, or --out)",
+    )
     args = parser.parse_args(argv)
     if args.all:
         outcomes = sweep_catalogue(
@@ -326,8 +353,14 @@ def transform_table(transform: str, outcomes) -> str:
     from reverso.sweep import OUTCOMES
 
     counts = ", ".join(f"{n} {o}" for o in OUTCOMES if (n := sum(r.outcome == o for r in outcomes)))
-    lines = [f"# reverso.{transform} on the catalogue", "", counts, "",
-             "| source | model | size | outcome | message |", "|---|---|---:|---|---|"]  # fmt: skip
+    lines = [
+        f"# reverso.{transform} on the catalogue",
+        "",
+        counts,
+        "",
+        "| source | model | size | outcome | message |",
+        "|---|---|---:|---|---|",
+    ]
     for r in outcomes:
         if r.outcome != "converts":
             message = r.message.replace("|", "/")[:300]

@@ -24,8 +24,16 @@ from reverso.errors import OptionError
 
 OUTCOMES = ("converts", "refused", "internal error", "out of memory", "timeout")
 #: the conversions a sweep runs: ``reverso.<name>(model, input_size=...)`` with its defaults
-TRANSFORMS = ("topdown", "njet", "antialias", "frames", "steerable", "hierarchical", "reversible",
-              "checkpoint")  # fmt: skip
+TRANSFORMS = (
+    "topdown",
+    "njet",
+    "antialias",
+    "frames",
+    "steerable",
+    "hierarchical",
+    "reversible",
+    "checkpoint",
+)
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Outcome:
     bu_params: int = 0
     td_params: int = 0
     convert_s: float = 0.0
+    #: building the network by hand: a trace and a batch-1 forward of the model, initialisation
+    construction_s: float = 0.0
     convert_peak_mb: float = 0.0  # resident memory the conversion added at its peak
     loss_before: float = float("nan")
     loss_after: float = float("nan")
@@ -125,6 +135,8 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
         return result
     result.convert_s, result.convert_peak_mb = time.perf_counter() - start, memory.peak_mb
     result.td_params = sum(p.numel() for p in td.parameters())
+    if transform == "topdown":
+        result.construction_s = construction_s(model, td, size)
     del model  # the training step needs the top-down network only (the largest are GBs)
     gc.collect()
     x, y = torch.rand(4, *size, generator=torch.Generator().manual_seed(0)), torch.arange(4) % 10
@@ -149,6 +161,27 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
     result.outcome = "converts" if finite else "internal error"
     result.message = "" if finite else "non-finite loss"
     return result
+
+
+def construction_s(model, td, size) -> float:
+    """Seconds that building ``td`` by hand would take, conversion's yardstick: one torch.fx
+    trace and one batch-1 forward (eval mode, no gradients) of the bottom-up ``model``, plus
+    initialising ``td``'s parameters (each layer's ``reset_parameters``; ``td`` is re-drawn)."""
+    import torch
+
+    from reverso.frontend.tracing import ReversoTracer
+    from reverso.ir.modes import evaluating
+
+    x = torch.rand(1, *size)
+    start = time.perf_counter()
+    ReversoTracer().trace(model)
+    with evaluating(model), torch.no_grad():
+        model(x)
+    for m in td.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset) and not isinstance(m, type(td)):
+            reset()
+    return time.perf_counter() - start
 
 
 def classify(err: BaseException, model, size) -> str:
@@ -185,8 +218,16 @@ def check_isolated(
     transform: str = "topdown",
 ) -> Outcome:
     """:func:`check` in a child process that stops itself past ``memory_gb`` of resident memory."""
-    command = [sys.executable, "-m", "reverso.sweep", source, name, str(side), str(memory_gb),
-               transform]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "reverso.sweep",
+        source,
+        name,
+        str(side),
+        str(memory_gb),
+        transform,
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
