@@ -18,7 +18,7 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bottom_up_cnns())
 def test_many_random_bottom_up_cnns_convert_with_all_properties(spec):
     """The same property over many more drawn nets (about 2 minutes)."""
