@@ -40,12 +40,23 @@ def main(argv=None) -> list[dict]:
             result = reverso.train(model, data, epochs=args.epochs, device=device, progress=False)
             run = result.runs[0]
             timings[label] = run.seconds / args.epochs
-            rows.append({"model": model_name, "net": label, "s_per_epoch": timings[label],
-                         "test_accuracy": run.test_accuracy})  # fmt: skip
-            print(f"| {name} | {model_name} {label} | {args.epochs} epochs | "
-                  f"{timings[label]:.2f} s/epoch | {run.test_accuracy:.2%} |", flush=True)  # fmt: skip
-        print(f"top-down / bottom-up time per epoch, {model_name}: "
-              f"{timings['top-down'] / timings['bottom-up']:.2f}x")  # fmt: skip
+            rows.append(
+                {
+                    "model": model_name,
+                    "net": label,
+                    "s_per_epoch": timings[label],
+                    "test_accuracy": run.test_accuracy,
+                }
+            )
+            print(
+                f"| {name} | {model_name} {label} | {args.epochs} epochs | "
+                f"{timings[label]:.2f} s/epoch | {run.test_accuracy:.2%} |",
+                flush=True,
+            )
+        print(
+            f"top-down / bottom-up time per epoch, {model_name}: "
+            f"{timings['top-down'] / timings['bottom-up']:.2f}x"
+        )
     return rows
 
 

@@ -96,12 +96,16 @@ def measure(name, size, nets: dict, args, device, where) -> list[dict]:
     for key, net in nets.items():
         t = medians[key]
         row = {
-            "model": name, "config": key, "device": where,
+            "model": name,
+            "config": key,
+            "device": where,
             "params": sum(p.numel() for p in net.parameters()),
-            "saved_mb": saved[key] / 2**20, "saved_vs_bu": saved[key] / saved["BU"],
-            "step_ms": t * 1e3, "step_vs_td": t / td_time,
+            "saved_mb": saved[key] / 2**20,
+            "saved_vs_bu": saved[key] / saved["BU"],
+            "step_ms": t * 1e3,
+            "step_vs_td": t / td_time,
             "peak_mb": peak[key] / 2**20 if key in peak else None,
-        }  # fmt: skip
+        }
         rows.append(row)
         peak_text = f"{row['peak_mb']:.0f}" if row["peak_mb"] is not None else "-"
         print(

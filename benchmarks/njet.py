@@ -114,11 +114,18 @@ def network(args, device, where: str) -> dict:
         step(name)
     times = median_times(step, list(nets), max(3, args.iters // 2))
     ratio = times["N-Jet resnet18"] / times["resnet18"]
-    print(f"| {where} | train step, batch {batch}, {size}x{size} | resnet18 "
-          f"{times['resnet18'] * 1e3:.1f} ms | N-Jet resnet18 {times['N-Jet resnet18'] * 1e3:.1f} ms "
-          f"| {ratio:.2f}x |", flush=True)  # fmt: skip
-    return {"layer": "N-Jet resnet18 train step", "ms": times["N-Jet resnet18"] * 1e3,
-            "ratio": ratio, "detail": f"batch {batch}, {size}x{size}"}  # fmt: skip
+    print(
+        f"| {where} | train step, batch {batch}, {size}x{size} | resnet18 "
+        f"{times['resnet18'] * 1e3:.1f} ms | N-Jet resnet18 {times['N-Jet resnet18'] * 1e3:.1f} ms "
+        f"| {ratio:.2f}x |",
+        flush=True,
+    )
+    return {
+        "layer": "N-Jet resnet18 train step",
+        "ms": times["N-Jet resnet18"] * 1e3,
+        "ratio": ratio,
+        "detail": f"batch {batch}, {size}x{size}",
+    }
 
 
 if __name__ == "__main__":

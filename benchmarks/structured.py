@@ -67,10 +67,21 @@ def main(argv=None) -> list[dict]:
         best = {k: min(v) for k, v in times.items()}
         for name in times:
             ratio, best_ratio = median[name] / median[base], best[name] / best[base]
-            rows.append({"workload": label, "layer": name, "ms": median[name] * 1e3,
-                         "ratio": ratio, "best_ms": best[name] * 1e3, "best_ratio": best_ratio})  # fmt: skip
-            print(f"| {where} | {label} | {name} | {median[name] * 1e3:.2f} ms | {ratio:.2f}x | "
-                  f"{best[name] * 1e3:.2f} ms | {best_ratio:.2f}x |", flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "workload": label,
+                    "layer": name,
+                    "ms": median[name] * 1e3,
+                    "ratio": ratio,
+                    "best_ms": best[name] * 1e3,
+                    "best_ratio": best_ratio,
+                }
+            )
+            print(
+                f"| {where} | {label} | {name} | {median[name] * 1e3:.2f} ms | {ratio:.2f}x | "
+                f"{best[name] * 1e3:.2f} ms | {best_ratio:.2f}x |",
+                flush=True,
+            )
 
     train = {"Conv2d 3x3": conv, "FrameConv2d gauss9": frame, "DynamicSteerableConv2d": steer}
     if fused_steer.available(x):  # the fused kernels (opt-in), side by side
@@ -78,8 +89,10 @@ def main(argv=None) -> list[dict]:
         fused.fused = True
         train["DynamicSteerableConv2d, fused kernels"] = fused
     if args.compile:  # the compiler fuses the steering's elementwise products
-        train |= {"Conv2d 3x3, compiled": torch.compile(conv),
-                  "DynamicSteerableConv2d, compiled": torch.compile(steer)}  # fmt: skip
+        train |= {
+            "Conv2d 3x3, compiled": torch.compile(conv),
+            "DynamicSteerableConv2d, compiled": torch.compile(steer),
+        }
     report("train step (fwd+bwd)", compare(train, x, args.iters, True), "Conv2d 3x3")
     infer = {
         "Conv2d 3x3": conv,
@@ -91,8 +104,10 @@ def main(argv=None) -> list[dict]:
     h = torch.rand(
         max(1, args.batch // 2), width, args.size, args.size, device=device, requires_grad=True
     )
-    hier = {"Conv2d 3x3 (128 ch)": nn.Conv2d(width, width, 3, padding=1).to(device),
-            "HConv2d K=16 Q=32": HConv2d(8, 16, 16, Q=32).to(device)}  # fmt: skip
+    hier = {
+        "Conv2d 3x3 (128 ch)": nn.Conv2d(width, width, 3, padding=1).to(device),
+        "HConv2d K=16 Q=32": HConv2d(8, 16, 16, Q=32).to(device),
+    }
     report(
         f"train step, batch {h.shape[0]}", compare(hier, h, args.iters, True), "Conv2d 3x3 (128 ch)"
     )

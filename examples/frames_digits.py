@@ -34,9 +34,15 @@ def small_cnn(width: int = 16) -> nn.Sequential:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
-        *unit(1, width), nn.MaxPool2d(2), *unit(width, 2 * width), nn.MaxPool2d(2),
-        *unit(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
-    )  # fmt: skip
+        *unit(1, width),
+        nn.MaxPool2d(2),
+        *unit(width, 2 * width),
+        nn.MaxPool2d(2),
+        *unit(2 * width, 2 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, 10),
+    )
 
 
 def train_and_test(model, train, test, *, epochs, lr=0.05, decay=5e-4, batch=64, seed=0) -> float:

@@ -25,10 +25,17 @@ def two_layer_net(width: int = 16) -> nn.Sequential:
     """conv-BN-ReLU, max-pool, conv-BN-ReLU, then a 4x4 average pooling and a linear classifier:
     the head does not depend on the input size, so the same net runs at 28 and 112 px."""
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * width, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(16 * width, 10),
+    )
 
 
 def train_and_test(
@@ -85,10 +92,15 @@ def main(argv=None) -> list[dict]:
                 model = reverso.njet(model, sigma=1.0, sigma_max=args.sigma_max)
             start = time.perf_counter()
             accuracy = train_and_test(model, train, test, epochs=args.epochs)
-            rows.append({
-                "size": x.shape[-1], "model": kind, "accuracy": accuracy,
-                "sigmas": learned_sigmas(model), "seconds": time.perf_counter() - start,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "size": x.shape[-1],
+                    "model": kind,
+                    "accuracy": accuracy,
+                    "sigmas": learned_sigmas(model),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             print(
                 f"{x.shape[-1]:>4}px  {kind:<9} accuracy {accuracy:.2%}  learned sigmas {rows[-1]['sigmas'] or '-'}  "
                 f"({rows[-1]['seconds']:.0f}s)",

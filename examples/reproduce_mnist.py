@@ -56,9 +56,17 @@ def exp1(args, data, out: Path) -> dict:
     results = {}
     for name, build in variants(args.model).items():
         start = time.perf_counter()
-        result = train(build, data, recipe=args.recipe, epochs=args.epochs, repeats=args.runs,
-                       seed=args.seed, name=name, keras_init=args.keras_init,
-                       progress=not args.quiet)  # fmt: skip
+        result = train(
+            build,
+            data,
+            recipe=args.recipe,
+            epochs=args.epochs,
+            repeats=args.runs,
+            seed=args.seed,
+            name=name,
+            keras_init=args.keras_init,
+            progress=not args.quiet,
+        )
         for r, net in enumerate(result.models):
             reverso.save(net.cpu(), out / "models" / f"{name}_run{r}.safetensors")
         params = sum(p.numel() for p in result.model.parameters())
@@ -69,8 +77,10 @@ def exp1(args, data, out: Path) -> dict:
             "params": params,
             "seconds": time.perf_counter() - start,
         }
-        print(f"{name:<8} {result.mean:.2%} +- {result.std:.2%}  ({params:,} params, "
-              f"{results[name]['seconds']:.0f}s)")  # fmt: skip
+        print(
+            f"{name:<8} {result.mean:.2%} +- {result.std:.2%}  ({params:,} params, "
+            f"{results[name]['seconds']:.0f}s)"
+        )
     return results
 
 
@@ -86,26 +96,51 @@ def exp2(args, data, out: Path) -> dict:
     reports, nets = {}, {}
     for name in args.compare:
         nets[name] = trained(out, name, 0)
-        reports[name] = robustness(nets[name], data, samples=args.samples, budget=args.budget,
-                                   select=args.select, name=name, progress=not args.quiet)  # fmt: skip
+        reports[name] = robustness(
+            nets[name],
+            data,
+            samples=args.samples,
+            budget=args.budget,
+            select=args.select,
+            name=name,
+            progress=not args.quiet,
+        )
         print(reports[name])
     model = title(args.model)
-    plot_robustness({f"{n} {model}": r for n, r in reports.items()}, out / "exp2_attacks.png",
-                    title=f"Exp 2: robustness of {model} on MNIST-5k ({args.samples} test digits)")  # fmt: skip
+    plot_robustness(
+        {f"{n} {model}": r for n, r in reports.items()},
+        out / "exp2_attacks.png",
+        title=f"Exp 2: robustness of {model} on MNIST-5k ({args.samples} test digits)",
+    )
     results = {
         name: {
-            a: {"clean_accuracy": r.clean_accuracy, "area": r.area(), "area_upto_4": r.area(4.0),
-                "median_l2": r.median_norm, "loss_at_2": float(r.clean_accuracy - r.accuracy_at(2.0))}
+            a: {
+                "clean_accuracy": r.clean_accuracy,
+                "area": r.area(),
+                "area_upto_4": r.area(4.0),
+                "median_l2": r.median_norm,
+                "loss_at_2": float(r.clean_accuracy - r.accuracy_at(2.0)),
+            }
             for a, r in report.results.items()
         }
         for name, report in reports.items()
-    }  # fmt: skip
+    }
     td = nets["TD-td"] if "TD-td" in nets else trained(out, "TD-td", 0)
-    branches = per_branch(td, data, attacks=args.branch_attacks, samples=args.samples,
-                          budget=args.budget, select=args.select, progress=not args.quiet)  # fmt: skip
+    branches = per_branch(
+        td,
+        data,
+        attacks=args.branch_attacks,
+        samples=args.samples,
+        budget=args.budget,
+        select=args.select,
+        progress=not args.quiet,
+    )
     print(branches)
-    plot_branches(branches, out / "exp2_branches.png",
-                  title=f"Exp 2: top-down {model}, adversarials fed to some pyramid inputs")  # fmt: skip
+    plot_branches(
+        branches,
+        out / "exp2_branches.png",
+        title=f"Exp 2: top-down {model}, adversarials fed to some pyramid inputs",
+    )
     results["per_branch"] = {
         "clean_accuracy": branches.clean_accuracy,
         **{a: {str(k): v for k, v in rows.items()} for a, rows in branches.accuracy.items()},
@@ -126,13 +161,23 @@ def exp3(args, data, out: Path) -> dict:
         except reverso.OptionError as err:  # e.g. a run that did not learn
             print(f"run {run + 1}: skipped ({err})")
             continue
-        rows.append({name: {"precision": r.precision, "recall": r.recall, "images": r.images}
-                     for name, r in loc.items()})  # fmt: skip
+        rows.append(
+            {
+                name: {"precision": r.precision, "recall": r.recall, "images": r.images}
+                for name, r in loc.items()
+            }
+        )
         if run == 0:
             model = title(args.model)
-            save_overlays(images[index], {f"{n} {model}": c for n, c in cams.items()},
-                          out / "exp3_gradcam.png", count=8, labels=labels[index],
-                          classes=data.classes, title=f"Exp 3: Grad-CAM of {model} on MNIST-5k")  # fmt: skip
+            save_overlays(
+                images[index],
+                {f"{n} {model}": c for n, c in cams.items()},
+                out / "exp3_gradcam.png",
+                count=8,
+                labels=labels[index],
+                classes=data.classes,
+                title=f"Exp 3: Grad-CAM of {model} on MNIST-5k",
+            )
         print(f"run {run + 1}: " + "; ".join(f"{n}: {r}" for n, r in loc.items()))
     summary = {}
     for name in args.compare:
@@ -157,20 +202,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=10, help="per run (the recipe: 30-50)")
     # off by default: with Keras' BatchNorm momentum (0.01) the running statistics lag behind on
     # MNIST-5k's 28 steps per epoch, and the top-down nets do not learn (docs/reproduction.md)
-    parser.add_argument("--keras-init", action=argparse.BooleanOptionalAction, default=False,
-                        help="Keras' initialisation and BatchNorm settings, as the reference code")  # fmt: skip
+    parser.add_argument(
+        "--keras-init",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Keras' initialisation and BatchNorm settings, as the reference code",
+    )
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=200, help="test digits attacked (Exp 2)")
     parser.add_argument("--budget", default="fast", choices=("paper", "fast"))
-    parser.add_argument("--select", default="linf", choices=("linf", "l2"),
-                        help="each image's best adversarial by (default linf, the reference code's)")  # fmt: skip
+    parser.add_argument(
+        "--select",
+        default="linf",
+        choices=("linf", "l2"),
+        help="each image's best adversarial by (default linf, the reference code's)",
+    )
     parser.add_argument("--gradcam-formula", default="reference", choices=("reference", "relu_max"))
     parser.add_argument(
         "--compare", nargs="+", default=["BU", "TD-td"], help="variants in Exp 2 and 3"
     )
-    parser.add_argument("--branch-attacks", nargs="+", default=["gaussian_noise", "salt_and_pepper"],
-                        choices=list(ATTACKS))  # fmt: skip
+    parser.add_argument(
+        "--branch-attacks",
+        nargs="+",
+        default=["gaussian_noise", "salt_and_pepper"],
+        choices=list(ATTACKS),
+    )
     parser.add_argument(
         "--train-limit", type=int, help="use only this many training digits (tests)"
     )

@@ -114,10 +114,12 @@ def save_pose_maps(model, x, y, path: Path) -> None:
     fig, axes = plt.subplots(len(x), 4, figsize=(8, 2 * len(x)))
     for i in range(len(x)):
         for ax, img, title, cmap in zip(
-            axes[i], (x[i, 0], y[i, 0], scores[i], theta[i]),
-            ("input", "boundary", "DSB output", "pose theta"), ("gray", "gray", "gray", "hsv"),
+            axes[i],
+            (x[i, 0], y[i, 0], scores[i], theta[i]),
+            ("input", "boundary", "DSB output", "pose theta"),
+            ("gray", "gray", "gray", "hsv"),
             strict=True,
-        ):  # fmt: skip
+        ):
             ax.imshow(
                 img, cmap=cmap, **({"vmin": -math.pi, "vmax": math.pi} if cmap == "hsv" else {})
             )
@@ -153,12 +155,19 @@ def main(argv=None) -> list[dict]:
         model.eval()
         with torch.no_grad():
             scores = torch.sigmoid(model(test_x))
-        row = {"net": name, "params": sum(p.numel() for p in model.parameters()),
-               "ods_f": best_f_measure(scores, test_y), "last_loss": loss,
-               "seconds": time.perf_counter() - start}  # fmt: skip
+        row = {
+            "net": name,
+            "params": sum(p.numel() for p in model.parameters()),
+            "ods_f": best_f_measure(scores, test_y),
+            "last_loss": loss,
+            "seconds": time.perf_counter() - start,
+        }
         rows.append(row)
-        print(f"| {name} | {row['params']:,} parameters | ODS F {row['ods_f']:.3f} | "
-              f"last loss {loss:.3f} | {row['seconds']:.0f} s |", flush=True)  # fmt: skip
+        print(
+            f"| {name} | {row['params']:,} parameters | ODS F {row['ods_f']:.3f} | "
+            f"last loss {loss:.3f} | {row['seconds']:.0f} s |",
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     save_pose_maps(dsb, test_x[:4], test_y[:4], args.out / "pose_maps.png")
     print(f"pose maps: {args.out / 'pose_maps.png'}")

@@ -116,7 +116,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these come from __getatt
         settings,
         study,
         testing,
-    )  # fmt: skip
+    )
     from .analysis import StageReport, analyze
     from .compiler.base import Pass, PassResult
     from .compiler.pipeline import Pipeline

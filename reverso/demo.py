@@ -131,9 +131,14 @@ def _gradcam(nets: dict, data, samples: int, out: Path, print_fn) -> tuple[dict,
     for label, result in loc.items():
         print_fn(f"{label}: {cams[label].layer}: {result}")
     title = "Grad-CAM of LeNetFC bottom-up and top-down on MNIST-5k test digits"
-    picture = save_overlays(images[index], {NAMES[k]: c for k, c in cams.items()},
-                            out / "gradcam.png", labels=labels[index], classes=data.classes,
-                            title=title)  # fmt: skip
+    picture = save_overlays(
+        images[index],
+        {NAMES[k]: c for k, c in cams.items()},
+        out / "gradcam.png",
+        labels=labels[index],
+        classes=data.classes,
+        title=title,
+    )
     return loc, picture
 
 

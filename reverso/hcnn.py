@@ -1,4 +1,5 @@
-"""The thesis's hierarchical attribute CNNs for CIFAR (spec hcnn.md section 5): J = 12, K = 16.
+"""The thesis's hierarchical attribute CNNs for CIFAR (docs/methods/hcnn.md, section 5): J = 12,
+K = 16.
 
 Layer 1 is a 3x3 conv 3 -> K (BatchNorm, ELU), layer 2 the lift to two attributes
 (:class:`~reverso.nn.hierarchical.HLift`, 3x3x11), layers 3-10 factorised hierarchical layers
@@ -20,8 +21,16 @@ from .nn.hierarchical import HConv2d, HLift, HReadout
 STRIDED = (5, 9)
 
 
-def hcnn(num_classes: int = 10, *, plus: bool = True, attr_kernel=(7, 11), in_chans: int = 3,
-         K: int = 16, Q: int = 32, padding: str = "zeros") -> nn.Sequential:  # fmt: skip
+def hcnn(
+    num_classes: int = 10,
+    *,
+    plus: bool = True,
+    attr_kernel=(7, 11),
+    in_chans: int = 3,
+    K: int = 16,
+    Q: int = 32,
+    padding: str = "zeros",
+) -> nn.Sequential:
     """The CIFAR HCNN (``plus=True``: the (+) model with ELU between ``h`` and ``g``)."""
     variant = "plus" if plus else "linear"
     layers = [
@@ -32,9 +41,17 @@ def hcnn(num_classes: int = 10, *, plus: bool = True, attr_kernel=(7, 11), in_ch
     ]
     for j in range(3, 12):
         layers.append(
-            HConv2d(K // 2, K, num_classes if j == 11 else K, Q=Q, attr_kernel=attr_kernel,
-                    stride=2 if j in STRIDED else 1, padding=padding, variant=variant)
-        )  # fmt: skip
+            HConv2d(
+                K // 2,
+                K,
+                num_classes if j == 11 else K,
+                Q=Q,
+                attr_kernel=attr_kernel,
+                stride=2 if j in STRIDED else 1,
+                padding=padding,
+                variant=variant,
+            )
+        )
     layers.append(HReadout(num_classes))
     return nn.Sequential(*layers)
 

@@ -4,7 +4,8 @@ Every layer of the body is a bijection (or an injection, with zero channels appe
 input comes back exactly from the last feature map: ``model.inverse(model.forward_features(x))``.
 Resolution drops by the space-to-depth permutation psi(2), never by striding a map away. The
 layout follows the authors' code (``models/iRevNet.py``): an input psi, then stages of coupling
-blocks whose first block may use psi(2), then BN-ReLU-average-linear. Spec: ``irevnet.md``.
+blocks whose first block may use psi(2), then BN-ReLU-average-linear. See
+docs/methods/irevnet.md.
 
 ``create("irevnet_imagenet")`` is the thesis's bijective model (b) (1x1-3x3-1x1 residual
 functions, 29,201,092 parameters); ``create("irevnet_cifar")`` the code's CIFAR configuration
@@ -28,8 +29,9 @@ from .nn.space_to_depth import SpaceToDepth
 def residual_function(
     cin: int, cout: int, stride: int, *, first: bool, dropout: float, kernels=(3, 3, 3), mult=4
 ) -> nn.Sequential:
-    """F of a coupling block (spec 2.3): [BN-ReLU] conv, BN-ReLU conv, dropout, BN-ReLU conv, no
-    biases, inner width ``cout // mult``; the net's very first F has no leading BN-ReLU."""
+    """F of a coupling block (docs/methods/irevnet.md, section 2.3): [BN-ReLU] conv, BN-ReLU
+    conv, dropout, BN-ReLU conv, no biases, inner width ``cout // mult``; the net's very first F
+    has no leading BN-ReLU."""
     mid = max(cout // mult, 1)
     k1, k2, k3 = kernels
     layers: list[nn.Module] = [] if first else [nn.BatchNorm2d(cin), nn.ReLU()]
@@ -115,9 +117,13 @@ def irevnet_imagenet(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> IR
     """Model (b) of the thesis: bijective, 100 blocks (6, 16, 72, 6), 1x1-3x3-1x1 F."""
     stages = ((6, 2, 24), (16, 2, 96), (72, 2, 384), (6, 2, 1536))
     return IRevNet(
-        stages, num_classes=num_classes, in_chans=in_chans, init_block=2, kernels=(1, 3, 1),
+        stages,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        init_block=2,
+        kernels=(1, 3, 1),
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def irevnet_cifar(num_classes: int = 10, in_chans: int = 3, **kwargs) -> IRevNet:

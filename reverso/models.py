@@ -1,8 +1,8 @@
 """The papers' bottom-up reference models, as plain PyTorch modules.
 
-These are the models of the top-down paper (section 6 of the spec): LeNetFC and NIN-light
-for MNIST-type data, NIN and a pre-activation ResNet-32 for CIFAR, and the ResNet-18 of the
-Imagenette experiment (stride-1 3x3 stem and a max-pool). All convs use "same" padding;
+These are the models of the top-down paper (docs/methods/topdown.md, section 6): LeNetFC and
+NIN-light for MNIST-type data, NIN and a pre-activation ResNet-32 for CIFAR, and the ResNet-18
+of the Imagenette experiment (stride-1 3x3 stem and a max-pool). All convs use "same" padding;
 following the paper's Keras models, the convs of the plain nets carry a bias. The two i-RevNets
 of :mod:`reverso.irevnet` and the hierarchical attribute CNNs of :mod:`reverso.hcnn` are here too.
 
@@ -125,7 +125,8 @@ def resnet32_preact(num_classes: int = 10, in_chans: int = 3) -> ResNet32PreAct:
 
 
 class ResNet18Imagenette(nn.Module):
-    """The top-down paper's Imagenette ResNet-18 as its reference code builds it (spec section 6):
+    """The top-down paper's Imagenette ResNet-18 as its reference code builds it
+    (docs/methods/topdown.md, section 6):
     pre-activation, convs with biases, a bare C3/32 stem then a 2x2 max-pool, 2 blocks at each
     of 32, 64, 128, 256 (the first of groups 2-4 strided with a bare 1x1 projection), BN-ReLU,
     GAP, Linear (2,799,114 parameters)."""

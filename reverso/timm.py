@@ -30,8 +30,17 @@ from reverso.errors import OptionError
 
 PREFIX = "topdown_"
 #: the keyword arguments ``create_model`` hands to :func:`reverso.topdown` (the rest go to timm)
-TOPDOWN_ARGUMENTS = ("input_size", "arrangement", "merge", "upsample", "pyramid", "njet",
-                     "memory", "merge_width", "leaf_modules")  # fmt: skip
+TOPDOWN_ARGUMENTS = (
+    "input_size",
+    "arrangement",
+    "merge",
+    "upsample",
+    "pyramid",
+    "njet",
+    "memory",
+    "merge_width",
+    "leaf_modules",
+)
 
 
 def create(arch: str, pretrained: bool = False, **kwargs):

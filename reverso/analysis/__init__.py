@@ -1,4 +1,5 @@
-"""The analysis: a bottom-up CNN in the vocabulary of the top-down spec, as pure stages.
+"""The analysis: a bottom-up CNN in the vocabulary of the top-down method, as pure stages
+(docs/methods/topdown.md, section 2).
 
 ``analyze_graph`` runs the stages in order, each a function of the ones before it:
 

@@ -3,7 +3,7 @@
 A feature map's level is its input's level plus log2 of the stride of the op that made it
 (convs and pools say it exactly; a padding keeps it); only ops without a stride fall back to the
 ratio of sizes, so that unpadded convs, which shrink maps a little, never count as downsampling. For the
-spec's nets this is l = log2(H / h).
+top-down paper's reference models this is l = log2(H / h).
 """
 
 from __future__ import annotations

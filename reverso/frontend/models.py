@@ -49,8 +49,11 @@ def check_convertible(model: nn.Module) -> None:
             f"{kind} is a TorchScript module, which has no Python forward for torch.fx to trace: "
             "convert the nn.Module it was scripted from"
         )
-    lazy = [name or kind for name, m in model.named_modules()
-            if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]  # fmt: skip
+    lazy = [
+        name or kind
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+    ]
     if lazy:
         raise OptionError(
             f"module(s) {', '.join(repr(n) for n in lazy)} have lazy parameters that are not "

@@ -56,8 +56,16 @@ def _timm_leaves() -> tuple[tuple[type, ...], tuple]:
 
 
 #: timm's channels-first norms and norm-act layers: shape-preserving after a channel check
-_TIMM_CHANNEL_NORMS = ("BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct", "GroupNorm1Act",
-                       "GroupNorm", "GroupNorm1", "LayerNorm2d", "LayerNormAct2d")  # fmt: skip
+_TIMM_CHANNEL_NORMS = (
+    "BatchNormAct2d",
+    "SyncBatchNormAct",
+    "GroupNormAct",
+    "GroupNorm1Act",
+    "GroupNorm",
+    "GroupNorm1",
+    "LayerNorm2d",
+    "LayerNormAct2d",
+)
 
 
 @functools.cache

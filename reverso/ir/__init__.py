@@ -156,7 +156,7 @@ __all__ = [
     "unit_members",
     "unit_of",
     "window_of",
-]  # fmt: skip
+]
 
 # ACTIVATIONS and DROPOUTS include timm's layers: built on first use, so that importing the IR
 # (every study tool does) does not import timm

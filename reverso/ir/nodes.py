@@ -135,8 +135,12 @@ def is_identity(gm, node) -> bool:
 
 
 #: torch's padding layers (zero, constant, reflect, replicate, circular)
-PADDINGS = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
-            nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)  # fmt: skip
+PADDINGS = (
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)
 
 
 def is_padding(gm, node) -> bool:

@@ -70,7 +70,8 @@ class TopDownPlan:
 
 
 def make_plan(report: StageReport, options: TopDownOptions, bu: fx.GraphModule) -> TopDownPlan:
-    """Lay the bottom-up stem, groups and transitions out in top-down order (spec section 3)."""
+    """Lay the bottom-up stem, groups and transitions out in top-down order
+    (docs/methods/topdown.md, section 3)."""
     groups = report.groups
     order = groups if options.arrangement == "rev" else groups[::-1]
     slots: list[Slot] = []

@@ -136,8 +136,16 @@ def unpadded_conv(conv: nn.Conv2d) -> nn.Conv2d:
         new.same_pad = False
         return new
     with torch.device("meta"):
-        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, 0,
-                        conv.dilation, conv.groups, conv.bias is not None)  # fmt: skip
+        new = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            1,
+            0,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
     new.weight, new.bias = copy.deepcopy(conv.weight), copy.deepcopy(conv.bias)
     return new.train(conv.training)
 

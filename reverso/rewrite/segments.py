@@ -67,10 +67,16 @@ def replace_run(
     gm.add_submodule(name, wrap(body_of(gm, nodes)))
     with gm.graph.inserting_before(nodes[0]):
         call = gm.graph.call_module(name, tuple(inputs))
-        results = [call] if len(outputs) == 1 else [
-            gm.graph.create_node("call_function", operator.getitem, (call, i), name=f"{name}_{i}")
-            for i in range(len(outputs))
-        ]  # fmt: skip
+        results = (
+            [call]
+            if len(outputs) == 1
+            else [
+                gm.graph.create_node(
+                    "call_function", operator.getitem, (call, i), name=f"{name}_{i}"
+                )
+                for i in range(len(outputs))
+            ]
+        )
     inside = set(nodes)
     for out, result in zip(outputs, results, strict=True):
         result.meta = dict(out.meta)

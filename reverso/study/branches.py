@@ -1,4 +1,5 @@
-"""The per-branch study as the top-down authors' code runs it (evaluation.md section 3).
+"""The per-branch study as the top-down authors' code runs it (docs/methods/evaluation.md,
+section 3).
 
 Adversarial images are found once, against the full top-down network; each non-empty subset of
 its pyramid inputs then receives them while the other inputs see the clean image, and the

@@ -1,17 +1,18 @@
 """Grad-CAM and the top-down paper's weakly supervised localisation protocol (Exp 3).
 
-Grad-CAM (Selvaraju et al.) as the top-down authors' code computes it (evaluation.md section 4):
-on a conv layer's output ``A`` (default: the last conv the model runs, after its BatchNorm and
-activation when modules right after it apply them, as the plain nets' class map), weights
-``w_k`` = spatial mean of the gradient of the top-1 class's softmax probability with respect to
-``A_k``; cam = sum_k w_k A_k, minus its mean, divided by its L2 norm, upsampled bilinearly to the
-input size, ReLU, divided by its maximum, so it lies in [0, 1]. ``formula="relu_max"`` is the
-original recipe (logit gradient, ReLU, upsample, divide by the max).
+Grad-CAM (Selvaraju et al., ICCV 2017) as the top-down authors' code computes it
+(docs/methods/evaluation.md, section 4): on a conv layer's output ``A`` (default: the last conv
+the model runs, after its BatchNorm and activation when modules right after it apply them, as the
+plain nets' class map), weights ``w_k`` = spatial mean of the gradient of the top-1 class's
+softmax probability with respect to ``A_k``; cam = sum_k w_k A_k, minus its mean, divided by its
+L2 norm, upsampled bilinearly to the input size, ReLU, divided by its maximum, so it lies in
+[0, 1]. ``formula="relu_max"`` is the original recipe (logit gradient, ReLU, upsample, divide by
+the max).
 
-Localisation (evaluation.md section 4): the object mask is the set of pixels above ``t = 0.2``,
-the prediction the set of pixels where the CAM is above ``cam_threshold`` (default also 0.2);
-precision and recall count true positive, false positive and false negative pixels over all images
-that every compared model classifies correctly.
+Localisation (docs/methods/evaluation.md, section 4): the object mask is the set of pixels above
+``t = 0.2``, the prediction the set of pixels where the CAM is above ``cam_threshold`` (default
+also 0.2); precision and recall count true positive, false positive and false negative pixels over
+all images that every compared model classifies correctly.
 """
 
 from __future__ import annotations

@@ -300,9 +300,11 @@ def _has_a_spatial_extent(m: nn.Module, n: fx.Node) -> bool:
     source, value = ir.feature_input(n), n.meta.get("val")
     before = source.meta.get("val") if source is not None else None
     resized = (
-        isinstance(value, torch.Tensor) and isinstance(before, torch.Tensor)
-        and value.dim() == before.dim() == 4 and value.shape[-2:] != before.shape[-2:]
-    )  # fmt: skip
+        isinstance(value, torch.Tensor)
+        and isinstance(before, torch.Tensor)
+        and value.dim() == before.dim() == 4
+        and value.shape[-2:] != before.shape[-2:]
+    )
     return spatial or resized
 
 

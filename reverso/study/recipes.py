@@ -1,4 +1,5 @@
-"""The reference code's training recipes (evaluation.md section 2), as ``reverso.train(recipe=)``.
+"""The reference code's training recipes (docs/methods/evaluation.md, section 2), as
+``reverso.train(recipe=)``.
 
 A recipe sets epochs, batch size, learning rate, weight decay and the training augmentation of
 one of the paper's datasets; arguments given to :func:`reverso.train` explicitly win. The
@@ -186,9 +187,15 @@ def imagenette_transforms(size: int = 128):
     from torchvision import transforms
 
     rgb = transforms.Lambda(lambda im: im.convert("RGB"))
-    train = transforms.Compose([
-        rgb, transforms.Resize((156 * size // 128, 156 * size // 128)), transforms.RandomCrop(size),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(), PCALighting(0.1),
-    ])  # fmt: skip
+    train = transforms.Compose(
+        [
+            rgb,
+            transforms.Resize((156 * size // 128, 156 * size // 128)),
+            transforms.RandomCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            PCALighting(0.1),
+        ]
+    )
     val = transforms.Compose([rgb, transforms.Resize((size, size)), transforms.ToTensor()])
     return train, val

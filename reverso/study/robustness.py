@@ -1,4 +1,5 @@
-"""Adversarial robustness with Foolbox 3 (the top-down paper's Exp 2, evaluation.md section 3).
+"""Adversarial robustness with Foolbox 3 (the top-down paper's Exp 2; docs/methods/evaluation.md,
+section 3).
 
 Every correctly classified test image is attacked; random attacks are repeated (3 times by default)
 and each image keeps its smallest successful perturbation (L2 norm, in [0, 1] pixel units). The
@@ -147,8 +148,9 @@ def robustness(
     return report
 
 
-def _smallest_perturbations(net, images, labels, attacks, repeats, budget, seed, batch_size,
-                            progress, select="linf") -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+def _smallest_perturbations(
+    net, images, labels, attacks, repeats, budget, seed, batch_size, progress, select="linf"
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The L2 norm of each image's best adversarial per attack, best by ``select`` over the
     repeats (0 for misclassified images, inf where every attempt failed), and which images were
     classified correctly."""

@@ -1,4 +1,4 @@
-"""Shift consistency and equivariance of any model (antialias spec, section 4).
+"""Shift consistency and equivariance of any model (docs/methods/antialias.md, section 4).
 
 * :func:`consistency`: how often two random shifts of the same image get the same class.
 * :func:`feature_equivariance`: cosine distance between features of a shifted input and the

@@ -1,4 +1,4 @@
-"""Training with the top-down paper's protocol (evaluation.md section 2).
+"""Training with the top-down paper's protocol (docs/methods/evaluation.md, section 2).
 
 SGD with momentum 0.9 (Nesterov, as the reference code), batch 128, learning rate 0.1 divided by
 10 at 50% and 80% of the epochs, a 90/10 train/validation split of the training set, and several
