@@ -137,10 +137,26 @@ def register_shape_rule(cls: type, rule: Callable[[nn.Module, torch.Tensor], tor
     SHAPE_RULES[cls] = rule
 
 
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy's broadcasting of two shapes, in plain Python (``torch.broadcast_shapes`` takes a
+    millisecond a call); a RuntimeError as torch raises it when they do not broadcast."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x != y and 1 not in (x, y):
+            raise RuntimeError(
+                f"The size of tensor a ({x}) must match the size of tensor b ({y}) at "
+                f"non-singleton dimension {i}"
+            )
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
 def _broadcast(a, b) -> torch.Tensor:
     ta, tb = isinstance(a, torch.Tensor), isinstance(b, torch.Tensor)
     if ta and tb:
-        shape = torch.broadcast_shapes(a.shape, b.shape)
+        shape = broadcast_shape(tuple(a.shape), tuple(b.shape))
         return torch.empty(shape, device=META, dtype=torch.promote_types(a.dtype, b.dtype))
     return (a if ta else b).new_empty((a if ta else b).shape)
 
