@@ -114,8 +114,22 @@ def fixed_inputs(node: fx.Node, memo: dict | None = None) -> list[fx.Node]:
 
 
 def _reads_data(node: fx.Node, memo: dict) -> bool:
-    if node not in memo:
-        memo[node] = node.op == "placeholder" or any(
-            _reads_data(a, memo) for a in node.all_input_nodes
-        )
+    """Whether a placeholder lies upstream of ``node`` (iteratively: graphs run thousands of nodes
+    deep, beyond Python's recursion limit)."""
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        if n in memo:
+            stack.pop()
+            continue
+        if n.op == "placeholder":
+            memo[n] = True
+            stack.pop()
+            continue
+        pending = [a for a in n.all_input_nodes if a not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        memo[n] = any(memo[a] for a in n.all_input_nodes)
+        stack.pop()
     return memo[node]
