@@ -178,8 +178,8 @@ def _attributed(what: str, pass_name: str, step, *args):
 
 def _refuse_fixed_resolution(gm, err: Exception, what: str) -> None:
     """A node that failed while combining data with a tensor of the model's own (a position
-    embedding, an attention bias, a fixed-size mask) works at one resolution only: the top-down
-    net runs it at another, so the model has no top-down form. Refuse it by name."""
+    embedding, an attention bias, a fixed-size mask) works at one resolution only, and the
+    rewritten graph runs it at another: refuse the conversion by naming it."""
     node = ir.by_name(gm).get(failed_node(err)) if isinstance(gm, fx.GraphModule) else None
     fixed = ir.fixed_inputs(node) if node is not None else []
     # a per-channel constant (a gain, a depthwise filter) is bound to a width, not a resolution
@@ -189,8 +189,9 @@ def _refuse_fixed_resolution(gm, err: Exception, what: str) -> None:
             f"{what}: node {ir.describe(gm, node)} combines a feature map with "
             f"'{fixed[0].name}', a tensor of the model's own whose size is fixed to the model's "
             f"resolution ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]}). The "
-            "top-down network runs this layer at another resolution, so the model has no top-down "
-            "form; convert a model whose layers take any input size"
+            "converted network runs this layer at another resolution than the model does, so this "
+            "conversion would change what it computes; convert a model whose layers take any "
+            "input size"
         ) from err
 
 

@@ -21,7 +21,7 @@ from reverso.convert.recipe import Recipe, origin, recipe_of
 from reverso.errors import ReversoError
 from reverso.frontend.provenance import SourceModel
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
-from reverso.ir.shapes import mark_shapes_current, propagate
+from reverso.ir.shapes import mark_shapes_current, output_shapes, propagate
 from reverso.nn.reversible import InvertibleGraphModule
 from reverso.options import Options
 from reverso.planner.context import Context
@@ -114,6 +114,4 @@ def check_same_output(original: nn.Module, converted: nn.Module, input_size) -> 
 
 def output_shape(model: nn.Module, input_size):
     """The shape of each tensor the model returns (a tuple, list or dict of them too)."""
-    gm = trace(model, input_size)
-    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    return fx.node.map_arg(output, lambda n: tuple(getattr(n.meta.get("val"), "shape", ())))
+    return output_shapes(trace(model, input_size))

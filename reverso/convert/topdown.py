@@ -22,7 +22,6 @@ from collections.abc import Iterable
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from reverso import ir
 from reverso.analysis import analyze_graph
@@ -47,9 +46,11 @@ from reverso.frontend.tracing import (
     model_dtype,
     resolve_input_size,
     resolve_model,
+    smallest_working,
     trace,
 )
 from reverso.ir.modes import evaluating
+from reverso.ir.shapes import output_shapes
 from reverso.options import NJetOptions, TopDownOptions
 from reverso.passes import NJet, default_pipeline
 from reverso.planner.context import CompileContext, prototypes_of
@@ -234,15 +235,9 @@ def refuse_if_too_small(err: PassError, convert, input_size, name: str) -> None:
             return False
         return True
 
-    failing = h
-    working = next((h * 2**k for k in range(1, 4) if works(h * 2**k)), None)
+    working = smallest_working(h, works, largest=8 * h, bisections=6)
     if working is None:
         return
-    for _ in range(6):  # bisect to within a pixel or two
-        if working - failing <= 1:
-            break
-        middle = (failing + working) // 2
-        failing, working = (failing, middle) if works(middle) else (middle, working)
     size = (c, working, max(1, round(w * working / h)))
     raise InputSizeError(
         f"input_size {tuple(input_size)} is too small for the top-down form of {name}: a layer "
@@ -257,14 +252,7 @@ def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None
     """The top-down graph's output has the bottom-up graph's shapes; a refusal otherwise (never a
     network that silently answers with another number of classes)."""
 
-    def shapes(gm: fx.GraphModule):
-        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-        return tree_map(
-            lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else v,
-            tree_map(lambda n: n.meta.get("val") if isinstance(n, fx.Node) else n, out),
-        )
-
-    bu_shapes, td_shapes = shapes(bu), shapes(td)
+    bu_shapes, td_shapes = output_shapes(bu), output_shapes(td)
     if bu_shapes != td_shapes:
         raise UnsupportedTopologyError(
             f"the top-down form of {name} would output {td_shapes} where {name} outputs "

@@ -279,6 +279,30 @@ def propagate_checked(
 LARGEST_SIDE = 4096
 
 
+def smallest_working(
+    failing: int, works: Callable[[int], bool], *, largest: int, bisections: int | None = None
+) -> int | None:
+    """The smallest size above ``failing`` for which ``works`` holds (it fails at ``failing``):
+    doubling up to ``largest`` until one works, then bisecting between the last failure and the
+    first success (at most ``bisections`` times: each try may cost a whole conversion). None if
+    nothing up to ``largest`` works. The one search for "the smallest input" reverso makes."""
+    low, high = failing, None
+    while low < largest:
+        size = min(2 * low, largest)
+        if works(size):
+            high = size
+            break
+        low = size
+    if high is None:
+        return None
+    steps = 0
+    while high - low > 1 and (bisections is None or steps < bisections):
+        middle = (low + high) // 2
+        low, high = (low, middle) if works(middle) else (middle, high)
+        steps += 1
+    return high
+
+
 def minimum_side(gm: fx.GraphModule, input_size, dtype=torch.float32) -> int | None:
     """The smallest side ``s`` such that a (C, s, s) input propagates through ``gm`` and every
     strided layer still shrinks its feature map; None if no side up to LARGEST_SIDE works (the
@@ -294,21 +318,8 @@ def minimum_side(gm: fx.GraphModule, input_size, dtype=torch.float32) -> int | N
             return False
         return stalled_stride(gm) is None
 
-    try:
-        low, high = max(1, min(input_size[1:])), None  # `low` fails (else no hint was needed)
-        side = low
-        while side < LARGEST_SIDE:
-            side = min(2 * side, LARGEST_SIDE)
-            if works(side):
-                high = side
-                break
-            low = side
-        if high is None:
-            return None
-        while high - low > 1:  # bisect: low fails, high works
-            mid = (low + high) // 2
-            low, high = (low, mid) if works(mid) else (mid, high)
-        return high
+    try:  # the traced side fails (else no hint was needed)
+        return smallest_working(max(1, min(input_size[1:])), works, largest=LARGEST_SIDE)
     finally:
         with contextlib.suppress(Exception):  # the original size fails: the caller says so
             propagate(gm, example_input(input_size, dtype=dtype))

@@ -239,3 +239,10 @@ def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
 def check_input_size(input_size) -> tuple[int, int, int]:
     """Validate and normalise a (C, H, W) input size (an :class:`InputSizeError` otherwise)."""
     return check_size(input_size, "input_size", InputSizeError)
+
+
+def output_shapes(gm: fx.GraphModule):
+    """The shape of each value ``gm`` returns (its output's structure kept: a tuple, list or dict
+    of shapes), from the shapes propagated into its nodes."""
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return fx.node.map_arg(output, lambda n: tuple(getattr(n.meta.get("val"), "shape", ())))
