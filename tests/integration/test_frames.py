@@ -132,18 +132,6 @@ def test_frames_compose_with_topdown():
     assert torch.allclose(framed(x), td(x), atol=1e-4)
 
 
-def test_frames_runs_on_the_timm_test_models(timm_test_model):
-    name = timm_test_model
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10)
-    converted = reverso.frames(model, frame="alternate")
-    assert any(isinstance(m, FrameConv2d) for m in converted.modules())
-    y = converted(torch.rand(2, 3, 32, 32))
-    y.sum().backward()
-    assert torch.isfinite(y).all()
-    assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
-
-
 def test_receptive_fields_see_through_the_structured_layers():
     from reverso.nn import DynamicSteerableConv2d
 

@@ -1,7 +1,6 @@
 """reverso.njet on whole models: the timm sweep, projection of trained kernels, the top-down option."""
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,24 +8,6 @@ from torch import nn
 import reverso
 from reverso.nn import NJetConv2d
 from reverso.study.data import mnist5k
-
-
-def test_njet_runs_on_the_timm_test_models(timm_test_model):
-    name = timm_test_model
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10)
-    spatial = sum(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in model.modules())
-    converted = reverso.njet(model, input_size=(3, 64, 64))
-    assert type(converted) is type(model)  # a timm model stays a timm model
-    assert not any(type(m) is nn.Conv2d and max(m.kernel_size) > 1 for m in converted.modules())
-    assert any(isinstance(m, NJetConv2d) for m in converted.modules())
-    y = converted(torch.rand(2, 3, 64, 64))
-    y.sum().backward()
-    assert y.shape == (2, 10) and torch.isfinite(y).all()
-    assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
-    assert (
-        sum(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in model.modules()) == spatial
-    )  # untouched
 
 
 def test_keeps_stride_groups_bias_and_turns_dilation_into_scale():

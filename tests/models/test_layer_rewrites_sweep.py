@@ -1,5 +1,6 @@
-"""The built-in layer rewrites (antialias, frames, njet, steerable) on every model of the timm
-sweep (reverso.support.SWEEP): real architectures, built untrained."""
+"""The built-in layer rewrites (antialias, frames, njet, steerable) on timm's tiny test models and
+every model of the timm sweep (reverso.support.SWEEP): real architectures, built untrained.
+(The default tier runs each rewrite on timm's test_resnet in tests/integration/test_saving.py.)"""
 
 import pytest
 import timm
@@ -11,13 +12,21 @@ from reverso.errors import UnsupportedTopologyError
 from reverso.nn import DynamicSteerableConv2d, FrameConv2d, NJetConv2d
 from reverso.support import SWEEP
 
+TIMM_TEST_MODELS = ["test_resnet", "test_efficientnet", "test_convnext"]
+
 IDENTITY_MODELS = ["resnet18", "mobilenetv2_100", "vgg11_bn", "densenet121", "convnext_atto"]
 CEIL_MODE_MODELS = [
     "resnet18d",
     "ese_vovnet19b_dw",
 ]  # ceil_mode avg-pool shortcut, ceil_mode max-pools
 SAME_PADDING_MODELS = ["tf_mobilenetv3_small_minimal_100"]  # timm's Conv2dSame
-ANTIALIAS_MODELS = IDENTITY_MODELS + CEIL_MODE_MODELS + SAME_PADDING_MODELS
+ANTIALIAS_MODELS = [
+    "test_resnet",
+    "test_convnext",
+    *IDENTITY_MODELS,
+    *CEIL_MODE_MODELS,
+    *SAME_PADDING_MODELS,
+]
 
 
 @pytest.mark.parametrize("name", ANTIALIAS_MODELS)
@@ -49,7 +58,7 @@ def test_output_sizes_and_weights_are_kept(name):
     rewritten.load_state_dict(original)  # a pretrained checkpoint loads as it is
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", [*TIMM_TEST_MODELS, *SWEEP])
 def test_frames_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)
@@ -61,7 +70,7 @@ def test_frames_runs_on_the_timm_sweep(name):
     assert all(torch.isfinite(p.grad).all() for p in converted.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", [*TIMM_TEST_MODELS, *SWEEP])
 def test_njet_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)
@@ -79,7 +88,7 @@ def test_njet_runs_on_the_timm_sweep(name):
     )  # untouched
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", [*TIMM_TEST_MODELS, *SWEEP])
 def test_steerable_runs_on_the_timm_sweep(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10)
