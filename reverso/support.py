@@ -249,8 +249,10 @@ def catalogue_table(outcomes) -> str:
         note = (
             f"loss {r.loss_before:.4f} -> {r.loss_after:.4f}"
             if r.outcome == "converts"
-            else r.message.replace("|", "/")[:300]
+            else _cut(r.message.replace("|", "/"), 300)
         )
+        if r.warned:
+            note += "; warned: " + _cut(" / ".join(r.warned).replace("|", "/"), 300)
         lines.append(
             f"| {r.source} | {r.model} | {r.size} | {r.outcome} | {r.bu_params / 1e6:.2f}M | "
             f"{r.td_params / 1e6:.2f}M | {r.convert_s:.2f} | {r.construction_s:.2f} | "
@@ -258,6 +260,14 @@ def catalogue_table(outcomes) -> str:
             f"{r.param_mb:.0f} | {note} |"
         )
     return "\n".join(lines)
+
+
+def _cut(text: str, most: int) -> str:
+    """``text`` cut to at most ``most`` characters at a space, with an ellipsis when cut (never
+    in the middle of a name)."""
+    if len(text) <= most:
+        return text
+    return text[: most - 3].rsplit(" ", 1)[0] + " ..."
 
 
 def conversion_cost(outcomes) -> str:

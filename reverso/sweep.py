@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 from reverso.errors import OptionError
@@ -51,6 +52,8 @@ class Outcome:
     convert_peak_mb: float = 0.0  # resident memory the conversion added at its peak
     loss_before: float = float("nan")
     loss_after: float = float("nan")
+    #: what reverso warned while converting (module: first line), if anything
+    warned: tuple[str, ...] = ()
 
     @property
     def param_mb(self) -> float:
@@ -128,8 +131,14 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
     memory = _Memory()
     start = time.perf_counter()
     try:
-        with memory:
+        with memory, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             td = getattr(reverso, transform)(model, input_size=size)
+        result.warned = tuple(
+            f"{w.filename.rpartition('/')[2]}: {str(w.message).splitlines()[0][:200]}"
+            for w in caught
+            if _from_reverso(w.filename)
+        )
     except Exception as err:
         result.outcome, result.message = classify(err, model, size), _first_line(err)
         return result
@@ -161,6 +170,12 @@ def check(source: str, name: str, side: int, transform: str = "topdown") -> Outc
     result.outcome = "converts" if finite else "internal error"
     result.message = "" if finite else "non-finite loss"
     return result
+
+
+def _from_reverso(filename: str) -> bool:
+    """Whether a warning was raised by reverso's own code (its package or built-in passes)."""
+    parts = filename.replace("\\", "/").split("/")
+    return "reverso" in parts or "passes" in parts
 
 
 def construction_s(model, td, size) -> float:

@@ -47,6 +47,7 @@ def test_one_model_per_failure_class_of_the_catalogue_converts(name):
     result = check("timm", name, 96)
     assert result.outcome == "converts", result.message
     assert result.loss_after < result.loss_before
+    assert not result.warned, result.warned  # nothing adapted behind the user's back
 
 
 def test_a_refusal_that_wraps_a_torch_error_is_counted_as_a_bug():
@@ -70,6 +71,9 @@ def test_the_whole_catalogue_has_no_internal_errors(tmp_path):
     outcomes = sweep_catalogue(96, jobs=2, memory_gb=12)
     bugs = [f"{o.model}: {o.message}" for o in outcomes if o.outcome == "internal error"]
     assert not bugs, "\n".join(bugs)
+    # a conversion keeps each layer's role or refuses: reverso warns of no adapted layer
+    warned = [f"{o.model}: {w}" for o in outcomes for w in o.warned]
+    assert not warned, "\n".join(warned)
 
 
 #: a model of the catalogue each transform converts (hierarchical: a plain CNN, whose last SE
