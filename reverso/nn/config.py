@@ -27,3 +27,19 @@ class Configurable:
     def from_config(cls, config: dict[str, Any]):
         """A fresh layer (new weights) with the settings of ``config``."""
         return cls(**config)
+
+
+def conv2d_config(conv) -> dict[str, Any]:
+    """``nn.Conv2d``'s constructor arguments as ``conv`` holds them, but ``device`` and ``dtype``
+    (a rebuild places the layer itself): for the conv-like layers' :meth:`Configurable.config`."""
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+    }

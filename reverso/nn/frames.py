@@ -36,7 +36,7 @@ from torch import nn
 from reverso.errors import OptionError
 from reverso.names import FRAMES
 
-from .config import Configurable
+from .config import Configurable, conv2d_config
 from .filters import FixedBuffers
 from .gaussian import gaussian_derivatives_1d
 
@@ -225,15 +225,7 @@ class FrameConv2d(Configurable, FixedBuffers, nn.Module):
         """``nn.Conv2d``'s arguments but ``device`` and ``dtype``, ``frame`` (a name, or the atoms
         of a custom frame as nested lists) and ``sigma``."""
         return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "groups": self.groups,
-            "bias": self.bias is not None,
-            "padding_mode": self.padding_mode,
+            **conv2d_config(self),
             "frame": self.atoms.tolist() if self.frame == "custom" else self.frame,
             "sigma": self.sigma,
         }

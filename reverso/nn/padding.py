@@ -19,7 +19,7 @@ from torch import nn
 
 from reverso.errors import OptionError
 
-from .config import Configurable
+from .config import Configurable, conv2d_config
 
 
 def output_size(size: int, kernel: int, stride: int, low: int, high: int) -> int:
@@ -168,17 +168,7 @@ class SameConv2d(Configurable, nn.Conv2d):
 
     def config(self) -> dict:
         """``nn.Conv2d``'s arguments but ``device`` and ``dtype`` (a rebuild places the layer)."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "groups": self.groups,
-            "bias": self.bias is not None,
-            "padding_mode": self.padding_mode,
-        }
+        return conv2d_config(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":  # nn.Conv2d already pads these explicitly
