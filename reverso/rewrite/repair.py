@@ -86,6 +86,7 @@ class _Repair(WidthFitting):
         self.ctx = ctx
         self.registry = ctx.registry
         self.factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
+        self.reads_data: dict = {}  # which nodes read the input, shared by every join of the walk
         # units that keep their own width (entry projections): only with an analysis to read
         # their bottom-up widths from
         report = getattr(ctx, "report", None)
@@ -115,7 +116,7 @@ class _Repair(WidthFitting):
         """A map meets a per-channel constant computed from several parameters (a concatenation
         of two gains): a projection would change what the layer computes, and reverso re-widths
         a constant made from one parameter only."""
-        fixed = ir.fixed_inputs(n)
+        fixed = ir.fixed_inputs(n, self.reads_data)
         if fixed:
             upstream = reachable([fixed[0]], inputs, set(self.module.graph.nodes))
             sources = sorted({str(a.target) for a in upstream if a.op == "get_attr"})
