@@ -1,5 +1,6 @@
 """The analysis: a bottom-up CNN in the vocabulary of the top-down method, as pure stages
-(docs/methods/topdown.md, section 2).
+(docs/methods/topdown.md, section 2). The stages read the graph and never change it (the front
+end's :func:`~reverso.frontend.normalize.canonicalize` makes the edits they need first).
 
 ``analyze_graph`` runs the stages in order, each a function of the ones before it:
 
@@ -21,13 +22,13 @@ import torch.fx as fx
 
 from reverso.analysis.levels import check_strides_survive, downsampling_nodes, measure_levels
 from reverso.analysis.positions import refuse_position_readers
-from reverso.analysis.probe import close_reshaped_tail, cut_channels_last, probe
+from reverso.analysis.probe import probe
 from reverso.analysis.report import Group, StageReport, Transition, Unit
 from reverso.analysis.segments import find_segments
-from reverso.analysis.sizes import rebase_image_sizes
 from reverso.analysis.stages import build_report
 from reverso.analysis.tagging import tag_graph
 from reverso.analysis.units import build_units
+from reverso.frontend.normalize import canonicalize
 from reverso.frontend.tracing import resolve_input_size, resolve_model, trace
 from reverso.lazy import submodules
 
@@ -38,19 +39,18 @@ def analyze(model, input_size=None, *, leaf_modules=()) -> StageReport:
     """Trace ``model`` and report its levels, units, groups, transitions, stem and head."""
     model = resolve_model(model)
     input_size = resolve_input_size(model, input_size)
-    return analyze_graph(trace(model, input_size, leaf_modules=leaf_modules), input_size)
+    gm = trace(model, input_size, leaf_modules=leaf_modules)
+    canonicalize(gm, input_size)
+    return analyze_graph(gm, input_size)
 
 
 def analyze_graph(gm: fx.GraphModule, input_size: tuple[int, int, int]) -> StageReport:
-    """Analyse a traced GraphModule whose nodes carry shapes for ``input_size``; tags its nodes."""
+    """Analyse a traced GraphModule whose nodes carry shapes for ``input_size`` (brought into
+    canonical form by :func:`reverso.frontend.normalize.canonicalize`). The stages read the
+    graph; the last one writes the per-node facts into the nodes' ``meta``."""
     values = probe(gm, input_size)
-    if rebase_image_sizes(gm, values) | cut_channels_last(gm, values):
-        values = probe(gm, input_size)
     refuse_position_readers(gm, values)
     segments = find_segments(gm, values)
-    if close_reshaped_tail(gm, values, segments.chain[segments.head_start]):
-        values = probe(gm, input_size)
-        segments = find_segments(gm, values)
     levels = measure_levels(gm, values, tuple(input_size)[1:])
     strided = downsampling_nodes(gm, levels, segments)
     check_strides_survive(gm, input_size)

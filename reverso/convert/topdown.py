@@ -40,6 +40,7 @@ from reverso.errors import (
     UnsupportedTopologyError,
     WidthError,
 )
+from reverso.frontend.normalize import canonicalize
 from reverso.frontend.provenance import SourceModel, qualified_name
 from reverso.frontend.tracing import (
     check_leaves,
@@ -205,6 +206,7 @@ def compile_context(
     """Trace and analyse ``model`` and plan its top-down layout."""
     input_size = resolve_input_size(model, input_size)
     bu = trace(model, input_size, leaf_modules=leaf_modules)
+    canonicalize(bu, input_size)
     report = analyze_graph(bu, input_size)
     return CompileContext(
         model=model,

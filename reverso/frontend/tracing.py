@@ -17,6 +17,12 @@ from torch import nn
 
 from reverso.errors import InputSizeError, OptionError, TraceError, failure
 from reverso.frontend.inline import inline_downsampling_functions, slice_reshaped_patch_merging
+from reverso.frontend.inputs import (  # noqa: F401  (imported from here by the compiler)
+    example_input,
+    random_input,
+    traced_dtype,
+    traced_root,
+)
 from reverso.frontend.models import (  # noqa: F401  (the front end's entry points)
     check_convertible,
     did_you_mean,
@@ -25,7 +31,7 @@ from reverso.frontend.models import (  # noqa: F401  (the front end's entry poin
 )
 from reverso.frontend.modes import dropout_as_layers, reads_training
 from reverso.frontend.normalize import drop_unread_pool_indices, whole_map_pools_as_global
-from reverso.ir.edit import model_device, model_dtype, set_module
+from reverso.ir.edit import model_dtype, set_module
 from reverso.ir.modes import evaluating
 from reverso.ir.shape_rules import channel_norm_rule, register_shape_rule
 from reverso.ir.shapes import propagate
@@ -181,33 +187,6 @@ def _traces(m: nn.Module, parent: ReversoTracer) -> bool:
     except Exception:
         return False
     return True
-
-
-def example_input(
-    input_size: tuple[int, int, int], batch: int = 2, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """A meta tensor of the given (C, H, W) size; batch 2 keeps batch-statistics layers happy."""
-    return torch.empty((batch, *input_size), device="meta", dtype=dtype)
-
-
-def random_input(
-    model: nn.Module, input_size, n: int = 2, *, normal: bool = False, generator=None
-) -> torch.Tensor:
-    """``n`` random inputs of ``input_size`` (C, H, W) for ``model``, on its device and in its
-    dtype: uniform in [0, 1), or standard normal; drawn on the CPU (with ``generator``)."""
-    x = (torch.randn if normal else torch.rand)((n, *input_size), generator=generator)
-    return x.to(device=model_device(model), dtype=model_dtype(model))
-
-
-def traced_root(gm: fx.GraphModule) -> nn.Module:
-    """The model ``gm`` was traced from (its containers keep their types; the GraphModule's are
-    plain Modules), or ``gm`` itself."""
-    return gm.meta.get("root", gm)
-
-
-def traced_dtype(gm: fx.GraphModule) -> torch.dtype:
-    """The floating dtype of the model ``gm`` was traced from."""
-    return gm.meta.get("dtype", torch.float32)
 
 
 def trace(model, input_size=None, *, leaf_modules: Iterable[type | str] = ()) -> fx.GraphModule:

@@ -167,3 +167,42 @@ def test_one_activation_table():
     assert isinstance(activations.module_for("sigmoid_"), nn.Sigmoid)
     assert activations.module_for(F.softmax) is None
     assert nn.PReLU in activations.TORCH_TYPES and nn.SiLU in activations.MODULE_TYPES
+
+
+class NHWCBlocks(nn.Module):
+    """A patch embedding checked by an assertion, then MLP blocks on channels-last maps that the
+    global pooling reads directly: every edit the front end makes for the analysis."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 2, stride=2)
+        self.mlp = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.down = nn.Conv2d(8, 8, 2, stride=2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] == 16, "the image must be 16 px")
+        x = self.embed(x).permute(0, 2, 3, 1)
+        x = x + self.mlp[0](x)
+        x = self.down(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.mlp[1](x)
+        return self.head(x.mean((1, 2)))
+
+
+@pytest.mark.parametrize("which", ["LeNetFC", "NHWCBlocks"])
+def test_the_analysis_reads_the_graph_and_never_edits_it(golden, which):
+    from reverso.frontend.normalize import canonicalize
+
+    model = NHWCBlocks() if which == "NHWCBlocks" else golden.LeNetFC()
+    size = (3, 16, 16) if which == "NHWCBlocks" else (1, 28, 28)
+    gm = reverso.trace(model, size)
+    before = gm.code
+    assert canonicalize(gm, size) == (which == "NHWCBlocks")
+    if which == "NHWCBlocks":  # the size check went, NCHW maps stand beside the NHWC values
+        assert "_assert" in before and "_assert" not in gm.code
+        assert gm.code.count("permute") > before.count("permute")
+        x = torch.rand(2, *size)
+        torch.testing.assert_close(gm(x), model(x))
+    canonical, nodes = gm.code, list(gm.graph.nodes)
+    analyze_graph(gm, size)
+    assert gm.code == canonical and list(gm.graph.nodes) == nodes

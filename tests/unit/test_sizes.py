@@ -58,12 +58,12 @@ class TwinsLike(nn.Module):
 
 
 def test_sizes_computed_from_shapes_follow_the_map_they_describe():
-    from reverso.analysis.probe import probe
-    from reverso.analysis.sizes import rebase_image_sizes
+    from reverso.frontend.normalize import rebase_image_sizes
+    from reverso.frontend.scaling import measure_scaling
     from reverso.frontend.tracing import trace
 
     gm = trace(TwinsLike(), (3, 32, 32))
-    assert rebase_image_sizes(gm, probe(gm, (3, 32, 32)))
+    assert rebase_image_sizes(gm, measure_scaling(gm, (3, 32, 32)))
     reads = [n for n in gm.graph.nodes if n.op == "call_method" and n.target == "size"]
     assert {n.args[0].target for n in reads} >= {"embeds.0.proj", "embeds.1.proj", "embeds.2.proj"}
     x = torch.rand(2, 3, 32, 32)
