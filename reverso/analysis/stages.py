@@ -26,6 +26,7 @@ from reverso.ir import (
     stride_of,
 )
 from reverso.ir.shapes import is_feature_map, spatial
+from reverso.rewrite.classifier import classifier_node
 from reverso.rewrite.widths import REGISTRY
 
 
@@ -141,7 +142,7 @@ def _works_on_scaling_values(gm: fx.GraphModule, probe: Probe, n: fx.Node) -> bo
     module = gm.get_submodule(n.target)
     if not any(True for _ in module.parameters()):
         return False
-    if isinstance(module, torch.nn.Conv2d) and module.out_channels == probe.num_classes:
+    if classifier_node(gm, [n], probe.num_classes) is n:
         return False
     # a layer that reduces a growing value to a fixed size (timm's ConvMlp) is the head's start
     return n in probe.scaling and any(a in probe.scaling for a in n.all_input_nodes)

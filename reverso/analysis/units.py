@@ -20,16 +20,15 @@ from reverso.errors import NoDownsamplingError, UnsupportedTopologyError
 from reverso.ir import (
     by_name,
     carries_tensor,
-    conv_kernel,
     descendants_within,
     describe,
     is_cat,
-    is_conv,
     is_pointwise,
     is_pool,
     module_of,
 )
 from reverso.ir.shapes import channels, is_feature_map, spatial
+from reverso.rewrite.classifier import classifier_node
 from reverso.rewrite.widths import width_defining
 
 
@@ -152,12 +151,12 @@ def _refuse_parallel_paths(gm: fx.GraphModule, first: fx.Node) -> None:
 
 
 def _move_fc_classifier(gm, units: list[Unit], head: Unit, num_classes: int) -> list[Unit]:
-    """Trailing 1x1 conv units whose output width is the number of classes belong to the head."""
+    """A trailing layer unit that holds the classifier (a 1x1 conv to the classes, by
+    :func:`~reverso.rewrite.classifier.classifier_node`) belongs to the head."""
     named = by_name(gm)
     while units and units[-1].kind == "layer":
         unit = units[-1]
-        conv = next((named[n] for n in unit.nodes if is_conv(gm, named[n])), None)
-        if conv is None or conv_kernel(gm, conv) != 1 or channels(conv) != num_classes:
+        if classifier_node(gm, [named[n] for n in unit.nodes], num_classes) is None:
             break
         units.pop()
         head.nodes = unit.nodes + head.nodes

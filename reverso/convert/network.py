@@ -16,6 +16,7 @@ from reverso import ir
 from reverso.convert.recipe import Recipe
 from reverso.convert.timm_api import TimmFeatures
 from reverso.errors import InputSizeError, OptionError, UnsupportedTopologyError
+from reverso.rewrite.classifier import classifier_node
 
 
 class ClassifierHead(nn.Module):
@@ -132,7 +133,7 @@ class TopDownNet(TimmFeatures, nn.Module):
 
     def classifier_path(self) -> str | None:
         """The path of the classifier layer (``head.fc.<name>``), None without one."""
-        layer = _classifier_node(self.head.fc)
+        layer = classifier_node(self.head.fc, self.head.fc.graph.nodes, self.num_classes)
         return None if layer is None else f"head.fc.{layer.target}"
 
     def rewrite_features(self, step, batch: int = 1) -> None:
@@ -181,7 +182,7 @@ class TopDownNet(TimmFeatures, nn.Module):
         if removed is not None:
             target, module = removed
         else:
-            layer = _classifier_node(fc)
+            layer = classifier_node(fc, fc.graph.nodes, self.num_classes)
             if layer is None:
                 raise UnsupportedTopologyError(
                     "this network's head (head.fc) has no classifier layer reverso can resize; "
@@ -197,18 +198,6 @@ class TopDownNet(TimmFeatures, nn.Module):
             rule = REGISTRY.lookup(module)
             ir.set_module(fc, target, REGISTRY.rebuild(module, rule.in_width(module), num_classes))
         self.num_classes = num_classes
-
-
-def _classifier_node(fc: fx.GraphModule) -> fx.Node | None:
-    """The last layer of the classifier graph that the width registry can resize."""
-    from reverso.rewrite.widths import REGISTRY
-
-    layers = [
-        n
-        for n in fc.graph.nodes
-        if n.op == "call_module" and REGISTRY.lookup(fc.get_submodule(n.target))
-    ]
-    return layers[-1] if layers else None
 
 
 #: how a head pools over the whole map: modules, functions and tensor methods

@@ -190,22 +190,33 @@ def test_a_body_built_only_of_registered_convs_converts(own_conv_registered, arr
     assert len(own) == 2 and all(m.weight.shape == (m.cout, m.cin, 3, 3) for m in own)
 
 
-def test_a_classifier_reverso_cannot_read_is_refused_not_miscounted(own_conv_registered):
-    # the class map comes from a conv of the model's own type, which reverso does not read as a
-    # conv: the top-down form would answer with 8 classes instead of 10
-    model = nn.Sequential(
+def own_conv_classes(kernel: int) -> nn.Sequential:
+    """A net of registered convs whose last conv outputs the 10 class maps."""
+    return nn.Sequential(
         OwnConv(3, 8, 3),
         nn.ReLU(),
         nn.MaxPool2d(2),
         OwnConv(8, 16, 3),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        OwnConv(16, 10, 1),
+        OwnConv(16, 10, kernel),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
+
+
+def test_a_registered_1x1_conv_to_the_classes_is_the_classifier(own_conv_registered):
+    # the kernel read from the layer's 4-D weight: the class map moves to the head
+    td = reverso.topdown(own_conv_classes(1), input_size=(3, 32, 32))
+    assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(td.get_submodule(td.classifier_path()), OwnConv)
+
+
+def test_a_classifier_reverso_cannot_read_is_refused_not_miscounted(own_conv_registered):
+    # the class map comes from a 3x3 conv, which reads neighbours and so is a body layer: the
+    # top-down form would answer with 8 classes instead of 10
     with pytest.raises(reverso.UnsupportedTopologyError, match=r"would output \(2, 8\) where"):
-        reverso.topdown(model, input_size=(3, 32, 32))
+        reverso.topdown(own_conv_classes(3), input_size=(3, 32, 32))
 
 
 class DenseLayer(nn.Module):
@@ -290,3 +301,32 @@ def test_an_unregistered_per_channel_layer_is_rebuilt_without_a_rule():
     assert gains and all(g.weight.shape == (24,) and torch.all(g.weight == 2.0) for g in gains)
     assert td(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert REGISTRY.lookup(nn.PReLU()) is None  # one shared slope: no width to change
+
+
+def test_one_rule_finds_the_classifier():
+    """The last resizable layer with a kernel of one and as many outputs as classes: the head's
+    Linear, or a convolutional classifier's 1x1 conv; never a norm on the scores, a 3x3 conv
+    with that many channels, or a layer of another width."""
+    import torch.fx as fx
+
+    from reverso.rewrite.classifier import classifier_node
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wide = nn.Conv2d(8, 10, 3, padding=1)  # ten channels, but a 3x3 window
+            self.conv = nn.Conv2d(10, 10, 1)
+            self.fc = nn.Linear(10, 10)
+            self.norm = nn.BatchNorm1d(10)  # keeps its width: not the classifier
+            self.other = nn.Linear(10, 7)
+
+        def forward(self, x):
+            y = self.conv(self.wide(x)).mean((2, 3))
+            return self.norm(self.fc(y)), self.other(y)
+
+    gm = fx.symbolic_trace(Head())
+    nodes = list(gm.graph.nodes)
+    assert classifier_node(gm, nodes, 10).target == "fc"
+    assert classifier_node(gm, [n for n in nodes if n.target != "fc"], 10).target == "conv"
+    assert classifier_node(gm, [n for n in nodes if n.target in ("wide", "norm")], 10) is None
+    assert classifier_node(gm, nodes, 7).target == "other"
