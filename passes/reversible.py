@@ -57,7 +57,7 @@ from reverso.options import ReversibleOptions
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.residuals import ResidualUnit, graph_order, residual_units, runs
 from reverso.rewrite.segments import body_of, replace_run
-from reverso.rewrite.widths import REGISTRY, unknown_layer_error, width_defining
+from reverso.rewrite.widths import width_defining
 
 
 class Reversible(Pass):
@@ -155,7 +155,7 @@ def _coupling_function(gm: fx.GraphModule, unit: ResidualUnit, width: int, strid
 
     try:
         with torch.no_grad():
-            y = _Rewidth(body, width_of, strict=True).run(x)
+            y = WidthFitting(body, width_of=width_of, strict=True).run(x)
         if not isinstance(y, torch.Tensor) or y.shape[1] != out:  # a slice to a fixed width
             raise WidthError(f"the re-widthed branch gives {_shape(y)} instead of {out} channels")
     except (RuntimeError, WidthError) as err:
@@ -190,48 +190,11 @@ def _kept_width(gm: fx.GraphModule, unit: ResidualUnit, output: fx.Node, cin: in
     return nn.Sequential(ir.placed_in(body, entry), body, ir.placed_in(body, exit_))
 
 
-class _Rewidth(WidthFitting):
-    """Propagate shapes, rebuilding (registry, fresh weights) each layer whose input width
-    changed; ``width_of(target, rule, module)`` gives a layer's output width (default: its own).
-    Per-channel constants (layer scale) and constant split sizes follow the new widths. With
-    ``strict``, a layer with parameters and no width rule raises a WidthError."""
-
-    def __init__(self, gm: fx.GraphModule, width_of=None, *, strict: bool = False):
-        super().__init__(gm)
-        self.width_of = width_of or (lambda target, rule, module: rule.out_width(module))
-        self.strict = strict
-
-    def run_node(self, n: fx.Node):
-        if ir.is_split(n):
-            sizes = self._split_sizes(n)
-            if sizes is not None:
-                n.args = (n.args[0], sizes, *n.args[2:])
-        return self._run_fitting_constants(n)
-
-    def call_module(self, target, args, kwargs):
-        module = self.fetch_attr(target)
-        rule = REGISTRY.lookup(module)
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if rule is None or x is None or x.dim() < 2:
-            if rule is None and self.strict and any(True for _ in module.parameters()):
-                raise unknown_layer_error(module, target)
-            return super().call_module(target, args, kwargs)
-        width = int(x.shape[rule.channel_dim])
-        if rule.preserves_width(module):
-            if width != rule.in_width(module):
-                ir.set_module(self.module, target, REGISTRY.rebuild(module, width))
-        else:
-            out = self.width_of(target, rule, module)
-            if (width, out) != (rule.in_width(module), rule.out_width(module)):
-                ir.set_module(self.module, target, REGISTRY.rebuild(module, width, out))
-        return super().call_module(target, args, kwargs)
-
-
 def _rewidth(gm: fx.GraphModule, ctx) -> None:
     """The layers after a run take the width it now gives (the head after psi transitions)."""
     try:
         with torch.no_grad():
-            _Rewidth(gm).run(ctx.example_input())
+            WidthFitting(gm).run(ctx.example_input())
     except RuntimeError as err:
         raise UnsupportedTopologyError(
             f"after the psi transitions the layers that follow a reversible run cannot take its "

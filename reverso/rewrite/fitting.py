@@ -1,14 +1,18 @@
-"""What follows a width change besides the layers: per-channel constants, channel counts
-written as numbers, and channel splits.
+"""The one walk that re-widths a graph: a shape propagation on meta tensors that makes every
+layer, constant and split agree with the width it now receives, in place.
 
-Shared by the two walks that re-width a graph on meta tensors: top-down width repair
-(:mod:`reverso.rewrite.repair`) and the ``reversible`` pass's half-width residual functions. A
+Each layer whose input width changed is rebuilt through the width registry (fresh weights, same
+type and configuration), at the output width ``width_of`` gives it (by default its own). A
 parameter or buffer that an op combines with a feature map (a layer-scale gain, a fixed depthwise
 filter) takes the map's new width; a number that is a channel count (the ``groups`` of a
 functional conv, a size of ``view``, ``reshape``, ``expand``, ``repeat`` or ``new_zeros``) follows
 the width it counts, scaled where it is a multiple or a fraction of it; and a split with constant
 sizes cuts the new width in the same proportions. A number that could count either of two sizes
 is refused by name.
+
+Top-down width repair (:mod:`reverso.rewrite.repair`) extends the walk with what joins and rigid
+units need; the ``reversible`` pass runs it as it is, with its own output widths, over each
+residual function it halves.
 """
 
 from __future__ import annotations
@@ -17,20 +21,102 @@ import torch
 import torch.fx as fx
 
 from reverso import ir
-from reverso.errors import WidthError
+from reverso.errors import ReversoError, WidthError
 from reverso.ir.shapes import ShapeProp
 from reverso.rewrite.rigid import channel_dim
+from reverso.rewrite.widths import REGISTRY, WidthRegistry, unknown_layer_error
 
 
 class WidthFitting(ShapeProp):
-    """A shape propagation that fits constants and split sizes to the widths it meets, in
-    place; ``changed`` says whether it changed anything."""
+    """A shape propagation that fits layers, constants and split sizes to the widths it meets,
+    in place; ``changed`` says whether it changed anything.
 
-    def __init__(self, gm: fx.GraphModule):
+    ``width_of(target, rule, module)`` gives a rebuilt layer's output width (default: its own);
+    with ``strict``, a layer with parameters and no width rule raises a WidthError when it meets
+    its first input, else only when it fails to run."""
+
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        registry: WidthRegistry = REGISTRY,
+        *,
+        width_of=None,
+        strict: bool = False,
+    ):
         super().__init__(gm)
+        self.registry = registry
+        self.width_of = width_of or (lambda target, rule, module: rule.out_width(module))
+        self.strict = strict
         self.changed = False
         # the width of every map before this walk (the shapes of the last propagation)
         self.widths_before = {n: _map_width(n.meta.get("val")) for n in gm.graph.nodes}
+
+    def run_node(self, n: fx.Node):
+        if n.op == "call_module":
+            self._fit_module(n)
+        elif ir.is_split(n):
+            sizes = self._split_sizes(n)
+            if sizes is not None:
+                n.args = (n.args[0], sizes, *n.args[2:])
+                self.changed = True
+        return self._run_fitting_constants(n)
+
+    def call_module(self, target, args, kwargs):
+        try:
+            return super().call_module(target, args, kwargs)
+        except ReversoError:
+            raise
+        except Exception as err:
+            module = self.fetch_attr(target)
+            if self.registry.lookup(module) is None and any(True for _ in module.parameters()):
+                raise unknown_layer_error(module, target) from err
+            raise
+
+    # -- layers ------------------------------------------------------------------------------
+    def _fit_module(self, n: fx.Node) -> None:
+        """Rebuild the layer of ``n`` when the width it receives (or the one ``width_of`` asks
+        it to give) is not its own."""
+        module = self.fetch_attr(n.target)
+        rule = self.registry.lookup(module)
+        x = self._first_tensor(n)
+        if rule is None or x is None or x.dim() < 2:
+            if rule is None and self.strict and any(True for _ in module.parameters()):
+                raise unknown_layer_error(module, n.target)
+            return
+        actual = int(x.shape[rule.channel_dim])
+        if actual == 0:
+            raise WidthError(
+                f"layer {ir.describe(self.module, n)} now receives no channels at all (it read "
+                f"{rule.in_width(module)}); the value feeding it, '{n.args[0]}', is cut from a "
+                "narrower input than the model was built for"
+            )
+        if rule.preserves_width(module):
+            if actual == rule.in_width(module):
+                return
+            out = None
+        else:
+            out = self.width_of(n.target, rule, module)
+            if (actual, out) == (rule.in_width(module), rule.out_width(module)):
+                return
+        try:
+            new = self.registry.rebuild(module, actual, out, where=n.target)
+        except WidthError:  # a grouped conv that cannot take that width
+            self._cannot_take(n)
+            raise
+        ir.set_module(self.module, n.target, new)
+        self.changed = True
+
+    def _cannot_take(self, n: fx.Node) -> None:
+        """Called when the layer of ``n`` cannot be rebuilt for the width it receives, before
+        the WidthError goes up (width repair keeps the unit's width then)."""
+
+    def _first_tensor(self, n: fx.Node):
+        for a in n.args:
+            if isinstance(a, fx.Node):
+                v = self.env.get(a)
+                if isinstance(v, torch.Tensor):
+                    return v
+        return None
 
     def _run_fitting_constants(self, n: fx.Node):
         """Run ``n``; when it fails on a per-channel constant of another width than its map's,

@@ -21,15 +21,14 @@ import torch.fx as fx
 from torch import nn
 
 from reverso import ir
-from reverso.errors import ReversoError, UnsupportedTopologyError, WidthError
+from reverso.errors import UnsupportedTopologyError, WidthError
 from reverso.ir.dataflow import inputs, reachable
 from reverso.ir.modes import evaluating
-from reverso.ir.shapes import channels, mark_shapes_current
+from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.rigid import KeepWidth, refuse_unknown_layer, rigid_units
 from reverso.rewrite.units import module_prefix
-from reverso.rewrite.widths import unknown_layer_error
 
 
 def repair_widths(gm: fx.GraphModule, ctx) -> bool:
@@ -82,9 +81,8 @@ def _walk(gm: fx.GraphModule, ctx) -> bool:
 
 class _Repair(WidthFitting):
     def __init__(self, gm: fx.GraphModule, ctx):
-        super().__init__(gm)
+        super().__init__(gm, ctx.registry)
         self.ctx = ctx
-        self.registry = ctx.registry
         self.factory = LayerFactory(ctx.prototypes, ctx.report.preact, ctx.registry)
         self.reads_data: dict = {}  # which nodes read the input, shared by every join of the walk
         # units that keep their own width (entry projections): only with an analysis to read
@@ -94,23 +92,18 @@ class _Repair(WidthFitting):
         self.rigid.update({u: None for u in ctx.fixed_width if report and u not in self.rigid})
 
     def run_node(self, n: fx.Node):
+        """The shared walk's step (:class:`WidthFitting`), after the entry projection of a rigid
+        unit and the projection of a join whose inputs now disagree."""
         if ir.unit_of(n) in self.rigid:
             self._adapt_entry(n)
-        if n.op == "call_module":
-            self._fit_module(n)
-        elif ir.is_join(n) and self._mismatched(n):
+        if ir.is_join(n) and self._mismatched(n):
             if any(isinstance(a, fx.Node) and self._constant_chain(a) for a in n.args[:2]):
                 self._fit_constants(n)  # a per-channel gain or bias takes the map's width
-                return super().run_node(n)
+                return ShapeProp.run_node(self, n)
             self._refuse_composite_constant(n)
             self._fit_join(n)
-        elif ir.is_split(n):
-            sizes = self._split_sizes(n)
-            if sizes is not None:
-                n.args = (n.args[0], sizes, *n.args[2:])
-                self.changed = True
         self._check_reshape(n)
-        return self._run_fitting_constants(n)
+        return super().run_node(n)
 
     def _refuse_composite_constant(self, n: fx.Node) -> None:
         """A map meets a per-channel constant computed from several parameters (a concatenation
@@ -169,47 +162,8 @@ class _Repair(WidthFitting):
         if unit is not None and getattr(self.ctx, "report", None) and unit not in self.rigid:
             raise KeepWidth(unit)
 
-    def call_module(self, target, args, kwargs):
-        try:
-            return super().call_module(target, args, kwargs)
-        except ReversoError:
-            raise
-        except Exception as err:
-            module = self.fetch_attr(target)
-            if self.registry.lookup(module) is None and any(True for _ in module.parameters()):
-                raise unknown_layer_error(module, target) from err
-            raise
-
-    # -- layers ------------------------------------------------------------------------------
-    def _fit_module(self, n: fx.Node) -> None:
-        module = self.fetch_attr(n.target)
-        rule = self.registry.lookup(module)
-        x = self._first_tensor(n)
-        if rule is None or x is None or x.dim() < 2:
-            return
-        actual = int(x.shape[rule.channel_dim])
-        if actual == 0:
-            raise WidthError(
-                f"layer {ir.describe(self.module, n)} now receives no channels at all (it read "
-                f"{rule.in_width(module)}); the value feeding it, '{n.args[0]}', is cut from a "
-                "narrower input than the model was built for"
-            )
-        if actual != rule.in_width(module):
-            try:
-                new = self.registry.rebuild(module, actual, where=n.target)
-            except WidthError:  # a grouped conv that cannot take that width
-                self._keep_width(n)
-                raise
-            ir.set_module(self.module, n.target, new)
-            self.changed = True
-
-    def _first_tensor(self, n: fx.Node):
-        for a in n.args:
-            if isinstance(a, fx.Node):
-                v = self.env.get(a)
-                if isinstance(v, torch.Tensor):
-                    return v
-        return None
+    def _cannot_take(self, n: fx.Node) -> None:
+        self._keep_width(n)
 
     def _adapt_entry(self, n: fx.Node) -> None:
         """A map entering a rigid unit with another width than the unit read bottom-up passes
