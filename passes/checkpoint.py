@@ -39,7 +39,7 @@ from reverso.errors import OptionError
 from reverso.ir.dataflow import is_mutation
 from reverso.nn.checkpoint import CheckpointSegment
 from reverso.options import CheckpointOptions
-from reverso.rewrite.segments import replace_run
+from reverso.rewrite.extract import replace_run
 
 #: nodes that only reshape or read sizes: they leave nothing of their own for backward
 _FREE = {

@@ -26,7 +26,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import PassError
 from reverso.ir.shapes import tensor_shape
 from reverso.nn import ImagePyramid, Upsample
-from reverso.rewrite.units import UnitView, append_to_unit, module_prefix, unit_view
+from reverso.rewrite.unit_views import UnitView, append_to_unit, module_prefix, unit_view
 
 
 class DownsampleToUpsample(Pass):

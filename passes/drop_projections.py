@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from reverso import ir
 from reverso.compiler.base import Pass, PassResult
-from reverso.rewrite.units import unit_view
+from reverso.rewrite.unit_views import unit_view
 
 
 class DropProjections(Pass):

@@ -31,7 +31,7 @@ from reverso.ir.shapes import ShapeProp, channels
 from reverso.nn import Merge
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.repair import propagate_as_repaired
-from reverso.rewrite.units import append_to_unit, module_prefix, unit_view
+from reverso.rewrite.unit_views import append_to_unit, module_prefix, unit_view
 from reverso.rewrite.widths import width_defining
 
 

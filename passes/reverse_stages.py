@@ -20,7 +20,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import WidthError
 from reverso.ir.shapes import channels
 from reverso.rewrite.layers import LayerFactory
-from reverso.rewrite.units import append_to_unit, module_prefix, reorder_units, unit_view
+from reverso.rewrite.unit_views import append_to_unit, module_prefix, reorder_units, unit_view
 from reverso.rewrite.widths import width_defining
 
 

@@ -54,9 +54,9 @@ from reverso.ir.shapes import channels, propagate, spatial
 from reverso.nn.reversible import CouplingBlock, InjectivePad, ReversibleSequence
 from reverso.nn.space_to_depth import SpaceToDepth
 from reverso.options import ReversibleOptions
+from reverso.rewrite.extract import body_of, replace_run
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.residuals import ResidualUnit, graph_order, residual_units, runs
-from reverso.rewrite.segments import body_of, replace_run
 from reverso.rewrite.widths import width_defining
 
 

@@ -20,7 +20,7 @@ from reverso.compiler.base import Pass, PassResult
 from reverso.errors import UnsupportedTopologyError
 from reverso.nn import NeighbourhoodToDepth
 from reverso.rewrite.convs import at_stride_one
-from reverso.rewrite.units import UnitView, unit_view
+from reverso.rewrite.unit_views import UnitView, unit_view
 
 
 class StrideOne(Pass):

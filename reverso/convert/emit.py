@@ -15,7 +15,7 @@ from reverso.convert.network import ClassifierHead, TopDownNet
 from reverso.convert.recipe import Recipe
 from reverso.errors import UnsupportedTopologyError
 from reverso.ir.shapes import channels, spatial
-from reverso.rewrite.units import unit_view
+from reverso.rewrite.unit_views import unit_view
 
 #: timm's ImageNet defaults, for sources whose configuration says nothing (torchvision models)
 IMAGENET = {

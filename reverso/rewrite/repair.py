@@ -28,7 +28,7 @@ from reverso.ir.shapes import ShapeProp, channels, mark_shapes_current
 from reverso.rewrite.fitting import WidthFitting
 from reverso.rewrite.layers import LayerFactory
 from reverso.rewrite.rigid import KeepWidth, refuse_unknown_layer, rigid_units
-from reverso.rewrite.units import module_prefix
+from reverso.rewrite.unit_views import module_prefix
 
 
 def repair_widths(gm: fx.GraphModule, ctx) -> bool:

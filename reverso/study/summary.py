@@ -34,7 +34,7 @@ from reverso.frontend.tracing import (
 from reverso.ir.modes import evaluating
 from reverso.ir.shapes import channels, level_of, spatial
 from reverso.nn import CheckpointSegment
-from reverso.rewrite.segments import inlined
+from reverso.rewrite.extract import inlined
 from reverso.study.memory import node_saved_bytes, saved_bytes
 
 

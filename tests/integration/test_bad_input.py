@@ -209,7 +209,7 @@ def test_the_package_raises_no_bare_value_errors():
         and isinstance(node.exc, ast.Call)
         and getattr(node.exc.func, "id", None) in ("ValueError", "TypeError", "KeyError")
     ]
-    assert found == ["reverso/rewrite/segments.py:66"], found  # an internal invariant
+    assert found == ["reverso/rewrite/extract.py:66"], found  # an internal invariant
 
 
 def test_more_study_arguments_of_the_wrong_kind(tmp_path, golden):

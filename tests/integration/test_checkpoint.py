@@ -9,7 +9,7 @@ from reverso.passes.checkpoint import _Costs, _greedy, plan_segments
 from torch import nn
 
 import reverso
-from reverso.rewrite.segments import replace_run
+from reverso.rewrite.extract import replace_run
 
 
 def test_saved_bytes_counts_what_autograd_keeps_once_and_no_parameters():

@@ -1,4 +1,4 @@
-"""Cut a graph into segments: a contiguous run of nodes becomes one call of a module.
+"""Cut a graph into runs: a contiguous run of nodes becomes one call of a new module.
 
 Used by the ``checkpoint`` pass (each segment runs under activation checkpointing) and by the
 ``reversible`` pass (a run of coupling blocks). The run's inputs are the values it reads from
