@@ -47,6 +47,11 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(item.fspath).resolve().relative_to(ROOT / "tests").parts[0]
         if folder not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of {', '.join(TIERS)}")
+        if "slow" not in TIERS[folder] and item.get_closest_marker("slow"):
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked slow in a default-tier folder: move it to tests/models "
+                "or tests/system (the tier follows the folder)"
+            )
         item.add_marker(folder)
         for marker in TIERS[folder]:
             item.add_marker(marker)

@@ -17,14 +17,6 @@ def test_random_bottom_up_cnns_convert_with_all_properties(spec):
     check_topdown(spec.build(), spec.input_size)
 
 
-@pytest.mark.slow
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(bottom_up_cnns())
-def test_many_random_bottom_up_cnns_convert_with_all_properties(spec):
-    """The same property over many more drawn nets (about 2 minutes)."""
-    check_topdown(spec.build(), spec.input_size)
-
-
 def _converts_and_trains(spec: CNNSpec) -> None:
     """All properties at the spec's size and at 16x16, then one backward with finite gradients."""
     td = check_topdown(spec.build(), spec.input_size, other_sizes=[(16, 16)])

@@ -61,33 +61,24 @@ def test_timm_sources_and_sibling_transforms(tmp_path):
         assert same_outputs(converted, loaded, x), name
 
 
-def chains(kind: str, size: tuple) -> dict:
-    """Networks converted from networks reverso made, by name ("njet of topdown" ...)."""
+def chains(size: tuple) -> dict:
+    """Networks converted from a top-down net, by name ("njet of topdown" ...); chains over
+    antialias in tests/models."""
     torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=5)
-    if kind == "of topdown":
-        td = reverso.topdown(model, input_size=size)
-        return {
-            "njet of topdown": reverso.njet(td, input_size=size),
-            "checkpoint of topdown": reverso.checkpoint(td, input_size=size),
-        }
-    tv = torchvision.models.resnet18(num_classes=5)
+    td = reverso.topdown(timm.create_model("resnet10t", num_classes=5), input_size=size)
     return {
-        "topdown of antialias": reverso.topdown(reverso.antialias(model, input_size=size)),
-        "frames of antialias": reverso.frames(reverso.antialias(tv, input_size=size)),
+        "njet of topdown": reverso.njet(td, input_size=size),
+        "checkpoint of topdown": reverso.checkpoint(td, input_size=size),
     }
 
 
-@pytest.mark.parametrize(
-    "kind", ["of topdown", pytest.param("of antialias", marks=pytest.mark.slow)]
-)
-def test_chains_of_conversions_round_trip(tmp_path, kind):
+def test_chains_of_conversions_round_trip(tmp_path):
     """A conversion of a network reverso made records that network's recipe as its base, so the
     whole chain is rebuilt (the file recorded the last step only, over the original model: the
     weights did not fit, or a checkpointed top-down net came back without its checkpoints)."""
     size = (3, 32, 32)
     x = torch.rand(2, *size)
-    for name, chain in chains(kind, size).items():
+    for name, chain in chains(size).items():
         loaded = reverso.load(reverso.save(chain, tmp_path / "chain.safetensors"))
         assert type(loaded).__name__ == type(chain).__name__, name  # fx classes are per instance
         assert same_outputs(chain, loaded, x), name
@@ -97,11 +88,10 @@ def test_chains_of_conversions_round_trip(tmp_path, kind):
             assert any("checkpoint" in type(m).__name__.lower() for m in loaded.modules())
 
 
-@pytest.mark.parametrize("convert", ["topdown", pytest.param("njet", marks=pytest.mark.slow)])
-def test_memory_options_round_trip_once(tmp_path, convert):
+def test_memory_options_round_trip_once(tmp_path):
     """memory= is part of the conversion's recipe: loading applies it once (not again on top)."""
     model, size = timm.create_model("resnet18", num_classes=5), (3, 32, 32)
-    net = getattr(reverso, convert)(model, input_size=size, memory="reversible")
+    net = reverso.topdown(model, input_size=size, memory="reversible")
     loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
     kinds = [type(m).__name__ for m in net.modules()]
     assert [type(m).__name__ for m in loaded.modules()] == kinds and "ReversibleSequence" in kinds

@@ -113,14 +113,6 @@ def test_mixed_precision_runs_and_learns(small):
     assert result.runs[0].history[-1]["loss"] < result.runs[0].history[0]["loss"]
 
 
-@pytest.mark.slow  # the default run trains a top-down LeNetFC in the demo test (2 epochs)
-def test_top_down_net_trains(mnist, converted):
-    torch.manual_seed(0)
-    td = converted("LeNetFC", (1, 28, 28))[1]
-    result = train(td, mnist, epochs=3, progress=False)
-    assert result.runs[0].test_accuracy > 0.6
-
-
 def test_per_pixel_mean_is_subtracted():
     images = torch.rand(40, 3, 8, 8)
     data = Data(
