@@ -178,10 +178,13 @@ def _from_reverso(filename: str) -> bool:
     return "reverso" in parts or "passes" in parts
 
 
-def construction_s(model, td, size) -> float:
+def construction_s(model, td, size, *, fresh: bool = True) -> float:
     """Seconds that building ``td`` by hand would take, conversion's yardstick: one torch.fx
     trace and one batch-1 forward (eval mode, no gradients) of the bottom-up ``model``, plus
-    initialising ``td``'s parameters (each layer's ``reset_parameters``; ``td`` is re-drawn)."""
+    creating ``td``'s parameters as its layers' constructors do: fresh memory for each, filled
+    by the layer's ``reset_parameters`` (``td`` is re-drawn). Filling memory that was already
+    written costs less than a constructor pays (the first write of fresh pages): re-drawing in
+    place (``fresh=False``, the yardstick until December 2026) understates it."""
     import torch
 
     from reverso.frontend.tracing import ReversoTracer
@@ -195,6 +198,8 @@ def construction_s(model, td, size) -> float:
     for m in td.modules():
         reset = getattr(m, "reset_parameters", None)
         if callable(reset) and not isinstance(m, type(td)):
+            for p in m.parameters(recurse=False) if fresh else ():
+                p.data = torch.empty_like(p)
             reset()
     return time.perf_counter() - start
 

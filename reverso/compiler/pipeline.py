@@ -150,12 +150,14 @@ class Pipeline:
             else:
                 check_graph(gm, ctx, after=p.name)
                 self._dump(step, p.name, gm)
+        gm.recompile()  # the code, once: between passes the graph is run by interpretation
         return gm
 
     def _dump(self, i: int, name: str, gm: fx.GraphModule, *, shapes_current=True) -> None:
         if self.dump_dir is None:
             return
         self.dump_dir.mkdir(parents=True, exist_ok=True)
+        gm.recompile()  # the dump shows the graph's code
         title = f"graph after step '{name}'" if i else "traced input graph"
         text = graph_listing(gm, title, shapes_current=shapes_current)
         (self.dump_dir / f"{i:02d}_{name}.py").write_text(text)
@@ -198,12 +200,12 @@ def _refuse_fixed_resolution(gm, err: Exception, what: str) -> None:
 def check_graph(
     gm: fx.GraphModule, ctx: CompileContext, *, after: str, propagate_shapes: bool = True
 ) -> None:
-    """Lint, recompile and re-propagate shapes; failures name the pass and the node."""
+    """Lint and re-propagate shapes; failures name the pass and the node. (The code is
+    generated once, after the last pass: shape propagation interprets the graph.)"""
     try:
         gm.graph.lint()
     except Exception as err:
         raise PassError(f"pass '{after}' left a malformed graph: {err}", pass_name=after) from err
-    gm.recompile()
     if not propagate_shapes or shapes_current(gm):
         return  # width repair propagates next, or the pass ended with a propagation of this graph
     try:

@@ -80,7 +80,8 @@ class ShapeProp(fx.Interpreter):
         if rule is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             return rule(module, args[0])
         try:
-            return self.meta_module(module)(*args, **kwargs)
+            with RealKernelChecks():
+                return self.meta_module(module)(*args, **kwargs)
         except (RuntimeError, NotImplementedError) as err:
             if "meta" not in str(err):
                 raise
@@ -135,6 +136,17 @@ def _meta_to(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         elif isinstance(a, torch.Tensor):
             dtype = a.dtype
     return _to_meta(x).to(dtype=dtype or x.dtype)
+
+
+class RealKernelChecks(torch.overrides.TorchFunctionMode):
+    """Inside a layer run on meta tensors, the checks real kernels make and meta kernels skip
+    (a conv's groups), so that a shape propagation proves what a real forward would."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.conv2d or func is torch.conv2d:
+            _check_conv2d(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 def _check_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> None:
@@ -239,6 +251,12 @@ def level_of(size: Sequence[int], input_hw: Sequence[int]) -> int:
 def check_input_size(input_size) -> tuple[int, int, int]:
     """Validate and normalise a (C, H, W) input size (an :class:`InputSizeError` otherwise)."""
     return check_size(input_size, "input_size", InputSizeError)
+
+
+def output_value(gm: fx.GraphModule):
+    """The value ``gm`` returns, as last propagated (a meta tensor, or a structure of them)."""
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return fx.node.map_arg(output, lambda n: n.meta.get("val"))
 
 
 def output_shapes(gm: fx.GraphModule):

@@ -54,3 +54,41 @@ def test_the_pyramid_rule_gives_every_levels_size(kind, size):
     x = torch.rand(1, 3, *size)
     real = [tuple(level.shape) for level in pyramid(x)]
     assert [tuple(t.shape) for t in SHAPE_RULES[ImagePyramid](pyramid, x.to("meta"))] == real
+
+
+def test_layers_run_on_meta_tensors_make_the_real_kernels_groups_check():
+    """A meta conv kernel accepts a weight whose output channels do not divide into the groups
+    (9 outputs, 2 groups); the real one refuses it, and so does the shape propagation, which is
+    all that proves a converted network runs."""
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    from reverso.ir.shapes import propagate
+
+    class OddGroups(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(9, 4, 3, 3))
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight, groups=2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = OddGroups()
+
+        def forward(self, x):
+            return self.layer(x)
+
+    with pytest.raises(RuntimeError, match="groups"):
+        Net()(torch.rand(1, 8, 6, 6))
+    class KeepsLayers(fx.Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, OddGroups) or super().is_leaf_module(m, name)
+
+    net = Net()
+    gm = fx.GraphModule(net, KeepsLayers().trace(net))  # the layer stays one node
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    with pytest.raises(RuntimeError, match="groups=2"):
+        propagate(gm, torch.empty(1, 8, 6, 6, device="meta"))
