@@ -83,6 +83,7 @@ def test_layers_run_on_meta_tensors_make_the_real_kernels_groups_check():
 
     with pytest.raises(RuntimeError, match="groups"):
         Net()(torch.rand(1, 8, 6, 6))
+
     class KeepsLayers(fx.Tracer):
         def is_leaf_module(self, m, name):
             return isinstance(m, OddGroups) or super().is_leaf_module(m, name)
