@@ -196,6 +196,11 @@ class Fingerprint:
 
     __hash__ = None
 
+    def __deepcopy__(self, memo) -> None:
+        """A copied graph has other nodes: its shapes count as unchecked (and the nodes, linked
+        to each other, are not copied one by one)."""
+        return None
+
 
 def mark_shapes_current(gm: fx.GraphModule) -> None:
     """Record that every node's ``meta["val"]`` now holds the shape of this very graph."""

@@ -37,3 +37,15 @@ def test_an_untouched_graph_stays_current():
     gm = traced()
     gm.recompile()
     assert shapes_current(gm)
+
+
+def test_a_copy_of_a_propagated_deep_graph_counts_its_shapes_unchecked():
+    """A deep copy of a GraphModule whose shapes were propagated neither copies the fingerprint's
+    nodes one by one (a recursion as deep as the graph) nor claims the copy's shapes current."""
+    import copy
+
+    gm = fx.symbolic_trace(nn.Sequential(*[nn.ReLU() for _ in range(3000)]))
+    propagate(gm, torch.empty(2, 3, device="meta"))
+    assert shapes_current(gm)
+    twin = copy.deepcopy(gm)
+    assert not shapes_current(twin)
