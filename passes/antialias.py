@@ -40,6 +40,7 @@ from reverso import ir
 from reverso.compiler.base import Pass, PassResult
 from reverso.errors import UnsupportedTopologyError
 from reverso.ir.shapes import channels
+from reverso.ir.windows import pair
 from reverso.nn.blurpool import BlurPool2d, CeilModePad, ValidAvgPool2d
 from reverso.nn.padding import SamePad2d
 from reverso.options import AntialiasOptions
@@ -123,13 +124,13 @@ class Antialias(Pass):
     def pool(self, gm: fx.GraphModule, node: fx.Node, max_pool: tuple[int, int] | None) -> None:
         """``max_pool``: the official code's (kernel, padding) for this model's max-pools."""
         w = _pool_window(gm, node)
-        x = node.args[0]
+        x, fused = node.args[0], {}
         if not (
             self.settings.variant == "official" and w.kind == "avg"
         ):  # there the blur replaces the box
-            x = self.dense_pool(gm, node, w, x, max_pool)
+            x, fused = self.dense_pool(gm, node, w, x, max_pool)
         blur = BlurPool2d(
-            channels(node), self.settings.filter_size, w.stride[0], self.settings.pad_mode
+            channels(node), self.settings.filter_size, w.stride[0], self.settings.pad_mode, **fused
         )
         blurred = ir.add_module_node(
             gm, f"{node.name}_blurpool", blur, (x,), before=node, meta_from=node
@@ -148,8 +149,10 @@ class Antialias(Pass):
         node.replace_input_with(x, padded)
         return padded
 
-    def dense_pool(self, gm, node, w: ir.Window, x: fx.Node, max_pool) -> fx.Node:
-        """The pool at stride 1 (ceil_mode emulated), reading ``x``, placed before ``node``."""
+    def dense_pool(self, gm, node, w: ir.Window, x: fx.Node, max_pool) -> tuple[fx.Node, dict]:
+        """The pool at stride 1 (ceil_mode emulated), reading ``x``, placed before ``node``: its
+        node, or, for a plain max-pool, what the blur reads and the max-pool's settings, which
+        the blur layer then applies itself (one layer, run on channels-last maps on the CPU)."""
         k, s, p, ceil = w.kernel[0], w.stride[0], w.padding[0], w.ceil_mode
         if w.kind == "max" and max_pool is not None:
             k, p = max_pool
@@ -162,14 +165,13 @@ class Antialias(Pass):
             dense.stride = (1, 1)
             return ir.add_module_node(
                 gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
-            )
+            ), {}
         if ceil and (p != 0 or k < s):
             raise UnsupportedTopologyError(
                 f"pooling {ir.describe(gm, node)} uses ceil_mode with padding {p} and kernel {k} < stride {s}; "
                 "reverso reproduces ceil_mode only without padding and with kernel >= stride"
             )
         if w.kind == "max":
-            dense = nn.MaxPool2d(k, 1, p, w.dilation[0])
             # ceil_mode = floor mode on the map extended by s - 1 (-inf) at the bottom/right
             if ceil:
                 x = ir.add_module_node(
@@ -180,13 +182,17 @@ class Antialias(Pass):
                     before=node,
                     meta_from=node,
                 )
+            (kh, kw), (ph, pw), (dh, dw) = pair(k), pair(p), w.dilation
+            if kh == kw and ph == pw and dh == dw:  # square: the blur layer pools too
+                return x, {"max_kernel": kh, "max_padding": ph, "max_dilation": dh}
+            dense = nn.MaxPool2d(k, 1, p, w.dilation)
         elif ceil:  # the extra ceil_mode rows never count in the divisor: PyTorch has no such pool
             dense = ValidAvgPool2d(k, p, extra=s - 1, count_include_pad=w.count_include_pad)
         else:
             dense = nn.AvgPool2d(k, 1, p, count_include_pad=w.count_include_pad)
         return ir.add_module_node(
             gm, f"{node.name}_dense", dense, (x,), before=node, meta_from=node
-        )
+        ), {}
 
 
 def _after_norm_and_activation(gm: fx.GraphModule, node: fx.Node) -> fx.Node:

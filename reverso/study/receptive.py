@@ -246,6 +246,8 @@ def _module_rf(m: nn.Module, n: fx.Node, base: RF, rfs, exact: bool) -> tuple[st
         return "gaussian blur", base.through(m.taps.numel() if exact else m.width)
     if isinstance(m, BlurPool2d) or hasattr(m, "filt_size"):  # reverso's or timm's BlurPool2d
         size = getattr(m, "filter_size", getattr(m, "filt_size", 1))
+        if getattr(m, "max_kernel", 0):  # the stride-1 max-pool before the blur
+            base = base.through(m.max_dilation * (m.max_kernel - 1) + 1, 1)
         return "blurpool", base.through(size, _first(m.stride))
     if isinstance(m, Upsample):  # upsample(x, like): only x's pixels flow through
         return "upsample", upsampled(rfs[n.args[0]], m.factor, m.mode, exact)

@@ -8,6 +8,7 @@ import torchvision
 
 import reverso
 from reverso.convert.official import official_state_dict
+from reverso.nn import BlurPool2d
 
 
 def randomised(model):
@@ -56,14 +57,15 @@ def test_the_official_replacements():
     resnet = reverso.antialias(
         torchvision.models.resnet18(), input_size=(3, 64, 64), variant="official"
     )
-    pools = [m for m in resnet.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(2, 1, 0)]
+    # the stride-1 max-pool runs inside the blur layer that follows it
+    pools = [m for m in resnet.modules() if isinstance(m, BlurPool2d) and m.max_kernel]
+    assert [(p.max_kernel, p.max_padding, p.stride) for p in pools] == [(2, 0, 2)]
     dense = reverso.antialias(
         torchvision.models.densenet121(), input_size=(3, 64, 64), variant="official"
     )
     assert not [m for m in dense.modules() if isinstance(m, torch.nn.AvgPool2d)]
-    pools = [m for m in dense.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    assert [(p.kernel_size, p.stride, p.padding) for p in pools] == [(3, 1, 1)]
+    pools = [m for m in dense.modules() if isinstance(m, BlurPool2d) and m.max_kernel]
+    assert [(p.max_kernel, p.max_padding, p.stride) for p in pools] == [(3, 1, 2)]
     # reverso's own rules keep the box filter, so filter_size=1 stays the identity
     ours = reverso.antialias(torchvision.models.densenet121(), input_size=(3, 64, 64))
     assert len([m for m in ours.modules() if isinstance(m, torch.nn.AvgPool2d)]) == 3

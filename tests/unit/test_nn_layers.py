@@ -278,3 +278,28 @@ def test_blurpool_takes_the_official_pad_type_names():
     assert BlurPool2d(3, pad_type="repl").pad_mode == "replicate"
     with pytest.raises(ValueError, match="pad_type"):
         BlurPool2d(3, pad_type="circular")
+
+
+@pytest.mark.parametrize(("kernel", "padding", "dilation"), [(2, 0, 1), (3, 1, 1), (3, 1, 2)])
+def test_a_blur_pool_with_its_max_pool_equals_the_two_layers(kernel, padding, dilation):
+    """BlurPool2d(max_kernel=...) runs the stride-1 max-pool itself (on channels-last maps on the
+    CPU): the same values and gradients as nn.MaxPool2d then BlurPool2d, in the input's layout."""
+    from reverso.nn import BlurPool2d
+    from reverso.nn.layout import memory_format_of
+
+    torch.manual_seed(0)
+    fused = BlurPool2d(6, 4, 2, max_kernel=kernel, max_padding=padding, max_dilation=dilation)
+    blur = BlurPool2d(6, 4, 2)
+    pool = nn.MaxPool2d(kernel, 1, padding, dilation)
+    for x in (
+        torch.randn(2, 6, 13, 10),
+        torch.randn(2, 6, 13, 10).to(memory_format=torch.channels_last),
+    ):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = fused(a)
+        assert torch.equal(out, blur(pool(b)))
+        assert out.is_contiguous(memory_format=memory_format_of(x))
+        out.square().sum().backward()
+        blur(pool(b)).square().sum().backward()
+        torch.testing.assert_close(a.grad, b.grad)
+    assert BlurPool2d.from_config(fused.config()).config() == fused.config()
