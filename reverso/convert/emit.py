@@ -54,9 +54,7 @@ def emit(gm: fx.GraphModule, ctx, recipe: Recipe) -> TopDownNet:
         head,
         num_classes=ctx.report.num_classes,
         in_chans=ctx.input_size[0],
-        # the total downsampling, or less where the net was compiled (and so checked) at a
-        # smaller size: an input size the conversion accepted is one the network accepts
-        min_size=min(2**plan.entry_level, *ctx.input_size[1:]),
+        min_size=min(ctx.input_size[1:]),  # until the conversion has measured it
         feature_info=feature_info(taps, ctx.input_size),
         pretrained_cfg={},
         recipe=recipe,

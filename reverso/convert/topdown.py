@@ -116,6 +116,7 @@ def topdown(
         )
         net = emit(gm, ctx, recipe)
         net.removed_modules = tuple(removed)  # files saved before they were removed hold them
+        net.min_size = smallest_input(net, ctx)
         check_runs(net, ctx)
         return net
 
@@ -264,15 +265,43 @@ def check_same_output(bu: fx.GraphModule, td: fx.GraphModule, name: str) -> None
         )
 
 
+def smallest_input(net: TopDownNet, ctx: CompileContext) -> int:
+    """The smallest height and width ``net`` takes, a property of its architecture: the smallest
+    input whose pyramid levels all differ (each of its ``L`` levels below the image halves,
+    rounding up, so ``2**(L-1) + 1``), if the network runs there (checked on meta tensors);
+    otherwise the smallest larger side that runs, searched up to the converted size. Where the
+    sizes a network takes are no interval (a patch merging that needs even sizes), the search
+    may answer the converted size."""
+    c, h, w = ctx.input_size
+    converted = min(h, w)
+    guess = min(2 ** max(net.plan.entry_level - 1, 0) + 1, converted)
+
+    def works(side: int) -> bool:
+        try:
+            propagate_emitted(net, (c, side, side), model_dtype(ctx.model))
+        except Exception:
+            return False
+        return True
+
+    if works(guess):
+        return guess
+    return smallest_working(guess, works, largest=converted) or converted
+
+
+def propagate_emitted(net: TopDownNet, size, dtype) -> None:
+    """Propagate shapes through the emitted network's graphs: features, then the head."""
+    propagate(net.features, example_input(size, dtype=dtype))
+    propagate(net.head.pre_logits, output_value(net.features))
+    propagate(net.head.fc, output_value(net.head.pre_logits))
+
+
 def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
     """Prove the emitted network runs: its graphs (features, then the head) propagate on meta
     tensors at the traced size, with the checks that real kernels make and meta kernels skip (a
     conv's groups: :class:`reverso.ir.shapes.RealKernelChecks`). No real forward is run: at 224
     px a top-down ResNet-50 has 18x the bottom-up FLOPs. A failure is reverso's bug."""
     try:
-        propagate(net.features, example_input(ctx.input_size, dtype=model_dtype(ctx.model)))
-        propagate(net.head.pre_logits, output_value(net.features))
-        propagate(net.head.fc, output_value(net.head.pre_logits))
+        propagate_emitted(net, ctx.input_size, model_dtype(ctx.model))
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise PassError(

@@ -155,3 +155,17 @@ def test_a_network_converted_on_the_meta_device_materialises_with_its_filters(go
     reference = reverso.topdown(golden.ResNet32(), input_size=(3, 32, 32), upsample="blur")
     fixed = {n: b for n, b in reference.named_buffers() if n not in reference.state_dict()}
     assert fixed and all(torch.equal(dict(td.named_buffers())[n], b) for n, b in fixed.items())
+
+
+def test_the_smallest_input_is_the_architectures_not_the_converted_size(converted, golden):
+    """Converted at 32 px or at 48 px, the top-down ResNet-32 takes the same smallest input: the
+    smallest whose pyramid levels all differ (two levels below the image: 2**1 + 1 = 3 px), it
+    runs there and refuses one pixel less."""
+    small = converted("ResNet32", (3, 32, 32))[1]
+    large = reverso.topdown(golden.ResNet32(), input_size=(3, 48, 48))
+    assert small.plan.entry_level == large.plan.entry_level == 2
+    assert small.min_size == large.min_size == 3
+    large.eval()
+    assert large(torch.rand(2, 3, 3, 3)).shape == (2, 10)
+    with pytest.raises(reverso.InputSizeError, match="at least 3x3"):
+        large(torch.rand(2, 3, 2, 3))
