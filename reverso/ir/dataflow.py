@@ -95,6 +95,8 @@ def inputs(n: fx.Node):
 
 
 def descendants_within(start: Iterable[fx.Node], within: set[fx.Node]) -> set[fx.Node]:
+    """The nodes of ``within`` that data flows to from ``start`` (``start`` included), following
+    users."""
     return reachable(start, users, within)
 
 

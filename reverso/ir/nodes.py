@@ -21,6 +21,7 @@ from reverso.lazy import constants
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The module a ``call_module`` node calls, None for any other node."""
     if node.op != "call_module":
         return None
     return gm.get_submodule(node.target)
@@ -98,25 +99,32 @@ __getattr__ = constants(__name__, ACTIVATIONS=activations.module_types, DROPOUTS
 
 
 def is_conv(gm, node) -> bool:
+    """A call of an ``nn.Conv2d`` (or subclass) or of timm's MixedConv2d."""
     m = module_of(gm, node)
     return isinstance(m, nn.Conv2d) or (m is not None and type(m).__name__ == "MixedConv2d")
 
 
 def is_spatial_conv(gm, node) -> bool:
+    """A conv (:func:`is_conv`) whose kernel is larger than 1x1."""
     return is_conv(gm, node) and conv_kernel(gm, node) > 1
 
 
 def is_linear(gm, node) -> bool:
+    """A call of an ``nn.Linear``."""
     return isinstance(module_of(gm, node), nn.Linear)
 
 
 def is_norm(gm, node) -> bool:
+    """A normalisation: a norm layer (BatchNorm, GroupNorm, LayerNorm, timm's norm-act layers,
+    ...) or a functional norm."""
     if node.op == "call_function":
         return node.target in _NORM_FUNCS
     return isinstance(module_of(gm, node), NORMS)
 
 
 def is_activation(gm, node) -> bool:
+    """An activation: a layer, function or tensor method of the activation table
+    (``reverso.ir.activations``)."""
     if node.op == "call_function":
         return node.target in activations.FUNCTIONS
     if node.op == "call_method":
@@ -125,12 +133,14 @@ def is_activation(gm, node) -> bool:
 
 
 def is_dropout(gm, node) -> bool:
+    """A dropout: ``F.dropout``/``F.dropout2d`` or a dropout layer (torch's and timm's)."""
     if node.op == "call_function":
         return node.target in {F.dropout, F.dropout2d}
     return isinstance(module_of(gm, node), dropout_types())
 
 
 def is_identity(gm, node) -> bool:
+    """A call of an ``nn.Identity``."""
     return isinstance(module_of(gm, node), nn.Identity)
 
 
@@ -247,6 +257,7 @@ def slice_step(node: fx.Node) -> int:
 
 
 def is_cat(node: fx.Node) -> bool:
+    """A concatenation (``torch.cat`` and its aliases)."""
     return node.op == "call_function" and node.target in _CAT
 
 

@@ -232,16 +232,19 @@ def tensor_shape(node: fx.Node) -> torch.Size | None:
 
 
 def is_feature_map(node: fx.Node) -> bool:
+    """The node's propagated value is a 4-D tensor (an NCHW map)."""
     shape = tensor_shape(node)
     return shape is not None and len(shape) == 4
 
 
 def channels(node: fx.Node) -> int | None:
+    """The channels of the node's 4-D value (its dimension 1), None for any other value."""
     shape = tensor_shape(node)
     return int(shape[1]) if shape is not None and len(shape) == 4 else None
 
 
 def spatial(node: fx.Node) -> tuple[int, int] | None:
+    """The height and width of the node's 4-D value, None for any other value."""
     shape = tensor_shape(node)
     return (int(shape[2]), int(shape[3])) if shape is not None and len(shape) == 4 else None
 

@@ -67,10 +67,13 @@ def tags_of(node: fx.Node) -> NodeTags:
 
 
 def unit_of(node: fx.Node) -> int | None:
+    """The bottom-up unit the node belongs to (tagged by the analysis, inherited by the nodes
+    passes insert), None when untagged."""
     return tags_of(node).unit if TAG in node.meta else None
 
 
 def role_of(node: fx.Node) -> Role | None:
+    """What an inserted node is for (:class:`Role`), None for the model's own nodes."""
     return tags_of(node).role if TAG in node.meta else None
 
 
@@ -85,6 +88,8 @@ def is_map(node: fx.Node) -> bool:
 
 
 def is_reshaped(node: fx.Node) -> bool:
+    """A value that grows with the input outside its last two dimensions (channels-last maps,
+    a channel shuffle's 5-D view), as the analysis tagged it."""
     return TAG in node.meta and tags_of(node).scope is Scope.RESHAPED
 
 

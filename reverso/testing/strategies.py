@@ -32,10 +32,15 @@ def units(*, widths=None, kernels=None, residual: bool = True, modern: bool = Tr
 
 
 def groups(*, max_units: int = 3, residual: bool = True):
+    """A hypothesis strategy for one group: 1 to ``max_units`` units (residual ones too unless
+    ``residual=False``)."""
     return st.lists(units(residual=residual), min_size=1, max_size=max_units).map(tuple)
 
 
 def transitions(*, modern: bool = True):
+    """A hypothesis strategy for one downsampling between groups: max/avg pooling or a strided
+    conv, and with ``modern`` blur pools, space-to-depth, strided slices, resizes and max-pools
+    returning indices."""
     modern_kinds = ["blur", "blur_groups", "timm_blur", "unshuffle", "slices", "resize"]
     modern_kinds.append("max_indices")
     kinds = ["max", "avg", "conv", *(modern_kinds if modern else [])]
