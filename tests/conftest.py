@@ -346,3 +346,24 @@ GOLDEN = types.SimpleNamespace(
     ResNet32=ResNet32,
     ResNet18Imagenette=ResNet18Imagenette,
 )
+
+
+@pytest.fixture
+def memory_round_trip(tmp_path):
+    """``check(convert)``: ``convert(resnet18, input_size=..., memory="reversible")`` saved and
+    loaded gives the same layers (memory= applied once, not again on top) and the same outputs."""
+    import timm
+
+    def check(convert):
+        model, size = timm.create_model("resnet18", num_classes=5), (3, 32, 32)
+        net = convert(model, input_size=size, memory="reversible")
+        loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
+        kinds = [type(m).__name__ for m in net.modules()]
+        assert [type(m).__name__ for m in loaded.modules()] == kinds
+        assert "ReversibleSequence" in kinds
+        x = torch.rand(2, *size)
+        net.eval(), loaded.eval()
+        with torch.no_grad():
+            assert torch.equal(net(x), loaded(x))
+
+    return check

@@ -88,14 +88,9 @@ def test_chains_of_conversions_round_trip(tmp_path):
             assert any("checkpoint" in type(m).__name__.lower() for m in loaded.modules())
 
 
-def test_memory_options_round_trip_once(tmp_path):
+def test_memory_options_round_trip_once(memory_round_trip):
     """memory= is part of the conversion's recipe: loading applies it once (not again on top)."""
-    model, size = timm.create_model("resnet18", num_classes=5), (3, 32, 32)
-    net = reverso.topdown(model, input_size=size, memory="reversible")
-    loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
-    kinds = [type(m).__name__ for m in net.modules()]
-    assert [type(m).__name__ for m in loaded.modules()] == kinds and "ReversibleSequence" in kinds
-    assert same_outputs(net, loaded, torch.rand(2, *size))
+    memory_round_trip(reverso.topdown)
 
 
 @pytest.fixture

@@ -35,14 +35,9 @@ def test_conversions_of_an_anti_aliased_net_round_trip(tmp_path):
         assert " of ".join(step.transform for step in chain.reverso_recipe.steps) == name
 
 
-def test_njet_memory_options_round_trip_once(tmp_path):
+def test_njet_memory_options_round_trip_once(memory_round_trip):
     """Saving: memory= of an N-Jet conversion is applied once on loading (integration: topdown)."""
-    model, size = timm.create_model("resnet18", num_classes=5), (3, 32, 32)
-    net = reverso.njet(model, input_size=size, memory="reversible")
-    loaded = reverso.load(reverso.save(net, tmp_path / "m.safetensors"))
-    kinds = [type(m).__name__ for m in net.modules()]
-    assert [type(m).__name__ for m in loaded.modules()] == kinds and "ReversibleSequence" in kinds
-    assert same_outputs(net, loaded, torch.rand(2, *size))
+    memory_round_trip(reverso.njet)
 
 
 def test_timm_resnet50_becomes_reversible_with_either_mid_width():
