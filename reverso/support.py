@@ -284,8 +284,8 @@ def conversion_cost(outcomes) -> str:
     worst, model = ratios[-1]
     return (
         f"Conversion takes {median:.2f}x what building the network by hand takes (a torch.fx "
-        "trace and a batch-1 forward of the model, plus initialising the top-down network's "
-        f"parameters), median over the {len(ratios)} converted models; worst {worst:.2f}x "
+        "trace and a batch-1 forward of the model, plus creating the top-down network's "
+        f"parameters in fresh memory as its layers' constructors do), median over the {len(ratios)} converted models; worst {worst:.2f}x "
         f"({model})."
     )
 
