@@ -56,8 +56,8 @@ def measure_scaling(gm: fx.GraphModule, input_size) -> Scaling:
             n.meta["val"] = v
 
     scaling, maps, channels_last, tokens = set(), set(), set(), set()
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    data = descendants_within(placeholders[:1], set(first))
+    image = image_inputs(gm)[:1]  # the analysis refuses any other number of image inputs
+    data = descendants_within(image, set(first))
     for n, a in first.items():
         if second is None and n not in data:
             continue  # a parameter's view (a layer-scale gain) is no map
@@ -76,7 +76,7 @@ def measure_scaling(gm: fx.GraphModule, input_size) -> Scaling:
                 channels_last.add(n)
             elif isinstance(a, torch.Tensor) and a.dim() == 3 and dims[0] == {1}:
                 tokens.add(n)
-    return Scaling(placeholders[0], scaling, maps, channels_last, tokens, second or {})
+    return Scaling(image[0], scaling, maps, channels_last, tokens, second or {})
 
 
 def propagate_at(gm: fx.GraphModule, size) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 import torch.fx as fx
 
 from reverso.rewrite.widths import REGISTRY
@@ -39,6 +40,6 @@ def kernel_of(module) -> tuple[int, ...]:
     if kernel is not None:
         return tuple(kernel) if isinstance(kernel, (tuple, list)) else (int(kernel),)
     weight = getattr(module, "weight", None)
-    if weight is not None and getattr(weight, "dim", lambda: 0)() == 4:
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4:
         return tuple(weight.shape[2:])
     return (1,)
