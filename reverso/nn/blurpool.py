@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,7 @@ from reverso.names import PAD_MODES
 
 from .config import Configurable
 from .filters import FixedBuffers, binomial_taps
-from .layout import contiguous_like
+from .layout import contiguous_like, memory_format_of, to_layout
 
 #: antialiased-cnns' ``pad_type`` names -> ``pad_mode``
 OFFICIAL_PAD_TYPES = {
@@ -36,7 +38,13 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
     ``max_kernel`` > 0 puts a stride-1 max-pool (``max_kernel``, ``max_padding``,
     ``max_dilation``) before the blur: an anti-aliased max-pool (the paper's MaxBlurPool) as one
     layer. On the CPU that pair runs on channels-last tensors, where the stride-1 max-pool and its
-    backward are several times faster, and hands on its output in its input's layout.
+    backward are several times faster, and hands on its output (and its input's gradient) in its
+    input's layout.
+
+    On the CPU, when a gradient is recorded, the blur's backward is computed on the unpadded map
+    (a transposed conv plus the padding's few border rows and columns) instead of through the
+    padded copy, which is then no longer kept for the backward either (docs/benchmarks.md has the
+    train-step figures). The forward is the same computation in every mode.
     """
 
     def __init__(
@@ -109,7 +117,11 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.max_kernel:
             return self._blur(x)
-        y = x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+        if self.filter_size == 1:  # no blur: the stride-1 max-pool subsampled is the strided one
+            return F.max_pool2d(
+                x, self.max_kernel, self.stride, self.max_padding, self.max_dilation
+            )
+        y = to_layout(x, torch.channels_last) if x.device.type == "cpu" else x
         y = F.max_pool2d(y, self.max_kernel, 1, self.max_padding, self.max_dilation)
         return contiguous_like(self._blur(y), x)
 
@@ -119,8 +131,12 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
         mode = self.pad_mode
         if mode == "reflect" and (self.padding[1] >= x.shape[-1] or self.padding[3] >= x.shape[-2]):
             mode = "replicate"
-        x = F.pad(x, self.padding, mode="constant" if mode == "zeros" else mode)
-        return F.conv2d(x, self.filt.to(x.dtype), stride=self.stride, groups=x.shape[1])
+        mode = "constant" if mode == "zeros" else mode
+        filt = self.filt.to(x.dtype)
+        recorded = x.requires_grad and torch.is_grad_enabled()
+        if x.device.type == "cpu" and recorded and not torch.compiler.is_compiling():
+            return _BlurWithBorderBackward.apply(x, filt, self.padding, self.stride, mode)
+        return _padded_blur(x, filt, self.padding, self.stride, mode)
 
     def extra_repr(self) -> str:
         text = f"{self.channels}, filter_size={self.filter_size}, stride={self.stride}, pad_mode={self.pad_mode!r}"
@@ -128,6 +144,101 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
             text += f", max_kernel={self.max_kernel}, max_padding={self.max_padding}"
             text += f", max_dilation={self.max_dilation}" if self.max_dilation != 1 else ""
         return text
+
+
+def _padded_blur(x: torch.Tensor, filt: torch.Tensor, padding, stride: int, mode: str):
+    """The blur as the paper's code computes it: pad, then a depthwise conv at ``stride``."""
+    return F.conv2d(F.pad(x, padding, mode=mode), filt, stride=stride, groups=x.shape[1])
+
+
+class _BlurWithBorderBackward(torch.autograd.Function):
+    """:func:`_padded_blur` with its backward computed on the unpadded map.
+
+    Along one axis the blur is a matrix ``R`` (outputs x inputs); with zero padding it would be
+    ``Z``, and ``E = R - Z`` is non-zero only where an output reads a padded row. In 2-D the blur
+    is ``R_h X R_w^T = Z_h X Z_w^T + Z_h X E_w^T + E_h X R_w^T``, so the input's gradient is the
+    transposed conv of the output's gradient (the first term's adjoint, on the unpadded map) plus
+    the two thin border terms. Autograd's backward instead goes through the padded copy: a
+    transposed conv on the larger map, then folding the padding back, a full extra pass."""
+
+    @staticmethod
+    def forward(ctx, x, filt, padding, stride, mode):
+        ctx.save_for_backward(filt)
+        ctx.geometry = (x.shape, memory_format_of(x), padding, stride, mode)
+        return _padded_blur(x, filt, padding, stride, mode)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (filt,) = ctx.saved_tensors
+        shape, layout, (left, right, top, bottom), s, mode = ctx.geometry
+        (h, w), f = shape[-2:], filt.shape[-1]
+        grad = grad.contiguous(memory_format=layout)
+        rows = _axis(h, f, top, bottom, s, mode, grad.dtype, grad.device)
+        cols = _axis(w, f, left, right, s, mode, grad.dtype, grad.device)
+        # the transposed conv's size is (out - 1) * s - 2 * pad + f + output_padding; where that
+        # exceeds the map with no output padding, the rows past it adjoin the right padding: crop
+        missing = [max(n - ((out - 1) * s - 2 * pad + f), 0) for n, out, pad in ((h, grad.shape[-2], top), (w, grad.shape[-1], left))]  # fmt: skip
+        gx = F.conv_transpose2d(
+            grad,
+            filt.contiguous(memory_format=layout),
+            stride=s,
+            padding=(top, left),
+            output_padding=tuple(missing),
+            groups=shape[1],
+        )
+        gx = gx[..., :h, :w].contiguous(memory_format=layout)
+        for i0, i1, j0, j1, e in rows.blocks:  # E_h^T G R_w
+            part = _mm_last(grad[:, :, i0:i1, :], cols.full)
+            gx[:, :, j0:j1, :] += _mm_last(part.transpose(-1, -2), e).transpose(-1, -2)
+        for i0, i1, j0, j1, e in cols.blocks:  # Z_h^T G E_w
+            part = _mm_last(grad[..., i0:i1].transpose(-1, -2), rows.zero).transpose(-1, -2)
+            gx[..., j0:j1] += _mm_last(part, e)
+        return gx, None, None, None, None
+
+
+class _Axis:
+    """One axis of a padded blur as matrices: ``full`` (with the padding mode) and ``zero`` (with
+    zero padding), outputs x inputs, and ``blocks``: (i0, i1, j0, j1, E[i0:i1, j0:j1]) covering
+    the non-zeros of ``E = full - zero`` (the outputs that read padded rows)."""
+
+    def __init__(self, full: torch.Tensor, zero: torch.Tensor):
+        self.full, self.zero = full, zero
+        e = full - zero
+        touched = e.abs().sum(1).nonzero().flatten().tolist()
+        self.blocks = []
+        for run in _runs(touched):
+            i0, i1 = run[0], run[-1] + 1
+            cols = e[i0:i1].abs().sum(0).nonzero().flatten()
+            j0, j1 = int(cols.min()), int(cols.max()) + 1
+            self.blocks.append((i0, i1, j0, j1, e[i0:i1, j0:j1].contiguous()))
+
+
+@functools.lru_cache(maxsize=64)
+def _axis(n: int, f: int, lo: int, hi: int, stride: int, mode: str, dtype, device) -> _Axis:
+    taps = binomial_taps(f).view(1, 1, -1)
+    eye = torch.eye(n, dtype=torch.float64)[:, None, :]
+    mats = [
+        F.conv1d(F.pad(eye, (lo, hi), mode=m), taps, stride=stride)[:, 0].T
+        for m in (mode, "constant")
+    ]
+    return _Axis(*(m.to(dtype=dtype, device=device) for m in mats))
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted ``indices``: [0, 1, 5] -> [[0, 1], [5]]."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _mm_last(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``x @ m`` over ``x``'s last axis as one 2-D matmul (a batched matmul over a strided view
+    runs one small product per batch on the CPU)."""
+    return (x.reshape(-1, x.shape[-1]) @ m).view(*x.shape[:-1], m.shape[1])
 
 
 class CeilModePad(nn.Module):

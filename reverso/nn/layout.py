@@ -26,3 +26,23 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
 def contiguous_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``y`` dense in ``x``'s layout (no copy when it already is)."""
     return y.contiguous(memory_format=memory_format_of(x))
+
+
+def to_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` dense in ``memory_format``, with its gradient handed back in ``x``'s own layout.
+
+    ``x.contiguous(memory_format=...)`` passes the gradient through unchanged: a layer that works
+    on channels-last copies of NCHW maps would hand channels-last gradients to the layers before
+    it, whose backward kernels then run on mixed layouts (several times slower on the CPU)."""
+    return _ToLayout.apply(x, memory_format)
+
+
+class _ToLayout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.source = memory_format_of(x)
+        return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.source), None

@@ -302,4 +302,41 @@ def test_a_blur_pool_with_its_max_pool_equals_the_two_layers(kernel, padding, di
         out.square().sum().backward()
         blur(pool(b)).square().sum().backward()
         torch.testing.assert_close(a.grad, b.grad)
+        assert memory_format_of(a.grad) == memory_format_of(x)  # no channels-last gradient leaks
     assert BlurPool2d.from_config(fused.config()).config() == fused.config()
+    unblurred = BlurPool2d(6, 1, 2, max_kernel=kernel, max_padding=padding, max_dilation=dilation)
+    x = torch.randn(2, 6, 13, 10)
+    assert torch.equal(unblurred(x), pool(x)[..., ::2, ::2])
+
+
+def test_the_blur_backward_is_the_padded_blurs_gradient():
+    """On the CPU BlurPool2d computes its input's gradient on the unpadded map (a transposed conv
+    plus the padding's border rows and columns): the gradient of padding then convolving, for
+    every filter size, stride, padding mode, odd and even sizes, tiny maps (reflect falling back
+    to replicate) and both layouts; the forward is bit for bit the same with and without grad."""
+    import itertools
+
+    from reverso.nn import BlurPool2d
+    from reverso.nn.layout import memory_format_of
+
+    torch.manual_seed(0)
+    cases = itertools.product(
+        range(2, 8), (1, 2, 3), ("reflect", "replicate", "zeros"), ((9, 12), (8, 7), (3, 4))
+    )
+    for size, stride, mode, (h, w) in cases:
+        blur = BlurPool2d(3, size, stride, mode).double()
+        pad = "constant" if mode == "zeros" else mode
+        if pad == "reflect" and max(blur.padding) >= min(h, w):
+            pad = "replicate"
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 3, h, w, dtype=torch.float64).contiguous(memory_format=layout)
+            x.requires_grad_()
+            out = blur(x)
+            with torch.no_grad():
+                assert torch.equal(out, blur(x))
+            oracle = F.conv2d(F.pad(x, blur.padding, mode=pad), blur.filt, stride=stride, groups=3)
+            g = torch.randn_like(out)
+            (ours,) = torch.autograd.grad(out, x, g)
+            (expected,) = torch.autograd.grad(oracle, x, g)
+            torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+            assert memory_format_of(ours) == memory_format_of(x)
