@@ -340,3 +340,6 @@ def test_the_blur_backward_is_the_padded_blurs_gradient():
             (expected,) = torch.autograd.grad(oracle, x, g)
             torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
             assert memory_format_of(ours) == memory_format_of(x)
+    # second derivatives (gradient penalties) go through the backward's own ops
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(BlurPool2d(2, 4, 2).double(), (x,))
