@@ -177,13 +177,16 @@ class _BlurWithBorderBackward(torch.autograd.Function):
         cols = _axis(w, f, left, right, s, mode, grad.dtype, grad.device)
         # the transposed conv's size is (out - 1) * s - 2 * pad + f + output_padding; where that
         # exceeds the map with no output padding, the rows past it adjoin the right padding: crop
-        missing = [max(n - ((out - 1) * s - 2 * pad + f), 0) for n, out, pad in ((h, grad.shape[-2], top), (w, grad.shape[-1], left))]  # fmt: skip
+        missing = (
+            max(h - ((grad.shape[-2] - 1) * s - 2 * top + f), 0),
+            max(w - ((grad.shape[-1] - 1) * s - 2 * left + f), 0),
+        )
         gx = F.conv_transpose2d(
             grad,
             filt.contiguous(memory_format=layout),
             stride=s,
             padding=(top, left),
-            output_padding=tuple(missing),
+            output_padding=missing,
             groups=shape[1],
         )
         gx = gx[..., :h, :w].contiguous(memory_format=layout)
