@@ -41,10 +41,12 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
     backward are several times faster, and hands on its output (and its input's gradient) in its
     input's layout.
 
-    On the CPU, when a gradient is recorded, the blur's backward is computed on the unpadded map
-    (a transposed conv plus the padding's few border rows and columns) instead of through the
+    On the CPU, when autograd records a gradient, the blur's backward is computed on the unpadded
+    map (a transposed conv plus the padding's few border rows and columns) instead of through the
     padded copy, which is then no longer kept for the backward either (docs/benchmarks.md has the
-    train-step figures). The forward is the same computation in every mode.
+    train-step figures). On GPUs (not yet timed there), without gradients, and while
+    torch.compile, torch.jit.trace or a torch.func transform traces the call, autograd
+    differentiates the padded blur as before. The forward is the same computation in every case.
     """
 
     def __init__(
@@ -121,7 +123,10 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
             return F.max_pool2d(
                 x, self.max_kernel, self.stride, self.max_padding, self.max_dilation
             )
-        y = to_layout(x, torch.channels_last) if x.device.type == "cpu" else x
+        y = x
+        if x.device.type == "cpu" and not _transforms_active():  # vmap has no channels-last
+            cl = torch.channels_last  # with our backward, the gradient goes back in x's layout
+            y = to_layout(x, cl) if _custom_backward(x) else x.contiguous(memory_format=cl)
         y = F.max_pool2d(y, self.max_kernel, 1, self.max_padding, self.max_dilation)
         return contiguous_like(self._blur(y), x)
 
@@ -133,8 +138,7 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
             mode = "replicate"
         mode = "constant" if mode == "zeros" else mode
         filt = self.filt.to(x.dtype)
-        recorded = x.requires_grad and torch.is_grad_enabled()
-        if x.device.type == "cpu" and recorded and not torch.compiler.is_compiling():
+        if _custom_backward(x):
             return _BlurWithBorderBackward.apply(x, filt, self.padding, self.stride, mode)
         return _padded_blur(x, filt, self.padding, self.stride, mode)
 
@@ -151,80 +155,126 @@ def _padded_blur(x: torch.Tensor, filt: torch.Tensor, padding, stride: int, mode
     return F.conv2d(F.pad(x, padding, mode=mode), filt, stride=stride, groups=x.shape[1])
 
 
-class _BlurWithBorderBackward(torch.autograd.Function):
-    """:func:`_padded_blur` with its backward computed on the unpadded map.
+def _custom_backward(x: torch.Tensor) -> bool:
+    """Whether BlurPool2d runs its own backward for ``x``: on the CPU (where it is measured
+    faster), when plain autograd records (a gradient is wanted), on maps of at most
+    ``MAX_BORDER_AXIS`` per side, and not while torch.compile, torch.jit.trace or a torch.func
+    transform (grad, vmap, jacrev) traces the call: those take the padded blur, which every one
+    of them handles."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _transforms_active():
+        return False
+    recorded = x.requires_grad and torch.is_grad_enabled()
+    return x.device.type == "cpu" and recorded and max(x.shape[-2:]) <= MAX_BORDER_AXIS
 
-    Along one axis the blur is a matrix ``R`` (outputs x inputs); with zero padding it would be
-    ``Z``, and ``E = R - Z`` is non-zero only where an output reads a padded row. In 2-D the blur
-    is ``R_h X R_w^T = Z_h X Z_w^T + Z_h X E_w^T + E_h X R_w^T``, so the input's gradient is the
-    transposed conv of the output's gradient (the first term's adjoint, on the unpadded map) plus
-    the two thin border terms. Autograd's backward instead goes through the padded copy: a
-    transposed conv on the larger map, then folding the padding back, a full extra pass."""
+
+def _transforms_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is tracing the call (assumed so
+    where torch no longer says)."""
+    return getattr(torch._C, "_are_functorch_transforms_active", lambda: True)()
+
+
+class _BlurWithBorderBackward(torch.autograd.Function):
+    """:func:`_padded_blur` with its input's gradient computed on the unpadded map.
+
+    Along one axis the padded blur is a matrix ``R`` (outputs x inputs); with zero padding it
+    would be ``Z``, and ``E = R - Z`` is non-zero only in a few border rows (the outputs that
+    read the padding). In 2-D the blur is ``R_h X R_w^T = Z_h X Z_w^T + Z_h X E_w^T + E_h X
+    R_w^T``, so the input's gradient ``Z_h^T G Z_w + Z_h^T G E_w + E_h^T G R_w`` is a transposed
+    conv of the output's gradient ``G`` on the unpadded map plus two thin border terms.
+    Autograd's backward instead runs the transposed conv on the padded map and then folds the
+    padding back, a full extra pass, and keeps the padded copy alive until the backward."""
 
     @staticmethod
     def forward(ctx, x, filt, padding, stride, mode):
         ctx.save_for_backward(filt)
+        ctx.save_for_forward(filt)
         ctx.geometry = (x.shape, memory_format_of(x), padding, stride, mode)
         return _padded_blur(x, filt, padding, stride, mode)
 
     @staticmethod
+    def jvp(ctx, x_tangent, *_):  # forward-mode AD: the blur is linear
+        (filt,) = ctx.saved_tensors
+        _, _, padding, stride, mode = ctx.geometry
+        return _padded_blur(x_tangent, filt.to(x_tangent.dtype), padding, stride, mode)
+
+    @staticmethod
     def backward(ctx, grad):
         (filt,) = ctx.saved_tensors
-        shape, layout, (left, right, top, bottom), s, mode = ctx.geometry
-        (h, w), f = shape[-2:], filt.shape[-1]
-        grad = grad.contiguous(memory_format=layout)
-        rows = _axis(h, f, top, bottom, s, mode, grad.dtype, grad.device)
-        cols = _axis(w, f, left, right, s, mode, grad.dtype, grad.device)
-        # the transposed conv's size is (out - 1) * s - 2 * pad + f + output_padding; where that
-        # exceeds the map with no output padding, the rows past it adjoin the right padding: crop
-        missing = (
-            max(h - ((grad.shape[-2] - 1) * s - 2 * top + f), 0),
-            max(w - ((grad.shape[-1] - 1) * s - 2 * left + f), 0),
-        )
-        gx = F.conv_transpose2d(
-            grad,
-            filt.contiguous(memory_format=layout),
-            stride=s,
-            padding=(top, left),
-            output_padding=missing,
-            groups=shape[1],
-        )
-        gx = gx[..., :h, :w].contiguous(memory_format=layout)
-        for i0, i1, j0, j1, e in rows.blocks:  # E_h^T G R_w
-            part = _mm_last(grad[:, :, i0:i1, :], cols.full)
-            gx[:, :, j0:j1, :] += _mm_last(part.transpose(-1, -2), e).transpose(-1, -2)
-        for i0, i1, j0, j1, e in cols.blocks:  # Z_h^T G E_w
-            part = _mm_last(grad[..., i0:i1].transpose(-1, -2), rows.zero).transpose(-1, -2)
-            gx[..., j0:j1] += _mm_last(part, e)
-        return gx, None, None, None, None
+        shape, layout, padding, s, mode = ctx.geometry
+        grad = grad.contiguous(memory_format=layout)  # dtype: autocast may have lowered it
+        return _blur_input_grad(grad, filt.to(grad.dtype), shape, padding, s, mode), *[None] * 4
+
+
+#: the longest axis whose blur matrices the backward builds (dense, outputs x inputs: their
+#: products cost that much); longer maps take autograd's backward of the padded blur
+MAX_BORDER_AXIS = 512
+
+
+def _blur_input_grad(grad, filt, shape, padding, s: int, mode: str) -> torch.Tensor:
+    """``Z_h^T G Z_w + E_h^T G R_w + Z_h^T G E_w`` (see :class:`_BlurWithBorderBackward`), in
+    ``grad``'s layout; ``padding`` is (left, right, top, bottom) as ``F.pad`` takes it."""
+    left, right, top, bottom = padding
+    h, w = shape[-2:]
+    rows = _axis(h, filt.shape[-1], top, bottom, s, mode, grad.dtype, grad.device)
+    cols = _axis(w, filt.shape[-1], left, right, s, mode, grad.dtype, grad.device)
+    gx = _transposed_conv(grad, filt, (s, s), (top, left), (h, w))  # Z_h^T G Z_w
+    for i0, i1, j0, j1, e in rows.blocks:  # E_h^T G R_w
+        part = _mm_last(grad[:, :, i0:i1, :], cols.full)
+        gx[:, :, j0:j1, :] += _mm_last(part.transpose(-1, -2), e).transpose(-1, -2)
+    for i0, i1, j0, j1, e in cols.blocks:  # Z_h^T G E_w
+        part = _mm_last(grad[..., i0:i1].transpose(-1, -2), rows.zero).transpose(-1, -2)
+        gx[..., j0:j1] += _mm_last(part, e)
+    return gx
+
+
+def _transposed_conv(grad, kernel, stride, padding, size) -> torch.Tensor:
+    """The adjoint of the depthwise ``conv2d(x, kernel, stride, padding)`` for an ``x`` of
+    spatial ``size``: ``conv_transpose2d``, with ``output_padding`` where its natural size
+    ``(out - 1) * stride - 2 * padding + k`` falls short of ``size``, cropped where it exceeds it
+    (the outputs then read zero padding past the map's end, which the crop drops)."""
+    natural = [
+        (out - 1) * st - 2 * pad + k
+        for out, st, pad, k in zip(grad.shape[-2:], stride, padding, kernel.shape[-2:], strict=True)
+    ]
+    out = F.conv_transpose2d(
+        grad,
+        kernel.contiguous(memory_format=memory_format_of(grad)),
+        stride=stride,
+        padding=padding,
+        output_padding=tuple(max(n - m, 0) for n, m in zip(size, natural, strict=True)),
+        groups=grad.shape[1],
+    )
+    return out[..., : size[0], : size[1]].contiguous(memory_format=memory_format_of(grad))
 
 
 class _Axis:
-    """One axis of a padded blur as matrices: ``full`` (with the padding mode) and ``zero`` (with
-    zero padding), outputs x inputs, and ``blocks``: (i0, i1, j0, j1, E[i0:i1, j0:j1]) covering
-    the non-zeros of ``E = full - zero`` (the outputs that read padded rows)."""
+    """One axis of a padded blur as matrices, outputs x inputs: ``full`` (with the padding
+    mode) and ``zero`` (with zero padding); ``blocks``: (i0, i1, j0, j1, E[i0:i1, j0:j1]) cover
+    the non-zeros of ``E = full - zero``, the outputs that read the padding (a few rows)."""
 
     def __init__(self, full: torch.Tensor, zero: torch.Tensor):
         self.full, self.zero = full, zero
         e = full - zero
-        touched = e.abs().sum(1).nonzero().flatten().tolist()
         self.blocks = []
-        for run in _runs(touched):
+        for run in _runs(e.abs().sum(1).nonzero().flatten().tolist()):
             i0, i1 = run[0], run[-1] + 1
-            cols = e[i0:i1].abs().sum(0).nonzero().flatten()
-            j0, j1 = int(cols.min()), int(cols.max()) + 1
+            inputs = e[i0:i1].abs().sum(0).nonzero().flatten()
+            j0, j1 = int(inputs.min()), int(inputs.max()) + 1
             self.blocks.append((i0, i1, j0, j1, e[i0:i1, j0:j1].contiguous()))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)  # a model has a few map sizes; a few MB at most per entry
 def _axis(n: int, f: int, lo: int, hi: int, stride: int, mode: str, dtype, device) -> _Axis:
+    """The blur of ``f`` binomial taps along an axis of ``n`` (``n <= MAX_BORDER_AXIS``), with
+    ``lo`` and ``hi`` rows of ``mode`` padding, as an :class:`_Axis`: the blur applied to the
+    identity."""
     taps = binomial_taps(f).view(1, 1, -1)
     eye = torch.eye(n, dtype=torch.float64)[:, None, :]
-    mats = [
+    full, zero = (
         F.conv1d(F.pad(eye, (lo, hi), mode=m), taps, stride=stride)[:, 0].T
         for m in (mode, "constant")
-    ]
-    return _Axis(*(m.to(dtype=dtype, device=device) for m in mats))
+    )
+    return _Axis(full.to(dtype=dtype, device=device), zero.to(dtype=dtype, device=device))
 
 
 def _runs(indices: list[int]) -> list[list[int]]:

@@ -40,8 +40,12 @@ def to_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tens
 class _ToLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-        ctx.source = memory_format_of(x)
+        ctx.source, ctx.target = memory_format_of(x), memory_format
         return x.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor, _):  # forward-mode AD
+        return tangent.contiguous(memory_format=ctx.target)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -323,6 +323,7 @@ def test_the_blur_backward_is_the_padded_blurs_gradient():
     cases = itertools.product(
         range(2, 8), (1, 2, 3), ("reflect", "replicate", "zeros"), ((9, 12), (8, 7), (3, 4))
     )
+    cases = [*cases, (4, 2, "reflect", (4, 600))]  # longer than MAX_BORDER_AXIS: autograd's
     for size, stride, mode, (h, w) in cases:
         blur = BlurPool2d(3, size, stride, mode).double()
         pad = "constant" if mode == "zeros" else mode
@@ -343,3 +344,43 @@ def test_the_blur_backward_is_the_padded_blurs_gradient():
     # second derivatives (gradient penalties) go through the backward's own ops
     x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(BlurPool2d(2, 4, 2).double(), (x,))
+
+
+@pytest.mark.parametrize("max_kernel", [0, 2])
+def test_the_blur_backward_under_autocast_torch_func_forward_ad_and_jit_trace(max_kernel):
+    """BlurPool2d's own backward (CPU, autograd recording) under the tools users combine it with:
+    bfloat16 autocast (a lower-precision gradient reaches it), torch.func's grad and per-sample
+    grads, forward-mode AD, and torch.jit.trace (which records the padded blur instead)."""
+    import io
+
+    import torch.autograd.forward_ad as fwAD
+
+    from reverso.nn import BlurPool2d
+
+    torch.manual_seed(0)
+    blur = BlurPool2d(4, 4, 2, max_kernel=max_kernel)
+    x = torch.randn(2, 4, 8, 8)
+    a = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = blur(a)
+    out.float().square().sum().backward()
+    b = x.clone().requires_grad_()
+    blur(b).square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(torch.func.grad(lambda t: blur(t).square().sum())(x), b.grad)
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), blur)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def loss(p, sample):
+        return torch.func.functional_call(net, p, (sample[None],)).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    assert per_sample["0.weight"].shape == (2, 4, 4, 3, 3)
+    with fwAD.dual_level():
+        tangent = torch.randn_like(x)
+        dual = fwAD.make_dual(x.clone().requires_grad_(), tangent)
+        out = fwAD.unpack_dual(blur(dual)).tangent
+    _, expected = torch.func.jvp(blur, (x,), (tangent,))
+    torch.testing.assert_close(out, expected)
+    traced = torch.jit.trace(net, torch.randn(2, 4, 16, 16))  # grad enabled, as by default
+    torch.jit.save(traced, io.BytesIO())
