@@ -117,6 +117,8 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
         return {"filt": (taps[:, None] * taps[None, :]).expand(self.channels, 1, -1, -1).clone()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # one unbatched map (C, H, W), as torch's conv and pooling layers take
+            return self.forward(x[None])[0]
         if not self.max_kernel:
             return self._blur(x)
         if self.filter_size == 1:  # no blur: the stride-1 max-pool subsampled is the strided one

@@ -304,6 +304,9 @@ def test_a_blur_pool_with_its_max_pool_equals_the_two_layers(kernel, padding, di
         torch.testing.assert_close(a.grad, b.grad)
         assert memory_format_of(a.grad) == memory_format_of(x)  # no channels-last gradient leaks
     assert BlurPool2d.from_config(fused.config()).config() == fused.config()
+    x = torch.randn(6, 13, 6)  # an unbatched map whose height is not its channels
+    assert torch.equal(fused(x), fused(x[None])[0])
+    assert torch.equal(blur(x), blur(x[None])[0])
     unblurred = BlurPool2d(6, 1, 2, max_kernel=kernel, max_padding=padding, max_dilation=dilation)
     x = torch.randn(2, 6, 13, 10)
     assert torch.equal(unblurred(x), pool(x)[..., ::2, ::2])
