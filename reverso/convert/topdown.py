@@ -38,6 +38,7 @@ from reverso.errors import (
     ReversoError,
     UnsupportedTopologyError,
     WidthError,
+    failure,
 )
 from reverso.frontend.normalize import canonicalize
 from reverso.frontend.provenance import SourceModel, qualified_name
@@ -303,11 +304,10 @@ def check_runs(net: TopDownNet, ctx: CompileContext) -> None:
     try:
         propagate_emitted(net, ctx.input_size, model_dtype(ctx.model))
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise PassError(
-            f"the converted network fails on an input of size {tuple(ctx.input_size)}: "
-            f"{type(err).__name__}: {first}. Its shapes checked out during the conversion, so "
-            "this is a bug of reverso's: please report it with the model"
+            f"the converted network fails on an input of size {tuple(ctx.input_size)}"
+            f"{failure(err)}. Its shapes checked out during the conversion, so this is a bug of "
+            "reverso's: please report it with the model"
         ) from err
 
 

@@ -119,8 +119,9 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # one unbatched map (C, H, W), as torch's conv and pooling layers take
             return self.forward(x[None])[0]
+        own_backward = _custom_backward(x)  # decided once: the max-pool keeps x's requirements
         if not self.max_kernel:
-            return self._blur(x)
+            return self._blur(x, own_backward)
         if self.filter_size == 1:  # no blur: the stride-1 max-pool subsampled is the strided one
             return F.max_pool2d(
                 x, self.max_kernel, self.stride, self.max_padding, self.max_dilation
@@ -128,11 +129,11 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
         y = x
         if x.device.type == "cpu" and not _transforms_active():  # vmap has no channels-last
             cl = torch.channels_last  # with our backward, the gradient goes back in x's layout
-            y = to_layout(x, cl) if _custom_backward(x) else x.contiguous(memory_format=cl)
+            y = to_layout(x, cl) if own_backward else x.contiguous(memory_format=cl)
         y = F.max_pool2d(y, self.max_kernel, 1, self.max_padding, self.max_dilation)
-        return contiguous_like(self._blur(y), x)
+        return contiguous_like(self._blur(y, own_backward), x)
 
-    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+    def _blur(self, x: torch.Tensor, own_backward: bool) -> torch.Tensor:
         if self.filter_size == 1:
             return contiguous_like(x[..., :: self.stride, :: self.stride], x)
         mode = self.pad_mode
@@ -140,7 +141,7 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
             mode = "replicate"
         mode = "constant" if mode == "zeros" else mode
         filt = self.filt.to(x.dtype)
-        if _custom_backward(x):
+        if own_backward:
             return _BlurWithBorderBackward.apply(x, filt, self.padding, self.stride, mode)
         return _padded_blur(x, filt, self.padding, self.stride, mode)
 
@@ -155,6 +156,11 @@ class BlurPool2d(Configurable, FixedBuffers, nn.Module):
 def _padded_blur(x: torch.Tensor, filt: torch.Tensor, padding, stride: int, mode: str):
     """The blur as the paper's code computes it: pad, then a depthwise conv at ``stride``."""
     return F.conv2d(F.pad(x, padding, mode=mode), filt, stride=stride, groups=x.shape[1])
+
+
+#: the longest axis whose blur matrices the backward builds (dense, outputs x inputs: their
+#: products cost that much); longer maps take autograd's backward of the padded blur
+MAX_BORDER_AXIS = 512
 
 
 def _custom_backward(x: torch.Tensor) -> bool:
@@ -207,11 +213,6 @@ class _BlurWithBorderBackward(torch.autograd.Function):
         return _blur_input_grad(grad, filt.to(grad.dtype), shape, padding, s, mode), *[None] * 4
 
 
-#: the longest axis whose blur matrices the backward builds (dense, outputs x inputs: their
-#: products cost that much); longer maps take autograd's backward of the padded blur
-MAX_BORDER_AXIS = 512
-
-
 def _blur_input_grad(grad, filt, shape, padding, s: int, mode: str) -> torch.Tensor:
     """``Z_h^T G Z_w + E_h^T G R_w + Z_h^T G E_w`` (see :class:`_BlurWithBorderBackward`), in
     ``grad``'s layout; ``padding`` is (left, right, top, bottom) as ``F.pad`` takes it."""
@@ -234,19 +235,20 @@ def _transposed_conv(grad, kernel, stride, padding, size) -> torch.Tensor:
     spatial ``size``: ``conv_transpose2d``, with ``output_padding`` where its natural size
     ``(out - 1) * stride - 2 * padding + k`` falls short of ``size``, cropped where it exceeds it
     (the outputs then read zero padding past the map's end, which the crop drops)."""
+    layout = memory_format_of(grad)
     natural = [
         (out - 1) * st - 2 * pad + k
         for out, st, pad, k in zip(grad.shape[-2:], stride, padding, kernel.shape[-2:], strict=True)
     ]
     out = F.conv_transpose2d(
         grad,
-        kernel.contiguous(memory_format=memory_format_of(grad)),
+        kernel.contiguous(memory_format=layout),
         stride=stride,
         padding=padding,
         output_padding=tuple(max(n - m, 0) for n, m in zip(size, natural, strict=True)),
         groups=grad.shape[1],
     )
-    return out[..., : size[0], : size[1]].contiguous(memory_format=memory_format_of(grad))
+    return out[..., : size[0], : size[1]].contiguous(memory_format=layout)
 
 
 class _Axis:
